@@ -1,0 +1,8 @@
+"""Kairos: deadline-aware LLM serving on PyTorch."""
+
+from kairos.engine.llm import LLM
+from kairos.engine.output_processor import CompletionOutput, RequestOutput
+from kairos.engine.sampling_params import SamplingParams
+
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
+__version__ = "0.1.0"

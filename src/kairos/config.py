@@ -1,0 +1,98 @@
+"""Configuration dataclasses, one per component, validated on construction.
+
+The CLI builds its flags from these same dataclasses (see ``kairos.cli``), so a
+default lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICES = ("auto", "cpu", "cuda")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte count such as ``1073741824``, ``512MiB`` or ``2G`` (binary units)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid size {text!r}: expected a number with an optional unit (KiB, MiB, GiB)")
+    value, unit = float(m.group(1)), (m.group(2) or "B").upper()
+    scale = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit[0]]
+    return int(value * scale)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which weights to load and how."""
+
+    model: str = field(default="default", metadata={"help": "HF directory, .gguf file, or 'default'"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPUs and CPUs with AVX512-BF16), float32, bfloat16, float16"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    max_model_len: int | None = field(default=None, metadata={"help": "cap on prompt + output tokens (default: the model's)"})
+    seed: int = field(default=0, metadata={"help": "seed of the global sampler generator"})
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must be a path or 'default'")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.device not in _DEVICES:
+            raise ValueError(f"device must be one of {_DEVICES}, got {self.device!r}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV cache: block size and how many blocks."""
+
+    block_size: int = field(default=16, metadata={"help": "tokens per KV block"})
+    kv_cache_memory: str = field(default="2GiB", metadata={"help": "memory for the KV cache, e.g. 512MiB, 4GiB"})
+    num_blocks: int | None = field(default=None, metadata={"help": "exact number of KV blocks (overrides --kv-cache-memory)"})
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if parse_size(self.kv_cache_memory) <= 0:
+            raise ValueError(f"kv_cache_memory must be positive, got {self.kv_cache_memory!r}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching limits."""
+
+    max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
+    max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (prefill chunks + decodes)"})
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine's components' configurations, side by side (each component gets only its own)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> EngineConfig:
+        """Build from flat keyword arguments (``dtype=..., block_size=...``); unknown names raise."""
+        parts = {}
+        for name, sub in (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig)):
+            names = {f.name for f in fields(sub)}
+            parts[name] = sub(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
+        if kwargs:
+            raise TypeError(f"unknown engine option(s): {', '.join(sorted(kwargs))}")
+        return cls(**parts)

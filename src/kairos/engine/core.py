@@ -1,0 +1,180 @@
+"""EngineCore: the synchronous step loop (schedule -> execute -> update); outputs are its only contract."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import torch
+
+from kairos.config import EngineConfig, parse_size
+from kairos.engine.kv_cache import KVCacheManager
+from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
+from kairos.engine.runner import ModelRunner, kv_bytes_per_block
+from kairos.engine.sampler import Sampler, SamplingRow
+from kairos.engine.scheduler import Scheduler
+from kairos.engine.sequence import SeqStatus, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    """Owns the model runner, KV cache manager, scheduler and sampler of one model replica."""
+
+    def __init__(self, config: EngineConfig):
+        from kairos.loader import load_model, resolve_device, resolve_dtype
+        from kairos.loader.hf_dir import generation_eos_ids
+
+        self.config = config
+        model, arch, self.model_path = load_model(config.model)
+        self.arch = arch
+        self.device = resolve_device(config.model)
+        self.dtype = resolve_dtype(config.model, self.device)
+        cc = config.cache
+        num_blocks = cc.num_blocks or max(2, parse_size(cc.kv_cache_memory) // kv_bytes_per_block(arch, cc.block_size, self.dtype))
+        self.kv = KVCacheManager(num_blocks, cc.block_size)
+        self.runner = ModelRunner(model, arch, num_blocks, cc.block_size, self.device, self.dtype)
+        self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
+        self.eos_token_ids = frozenset(arch.eos_token_ids) | generation_eos_ids(self.model_path)
+        limits = [arch.max_position_embeddings, self.kv.pool.num_usable * cc.block_size]
+        if config.model.max_model_len:
+            limits.append(config.model.max_model_len)
+        if arch.sliding_window:  # full attention is exact only inside the window
+            limits.append(arch.sliding_window)
+        self.max_model_len = min(limits)
+        self.requests: dict[str, list[Sequence | None]] = {}  # None: a sibling not forked yet
+        self._seq_ids = itertools.count()
+        logger.info("engine: %s on %s/%s, %d KV blocks of %d tokens, max_model_len %d",
+                    arch.architecture, self.device, str(self.dtype).removeprefix("torch."),
+                    num_blocks, cc.block_size, self.max_model_len)
+
+    # -- requests in -------------------------------------------------------------------------
+    def add_request(self, req: EngineRequest) -> None:
+        """Queue a request; raises ``ValueError`` (and changes nothing) when it cannot be served."""
+        p, prompt = req.params, req.prompt_token_ids
+        if req.request_id in self.requests:
+            raise ValueError(f"request_id {req.request_id!r} is already in use")
+        if not prompt:
+            raise ValueError("prompt must not be empty")
+        if min(prompt) < 0 or max(prompt) >= self.arch.vocab_size:
+            raise ValueError(f"prompt token ids must be in [0, {self.arch.vocab_size})")
+        if len(prompt) + p.max_tokens > self.max_model_len:
+            raise ValueError(
+                f"this model's maximum context length is {self.max_model_len} tokens, but "
+                f"{len(prompt) + p.max_tokens} were requested ({len(prompt)} in the prompt, "
+                f"{p.max_tokens} in max_tokens): shorten the prompt or lower max_tokens"
+            )
+        if self.kv.blocks_needed(-1, len(prompt)) + p.n - 1 > self.kv.pool.num_usable:
+            raise ValueError(f"n={p.n} with a {len(prompt)}-token prompt does not fit in the KV cache")
+        seq = Sequence(next(self._seq_ids), req.request_id, 0, prompt, p, req.arrival_time, pending_forks=p.n - 1)
+        self.requests[req.request_id] = [seq] + [None] * (p.n - 1)
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> list[SeqOutput]:
+        """End every unfinished sequence of a request (client gone, cancelled); frees its blocks."""
+        seqs = self.requests.pop(request_id, None)
+        if seqs is None:
+            return []
+        out = []
+        for i, seq in enumerate(seqs):
+            if seq is not None:
+                self.scheduler.finish(seq)
+            out.append(SeqOutput(request_id, i, [], finish_reason="abort"))
+        return out
+
+    def finish_sequence(self, request_id: str, index: int) -> None:
+        """End one sequence early (a stop string was found by the detokenizer)."""
+        seqs = self.requests.get(request_id)
+        if seqs is not None and seqs[index] is not None:
+            self._finish(seqs[index])
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # -- the step ----------------------------------------------------------------------------
+    def step(self) -> list[SeqOutput]:
+        sched = self.scheduler.schedule()
+        if not sched.scheduled:
+            return []
+        logits = self.runner.execute(sched.scheduled)  # [S, V], S = entries that sample
+        seqs: list[Sequence] = []
+        logit_rows: list[int] = []
+        copies: list[tuple[int, int]] = []
+        row = 0
+        for s in sched.scheduled:
+            samples = s.samples  # read before num_computed moves
+            s.seq.num_computed += s.num_new_tokens
+            if samples:
+                # siblings of an n > 1 request are forked here and share the parent's logits row
+                group = [s.seq] + (self._fork(s.seq, copies) if s.seq.pending_forks else [])
+                logit_rows.extend([row] * len(group))
+                seqs.extend(group)
+                row += 1
+        if copies:
+            self.runner.copy_blocks(copies)
+        if not seqs:  # only mid-prompt prefill chunks ran
+            return []
+        if len(logit_rows) != logits.shape[0]:
+            logits = logits[torch.tensor(logit_rows, dtype=torch.long, device=logits.device)]
+        rows = [self._sampling_row(q) for q in seqs]
+        sampled = self.sampler(logits, rows)
+        outputs = []
+        for seq, tok, lp in zip(seqs, sampled.token_ids, sampled.logprobs):
+            seq.token_ids.append(tok)
+            reason, stop = self._stop_reason(seq, tok)
+            outputs.append(SeqOutput(
+                seq.request_id, seq.index, [tok],
+                logprobs=None if lp is None else [TokenLogprob(lp[0], lp[1])],
+                finish_reason=reason, stop_reason=stop, num_prompt_tokens=seq.num_prompt_tokens,
+            ))
+            if reason:
+                self._finish(seq)
+        return outputs
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _fork(self, parent: Sequence, copies: list[tuple[int, int]]) -> list[Sequence]:
+        children, prev = [], parent
+        for index in range(1, parent.pending_forks + 1):
+            child = parent.fork(next(self._seq_ids), index)
+            copy = self.kv.fork(parent.seq_id, child.seq_id, parent.num_computed)
+            if copy:
+                copies.append(copy)
+            self.scheduler.add_running(child, after=prev)
+            self.requests[parent.request_id][index] = child
+            children.append(child)
+            prev = child
+        parent.pending_forks = 0
+        return children
+
+    @staticmethod
+    def _sampling_row(seq: Sequence) -> SamplingRow:
+        if seq.params.has_penalties:
+            return SamplingRow(seq.params, seq.generator, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids)
+        return SamplingRow(seq.params, seq.generator, [], [])
+
+    def _stop_reason(self, seq: Sequence, tok: int) -> tuple[str | None, int | None]:
+        p = seq.params
+        if tok in p.stop_token_ids:
+            return "stop", tok
+        if not p.ignore_eos and tok in self.eos_token_ids:
+            return "stop", None
+        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length", None
+        return None, None
+
+    def _finish(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq)
+        seqs = self.requests.get(seq.request_id)
+        if seqs is not None and all(s is not None and s.status is SeqStatus.FINISHED for s in seqs):
+            del self.requests[seq.request_id]
+
+    def stats(self) -> dict[str, int]:
+        pool = self.kv.pool
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "kv_blocks_total": pool.num_usable,
+            "kv_blocks_free": pool.num_free,
+            "kv_blocks_used": pool.num_usable - pool.num_free,
+        }

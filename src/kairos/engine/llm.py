@@ -1,0 +1,88 @@
+"""Offline batch generation: ``LLM(model).generate(prompts, params)`` and ``.chat(messages, params)``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence as Seq
+from typing import Any
+
+from kairos.config import EngineConfig
+from kairos.engine.core import EngineCore
+from kairos.engine.output_processor import OutputProcessor, RequestOutput
+from kairos.engine.outputs import EngineRequest
+from kairos.engine.sampling_params import SamplingParams
+
+Prompt = str | list[int]
+Message = dict[str, Any]
+
+
+class LLM:
+    """An engine in this process. Keyword arguments are the fields of the engine's config dataclasses."""
+
+    def __init__(self, model: str = "default", **engine_kwargs: Any):
+        from kairos.loader import load_tokenizer
+
+        self.config = EngineConfig.from_kwargs(model=model, **engine_kwargs)
+        self.engine = EngineCore(self.config)
+        self.tokenizer = load_tokenizer(self.engine.model_path)
+        self.processor = OutputProcessor(self.tokenizer)
+        self._ids = itertools.count()
+
+    def generate(self, prompts: Prompt | Seq[Prompt],
+                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None) -> list[RequestOutput]:
+        """Complete each prompt (text, or a list of token ids); outputs in the prompts' order."""
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        return self._run([(p if isinstance(p, str) else None, self._encode(p)) for p in prompts], sampling_params)
+
+    def chat(self, messages: list[Message] | list[list[Message]],
+             sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Apply the model's chat template to each conversation and complete it."""
+        convs = [messages] if messages and isinstance(messages[0], dict) else messages
+        texts = [self.apply_chat_template(c, add_generation_prompt) for c in convs]
+        return self._run([(t, self._encode(t, add_special_tokens=False)) for t in texts], sampling_params)
+
+    def apply_chat_template(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+        tok = self._require_tokenizer()
+        if not getattr(tok, "chat_template", None):
+            raise ValueError("this model has no chat template; use generate() with a plain prompt")
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError(f"{self.engine.model_path} has no tokenizer: pass prompts as lists of token ids")
+        return self.tokenizer
+
+    def _encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt must not be empty")
+            return self._require_tokenizer()(prompt, add_special_tokens=add_special_tokens).input_ids
+        return list(prompt)
+
+    def _run(self, prompts: list[tuple[str | None, list[int]]], params) -> list[RequestOutput]:
+        if params is None:
+            params = SamplingParams()
+        plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        if len(plist) != len(prompts):
+            raise ValueError(f"got {len(plist)} sampling params for {len(prompts)} prompts")
+        order: list[str] = []
+        try:
+            for (text, ids), p in zip(prompts, plist):
+                rid = str(next(self._ids))
+                self.processor.add_request(rid, text, ids, p)
+                order.append(rid)
+                self.engine.add_request(EngineRequest(rid, ids, p))
+        except BaseException:
+            for rid in order:  # all or nothing: a bad prompt leaves no request (and no block) behind
+                self.engine.abort(rid)
+                self.processor.abort(rid)
+            raise
+        results: dict[str, RequestOutput] = {}
+        while len(results) < len(order):
+            updated, stopped = self.processor.process(self.engine.step())
+            for rid, index in stopped:
+                self.engine.finish_sequence(rid, index)
+            results.update((r.request_id, r) for r in updated if r.finished)
+        return [results[rid] for rid in order]

@@ -1,0 +1,124 @@
+"""Engine outputs (token ids) -> user-facing request outputs (text, logprobs, finish reasons).
+
+Stop strings are found here, on the detokenized text; the caller tells the engine core to
+finish those sequences (``finished_by_stop_string``), as vLLM v1's output processor does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kairos.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from kairos.engine.outputs import SeqOutput
+from kairos.engine.sampling_params import SamplingParams
+
+
+@dataclass
+class Logprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: list[tuple[int, str, float]]  # (token id, token text, logprob), best first
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[Logprob] | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    delta: str = ""  # text added by the last update (for streaming)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+
+    @property
+    def finished(self) -> bool:
+        return all(o.finished for o in self.outputs)
+
+
+class _SeqState:
+    def __init__(self, out: CompletionOutput, tokenizer, prompt_ids: list[int], params: SamplingParams):
+        self.out = out
+        self.detok = IncrementalDetokenizer(tokenizer, prompt_ids, params.skip_special_tokens) if tokenizer else None
+        self.stops = StopStringMatcher(params.stop, params.include_stop_str_in_output)
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.states: dict[str, tuple[RequestOutput, list[_SeqState]]] = {}
+
+    def add_request(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams) -> RequestOutput:
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer; this model has none (use stop_token_ids)")
+        ro = RequestOutput(request_id, prompt, prompt_ids, [])
+        seqs = []
+        for i in range(params.n):
+            out = CompletionOutput(i, logprobs=[] if params.logprobs is not None else None)
+            ro.outputs.append(out)
+            seqs.append(_SeqState(out, self.tokenizer, prompt_ids, params))
+        self.states[request_id] = (ro, seqs)
+        return ro
+
+    def process(self, outputs: list[SeqOutput]) -> tuple[list[RequestOutput], list[tuple[str, int]]]:
+        """Apply one step's outputs. Returns (updated requests, sequences ended by a stop string)."""
+        updated: dict[str, RequestOutput] = {}
+        stopped: list[tuple[str, int]] = []
+        for so in outputs:
+            entry = self.states.get(so.request_id)
+            if entry is None:
+                continue
+            ro, seqs = entry
+            st = seqs[so.index]
+            if st.out.finished:
+                continue
+            st.out.delta = ""
+            self._apply(st, so)
+            if st.out.finish_reason == "stop" and isinstance(st.out.stop_reason, str) and not so.finished:
+                stopped.append((so.request_id, so.index))
+            updated[so.request_id] = ro
+            if ro.finished:
+                del self.states[so.request_id]
+        return list(updated.values()), stopped
+
+    def _apply(self, st: _SeqState, so: SeqOutput) -> None:
+        out = st.out
+        out.token_ids.extend(so.new_token_ids)
+        if out.logprobs is not None and so.logprobs:
+            for tok, lp in zip(so.new_token_ids, so.logprobs):
+                out.logprobs.append(Logprob(tok, self._tok_str(tok), lp.logprob,
+                                            [(t, self._tok_str(t), v) for t, v in lp.top]))
+        if st.detok is None:
+            if so.finished:
+                out.finish_reason, out.stop_reason = so.finish_reason, so.stop_reason
+            return
+        delta = st.detok.add(so.new_token_ids)
+        if so.finished:
+            delta += st.detok.flush()
+        emit, matched = st.stops.feed(delta)
+        if matched is None and so.finished:
+            emit += st.stops.flush()
+        out.text += emit
+        out.delta += emit
+        if matched is not None:
+            out.finish_reason, out.stop_reason = "stop", matched
+        elif so.finished:
+            out.finish_reason, out.stop_reason = so.finish_reason, so.stop_reason
+
+    def _tok_str(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id]) if self.tokenizer else str(token_id)
+
+    def abort(self, request_id: str) -> None:
+        self.states.pop(request_id, None)

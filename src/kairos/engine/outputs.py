@@ -1,0 +1,35 @@
+"""Typed messages out of the engine core (msgspec, so they cross process boundaries as is)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from kairos.engine.sampling_params import SamplingParams
+
+
+class EngineRequest(msgspec.Struct, frozen=True):
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    arrival_time: float | None = None
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, array_like=True):
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), best first
+
+
+class SeqOutput(msgspec.Struct):
+    """What one step produced for one sequence: new tokens and, at the end, why it finished."""
+
+    request_id: str
+    index: int
+    new_token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+    num_prompt_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,67 @@
+"""Per-request sampling options (OpenAI names, plus vLLM's top_k, min_p, repetition_penalty, ignore_eos)."""
+
+from __future__ import annotations
+
+import msgspec
+
+_MAX_LOGPROBS = 20
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Validated on construction; a bad value raises ``ValueError`` naming the field."""
+
+    n: int = 1
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: no limit
+    min_p: float = 0.0
+    seed: int | None = None  # child i of an n > 1 request uses seed + i
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # also return the top-N logprobs of each sampled token
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str):
+            raise ValueError(f"{field} {why}, got {getattr(self, field)!r}")
+
+        if self.n < 1:
+            bad("n", "must be >= 1")
+        if self.max_tokens < 1:
+            bad("max_tokens", "must be >= 1")
+        if not self.temperature >= 0.0:
+            bad("temperature", "must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            bad("top_p", "must be in (0, 1]")
+        if self.top_k < -1:
+            bad("top_k", "must be -1 (disabled), 0 (disabled) or a positive integer")
+        if not 0.0 <= self.min_p <= 1.0:
+            bad("min_p", "must be in [0, 1]")
+        if not self.repetition_penalty > 0.0:
+            bad("repetition_penalty", "must be > 0")
+        if not -2.0 <= self.presence_penalty <= 2.0:
+            bad("presence_penalty", "must be in [-2, 2]")
+        if not -2.0 <= self.frequency_penalty <= 2.0:
+            bad("frequency_penalty", "must be in [-2, 2]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= _MAX_LOGPROBS:
+            bad("logprobs", f"must be in [0, {_MAX_LOGPROBS}]")
+        if isinstance(self.stop, str):  # a single stop string, as OpenAI allows
+            msgspec.structs.force_setattr(self, "stop", (self.stop,))
+        if any(not s for s in self.stop):
+            bad("stop", "must not contain empty strings")
+        if any(t < 0 for t in self.stop_token_ids):
+            bad("stop_token_ids", "must be non-negative token ids")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0

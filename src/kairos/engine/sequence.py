@@ -1,0 +1,66 @@
+"""A sequence: the scheduling unit (one of a request's ``n`` completions)."""
+
+from __future__ import annotations
+
+import enum
+import time
+
+import torch
+
+from kairos.engine.sampling_params import SamplingParams
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    """Token ids (prompt then output) and how many of them have KV in the cache.
+
+    ``token_ids[num_computed:]`` still need a forward pass; when that pass reaches the
+    end, the step samples the next token. Block tables live in the KV cache manager.
+    """
+
+    def __init__(self, seq_id: int, request_id: str, index: int, prompt_token_ids: list[int],
+                 params: SamplingParams, arrival_time: float | None = None, pending_forks: int = 0):
+        self.seq_id = seq_id
+        self.request_id = request_id
+        self.index = index
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.num_computed = 0
+        self.params = params
+        self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        self.status = SeqStatus.WAITING
+        self.pending_forks = pending_forks  # siblings to fork from this one when its prompt is done
+        self.num_preemptions = 0
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed + index)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    def fork(self, seq_id: int, index: int) -> Sequence:
+        """A sibling sharing everything computed so far (its KV is shared by the cache manager)."""
+        child = Sequence(seq_id, self.request_id, index, self.token_ids[: self.num_prompt_tokens],
+                         self.params, self.arrival_time)
+        child.token_ids = list(self.token_ids)
+        child.num_computed = self.num_computed
+        child.status = self.status
+        return child
+
+    def __repr__(self) -> str:
+        return (f"Sequence({self.request_id}/{self.index}, tokens={self.num_tokens}, "
+                f"computed={self.num_computed}, {self.status.value})")

@@ -1,0 +1,44 @@
+"""Drive an EngineCore step by step and collect what it produced."""
+
+from __future__ import annotations
+
+from kairos.config import EngineConfig
+from kairos.engine.core import EngineCore
+from kairos.engine.outputs import EngineRequest
+from kairos.engine.sampling_params import SamplingParams
+
+GREEDY = dict(temperature=0.0, ignore_eos=True)
+
+
+def make_engine(path, **kwargs) -> EngineCore:
+    return EngineCore(EngineConfig.from_kwargs(model=str(path), **kwargs))
+
+
+def run(engine: EngineCore, arrivals: dict[int, list[tuple[str, list[int], SamplingParams]]], max_steps: int = 10_000):
+    """Step the engine, adding ``arrivals[step]`` before that step; returns {(rid, index): (tokens, finish_reason)}."""
+    done: dict[tuple[str, int], tuple[list[int], str]] = {}
+    tokens: dict[tuple[str, int], list[int]] = {}
+    step = 0
+    while step < max_steps and (engine.has_unfinished() or any(k >= step for k in arrivals)):
+        for rid, prompt, params in arrivals.get(step, []):
+            engine.add_request(EngineRequest(rid, prompt, params))
+        for out in engine.step():
+            key = (out.request_id, out.index)
+            tokens.setdefault(key, []).extend(out.new_token_ids)
+            if out.finished:
+                done[key] = (tokens[key], out.finish_reason)
+        step += 1
+    assert not engine.has_unfinished(), "engine did not finish in max_steps"
+    return done
+
+
+def prompts_of(lengths: list[int], vocab: int = 300) -> list[list[int]]:
+    return [[(i * 7 + j * 13 + 5) % vocab + 3 for j in range(n)] for i, n in enumerate(lengths)]
+
+
+def assert_pool_whole(engine: EngineCore) -> None:
+    pool = engine.kv.pool
+    assert pool.num_free == pool.num_usable
+    assert sorted(pool.free) == list(range(1, pool.num_blocks))
+    assert all(c == 0 for c in pool.ref_counts)
+    assert engine.kv.block_tables == {}

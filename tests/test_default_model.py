@@ -1,0 +1,65 @@
+"""The default model (SmolLM2-135M-Instruct GGUF) end to end through the offline API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kairos import SamplingParams
+from kairos.loader.default import DEFAULT_FILE, default_model_path
+
+from conftest import hf_greedy, needs_default_model
+
+pytestmark = needs_default_model
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You answer in one sentence."}, {"role": "user", "content": "Why is the sky blue?"}],
+    [{"role": "user", "content": "Write a haiku about the sea."}],
+]
+
+
+@pytest.fixture(scope="module")
+def hf_reference():
+    from transformers import AutoModelForCausalLM
+
+    path = default_model_path()
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=DEFAULT_FILE, dtype=torch.float32).eval()
+
+
+def test_greedy_chat_equals_transformers(default_llm, hf_reference):
+    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    outs = default_llm.chat(CHATS, params)
+    for out in outs:
+        ref = hf_greedy(hf_reference, out.prompt_token_ids, 32)
+        assert out.outputs[0].token_ids == ref
+    assert "Paris" in outs[0].outputs[0].text
+
+
+def test_eos_stop_string_and_pool(default_llm):
+    eos = default_llm.chat(CHATS[0], SamplingParams(temperature=0.0, max_tokens=64))[0].outputs[0]
+    assert eos.finish_reason == "stop" and eos.stop_reason is None
+    assert eos.text == "The capital of France is Paris."
+    cut = default_llm.chat(CHATS[0], SamplingParams(temperature=0.0, max_tokens=64, stop=["Paris", "zzz"]))[0].outputs[0]
+    assert (cut.text, cut.finish_reason, cut.stop_reason) == ("The capital of France is ", "stop", "Paris")
+    engine = default_llm.engine
+    assert engine.kv.pool.num_free == engine.kv.pool.num_usable
+
+
+def test_n_logprobs_and_seed(default_llm):
+    params = SamplingParams(n=3, temperature=0.8, seed=5, max_tokens=12, logprobs=3)
+    a = default_llm.generate("Once upon a time", params)[0]
+    b = default_llm.generate("Once upon a time", params)[0]
+    assert [o.text for o in a.outputs] == [o.text for o in b.outputs]
+    assert len(a.outputs) == 3 and len({o.text for o in a.outputs}) > 1
+    for o in a.outputs:
+        assert len(o.logprobs) == len(o.token_ids)
+        for tok, lp in zip(o.token_ids, o.logprobs):
+            assert lp.token_id == tok and lp.logprob <= 0.0 and len(lp.top) == 3
+            assert lp.top[0][2] >= lp.logprob  # the best token is at least as likely as the drawn one
+
+
+def test_text_prompt_adds_no_bos_duplication(default_llm):
+    out = default_llm.generate(["The quick brown fox"], SamplingParams(temperature=0.0, max_tokens=5))[0]
+    assert out.prompt_token_ids == default_llm.tokenizer("The quick brown fox").input_ids
+    assert len(out.outputs[0].token_ids) == 5

@@ -1,0 +1,67 @@
+"""Incremental detokenization and stop strings, on the default model's tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+
+from kairos.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from kairos.engine.output_processor import OutputProcessor
+from kairos.engine.outputs import SeqOutput
+from kairos.engine.sampling_params import SamplingParams
+
+
+def stream(tok, text: str) -> list[str]:
+    ids = tok(text, add_special_tokens=False).input_ids
+    d = IncrementalDetokenizer(tok, prompt_token_ids=[])
+    deltas = [d.add([t]) for t in ids]
+    deltas.append(d.flush())
+    return deltas
+
+
+def test_multibyte_characters_split_across_tokens(default_tokenizer):
+    text = "héllo wörld — 世界 🙂 ok"
+    deltas = stream(default_tokenizer, text)
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_stop_matcher_across_deltas():
+    m = StopStringMatcher(("o w", "zzz"))
+    out = [m.feed("Hello"), m.feed(" wo"), m.feed("rld")]
+    assert out[0] == ("Hel", None)  # "lo" held back: it could start "o w" (hold = 2)
+    assert out[1] == ("l", "o w")
+    m2 = StopStringMatcher(("world",), include=True)
+    assert m2.feed("hello wor") == ("hello", None)  # hold = 4 chars
+    assert m2.feed("ld!") == (" world", "world")
+
+
+def test_earliest_stop_string_wins():
+    m = StopStringMatcher(("b", "a"))
+    assert m.feed("xxabab") == ("xx", "a")
+
+
+
+
+@pytest.mark.parametrize("stop,include,expected", [
+    ("is a", False, "Hello world, this "),
+    ("o w", False, "Hell"),
+    ("o w", True, "Hello w"),
+    ("never", False, "Hello world, this is a test."),
+])
+def test_output_processor_cuts_stop_strings(default_tokenizer, stop, include, expected):
+    params = SamplingParams(stop=(stop,), include_stop_str_in_output=include)
+    proc = OutputProcessor(default_tokenizer)
+    ro = proc.add_request("r", None, [1, 2], params)
+    ids = default_tokenizer("Hello world, this is a test.", add_special_tokens=False).input_ids
+    stopped = []
+    for i, t in enumerate(ids):
+        _, s = proc.process([SeqOutput("r", 0, [t], finish_reason="length" if i == len(ids) - 1 else None)])
+        stopped += s
+        if ro.finished:
+            break
+    out = ro.outputs[0]
+    assert out.text == expected
+    if stop == "never":
+        assert (out.finish_reason, out.stop_reason, stopped) == ("length", None, [])
+    else:
+        assert (out.finish_reason, out.stop_reason, stopped) == ("stop", stop, [("r", 0)])

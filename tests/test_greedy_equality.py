@@ -1,0 +1,68 @@
+"""Greedy output equals Hugging Face transformers token for token, however the engine batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from kairos.engine.sampling_params import SamplingParams
+
+from conftest import hf_greedy
+from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of, run
+
+LENGTHS = [5, 17, 33, 1, 64, 40]
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model):
+    model, path = tiny_model
+    prompts = prompts_of(LENGTHS)
+    return path, prompts, [hf_greedy(model, p, MAX_NEW) for p in prompts]
+
+
+def _check(engine, prompts, refs, arrivals=None):
+    params = SamplingParams(max_tokens=MAX_NEW, **GREEDY)
+    if arrivals is None:
+        arrivals = {0: [(str(i), p, params) for i, p in enumerate(prompts)]}
+    done = run(engine, arrivals)
+    for i, ref in enumerate(refs):
+        assert done[(str(i), 0)] == (ref, "length"), f"prompt {i} (len {len(prompts[i])})"
+    assert_pool_whole(engine)
+
+
+def test_batched(references):
+    path, prompts, refs = references
+    _check(make_engine(path), prompts, refs)
+
+
+def test_chunked_prefill(references):
+    path, prompts, refs = references
+    engine = make_engine(path, max_num_batched_tokens=7)  # every prompt > 7 tokens is split
+    _check(engine, prompts, refs)
+
+
+def test_preemption(references):
+    path, prompts, refs = references
+    # 12 usable blocks of 8 tokens: the six sequences (up to 88 tokens each) cannot all fit
+    engine = make_engine(path, block_size=8, num_blocks=13)
+    params = SamplingParams(max_tokens=MAX_NEW, **GREEDY)
+    preempted = []
+    orig = engine.scheduler._preempt
+
+    def spy(seq):
+        preempted.append(seq.request_id)
+        orig(seq)
+
+    engine.scheduler._preempt = spy
+    done = run(engine, {0: [(str(i), p, params) for i, p in enumerate(prompts)]})
+    assert preempted, "the pool was sized to force preemption"
+    for i, ref in enumerate(refs):
+        assert done[(str(i), 0)] == (ref, "length")
+    assert_pool_whole(engine)
+
+
+def test_arrivals_mid_run(references):
+    path, prompts, refs = references
+    params = SamplingParams(max_tokens=MAX_NEW, **GREEDY)
+    arrivals = {3 * i: [(str(i), p, params)] for i, p in enumerate(prompts)}
+    _check(make_engine(path, max_num_batched_tokens=16), prompts, refs, arrivals)

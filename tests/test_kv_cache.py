@@ -1,0 +1,107 @@
+"""Block pool and KV cache manager: exact block ids, ref counts, forks; the pool is whole after every outcome."""
+
+from __future__ import annotations
+
+import pytest
+
+from kairos.engine.kv_cache import BlockPool, KVCacheManager
+from kairos.engine.outputs import EngineRequest
+from kairos.engine.sampling_params import SamplingParams
+
+from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of
+
+
+def test_pool_allocates_lowest_first_and_reuses_freed_first():
+    pool = BlockPool(6)
+    assert pool.allocate(2) == [1, 2]
+    assert pool.allocate(1) == [3]
+    pool.release([1, 2])
+    assert pool.num_free == 4
+    assert pool.allocate(3) == [1, 2, 4]
+    with pytest.raises(RuntimeError, match="out of KV blocks"):
+        pool.allocate(2)
+
+
+def test_refcounts_and_double_free():
+    pool = BlockPool(4)
+    (b,) = pool.allocate(1)
+    pool.incref([b])
+    pool.release([b])
+    assert pool.ref_counts[b] == 1 and b not in pool.free
+    pool.release([b])
+    assert pool.ref_counts[b] == 0 and pool.free[0] == b
+    with pytest.raises(AssertionError, match="double free"):
+        pool.release([b])
+
+
+def test_manager_tables_grow_by_block():
+    kv = KVCacheManager(num_blocks=10, block_size=4)
+    assert kv.allocate(7, 5) == [1, 2]
+    assert kv.allocate(7, 8) == [1, 2]
+    assert kv.allocate(7, 9) == [1, 2, 3]
+    assert kv.allocate(8, 1) == [4]
+    assert kv.blocks_needed(8, 13) == 3
+    kv.free(7)
+    assert kv.allocate(9, 12) == [1, 2, 3]
+
+
+def test_fork_shares_full_blocks_and_copies_partial():
+    kv = KVCacheManager(num_blocks=10, block_size=4)
+    kv.allocate(1, 10)  # blocks 1, 2 full; 3 holds 2 tokens
+    assert kv.fork(1, 2, 10) == (3, 4)
+    assert kv.block_tables[2] == [1, 2, 4]
+    assert kv.pool.ref_counts[1:5] == [2, 2, 1, 1]
+    assert kv.fork(1, 3, 8) is None  # exactly two full blocks: nothing to copy
+    assert kv.block_tables[3] == [1, 2]
+    for s in (1, 2, 3):
+        kv.free(s)
+    assert kv.pool.num_free == kv.pool.num_usable
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama):
+    return make_engine(tiny_llama[1], block_size=4, num_blocks=64)
+
+
+def test_pool_whole_after_finish_stop_and_abort(engine):
+    p = prompts_of([9, 14, 3])
+    engine.add_request(EngineRequest("len", p[0], SamplingParams(max_tokens=5, **GREEDY)))
+    # stop on whatever the first greedy token is, found by a dry run
+    engine.add_request(EngineRequest("probe", p[1], SamplingParams(max_tokens=1, **GREEDY)))
+    engine.add_request(EngineRequest("abort", p[2], SamplingParams(max_tokens=50, **GREEDY)))
+    first = {}
+    for _ in range(3):
+        for o in engine.step():
+            first.setdefault(o.request_id, o.new_token_ids[0])
+    used = engine.stats()["kv_blocks_used"]
+    assert used > 0
+    aborted = engine.abort("abort")
+    assert [(o.index, o.finish_reason) for o in aborted] == [(0, "abort")]
+    engine.add_request(EngineRequest("stop", p[1], SamplingParams(max_tokens=50, stop_token_ids=(first["probe"],), **GREEDY)))
+    outs = []
+    while engine.has_unfinished():
+        outs.extend(engine.step())
+    reasons = {o.request_id: (o.finish_reason, o.stop_reason) for o in outs if o.finished}
+    assert reasons["stop"] == ("stop", first["probe"])
+    assert reasons["len"] == ("length", None)
+    assert_pool_whole(engine)
+
+
+def test_abort_waiting_and_unknown(engine):
+    engine.add_request(EngineRequest("w", prompts_of([6])[0], SamplingParams(max_tokens=4, n=3, **GREEDY)))
+    outs = engine.abort("w")  # never scheduled: its siblings were not forked yet
+    assert [(o.index, o.finish_reason) for o in outs] == [(0, "abort"), (1, "abort"), (2, "abort")]
+    assert engine.abort("nope") == []
+    assert_pool_whole(engine)
+
+
+def test_n_siblings_share_prompt_blocks(engine):
+    prompt = prompts_of([10])[0]  # 2 full blocks of 4 + 2 tokens
+    engine.add_request(EngineRequest("n", prompt, SamplingParams(max_tokens=3, n=3, temperature=1.0, seed=7)))
+    engine.step()  # prefill + fork
+    tables = [engine.kv.block_tables[s.seq_id] for s in engine.requests["n"]]
+    assert tables[0][:2] == tables[1][:2] == tables[2][:2]  # shared full blocks
+    assert len({t[2] for t in tables}) == 3  # each has its own copy of the partial block
+    while engine.has_unfinished():
+        engine.step()
+    assert_pool_whole(engine)
