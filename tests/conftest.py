@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
 TINY_COMMON = dict(
     vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -37,7 +37,13 @@ def prompts_of(lengths: list[int], vocab: int = 300) -> list[list[int]]:
 
 
 def assert_pool_whole(engine: EngineCore) -> None:
+    """Every block is free, or held only by the prefix tree and unlocked (so evicting the tree frees all)."""
     pool = engine.kv.pool
+    tree = getattr(engine.kv, "tree", None)
+    if tree is not None:
+        assert engine.kv.locked == {}
+        pool.release(tree.evict(pool.num_blocks))
+        assert tree.num_cached_blocks == 0
     assert pool.num_free == pool.num_usable
     assert sorted(pool.free) == list(range(1, pool.num_blocks))
     assert all(c == 0 for c in pool.ref_counts)

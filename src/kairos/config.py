@@ -54,6 +54,7 @@ class CacheConfig:
     block_size: int = field(default=16, metadata={"help": "tokens per KV block"})
     kv_cache_memory: str = field(default="2GiB", metadata={"help": "memory for the KV cache, e.g. 512MiB, 4GiB"})
     num_blocks: int | None = field(default=None, metadata={"help": "exact number of KV blocks (overrides --kv-cache-memory)"})
+    prefix_cache: bool = field(default=True, metadata={"help": "reuse the KV of shared prefixes (radix tree)"})
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -70,8 +71,15 @@ class SchedulerConfig:
 
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (prefill chunks + decodes)"})
+    scheduling_policy: str = field(default="lpm", metadata={"help": "waiting-queue order: fcfs, or lpm (longest cached prefix first)"})
+    starve_steps: int = field(default=64, metadata={"help": "steps a request may be passed over before it goes first"})
 
     def __post_init__(self) -> None:
+        from kairos.engine.policies import get_policy
+
+        get_policy(self.scheduling_policy)  # raises on an unknown name
+        if self.starve_steps < 1:
+            raise ValueError(f"starve_steps must be >= 1, got {self.starve_steps}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:

@@ -8,7 +8,7 @@ import logging
 import torch
 
 from kairos.config import EngineConfig, parse_size
-from kairos.engine.kv_cache import KVCacheManager
+from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block
 from kairos.engine.sampler import Sampler, SamplingRow
@@ -32,7 +32,7 @@ class EngineCore:
         self.dtype = resolve_dtype(config.model, self.device)
         cc = config.cache
         num_blocks = cc.num_blocks or max(2, parse_size(cc.kv_cache_memory) // kv_bytes_per_block(arch, cc.block_size, self.dtype))
-        self.kv = KVCacheManager(num_blocks, cc.block_size)
+        self.kv = (PrefixCachingKVManager if cc.prefix_cache else KVCacheManager)(num_blocks, cc.block_size)
         self.runner = ModelRunner(model, arch, num_blocks, cc.block_size, self.device, self.dtype)
         self.scheduler = Scheduler(config.scheduler, self.kv)
         self.sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
@@ -101,11 +101,11 @@ class EngineCore:
         seqs: list[Sequence] = []
         logit_rows: list[int] = []
         copies: list[tuple[int, int]] = []
+        samples = [s.samples for s in sched.scheduled]  # read before num_computed moves
+        self.scheduler.update(sched)
         row = 0
-        for s in sched.scheduled:
-            samples = s.samples  # read before num_computed moves
-            s.seq.num_computed += s.num_new_tokens
-            if samples:
+        for s, does_sample in zip(sched.scheduled, samples):
+            if does_sample:
                 # siblings of an n > 1 request are forked here and share the parent's logits row
                 group = [s.seq] + (self._fork(s.seq, copies) if s.seq.pending_forks else [])
                 logit_rows.extend([row] * len(group))
@@ -177,4 +177,5 @@ class EngineCore:
             "kv_blocks_total": pool.num_usable,
             "kv_blocks_free": pool.num_free,
             "kv_blocks_used": pool.num_usable - pool.num_free,
+            **self.kv.stats(),
         }

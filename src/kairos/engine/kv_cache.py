@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from kairos.engine.radix_cache import Node, RadixCache
+
 NULL_BLOCK = 0
 
 
@@ -75,6 +77,21 @@ class KVCacheManager:
     def free(self, seq_id: int) -> None:
         self.pool.release(self.block_tables.pop(seq_id, []))
 
+    # Prefix-cache hooks; without a cache nothing is shared between sequences.
+    def peek(self, token_ids: list[int]) -> int:
+        """Tokens of ``token_ids`` whose KV is cached (nothing is locked)."""
+        return 0
+
+    def match(self, seq_id: int, token_ids: list[int]) -> int:
+        """Start the table of a new sequence with its cached prefix; returns the cached token count."""
+        return 0
+
+    def cache(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
+        """Offer the sequence's computed full blocks to the cache."""
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
     def fork(self, parent_id: int, child_id: int, num_tokens: int) -> tuple[int, int] | None:
         """Share the parent's full blocks with a child; copy a partly filled last block.
 
@@ -92,3 +109,87 @@ class KVCacheManager:
             copy = (table[full], dst)
         self.block_tables[child_id] = child
         return copy
+
+
+class PrefixCachingKVManager(KVCacheManager):
+    """A :class:`KVCacheManager` whose full blocks outlive their sequences in a :class:`RadixCache`.
+
+    The tree holds one pool reference per cached block; a sequence holds its own reference
+    to every block in its table and a lock on its deepest cached node, so blocks in use are
+    never evicted. Unlocked blocks are evicted (LRU leaves first) only when the pool runs dry.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int):
+        super().__init__(num_blocks, block_size)
+        self.tree = RadixCache(block_size)
+        self.locked: dict[int, Node] = {}  # seq id -> its deepest locked node
+        self.queried_tokens = 0
+        self.hit_tokens = 0
+        self.evicted_blocks = 0
+
+    def peek(self, token_ids: list[int]) -> int:
+        return self.tree.match_prefix(token_ids[: len(token_ids) - 1]).num_blocks * self.block_size
+
+    def match(self, seq_id: int, token_ids: list[int]) -> int:
+        # Leave at least one token to compute: its logits give the next token.
+        m = self.tree.match_prefix(token_ids[: len(token_ids) - 1])
+        self.pool.incref(m.blocks)
+        self.block_tables[seq_id] = list(m.blocks)
+        self._relock(seq_id, m.node)
+        self.queried_tokens += len(token_ids)
+        self.hit_tokens += m.num_blocks * self.block_size
+        return m.num_blocks * self.block_size
+
+    def cache(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
+        table = self.block_tables[seq_id]
+        taken, node = self.tree.insert(token_ids[:num_computed], table)
+        self.pool.incref(taken)
+        self._relock(seq_id, node)
+
+    def can_allocate(self, seq_id: int, num_tokens: int, extra_blocks: int = 0) -> bool:
+        need = self.blocks_needed(seq_id, num_tokens) + extra_blocks
+        return need <= self.pool.num_free or need <= self.pool.num_free + self._reclaimable()
+
+    def allocate(self, seq_id: int, num_tokens: int) -> list[int]:
+        self._ensure_free(self.blocks_needed(seq_id, num_tokens))
+        return super().allocate(seq_id, num_tokens)
+
+    def fork(self, parent_id: int, child_id: int, num_tokens: int) -> tuple[int, int] | None:
+        self._ensure_free(1)
+        copy = super().fork(parent_id, child_id, num_tokens)
+        if parent_id in self.locked:
+            self._relock(child_id, self.locked[parent_id])
+        return copy
+
+    def free(self, seq_id: int) -> None:
+        self._relock(seq_id, None)
+        super().free(seq_id)
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "prefix_cache_queried_tokens": self.queried_tokens,
+            "prefix_cache_hit_tokens": self.hit_tokens,
+            "prefix_cache_hit_rate": self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0,
+            "prefix_cache_evicted_blocks": self.evicted_blocks,
+            "prefix_cache_blocks": self.tree.num_cached_blocks,
+        }
+
+    def _relock(self, seq_id: int, node: Node | None) -> None:
+        old = self.locked.pop(seq_id, None)
+        if node is not None:
+            self.tree.lock(node)
+            self.locked[seq_id] = node
+        if old is not None:
+            self.tree.unlock(old)
+
+    def _reclaimable(self) -> int:
+        # unlocked cached blocks that only the tree references: evicting them frees memory
+        return sum(1 for n in self.tree._nodes() if n.lock_ref == 0 and self.pool.ref_counts[n.block] == 1)
+
+    def _ensure_free(self, n: int) -> None:
+        while self.pool.num_free < n:
+            evicted = self.tree.evict(n - self.pool.num_free)
+            if not evicted:
+                return  # the pool's own error names the shortfall
+            self.evicted_blocks += len(evicted)
+            self.pool.release(evicted)

@@ -20,10 +20,19 @@ class LLM:
     """An engine in this process. Keyword arguments are the fields of the engine's config dataclasses."""
 
     def __init__(self, model: str = "default", **engine_kwargs: Any):
+        self._init(EngineConfig.from_kwargs(model=model, **engine_kwargs))
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLM:
+        llm = cls.__new__(cls)
+        llm._init(config)
+        return llm
+
+    def _init(self, config: EngineConfig) -> None:
         from kairos.loader import load_tokenizer
 
-        self.config = EngineConfig.from_kwargs(model=model, **engine_kwargs)
-        self.engine = EngineCore(self.config)
+        self.config = config
+        self.engine = EngineCore(config)
         self.tokenizer = load_tokenizer(self.engine.model_path)
         self.processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from kairos.config import SchedulerConfig
 from kairos.engine.kv_cache import KVCacheManager
+from kairos.engine.policies import get_policy
 from kairos.engine.sequence import SeqStatus, Sequence
 
 
@@ -45,6 +46,7 @@ class Scheduler:
         self.kv = kv
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.policy = get_policy(config.scheduling_policy)
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -72,17 +74,26 @@ class Scheduler:
                 i += 1
         if out.preempted:  # memory is tight: admit nothing new this step
             return out
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
+        for seq in self.policy(self.waiting, self.kv, self.config.starve_steps) if self.waiting else ():
+            if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+                break
+            fresh = seq.seq_id not in self.kv.block_tables
+            if fresh:  # start from its longest cached prefix
+                seq.num_computed = self.kv.match(seq.seq_id, seq.token_ids)
             n = min(seq.num_tokens - seq.num_computed, budget)
             reserve = seq.pending_forks if seq.num_computed + n == seq.num_tokens else 0
             if not self.kv.can_allocate(seq.seq_id, seq.num_computed + n, reserve):
+                if fresh:
+                    self.kv.free(seq.seq_id)
+                    seq.num_computed = 0
                 break
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, n, self.kv.allocate(seq.seq_id, seq.num_computed + n)))
             budget -= n
+        for seq in self.waiting:
+            seq.waited_steps += 1
         return out
 
     def _preempt(self, seq: Sequence) -> None:
@@ -92,6 +103,15 @@ class Scheduler:
         seq.num_preemptions += 1
         seq.status = SeqStatus.WAITING
         self.waiting.appendleft(seq)
+
+    def update(self, sched: SchedulerOutput) -> None:
+        """Advance computed counts after a step; newly completed full blocks go to the prefix cache."""
+        bs = self.kv.block_size
+        for s in sched.scheduled:
+            before = s.seq.num_computed
+            s.seq.num_computed += s.num_new_tokens
+            if s.seq.num_computed // bs > before // bs:
+                self.kv.cache(s.seq.seq_id, s.seq.token_ids, s.seq.num_computed)
 
     def add_running(self, seq: Sequence, after: Sequence) -> None:
         """Insert a forked sibling right after its parent in the running order."""

@@ -36,6 +36,7 @@ class Sequence:
         self.status = SeqStatus.WAITING
         self.pending_forks = pending_forks  # siblings to fork from this one when its prompt is done
         self.num_preemptions = 0
+        self.waited_steps = 0  # scheduling rounds spent waiting (for starvation guards)
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed + index)

@@ -1,0 +1,105 @@
+"""``kairos`` command line. Flags are generated from the configuration dataclasses, so each
+default and help text lives in exactly one place. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from typing import Any
+
+from kairos.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+
+_ENGINE_PARTS = (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig))
+
+
+def _scalar_type(tp: Any) -> type:
+    """``int | None`` -> int; the type argparse should convert a flag's text with."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = _scalar_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if tp is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata.get("help"))
+        else:
+            group.add_argument(flag, type=tp, default=default, help=f.metadata.get("help"))
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    parts = {}
+    for name, cls in _ENGINE_PARTS:
+        parts[name] = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    return EngineConfig(**parts)
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--min-p", type=float, default=0.0)
+    g.add_argument("--seed", dest="sample_seed", type=int, default=None, help="per-request seed")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--n", type=int, default=1)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import logging
+
+    from kairos.engine.llm import LLM
+    from kairos.engine.sampling_params import SamplingParams
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, min_p=args.min_p, seed=args.sample_seed, stop=tuple(args.stop), n=args.n)
+    cfg = engine_config_from_args(args)
+    llm = LLM.from_config(cfg)
+    if args.raw:
+        outs = llm.generate(args.prompt, params)
+    else:
+        outs = llm.chat([{"role": "user", "content": args.prompt}], params)
+    for o in outs[0].outputs:
+        print(o.text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kairos", description="Kairos: deadline-aware LLM serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="complete one prompt offline and print the text",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    gen.add_argument("prompt")
+    gen.add_argument("--raw", action="store_true", help="plain completion: no chat template")
+    for _, cls in _ENGINE_PARTS:
+        add_config_args(gen, cls, skip=("seed",) if cls is ModelConfig else ())
+    gen.set_defaults(seed=0)
+    _add_sampling_args(gen)
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError) as e:  # bad input: one clear line, no traceback
+        print(f"kairos: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

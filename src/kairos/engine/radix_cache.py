@@ -1,0 +1,114 @@
+"""Radix tree over token ids at block granularity: prefixes -> KV block ids.
+
+A pure structure: it maps token prefixes to block ids and tracks which nodes are locked;
+it never touches requests, and it frees nothing itself — ``evict`` returns the block ids
+whose reference the tree drops, and the caller releases them to the pool.
+
+Only full blocks are cached (a block is a node; its key is its ``block_size`` token ids):
+a partly filled block is still being written by its sequence, so sharing it would need
+a copy; the cost of not caching it is recomputing fewer than ``block_size`` tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class Node:
+    key: tuple[int, ...]  # the block's token ids (empty for the root)
+    block: int
+    parent: Node | None
+    children: dict[tuple[int, ...], Node] = field(default_factory=dict)
+    lock_ref: int = 0  # sequences using this node or a descendant
+    last_access: int = 0
+
+
+@dataclass(frozen=True)
+class PrefixMatch:
+    blocks: list[int]  # KV blocks of the matched prefix, in order
+    node: Node  # deepest matched node (the root when nothing matched): pass to lock/unlock
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+
+class RadixCache:
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self.root = Node((), -1, None)
+        self.num_cached_blocks = 0
+        self._clock = itertools.count(1)  # logical time for LRU: deterministic, no wall clock
+
+    def _keys(self, token_ids: list[int]):
+        bs = self.block_size
+        for i in range(len(token_ids) // bs):
+            yield tuple(token_ids[i * bs : (i + 1) * bs])
+
+    def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
+        """Longest cached prefix of ``token_ids`` in whole blocks."""
+        node, blocks, now = self.root, [], next(self._clock)
+        for key in self._keys(token_ids):
+            child = node.children.get(key)
+            if child is None:
+                break
+            child.last_access = now
+            blocks.append(child.block)
+            node = child
+        return PrefixMatch(blocks, node)
+
+    def insert(self, token_ids: list[int], blocks: list[int]) -> tuple[list[int], Node]:
+        """Cache the full blocks of ``token_ids`` (``blocks[i]`` holds block i).
+
+        Returns (block ids the tree took a new reference to, deepest node). Where a prefix
+        was cached already, the tree keeps its own block and the caller's duplicate is not taken.
+        """
+        node, taken, now = self.root, [], next(self._clock)
+        for key, block in zip(self._keys(token_ids), blocks):
+            child = node.children.get(key)
+            if child is None:
+                child = Node(key, block, node)
+                node.children[key] = child
+                self.num_cached_blocks += 1
+                taken.append(block)
+            child.last_access = now
+            node = child
+        return taken, node
+
+    def lock(self, node: Node) -> None:
+        while node is not self.root:
+            node.lock_ref += 1
+            node = node.parent
+
+    def unlock(self, node: Node) -> None:
+        while node is not self.root:
+            assert node.lock_ref > 0, "unlock of an unlocked node"
+            node.lock_ref -= 1
+            node = node.parent
+
+    def evictable_blocks(self) -> int:
+        return sum(1 for n in self._nodes() if n.lock_ref == 0)
+
+    def evict(self, n: int) -> list[int]:
+        """Drop up to ``n`` unlocked blocks, least recently used leaves first; returns their ids."""
+        leaves = [x for x in self._nodes() if not x.children and x.lock_ref == 0]
+        evicted: list[int] = []
+        while leaves and len(evicted) < n:
+            leaves.sort(key=lambda x: x.last_access)  # few leaves are evicted at a time; simple beats a heap here
+            leaf = leaves.pop(0)
+            del leaf.parent.children[leaf.key]
+            self.num_cached_blocks -= 1
+            evicted.append(leaf.block)
+            parent = leaf.parent
+            if parent is not self.root and not parent.children and parent.lock_ref == 0:
+                leaves.append(parent)
+        return evicted
+
+    def _nodes(self):
+        stack = list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(node.children.values())
