@@ -77,6 +77,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from kairos.server.config import ServerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server_cfg = ServerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)})
+    from kairos.server.launch import serve
+
+    return asyncio.run(serve(engine_config_from_args(args), server_cfg))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kairos", description="Kairos: deadline-aware LLM serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(seed=0)
     _add_sampling_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    from kairos.server.config import ServerConfig
+
+    srv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_args(srv, ServerConfig)
+    for _, cls in _ENGINE_PARTS:
+        add_config_args(srv, cls)
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

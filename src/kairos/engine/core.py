@@ -177,5 +177,7 @@ class EngineCore:
             "kv_blocks_total": pool.num_usable,
             "kv_blocks_free": pool.num_free,
             "kv_blocks_used": pool.num_usable - pool.num_free,
+            # blocks that live sequences reference (the rest of "used" is prefix cache only)
+            "kv_blocks_active": len({b for t in self.kv.block_tables.values() for b in t}),
             **self.kv.stats(),
         }

@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP server: API process (FastAPI) + engine process (ZMQ)."""

@@ -1,0 +1,219 @@
+"""FastAPI application: OpenAI routes, health, metrics, version; OpenAI-style errors for bad input."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import kairos
+from kairos.server.client import EngineClient
+from kairos.server.config import ServerConfig
+from kairos.server.metrics import ServerMetrics
+from kairos.server.protocol import ChatCompletionRequest, CompletionRequest, now
+from kairos.server.serving import (
+    APIError,
+    Generator,
+    chat_logprobs,
+    completion_logprobs,
+    header,
+    merge,
+    new_id,
+    sse,
+    usage,
+)
+
+
+def error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerConfig) -> FastAPI:
+    app = FastAPI(title="Kairos", version=kairos.__version__)
+    metrics = ServerMetrics(model_name)
+    gen = Generator(client, tokenizer, metrics, config.max_pending)
+    aliases = {model_name, "default", client.config.model.model}
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError):
+        return error(e.status, e.message, e.type, e.param, e.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        if first.get("type") == "json_invalid":
+            return error(400, f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "))
+        return error(400, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid value')}", param=".".join(loc) or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException):
+        return error(e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error")
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > config.max_body_bytes:
+            return error(413, f"request body of {size} bytes exceeds the limit of {config.max_body_bytes}")
+        return await call_next(request)
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name not in aliases:
+            raise APIError(404, f"The model `{name}` does not exist. Served: `{model_name}`.", "not_found_error",
+                           param="model", code="model_not_found")
+
+    def check_alive() -> None:
+        if client.dead:
+            raise APIError(503, f"engine unavailable: {client.dead}", "server_error", code="engine_dead")
+
+    def sampling(req, prompt_len: int, default_max: int):
+        if req.n < 1:
+            raise APIError(400, f"n must be >= 1, got {req.n}", param="n")
+        try:
+            params = req.sampling_params(default_max)
+        except ValueError as e:
+            raise APIError(400, str(e), param=str(e).split(" ", 1)[0]) from None
+        limit = client.ready.max_model_len
+        if prompt_len + params.max_tokens > limit:
+            raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you requested "
+                                f"{prompt_len + params.max_tokens} tokens ({prompt_len} in the prompt, "
+                                f"{params.max_tokens} in the completion). Please reduce the length.",
+                           param="max_tokens", code="context_length_exceeded")
+        return params
+
+    def encode(prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise APIError(400, "prompt must not be empty", param="prompt")
+            return prompt, tokenizer(prompt).input_ids
+        if not prompt:
+            raise APIError(400, "prompt must not be empty", param="prompt")
+        if min(prompt) < 0 or max(prompt) >= client.ready.vocab_size:
+            raise APIError(400, f"prompt token ids must be in [0, {client.ready.vocab_size})", param="prompt")
+        return None, list(prompt)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest):
+        check_model(req.model)
+        check_alive()
+        p = req.prompt
+        prompts = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
+        if not prompts:
+            raise APIError(400, "prompt must not be empty", param="prompt")
+        encoded = [encode(x) for x in prompts]
+        params = [sampling(req, len(ids), 16) for _, ids in encoded]
+        rid = new_id("cmpl")
+        runs = [gen.run(text, ids, sp) for (text, ids), sp in zip(encoded, params)]
+        n = req.n
+        if req.stream:
+            return _stream(rid, "text_completion", model_name, runs, n, req, chat=False)
+        finals = {}
+        async for i, (tr, _) in merge(runs):
+            finals[i] = tr.output
+        choices = []
+        for i in range(len(runs)):
+            for o in finals[i].outputs:
+                choices.append({"index": i * n + o.index, "text": (prompts[i] if req.echo and isinstance(prompts[i], str) else "") + o.text,
+                                "logprobs": completion_logprobs(o), "finish_reason": o.finish_reason,
+                                "stop_reason": o.stop_reason})
+        tot = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for i in range(len(runs)):
+            for k, v in usage(len(encoded[i][1]), finals[i].outputs).items():
+                tot[k] += v
+        return {**header("text_completion", rid, model_name), "choices": choices, "usage": tot}
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatCompletionRequest):
+        check_model(req.model)
+        check_alive()
+        if not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "this model has no chat template; use /v1/completions", param="messages")
+        try:
+            text = tokenizer.apply_chat_template(req.conversation(), tokenize=False,
+                                                 add_generation_prompt=req.add_generation_prompt)
+        except Exception as e:  # template errors are the caller's messages' fault
+            raise APIError(400, f"messages could not be rendered by the chat template: {e}", param="messages") from None
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
+        params = sampling(req, len(ids), max_default)
+        rid = new_id("chatcmpl")
+        runs = [gen.run(text, ids, params)]
+        if req.stream:
+            return _stream(rid, "chat.completion.chunk", model_name, runs, req.n, req, chat=True)
+        final = None
+        async for _, (tr, _) in merge(runs):
+            final = tr.output
+        choices = [{"index": o.index, "message": {"role": "assistant", "content": o.text},
+                    "logprobs": chat_logprobs(o), "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
+                   for o in final.outputs]
+        return {**header("chat.completion", rid, model_name), "choices": choices, "usage": usage(len(ids), final.outputs)}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": now(), "owned_by": "kairos",
+                                            "max_model_len": client.ready.max_model_len}]}
+
+    @app.get("/health")
+    async def health():
+        if client.dead:
+            return error(503, f"engine unavailable: {client.dead}", "server_error", code="engine_dead")
+        return {"status": "ok"}
+
+    @app.get("/version")
+    async def version():
+        return {"version": kairos.__version__}
+
+    @app.get("/stats")
+    async def stats():
+        return {**client.stats, "num_requests_in_flight": len(client.queues),
+                "engine_pid": client.proc.pid if client.proc else None}
+
+    @app.get("/metrics")
+    async def prom():
+        return Response(metrics.render(client.stats), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _stream(rid: str, kind: str, model: str, runs, n: int, req, chat: bool) -> StreamingResponse:
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    async def body():
+        sent_role: set[int] = set()
+        sent_lp: dict[int, int] = {}
+        finals = {}
+        try:
+            async for i, (tr, index) in merge(runs):
+                o = tr.output.outputs[index]
+                finals[i] = tr
+                if not o.delta and not o.finish_reason and o.logprobs is None:
+                    continue  # text held back (partial character or possible stop string)
+                idx = i * n + index
+                start = sent_lp.get(idx, 0)
+                sent_lp[idx] = len(o.logprobs) if o.logprobs is not None else 0
+                if chat:
+                    delta = {"content": o.delta}
+                    if idx not in sent_role:
+                        delta["role"] = "assistant"
+                        sent_role.add(idx)
+                    choice = {"index": idx, "delta": delta, "logprobs": chat_logprobs(o, start)}
+                else:
+                    choice = {"index": idx, "text": o.delta, "logprobs": completion_logprobs(o, start)}
+                choice["finish_reason"] = o.finish_reason
+                if o.finish_reason:
+                    choice["stop_reason"] = o.stop_reason
+                yield sse({**header(kind, rid, model), "choices": [choice]})
+        except APIError as e:
+            yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
+            return
+        if include_usage:
+            tot = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            for tr in finals.values():
+                for k, v in usage(len(tr.output.prompt_token_ids), tr.output.outputs).items():
+                    tot[k] += v
+            yield sse({**header(kind, rid, model), "choices": [], "usage": tot})
+        yield sse("[DONE]")
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,145 @@
+"""EngineClient: runs the engine in its own process and routes its outputs to per-request queues."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import tempfile
+import uuid
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from kairos.config import EngineConfig
+from kairos.engine.outputs import EngineRequest
+from kairos.server.engine_proc import run_engine
+from kairos.server.messages import (
+    AbortRequest,
+    AddRequest,
+    EngineFailed,
+    EngineOutput,
+    EngineReady,
+    FinishSequence,
+    RequestRejected,
+    Shutdown,
+    StepOutputs,
+)
+
+logger = logging.getLogger("kairos.server")
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class EngineClient:
+    """Async front of the engine process. ``add`` returns a queue of ``SeqOutput`` (or an exception)."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.ready: EngineReady | None = None
+        self.stats: dict[str, float] = {}
+        self.dead: str | None = None
+        self.queues: dict[str, asyncio.Queue] = {}
+        self._ctx = zmq.asyncio.Context()
+        base = os.path.join(tempfile.gettempdir(), f"kairos-{uuid.uuid4().hex[:12]}")
+        self._in_addr, self._out_addr = f"ipc://{base}-in", f"ipc://{base}-out"
+        self._in = self._ctx.socket(zmq.PUSH)
+        self._in.bind(self._in_addr)
+        self._out = self._ctx.socket(zmq.PULL)
+        self._out.bind(self._out_addr)
+        self._enc = msgspec.msgpack.Encoder()
+        self._dec = msgspec.msgpack.Decoder(EngineOutput)
+        self.proc: mp.Process | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self, timeout: float = 600.0) -> EngineReady:
+        self.proc = mp.get_context("spawn").Process(
+            target=run_engine, args=(self.config, self._in_addr, self._out_addr, logging.getLogger().level or logging.INFO),
+            name="kairos-engine", daemon=True)
+        self.proc.start()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if await self._out.poll(200):
+                msg = self._dec.decode(await self._out.recv())
+                if isinstance(msg, EngineReady):
+                    break
+                if isinstance(msg, EngineFailed):
+                    raise EngineDeadError(f"engine failed to start: {msg.message}")
+            if not self.proc.is_alive():
+                raise EngineDeadError(f"engine process exited with code {self.proc.exitcode} while starting")
+            if asyncio.get_running_loop().time() > deadline:
+                raise EngineDeadError("engine did not become ready in time")
+        self.ready, self.stats = msg, msg.stats
+        self._tasks = [asyncio.create_task(self._read_outputs()), asyncio.create_task(self._watch_process())]
+        return msg
+
+    def add(self, request: EngineRequest) -> asyncio.Queue:
+        if self.dead:
+            raise EngineDeadError(self.dead)
+        q: asyncio.Queue = asyncio.Queue()
+        self.queues[request.request_id] = q
+        self._send(AddRequest(request))
+        return q
+
+    def abort(self, request_id: str) -> None:
+        if self.queues.pop(request_id, None) is not None and not self.dead:
+            self._send(AbortRequest(request_id))
+
+    def finish_sequence(self, request_id: str, index: int) -> None:
+        if not self.dead:
+            self._send(FinishSequence(request_id, index))
+
+    def release(self, request_id: str) -> None:
+        """Forget a request that has finished (nothing is sent to the engine)."""
+        self.queues.pop(request_id, None)
+
+    def _send(self, msg) -> None:
+        self._in.send(self._enc.encode(msg), copy=False)  # PUSH to one local peer: never blocks in practice
+
+    async def _read_outputs(self) -> None:
+        while True:
+            msg = self._dec.decode(await self._out.recv())
+            if isinstance(msg, StepOutputs):
+                self.stats = msg.stats
+                for o in msg.outputs:
+                    q = self.queues.get(o.request_id)
+                    if q is not None:
+                        q.put_nowait(o)
+            elif isinstance(msg, RequestRejected):
+                q = self.queues.pop(msg.request_id, None)
+                if q is not None:
+                    q.put_nowait(ValueError(msg.message))
+            elif isinstance(msg, EngineFailed):
+                self._fail(f"engine failed: {msg.message}")
+                return
+
+    async def _watch_process(self) -> None:
+        while self.proc is not None and self.proc.is_alive():
+            await asyncio.sleep(0.5)
+        self._fail(f"engine process exited with code {self.proc.exitcode if self.proc else None}")
+
+    def _fail(self, why: str) -> None:
+        if self.dead:
+            return
+        self.dead = why
+        logger.error("%s", why)
+        for q in self.queues.values():
+            q.put_nowait(EngineDeadError(why))
+        self.queues.clear()
+
+    async def shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self.proc is not None and self.proc.is_alive():
+            self._send(Shutdown())
+            await asyncio.to_thread(self.proc.join, 10)
+            if self.proc.is_alive():
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.join, 5)
+        self._in.close(0)
+        self._out.close(0)
+        self._ctx.term()

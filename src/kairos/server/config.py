@@ -1,0 +1,21 @@
+"""Configuration of the HTTP server (the engine's own is in kairos.config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8000, metadata={"help": "port to listen on"})
+    served_model_name: str | None = field(default=None, metadata={"help": "model name in the API (default: from the model file)"})
+    max_pending: int = field(default=1024, metadata={"help": "requests in flight before new ones get 503"})
+    max_body_bytes: int = field(default=8 << 20, metadata={"help": "largest request body accepted"})
+    default_max_tokens: int = field(default=1024, metadata={"help": "chat max_tokens when the request sets none (capped by the context)"})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_pending < 1 or self.max_body_bytes < 1 or self.default_max_tokens < 1:
+            raise ValueError("max_pending, max_body_bytes and default_max_tokens must be >= 1")

@@ -1,0 +1,90 @@
+"""The engine process: a synchronous loop around EngineCore, fed and drained over ZMQ.
+
+No asyncio and no locks here: inputs are drained between steps (blocking only while idle),
+and each step's outputs go back in one message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import traceback
+
+import msgspec
+import zmq
+
+from kairos.config import EngineConfig
+from kairos.server.messages import (
+    AbortRequest,
+    AddRequest,
+    EngineFailed,
+    EngineInput,
+    EngineOutput,
+    EngineReady,
+    FinishSequence,
+    RequestRejected,
+    Shutdown,
+    StepOutputs,
+)
+
+IDLE_POLL_MS = 200  # while idle, wake this often to notice a dead parent
+
+logger = logging.getLogger("kairos.engine")
+
+
+def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_level: int = logging.INFO) -> None:
+    """Process entry point (spawned by EngineClient)."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the API process decides when we stop
+    parent = os.getppid()
+    ctx = zmq.Context()
+    inp = ctx.socket(zmq.PULL)
+    inp.connect(input_addr)
+    out = ctx.socket(zmq.PUSH)
+    out.setsockopt(zmq.LINGER, 2000)
+    out.connect(output_addr)
+    enc = msgspec.msgpack.Encoder()
+    dec = msgspec.msgpack.Decoder(EngineInput)
+
+    def send(msg: EngineOutput) -> None:
+        out.send(enc.encode(msg))
+
+    try:
+        from kairos.engine.core import EngineCore
+
+        engine = EngineCore(config)
+        send(EngineReady(str(engine.model_path), engine.max_model_len, engine.arch.vocab_size, engine.stats()))
+        poller = zmq.Poller()
+        poller.register(inp, zmq.POLLIN)
+        while True:
+            timeout = 0 if engine.has_unfinished() else IDLE_POLL_MS
+            aborted = []
+            while poller.poll(timeout):
+                timeout = 0
+                msg = dec.decode(inp.recv())
+                if isinstance(msg, AddRequest):
+                    try:
+                        engine.add_request(msg.request)
+                    except ValueError as e:
+                        send(RequestRejected(msg.request.request_id, str(e)))
+                elif isinstance(msg, AbortRequest):
+                    aborted.extend(engine.abort(msg.request_id))
+                elif isinstance(msg, FinishSequence):
+                    engine.finish_sequence(msg.request_id, msg.index)
+                elif isinstance(msg, Shutdown):
+                    return
+            if os.getppid() != parent:  # the API process died: do not linger as an orphan
+                logger.error("API process is gone; engine exiting")
+                return
+            outputs = engine.step() if engine.has_unfinished() else []
+            if outputs or aborted:  # stats ride along, so gauges are fresh after every change
+                send(StepOutputs(aborted + outputs, engine.stats()))
+    except Exception as e:  # report, then exit non-zero: the API process turns this into 503s
+        send(EngineFailed(f"{type(e).__name__}: {e}"))
+        traceback.print_exc()
+        os._exit(1)
+    finally:
+        inp.close(0)
+        out.close()
+        ctx.term()

@@ -1,0 +1,73 @@
+"""Start the engine process and the HTTP server; stop both together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from kairos.config import EngineConfig
+from kairos.server.config import ServerConfig
+
+logger = logging.getLogger("kairos.server")
+
+
+def served_name(model: str, path: Path) -> str:
+    from kairos.loader.default import DEFAULT_NAME
+
+    return DEFAULT_NAME if model == "default" else path.name.removesuffix(".gguf")
+
+
+async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
+    """Run until SIGINT/SIGTERM (exit 0) or until the engine dies (exit 1)."""
+    import uvicorn
+
+    from kairos.loader import load_tokenizer, resolve_model_path
+    from kairos.server.app import build_app
+    from kairos.server.client import EngineClient
+
+    path = resolve_model_path(engine_cfg.model.model)  # a bad path fails here, before any process starts
+    client = EngineClient(engine_cfg)
+    starting = asyncio.create_task(client.start())  # the engine loads weights while we load the tokenizer
+    try:
+        tokenizer = await asyncio.to_thread(load_tokenizer, path)
+        ready = await starting
+    except BaseException:
+        starting.cancel()
+        await client.shutdown()
+        raise
+    name = cfg.served_model_name or served_name(engine_cfg.model.model, path)
+    app = build_app(client, tokenizer, name, cfg)
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            # uvicorn re-raises the signal after its shutdown, which would kill us before the
+            # engine is stopped; our handlers below just ask it to exit, and we exit 0.
+            yield
+
+    server = Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                   timeout_graceful_shutdown=5))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+
+    async def watch() -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        logger.info("serving %s (max_model_len %d) on http://%s:%d", name, ready.max_model_len, cfg.host, cfg.port)
+        while not client.dead:
+            await asyncio.sleep(0.2)
+        server.should_exit = True  # engine gone: requests already get 503; stop instead of hanging
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+        await client.shutdown()
+    if client.dead:
+        logger.error("exiting: %s", client.dead)
+        return 1
+    return 0

@@ -1,0 +1,53 @@
+"""Typed messages between the API server and the engine process (msgspec, tagged unions)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from kairos.engine.outputs import EngineRequest, SeqOutput
+
+
+class AddRequest(msgspec.Struct, tag=True):
+    request: EngineRequest
+
+
+class AbortRequest(msgspec.Struct, tag=True):
+    request_id: str
+
+
+class FinishSequence(msgspec.Struct, tag=True):
+    """A stop string was found by the API process's detokenizer: end this sequence."""
+
+    request_id: str
+    index: int
+
+
+class Shutdown(msgspec.Struct, tag=True):
+    pass
+
+
+EngineInput = AddRequest | AbortRequest | FinishSequence | Shutdown
+
+
+class EngineReady(msgspec.Struct, tag=True):
+    model_path: str
+    max_model_len: int
+    vocab_size: int
+    stats: dict[str, float]
+
+
+class StepOutputs(msgspec.Struct, tag=True):
+    outputs: list[SeqOutput]
+    stats: dict[str, float]
+
+
+class RequestRejected(msgspec.Struct, tag=True):
+    request_id: str
+    message: str
+
+
+class EngineFailed(msgspec.Struct, tag=True):
+    message: str
+
+
+EngineOutput = EngineReady | StepOutputs | RequestRejected | EngineFailed

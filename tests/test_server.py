@@ -1,0 +1,189 @@
+"""A real `kairos serve` (default model) on 127.0.0.1, driven by the official openai client and httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from server_helpers import ServerProcess, pid_alive
+
+from conftest import needs_default_model
+
+pytestmark = needs_default_model
+openai = pytest.importorskip("openai")
+
+MODEL = "SmolLM2-135M-Instruct"
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ServerProcess("--kv-cache-memory", "512MiB", "--max-num-seqs", "32", "--max-model-len", "2048")
+    yield srv
+    engine_pid = srv.stats()["engine_pid"] if srv.proc.poll() is None else None
+    assert srv.stop(signal.SIGTERM) == 0
+    if engine_pid:
+        deadline = time.monotonic() + 10
+        while pid_alive(engine_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(engine_pid), "engine process outlived the server"
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def test_models_health_version(server, client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    assert "version" in httpx.get(server.url + "/version").json()
+
+
+def test_chat_and_stream_agree(client):
+    full = client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=40)
+    assert full.choices[0].message.content == "The capital of France is Paris."
+    assert full.choices[0].finish_reason == "stop"
+    assert full.usage.completion_tokens == 8  # 7 text tokens + <|im_end|>
+    chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=40, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+    assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+
+
+def test_completion_n_stop_seed_logprobs(client):
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0,
+                                  stop=[" France", "."], logprobs=2)
+    c = r.choices[0]
+    assert c.finish_reason == "stop" and "." not in c.text
+    assert len(c.logprobs.tokens) == len(c.logprobs.token_logprobs) >= 1
+    assert all(len(t) == 2 for t in c.logprobs.top_logprobs)
+    kw = dict(model=MODEL, prompt="Once upon a time", max_tokens=12, temperature=0.9, n=3, seed=11,
+              extra_body={"ignore_eos": True})
+    a, b = client.completions.create(**kw), client.completions.create(**kw)
+    assert [x.text for x in a.choices] == [x.text for x in b.choices]
+    assert sorted(x.index for x in a.choices) == [0, 1, 2]
+    assert a.usage.completion_tokens == 36
+    chat = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=3, temperature=0, logprobs=True, top_logprobs=2)
+    lp = chat.choices[0].logprobs.content
+    assert len(lp) == 3 and all(len(x.top_logprobs) == 2 and x.logprob <= 0 for x in lp)
+
+
+def test_32_concurrent_streams_none_lost(server):
+    async def one(http: httpx.AsyncClient, i: int):
+        body = {"model": MODEL, "prompt": f"Count to {i}:", "max_tokens": 16, "temperature": 0, "ignore_eos": True,
+                "stream": True, "stream_options": {"include_usage": True}}
+        pieces, usage, done = [], None, False
+        async with http.stream("POST", server.url + "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    done = True
+                    continue
+                chunk = json.loads(data)
+                if chunk["choices"]:
+                    pieces.append(chunk["choices"][0])
+                else:
+                    usage = chunk["usage"]
+        return pieces, usage, done
+
+    async def main():
+        async with httpx.AsyncClient(timeout=120) as http:
+            return await asyncio.gather(*(one(http, i) for i in range(32)))
+
+    results = asyncio.run(main())
+    assert len(results) == 32
+    for pieces, usage, done in results:
+        assert done and usage["completion_tokens"] == 16
+        assert pieces[-1]["finish_reason"] == "length"
+    stats = server.stats()
+    assert stats["num_running"] == 0 and stats["kv_blocks_active"] == 0 and stats["num_requests_in_flight"] == 0
+
+
+def test_disconnect_frees_blocks(server):
+    body = {"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        for _ in range(6):
+            next(lines)
+        assert server.stats()["kv_blocks_active"] > 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and server.stats()["kv_blocks_active"]:
+        time.sleep(0.05)
+    stats = server.stats()
+    assert stats["kv_blocks_active"] == 0 and stats["num_running"] == 0
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'kairos_requests_total{model_name="SmolLM2-135M-Instruct",outcome="abort"} 1.0' in metrics
+    assert "kairos_time_to_first_token_seconds_bucket" in metrics
+
+
+def _err(server, body, path="/v1/chat/completions", raw=None):
+    if raw is not None:
+        return httpx.post(server.url + path, content=raw, headers={"content-type": "application/json"})
+    return httpx.post(server.url + path, json=body)
+
+
+@pytest.mark.parametrize("body,status,expected", [
+    ({"model": "gpt-9", "messages": ASK}, 404,
+     {"message": f"The model `gpt-9` does not exist. Served: `{MODEL}`.", "type": "not_found_error",
+      "param": "model", "code": "model_not_found"}),
+    ({"model": MODEL, "messages": ASK, "temperature": -1}, 400,
+     {"message": "temperature must be >= 0, got -1.0", "type": "invalid_request_error", "param": "temperature", "code": None}),
+    ({"model": MODEL, "messages": ASK, "n": 0}, 400,
+     {"message": "n must be >= 1, got 0", "type": "invalid_request_error", "param": "n", "code": None}),
+    ({"model": MODEL, "messages": ASK, "max_tokens": 5000}, 400, None),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, None),
+    ({"model": MODEL, "messages": ASK, "max_tokens": "many"}, 400, None),
+    ({"model": MODEL, "messages": ASK, "top_p": 2}, 400, None),
+    ({"model": MODEL, "messages": []}, 400, None),
+])
+def test_bad_input_gets_openai_errors(server, body, status, expected):
+    r = _err(server, body)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    if expected:
+        assert err == expected
+    if body.get("max_tokens") == 5000:
+        assert err["code"] == "context_length_exceeded" and "maximum context length is 2048" in err["message"]
+    if body.get("messages") and body["messages"][0]["role"] == "wizard":
+        assert err["param"] == "messages.0.role"
+
+
+def test_malformed_json_empty_prompt_and_huge_body(server):
+    r = _err(server, None, raw=b'{"model": "x", "messages": [')
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("request body is not valid JSON")
+    r = _err(server, {"model": MODEL, "prompt": ""}, path="/v1/completions")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = _err(server, None, raw=b"x" * (9 << 20))
+    assert r.status_code == 413
+    assert server.stats()["kv_blocks_active"] == 0
+
+
+def test_engine_crash_ends_streams_with_503_and_exits_nonzero():
+    srv = ServerProcess("--kv-cache-memory", "256MiB")
+    try:
+        body = {"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as r:
+            lines = r.iter_lines()
+            next(lines)
+            os.kill(srv.stats()["engine_pid"], signal.SIGKILL)
+            rest = [line for line in lines if line.startswith("data: ")]
+        error = json.loads(rest[-1][6:])["error"]
+        assert error["type"] == "server_error" and error["code"] == "engine_dead"
+        assert srv.proc.wait(15) == 1
+    finally:
+        srv.stop()
