@@ -9,6 +9,7 @@ from kairos import SamplingParams
 from kairos.loader.default import DEFAULT_FILE, default_model_path
 
 from conftest import hf_greedy, needs_default_model
+from engine_helpers import assert_pool_whole
 
 pytestmark = needs_default_model
 
@@ -42,8 +43,7 @@ def test_eos_stop_string_and_pool(default_llm):
     assert eos.text == "The capital of France is Paris."
     cut = default_llm.chat(CHATS[0], SamplingParams(temperature=0.0, max_tokens=64, stop=["Paris", "zzz"]))[0].outputs[0]
     assert (cut.text, cut.finish_reason, cut.stop_reason) == ("The capital of France is ", "stop", "Paris")
-    engine = default_llm.engine
-    assert engine.kv.pool.num_free == engine.kv.pool.num_usable
+    assert_pool_whole(default_llm.engine)
 
 
 def test_n_logprobs_and_seed(default_llm):

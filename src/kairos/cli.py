@@ -34,6 +34,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         default = f.default if f.default is not dataclasses.MISSING else None
         if tp is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata.get("help"))
+        elif typing.get_origin(tp) is tuple:  # repeatable flag
+            group.add_argument(flag, action="append", type=typing.get_args(tp)[0], default=None, help=f.metadata.get("help"))
         else:
             group.add_argument(flag, type=tp, default=default, help=f.metadata.get("help"))
 
@@ -90,6 +92,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(engine_config_from_args(args), server_cfg))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from kairos.bench.config import BenchConfig
+    from kairos.bench.main import BenchError, run_bench
+    from kairos.bench.report import compare
+
+    console = Console()
+    try:
+        if args.bench_command == "compare":
+            compare(args.a, args.b, console)
+            return 0
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)}
+        values["slo"] = tuple(values["slo"] or ())
+        run_bench(BenchConfig(**values), console)
+    except (BenchError, OSError) as e:
+        console.print(f"[red]kairos bench: {e}[/red]")
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kairos", description="Kairos: deadline-aware LLM serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     for _, cls in _ENGINE_PARTS:
         add_config_args(srv, cls)
     srv.set_defaults(func=cmd_serve)
+
+    from kairos.bench.config import BenchConfig
+
+    bench = sub.add_parser("bench", help="load-test any OpenAI-compatible server (goodput, SLO attainment)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_args(bench, BenchConfig)
+    bench_sub = bench.add_subparsers(dest="bench_command")
+    cmp = bench_sub.add_parser("compare", help="print two result files side by side with ratios")
+    cmp.add_argument("a")
+    cmp.add_argument("b")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

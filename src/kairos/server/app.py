@@ -105,6 +105,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         encoded = [encode(x) for x in prompts]
         params = [sampling(req, len(ids), 16) for _, ids in encoded]
         rid = new_id("cmpl")
+        gen.check_capacity(len(encoded))
         runs = [gen.run(text, ids, sp) for (text, ids), sp in zip(encoded, params)]
         n = req.n
         if req.stream:
@@ -139,6 +140,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
         params = sampling(req, len(ids), max_default)
         rid = new_id("chatcmpl")
+        gen.check_capacity(1)
         runs = [gen.run(text, ids, params)]
         if req.stream:
             return _stream(rid, "chat.completion.chunk", model_name, runs, req.n, req, chat=True)

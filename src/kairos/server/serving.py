@@ -41,11 +41,14 @@ class Generator:
         self.metrics = metrics
         self.max_pending = max_pending
 
-    async def run(self, text: str | None, ids: list[int], params: SamplingParams) -> AsyncIterator[tuple[Tracked, int]]:
-        """Yield (tracked request, index of the completion that changed) until all n are done."""
-        if len(self.client.queues) >= self.max_pending:
+    def check_capacity(self, new: int) -> None:
+        """Refuse up front (before any response starts, so streams get a real 503 status)."""
+        if len(self.client.queues) + new > self.max_pending:
             raise APIError(503, f"server is at capacity ({self.max_pending} requests in flight); retry later",
                            "server_error", code="queue_full")
+
+    async def run(self, text: str | None, ids: list[int], params: SamplingParams) -> AsyncIterator[tuple[Tracked, int]]:
+        """Yield (tracked request, index of the completion that changed) until all n are done."""
         rid = new_id("req")
         tr = Tracked(self.processor.add_request(rid, text, ids, params), time.monotonic())
         q = self.client.add(EngineRequest(rid, ids, params))

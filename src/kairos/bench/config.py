@@ -1,0 +1,62 @@
+"""Configuration of one `kairos bench` invocation (the CLI flags are generated from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kairos.bench.workloads import SLO, Length
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    base_url: str = field(default="http://127.0.0.1:8000", metadata={"help": "server root (without /v1)"})
+    model: str | None = field(default=None, metadata={"help": "model name (default: the server's first model)"})
+    endpoint: str = field(default="chat", metadata={"help": "chat or completions"})
+    tokenizer: str = field(default="default", metadata={"help": "tokenizer for prompt lengths: HF dir, .gguf, or default"})
+    num_requests: int = field(default=100, metadata={"help": "requests per run"})
+    rate: float = field(default=float("inf"), metadata={"help": "requests/s (inf: all at once)"})
+    arrival: str = field(default="poisson", metadata={"help": "poisson, gamma or constant"})
+    burstiness: float = field(default=1.0, metadata={"help": "gamma shape (< 1 is burstier)"})
+    input_len: str = field(default="128", metadata={"help": "prompt tokens: N, uniform:LO:HI, normal:MEAN:STD"})
+    output_len: str = field(default="128", metadata={"help": "output tokens: N, uniform:LO:HI, normal:MEAN:STD"})
+    prefix_len: int = field(default=0, metadata={"help": "shared prefix tokens (system prompt / few-shot)"})
+    num_prefix_groups: int = field(default=1, metadata={"help": "distinct shared prefixes"})
+    turns: int = field(default=1, metadata={"help": "turns per multi-turn chat session"})
+    slo: tuple[str, ...] = field(default=(), metadata={"help": "SLO class NAME:ttft_ms=..,tpot_ms=..,deadline_ms=.. (repeatable; round-robin)"})
+    trace: str | None = field(default=None, metadata={"help": "JSONL trace: timestamp, input_length, output_length"})
+    sweep: str | None = field(default=None, metadata={"help": "comma-separated rates to sweep (overrides --rate)"})
+    target_attainment: float = field(default=0.9, metadata={"help": "attainment that defines capacity in a sweep"})
+    send_slo: bool = field(default=True, metadata={"help": "send SLOs as Kairos body fields and headers"})
+    timeout: float = field(default=600.0, metadata={"help": "client timeout per request, seconds"})
+    seed: int = field(default=0, metadata={"help": "workload seed"})
+    out: str = field(default="results/bench", metadata={"help": "path prefix of the JSON and PNG outputs"})
+    plots: bool = field(default=True, metadata={"help": "write PNG plots"})
+
+    def __post_init__(self) -> None:
+        if self.endpoint not in ("chat", "completions"):
+            raise ValueError(f"endpoint must be chat or completions, got {self.endpoint!r}")
+        if self.num_requests < 1:
+            raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
+        if not self.rate > 0:
+            raise ValueError(f"rate must be > 0, got {self.rate}")
+        if self.arrival not in ("poisson", "gamma", "constant"):
+            raise ValueError(f"arrival must be poisson, gamma or constant, got {self.arrival!r}")
+        if self.turns < 1 or self.num_prefix_groups < 1 or self.prefix_len < 0:
+            raise ValueError("turns and num_prefix_groups must be >= 1, prefix_len >= 0")
+        if not 0 < self.target_attainment <= 1:
+            raise ValueError(f"target_attainment must be in (0, 1], got {self.target_attainment}")
+        Length.parse(self.input_len), Length.parse(self.output_len), self.slo_classes(), self.rates()
+
+    def slo_classes(self) -> list[SLO]:
+        return [SLO.parse(s) for s in self.slo] or [SLO()]
+
+    def rates(self) -> list[float]:
+        if not self.sweep:
+            return [self.rate]
+        try:
+            rates = [float(x) for x in self.sweep.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"sweep must be comma-separated rates, got {self.sweep!r}") from None
+        if not rates or any(r <= 0 for r in rates):
+            raise ValueError(f"sweep rates must be > 0, got {self.sweep!r}")
+        return rates

@@ -1,0 +1,99 @@
+"""`kairos bench` and `kairos bench compare`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import resource
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+
+from kairos.bench.config import BenchConfig
+from kairos.bench.metrics import capacity, summarize
+from kairos.bench.report import plot, print_summary, write_json
+from kairos.bench.runner import Target, run_load
+from kairos.bench.workloads import Length, build_workload, load_trace
+
+
+class BenchError(Exception):
+    """A problem to report in one line (exit code 1), not a traceback."""
+
+
+def resolve_model(cfg: BenchConfig) -> str:
+    try:
+        r = httpx.get(cfg.base_url.rstrip("/") + "/v1/models", timeout=10)
+    except httpx.HTTPError as e:
+        raise BenchError(f"cannot reach the server at {cfg.base_url}: {e}") from None
+    if r.status_code != 200:
+        raise BenchError(f"{cfg.base_url}/v1/models answered HTTP {r.status_code}; is this an OpenAI-compatible server?")
+    served = [m["id"] for m in r.json().get("data", [])]
+    if cfg.model is None:
+        if not served:
+            raise BenchError(f"{cfg.base_url} serves no model")
+        return served[0]
+    if cfg.model not in served:
+        raise BenchError(f"model {cfg.model!r} is not served by {cfg.base_url}; it serves: {', '.join(served) or 'nothing'}")
+    return cfg.model
+
+
+def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
+    """Run the configured workload at each rate; print, write JSON (and plots); return the result."""
+    from kairos.loader import load_tokenizer, resolve_model_path
+
+    console = console or Console()
+    model = resolve_model(cfg)
+    tok = load_tokenizer(resolve_model_path(cfg.tokenizer))
+    if tok is None:
+        raise BenchError(f"{cfg.tokenizer} has no tokenizer")
+    target = Target(cfg.base_url.rstrip("/"), model, cfg.endpoint, cfg.send_slo, cfg.timeout)
+    slos = {s.name: s for s in cfg.slo_classes()}
+    runs, all_records = [], []
+    for rate in cfg.rates():
+        if cfg.trace:
+            specs = load_trace(Path(cfg.trace), tok, cfg.seed, cfg.slo_classes())
+        else:
+            specs = build_workload(num_requests=cfg.num_requests, rate=rate, arrival=cfg.arrival,
+                                   burstiness=cfg.burstiness, input_len=Length.parse(cfg.input_len),
+                                   output_len=Length.parse(cfg.output_len), prefix_len=cfg.prefix_len,
+                                   num_prefix_groups=cfg.num_prefix_groups, slo_classes=cfg.slo_classes(),
+                                   turns=cfg.turns, tokenizer=tok, seed=cfg.seed)
+        ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"rate {rate} req/s", total=len(specs))
+
+            def count_tokens(text: str) -> int:
+                return len(tok(text, add_special_tokens=False).input_ids)
+
+            def advance(_, task=task) -> None:
+                progress.advance(task)
+
+            records, lag = asyncio.run(run_load(specs, target, count_tokens, advance))
+        ru1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+        cpu = (ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime) / wall
+        s = summarize(records, slos)
+        runs.append({"rate": rate, "summary": s, "client_cpu": cpu, "max_send_lag_s": lag,
+                     "records": [r.to_json() for r in records]})
+        all_records.append(records)
+        print_summary(s, f"{model} @ {cfg.base_url}, rate {rate} req/s", console)
+        console.print(f"client CPU {cpu:.0%} of one core; worst send lag {lag * 1000:.0f} ms")
+        if lag > 0.1:
+            console.print(f"[yellow]warning: the client fell behind its schedule by up to {lag:.2f} s; "
+                          "the offered load was lower than asked[/yellow]")
+    result: dict = {"model": model, "base_url": cfg.base_url}
+    if len(runs) > 1:
+        cap = capacity([(r["rate"], r["summary"]) for r in runs], cfg.target_attainment)
+        result["capacity_rps"] = cap
+        console.print(f"capacity at {cfg.target_attainment:.0%} SLO attainment: "
+                      + (f"{cap} req/s" if cap is not None else "below the lowest swept rate"))
+    out = Path(cfg.out)
+    config = {**dataclasses.asdict(cfg), **result}
+    write_json(out.with_suffix(".json"), config, runs)
+    written = [out.with_suffix(".json")]
+    if cfg.plots:
+        written += plot(out, runs, all_records)
+    console.print("wrote " + ", ".join(str(p) for p in written))
+    return {"config": config, "runs": runs}

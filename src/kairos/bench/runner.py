@@ -1,0 +1,163 @@
+"""The load generator: open-loop asyncio client that streams every response and times every token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import httpx
+
+from kairos.bench.workloads import RequestSpec
+
+
+@dataclass
+class Record:
+    index: int
+    slo_class: str
+    scheduled_s: float  # when the workload said to send it (after start)
+    sent_s: float = 0.0
+    first_token_s: float | None = None
+    token_times: list[float] = field(default_factory=list)  # one per streamed content chunk
+    end_s: float = 0.0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    outcome: str = "error"  # ok | refused | error | timeout
+    status: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Target:
+    base_url: str
+    model: str
+    endpoint: str = "chat"  # chat | completions
+    send_slo: bool = True  # Kairos extension: `slo` body field and X-Kairos-* headers
+    timeout_s: float = 600.0
+
+
+def _body(spec: RequestSpec, target: Target, history: list[dict]) -> tuple[str, dict, dict]:
+    body: dict = {"model": target.model, "max_tokens": spec.max_tokens, "stream": True, "temperature": 0.0,
+                  "ignore_eos": True, "stream_options": {"include_usage": True}}
+    headers = {}
+    slo = {k: v for k, v in (("ttft_ms", spec.slo.ttft_ms), ("tpot_ms", spec.slo.tpot_ms),
+                             ("deadline_ms", spec.slo.deadline_ms)) if v is not None}
+    if target.send_slo and slo:
+        body["slo"] = slo
+        headers = {f"X-Kairos-{k.removesuffix('_ms').upper()}-Ms": str(v) for k, v in slo.items()}
+    if target.endpoint == "chat":
+        body["messages"] = history + [{"role": "user", "content": spec.prompt}]
+        return "/v1/chat/completions", body, headers
+    body["prompt"] = "".join(m["content"] for m in history) + spec.prompt
+    return "/v1/completions", body, headers
+
+
+async def _one(http: httpx.AsyncClient, spec: RequestSpec, target: Target, t0: float, count_tokens,
+               history: list[dict]) -> tuple[Record, str]:
+    rec = Record(spec.index, spec.slo.name, spec.send_at, prompt_tokens=spec.prompt_tokens)
+    path, body, headers = _body(spec, target, history)
+    text: list[str] = []
+    usage = None
+    rec.sent_s = time.perf_counter() - t0
+    try:
+        async with http.stream("POST", target.base_url + path, json=body, headers=headers,
+                               timeout=target.timeout_s) as r:
+            rec.status = r.status_code
+            if r.status_code != 200:
+                raw = await r.aread()
+                rec.outcome = "refused" if r.status_code in (429, 503) else "error"
+                rec.error = _error_message(raw, r.status_code)
+                return _done(rec, t0), ""
+            async for line in r.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    rec.error = chunk["error"].get("message", str(chunk["error"]))
+                    return _done(rec, t0), ""
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+                    if piece:
+                        now = time.perf_counter() - t0
+                        rec.first_token_s = rec.first_token_s if rec.first_token_s is not None else now
+                        rec.token_times.append(now)
+                        text.append(piece)
+        full = "".join(text)
+        if usage:
+            rec.prompt_tokens = usage.get("prompt_tokens", rec.prompt_tokens)
+            rec.output_tokens = usage.get("completion_tokens", 0)
+        else:
+            rec.output_tokens = count_tokens(full)
+        rec.outcome = "ok"
+        return _done(rec, t0), full
+    except httpx.TimeoutException:
+        rec.outcome, rec.error = "timeout", f"no answer within {target.timeout_s:.0f} s"
+    except httpx.HTTPError as e:
+        rec.outcome, rec.error = "error", f"{type(e).__name__}: {e}"
+    return _done(rec, t0), ""
+
+
+def _done(rec: Record, t0: float) -> Record:
+    rec.end_s = time.perf_counter() - t0
+    return rec
+
+
+def _error_message(raw: bytes, status: int) -> str:
+    try:
+        return json.loads(raw)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {status}: {raw[:200]!r}"
+
+
+async def run_load(specs: list[RequestSpec], target: Target, count_tokens: Callable[[str], int],
+                   on_done: Callable[[Record], None] | None = None) -> tuple[list[Record], float]:
+    """Send every spec at its time (open loop; turns of one session wait for the previous turn).
+
+    Returns (records, how far behind schedule the sends were at worst, in seconds).
+    """
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+    sessions: dict[int, asyncio.Event] = {}
+    histories: dict[int, list[dict]] = {}
+    lag = 0.0
+    async with httpx.AsyncClient(limits=limits, timeout=target.timeout_s) as http:
+        t0 = time.perf_counter()
+
+        async def fire(spec: RequestSpec, prev: asyncio.Event | None, done: asyncio.Event | None) -> Record:
+            nonlocal lag
+            delay = spec.send_at - (time.perf_counter() - t0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if prev is not None:
+                await prev.wait()
+            else:  # turns after the first are closed-loop by design: not "behind"
+                lag = max(lag, time.perf_counter() - t0 - spec.send_at)
+            history = histories.get(spec.session, []) if spec.session is not None else []
+            rec, text = await _one(http, spec, target, t0, count_tokens, history)
+            if spec.session is not None:
+                histories[spec.session] = history + [{"role": "user", "content": spec.prompt},
+                                                     {"role": "assistant", "content": text}]
+            if done is not None:
+                done.set()
+            if on_done:
+                on_done(rec)
+            return rec
+
+        tasks = []
+        for spec in specs:
+            prev = done = None
+            if spec.session is not None:
+                prev = sessions.get(spec.session)
+                done = sessions[spec.session] = asyncio.Event()
+            tasks.append(asyncio.create_task(fire(spec, prev, done)))
+        records = await asyncio.gather(*tasks)
+    return list(records), lag

@@ -1,0 +1,157 @@
+"""Workloads: what to send (prompt lengths, shared prefixes, SLO classes) and when (arrivals)."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Client-side objectives; any may be None. Sent to Kairos as the `slo` body field and headers."""
+
+    name: str = "default"
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    deadline_ms: float | None = None
+
+    def met(self, ttft_s: float | None, tpot_s: float | None, e2e_s: float) -> bool:
+        if self.ttft_ms is not None and (ttft_s is None or ttft_s * 1000 > self.ttft_ms):
+            return False
+        if self.tpot_ms is not None and tpot_s is not None and tpot_s * 1000 > self.tpot_ms:
+            return False
+        return not (self.deadline_ms is not None and e2e_s * 1000 > self.deadline_ms)
+
+    @classmethod
+    def parse(cls, text: str) -> SLO:
+        """``name:ttft_ms=1000,tpot_ms=150`` or ``batch:deadline_ms=60000`` (weights via ``@w`` suffix are not part of this)."""
+        name, _, rest = text.partition(":")
+        kw = {}
+        for part in filter(None, rest.split(",")):
+            k, _, v = part.partition("=")
+            if k not in ("ttft_ms", "tpot_ms", "deadline_ms"):
+                raise ValueError(f"unknown SLO field {k!r} in {text!r} (ttft_ms, tpot_ms, deadline_ms)")
+            kw[k] = float(v)
+        return cls(name=name or "default", **kw)
+
+
+@dataclass(frozen=True)
+class Length:
+    """A length distribution: fixed, uniform (lo..hi) or normal (mean, std), clipped to >= 1."""
+
+    kind: str = "fixed"
+    a: float = 128
+    b: float = 0
+
+    def sample(self, rng: random.Random) -> int:
+        if self.kind == "fixed":
+            return max(1, int(self.a))
+        if self.kind == "uniform":
+            return rng.randint(int(self.a), int(self.b))
+        if self.kind == "normal":
+            return max(1, round(rng.gauss(self.a, self.b)))
+        raise ValueError(f"unknown length distribution {self.kind!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Length:
+        """``128`` | ``uniform:64:256`` | ``normal:128:32``."""
+        parts = text.split(":")
+        try:
+            if len(parts) == 1:
+                return cls("fixed", float(parts[0]))
+            if parts[0] in ("uniform", "normal") and len(parts) == 3:
+                return cls(parts[0], float(parts[1]), float(parts[2]))
+        except ValueError:
+            pass
+        raise ValueError(f"bad length {text!r}: use N, uniform:LO:HI or normal:MEAN:STD")
+
+
+@dataclass
+class RequestSpec:
+    index: int
+    send_at: float  # seconds after the start
+    prompt: str
+    prompt_tokens: int  # as built (the server's usage is preferred when it reports one)
+    max_tokens: int
+    slo: SLO
+    session: int | None = None  # multi-turn: requests of one session share history
+    extra: dict = field(default_factory=dict)
+
+
+def arrival_times(n: int, rate: float, kind: str, rng: random.Random, burstiness: float = 1.0) -> list[float]:
+    """Open-loop send times: rate in requests/s (inf: all at once)."""
+    if rate == float("inf"):
+        return [0.0] * n
+    t, out = 0.0, []
+    for _ in range(n):
+        out.append(t)
+        if kind == "constant":
+            t += 1.0 / rate
+        elif kind == "poisson":
+            t += rng.expovariate(rate)
+        elif kind == "gamma":  # shape = burstiness (<1 burstier), mean 1/rate
+            t += rng.gammavariate(burstiness, 1.0 / (rate * burstiness))
+        else:
+            raise ValueError(f"unknown arrival process {kind!r} (poisson, gamma, constant)")
+    return out
+
+
+class PromptMaker:
+    """Random text of an exact token count under a tokenizer (decode random ids, re-encode, trim)."""
+
+    def __init__(self, tokenizer, rng: random.Random):
+        self.tok = tokenizer
+        self.rng = rng
+        special = set(getattr(tokenizer, "all_special_ids", []))
+        self.vocab = [i for i in range(min(len(tokenizer), 50_000)) if i not in special]
+
+    def make(self, n: int) -> tuple[str, int]:
+        ids = [self.rng.choice(self.vocab) for _ in range(n)]
+        text = self.tok.decode(ids)
+        ids = self.tok(text, add_special_tokens=False).input_ids[:n]
+        text = self.tok.decode(ids)
+        return text, len(self.tok(text, add_special_tokens=False).input_ids)
+
+
+def build_workload(*, num_requests: int, rate: float, arrival: str, burstiness: float, input_len: Length,
+                   output_len: Length, prefix_len: int, num_prefix_groups: int, slo_classes: list[SLO],
+                   turns: int, tokenizer, seed: int) -> list[RequestSpec]:
+    """Compose the synthetic workload: per-request lengths, optional shared prefixes, SLO classes round-robin."""
+    rng = random.Random(seed)
+    maker = PromptMaker(tokenizer, rng)
+    prefixes = [maker.make(prefix_len) for _ in range(num_prefix_groups)] if prefix_len else []
+    times = arrival_times(num_requests, rate, arrival, rng, burstiness)
+    specs = []
+    for i, t in enumerate(times):
+        body, n = maker.make(input_len.sample(rng))
+        if prefixes:
+            p_text, p_n = prefixes[i % len(prefixes)]
+            body, n = p_text + body, p_n + n
+        specs.append(RequestSpec(i, t, body, n, output_len.sample(rng), slo_classes[i % len(slo_classes)],
+                                 session=(i // turns) if turns > 1 else None))
+    return specs
+
+
+def load_trace(path: Path, tokenizer, seed: int, slo_classes: list[SLO], time_scale: float = 1.0) -> list[RequestSpec]:
+    """JSONL: one request a line with ``timestamp`` (s), ``input_length``, ``output_length``."""
+    rng = random.Random(seed)
+    maker = PromptMaker(tokenizer, rng)
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append((float(row["timestamp"]), int(row["input_length"]), int(row["output_length"])))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{lineno}: bad trace line ({e}); expected timestamp, input_length, output_length") from None
+    if not rows:
+        raise ValueError(f"{path}: no requests in trace")
+    t0 = min(r[0] for r in rows)
+    specs = []
+    for i, (ts, n_in, n_out) in enumerate(sorted(rows)):
+        text, n = maker.make(max(1, n_in))
+        specs.append(RequestSpec(i, (ts - t0) * time_scale, text, n, max(1, n_out), slo_classes[i % len(slo_classes)]))
+    return specs

@@ -1,0 +1,104 @@
+"""kairos bench: metric math on hand-made timelines, input parsing, and a short real run."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from kairos.bench.config import BenchConfig
+from kairos.bench.metrics import capacity, percentile, summarize
+from kairos.bench.runner import Record
+from kairos.bench.workloads import SLO, Length, arrival_times, load_trace
+from server_helpers import ServerProcess
+
+from conftest import needs_default_model
+
+
+def rec(i, sent, first, end, n_out, cls="default", outcome="ok", times=None):
+    return Record(i, cls, sent, sent_s=sent, first_token_s=first, end_s=end, output_tokens=n_out,
+                  prompt_tokens=10, outcome=outcome, token_times=times or [])
+
+
+def test_metric_math_by_hand():
+    records = [
+        # TTFT 0.5, TPOT (2.5 - 0.5) / 4 = 0.5, E2E 2.5, ITLs 0.5 x4
+        rec(0, 0.0, 0.5, 2.5, 5, "interactive", times=[0.5, 1.0, 1.5, 2.0, 2.5]),
+        # TTFT 2.0, TPOT (4.0 - 3.0) / 1 = 1.0, E2E 3.0
+        rec(1, 1.0, 3.0, 4.0, 2, "interactive", times=[3.0, 4.0]),
+        rec(2, 1.5, None, 1.6, 0, "batch", outcome="refused"),  # never a latency sample
+        rec(3, 2.0, 2.2, 6.0, 4, "batch", times=[2.2, 6.0]),  # E2E 4.0
+    ]
+    slos = {"interactive": SLO("interactive", ttft_ms=1000, tpot_ms=600), "batch": SLO("batch", deadline_ms=5000)}
+    s = summarize(records, slos)
+    assert s["duration_s"] == 6.0
+    assert (s["completed"], s["refused"], s["failed"]) == (3, 1, 0)
+    assert s["ttft_s"]["mean"] == pytest.approx((0.5 + 2.0 + 0.2) / 3)
+    assert s["ttft_s"]["p50"] == pytest.approx(0.5)
+    assert s["tpot_s"]["mean"] == pytest.approx((0.5 + 1.0 + (6.0 - 2.2) / 3) / 3)
+    assert s["e2e_s"]["p50"] == pytest.approx(3.0)
+    assert s["itl_s"]["mean"] == pytest.approx((0.5 * 4 + 1.0 + 3.8) / 6)
+    # met: request 0 only (1 misses TTFT; 2 was refused; 3 meets its 5 s deadline) -> and 3
+    assert s["classes"]["interactive"]["met"] == 1 and s["classes"]["batch"]["met"] == 1
+    assert s["slo_attainment"] == pytest.approx(2 / 4)
+    assert s["goodput_rps"] == pytest.approx(2 / 6.0)
+    assert s["goodput_tokens_per_s"] == pytest.approx((5 + 4) / 6.0)
+    assert s["output_throughput"] == pytest.approx(11 / 6.0)
+
+
+def test_percentile_and_capacity():
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 90) == pytest.approx(4.6)
+    assert percentile([], 50) is None
+    sweep = [(1.0, {"slo_attainment": 1.0}), (2.0, {"slo_attainment": 0.95}), (4.0, {"slo_attainment": 0.5})]
+    assert capacity(sweep, 0.9) == 2.0 and capacity(sweep, 0.99) == 1.0 and capacity(sweep[2:], 0.9) is None
+
+
+def test_arrivals_and_parsing():
+    rng = random.Random(0)
+    assert arrival_times(3, 2.0, "constant", rng) == [0.0, 0.5, 1.0]
+    assert arrival_times(3, float("inf"), "poisson", rng) == [0.0, 0.0, 0.0]
+    gaps = arrival_times(2000, 4.0, "poisson", rng)
+    assert gaps[-1] / 1999 == pytest.approx(0.25, rel=0.1)
+    assert Length.parse("uniform:5:9").sample(rng) in range(5, 10)
+    assert SLO.parse("chat:ttft_ms=1000,tpot_ms=150") == SLO("chat", 1000.0, 150.0, None)
+    with pytest.raises(ValueError, match="unknown SLO field 'ttft'"):
+        SLO.parse("x:ttft=3")
+    with pytest.raises(ValueError, match="bad length"):
+        BenchConfig(input_len="lots")
+    with pytest.raises(ValueError, match="sweep"):
+        BenchConfig(sweep="1,fast")
+
+
+def test_trace_bad_line_names_it(tmp_path, default_tokenizer):
+    path = tmp_path / "trace.jsonl"
+    path.write_text('{"timestamp": 1.0, "input_length": 5, "output_length": 3}\n{"timestamp": 2.0}\n')
+    with pytest.raises(ValueError, match=r"trace.jsonl:2: bad trace line"):
+        load_trace(path, default_tokenizer, 0, [SLO()])
+    path.write_text('{"timestamp": 3.0, "input_length": 5, "output_length": 3}\n{"timestamp": 1.5, "input_length": 7, "output_length": 2}\n')
+    specs = load_trace(path, default_tokenizer, 0, [SLO()])
+    assert [(s.send_at, s.prompt_tokens, s.max_tokens) for s in specs] == [(0.0, 7, 2), (1.5, 5, 3)]
+
+
+@needs_default_model
+def test_real_run_counts_refusals_and_writes_outputs(tmp_path):
+    from kairos.bench.main import BenchError, run_bench
+
+    srv = ServerProcess("--max-pending", "2", "--kv-cache-memory", "256MiB")
+    try:
+        cfg = BenchConfig(base_url=srv.url, num_requests=8, rate=float("inf"), input_len="16", output_len="8",
+                          slo=("fast:ttft_ms=60000",), out=str(tmp_path / "run"))
+        result = run_bench(cfg)
+        s = result["runs"][0]["summary"]
+        assert s["requests"] == 8 and s["completed"] + s["refused"] == 8
+        assert s["refused"] >= 1 and s["completed"] >= 2  # max-pending 2: a burst of 8 overflows
+        records = result["runs"][0]["records"]
+        assert all(r["output_tokens"] == 8 for r in records if r["outcome"] == "ok")
+        assert all(r["first_token_s"] is None and r["status"] == 503 for r in records if r["outcome"] == "refused")
+        assert json.loads((tmp_path / "run.json").read_text())["runs"][0]["summary"]["refused"] == s["refused"]
+        assert (tmp_path / "run_latency_cdf.png").stat().st_size > 1000
+        with pytest.raises(BenchError, match="model 'gpt-9' is not served"):
+            run_bench(BenchConfig(base_url=srv.url, model="gpt-9", out=str(tmp_path / "x")))
+    finally:
+        srv.stop()
