@@ -49,9 +49,9 @@ def test_preemption(references):
     preempted = []
     orig = engine.scheduler._preempt
 
-    def spy(seq):
+    def spy(seq, out):
         preempted.append(seq.request_id)
-        orig(seq)
+        orig(seq, out)
 
     engine.scheduler._preempt = spy
     done = run(engine, {0: [(str(i), p, params) for i, p in enumerate(prompts)]})

@@ -173,6 +173,34 @@ def test_malformed_json_empty_prompt_and_huge_body(server):
     assert server.stats()["kv_blocks_active"] == 0
 
 
+def test_slo_body_headers_usage_extension_and_429(server, client):
+    r = httpx.post(server.url + "/v1/chat/completions", json={
+        "model": MODEL, "messages": ASK, "max_tokens": 8, "temperature": 0,
+        "slo": {"ttft_ms": 60000, "deadline_ms": 120000, "class": "interactive"}, "priority": 3})
+    assert r.status_code == 200
+    k = r.json()["usage"]["kairos"]
+    assert k["slo_class"] == "interactive" and k["slo_met"] is True and k["ttft_met"] is True
+    assert k["deadline_met"] is True and k["tpot_met"] is None and 0 < k["ttft_ms"] <= k["e2e_ms"]
+    r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 4},
+                   headers={"X-Kairos-TTFT-Ms": "60000", "X-Kairos-Priority": "2"})
+    assert r.status_code == 200 and r.json()["usage"]["kairos"]["ttft_met"] is True
+    r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 4,
+                                                          "slo": {"ttft_ms": 0.001}})
+    assert r.status_code == 429
+    err = r.json()["error"]
+    assert err["code"] == "slo_infeasible" and err["type"] == "slo_infeasible_error" and err["param"] == "slo"
+    assert err["message"].startswith("SLO cannot be met: predicted TTFT")
+    r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 4,
+                                                          "slo": {"ttft_ms": 0.001, "on_miss": "best_effort"}})
+    assert r.status_code == 200 and r.json()["usage"]["kairos"]["ttft_met"] is False
+    r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Hi"}, headers={"X-Kairos-TTFT-Ms": "soon"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "slo"
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'kairos_slo_requests_total{model_name="SmolLM2-135M-Instruct",outcome="refused",slo_class="default"} 1.0' in metrics
+    assert 'kairos_slo_requests_total{model_name="SmolLM2-135M-Instruct",outcome="met",slo_class="interactive"} 1.0' in metrics
+    assert "cost_prefill_s_per_token" in server.stats()
+
+
 def test_engine_crash_ends_streams_with_503_and_exits_nonzero():
     srv = ServerProcess("--kv-cache-memory", "256MiB")
     try:

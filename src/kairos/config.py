@@ -71,7 +71,7 @@ class SchedulerConfig:
 
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (prefill chunks + decodes)"})
-    scheduling_policy: str = field(default="lpm", metadata={"help": "waiting-queue order: fcfs, or lpm (longest cached prefix first)"})
+    scheduling_policy: str = field(default="slack", metadata={"help": "fcfs, priority, edf, slack (SLO requests by least slack, then best-effort by longest cached prefix), lpm"})
     starve_steps: int = field(default=64, metadata={"help": "steps a request may be passed over before it goes first"})
 
     def __post_init__(self) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
+from collections.abc import Callable
 
 import torch
 
 from kairos.config import EngineConfig, parse_size
+from kairos.engine.cost_model import CostModel
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block
@@ -18,10 +21,17 @@ from kairos.engine.sequence import SeqStatus, Sequence
 logger = logging.getLogger(__name__)
 
 
+class SLOInfeasible(ValueError):
+    """The request's SLO cannot be met as things stand (the server answers 429 slo_infeasible)."""
+
+    code = "slo_infeasible"
+
+
 class EngineCore:
     """Owns the model runner, KV cache manager, scheduler and sampler of one model replica."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, clock: Callable[[], float] = time.monotonic,
+                 cost_model: CostModel | None = None):
         from kairos.loader import load_model, resolve_device, resolve_dtype
         from kairos.loader.hf_dir import generation_eos_ids
 
@@ -34,7 +44,10 @@ class EngineCore:
         num_blocks = cc.num_blocks or max(2, parse_size(cc.kv_cache_memory) // kv_bytes_per_block(arch, cc.block_size, self.dtype))
         self.kv = (PrefixCachingKVManager if cc.prefix_cache else KVCacheManager)(num_blocks, cc.block_size)
         self.runner = ModelRunner(model, arch, num_blocks, cc.block_size, self.device, self.dtype)
-        self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.clock = clock
+        self.cost = cost_model or CostModel()
+        self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock)
+        self.counters = {"requests_expired": 0, "requests_slo_refused": 0, "requests_slo_best_effort": 0}
         self.sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
         self.eos_token_ids = frozenset(arch.eos_token_ids) | generation_eos_ids(self.model_path)
         limits = [arch.max_position_embeddings, self.kv.pool.num_usable * cc.block_size]
@@ -67,9 +80,45 @@ class EngineCore:
             )
         if self.kv.blocks_needed(-1, len(prompt)) + p.n - 1 > self.kv.pool.num_usable:
             raise ValueError(f"n={p.n} with a {len(prompt)}-token prompt does not fit in the KV cache")
-        seq = Sequence(next(self._seq_ids), req.request_id, 0, prompt, p, req.arrival_time, pending_forks=p.n - 1)
+        arrival = self.clock() if req.arrival_time is None else req.arrival_time
+        seq = Sequence(next(self._seq_ids), req.request_id, 0, prompt, p, arrival, pending_forks=p.n - 1,
+                       slo=req.slo, priority=req.priority)
+        if req.slo is not None:
+            self._admit_slo(seq)
         self.requests[req.request_id] = [seq] + [None] * (p.n - 1)
         self.scheduler.add(seq)
+
+    def predict(self, seq: Sequence) -> tuple[float, float, float]:
+        """(first token, time per output token, last token) predicted if ``seq`` joined now, as
+        seconds after its arrival; work more urgent than it under the policy goes first."""
+        sch = self.scheduler
+        ctx = sch.context()
+        key = sch.policy(seq, ctx)
+        ahead = sum(s.remaining_prefill for s in sch.waiting + sch.running
+                    if s.num_tokens - s.num_computed > 1 and sch.policy(s, ctx) < key)
+        first = ctx.now + ctx.prefill_eta(seq, ahead)
+        tpot = self.cost.step_time(0, ctx.decode_seqs + 1, ctx.decode_ctx + seq.num_tokens)
+        last = first + (seq.params.max_tokens - 1) * tpot
+        return first - seq.arrival_time, tpot, last - seq.arrival_time
+
+    def _admit_slo(self, seq: Sequence) -> None:
+        slo = seq.slo
+        first, tpot, last = self.predict(seq)
+        misses = []
+        if slo.ttft_ms is not None and first * 1000 > slo.ttft_ms:
+            misses.append(f"predicted TTFT {first * 1000:.0f} ms > ttft_ms {slo.ttft_ms:g}")
+        if slo.tpot_ms is not None and tpot * 1000 > slo.tpot_ms:
+            misses.append(f"predicted TPOT {tpot * 1000:.0f} ms > tpot_ms {slo.tpot_ms:g}")
+        if slo.deadline_ms is not None and last * 1000 > slo.deadline_ms:
+            misses.append(f"predicted completion {last * 1000:.0f} ms > deadline_ms {slo.deadline_ms:g}")
+        if not misses:
+            return
+        if slo.on_miss == "best_effort":
+            seq.best_effort = True
+            self.counters["requests_slo_best_effort"] += 1
+            return
+        self.counters["requests_slo_refused"] += 1
+        raise SLOInfeasible("SLO cannot be met: " + "; ".join(misses) + " (set slo.on_miss to \"best_effort\" to be served anyway)")
 
     def abort(self, request_id: str) -> list[SeqOutput]:
         """End every unfinished sequence of a request (client gone, cancelled); frees its blocks."""
@@ -95,8 +144,10 @@ class EngineCore:
     # -- the step ----------------------------------------------------------------------------
     def step(self) -> list[SeqOutput]:
         sched = self.scheduler.schedule()
+        expired = self._expired_outputs(sched.expired)
         if not sched.scheduled:
-            return []
+            return expired
+        t0 = time.perf_counter()
         logits = self.runner.execute(sched.scheduled)  # [S, V], S = entries that sample
         seqs: list[Sequence] = []
         logit_rows: list[int] = []
@@ -114,14 +165,19 @@ class EngineCore:
         if copies:
             self.runner.copy_blocks(copies)
         if not seqs:  # only mid-prompt prefill chunks ran
-            return []
+            self._observe(sched, t0)
+            return expired
         if len(logit_rows) != logits.shape[0]:
             logits = logits[torch.tensor(logit_rows, dtype=torch.long, device=logits.device)]
         rows = [self._sampling_row(q) for q in seqs]
         sampled = self.sampler(logits, rows)
-        outputs = []
+        self._observe(sched, t0)
+        now = self.clock()
+        outputs = expired
         for seq, tok, lp in zip(seqs, sampled.token_ids, sampled.logprobs):
             seq.token_ids.append(tok)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
             reason, stop = self._stop_reason(seq, tok)
             outputs.append(SeqOutput(
                 seq.request_id, seq.index, [tok],
@@ -133,6 +189,27 @@ class EngineCore:
         return outputs
 
     # -- helpers -----------------------------------------------------------------------------
+    def _observe(self, sched, t0: float) -> None:
+        """Feed the cost model this step's shape and duration."""
+        decodes = [s for s in sched.scheduled if s.num_new_tokens == 1]
+        prefill = sum(s.num_new_tokens for s in sched.scheduled if s.num_new_tokens > 1)
+        self.cost.observe(prefill, len(decodes), sum(s.seq.num_tokens for s in decodes), time.perf_counter() - t0)
+
+    def _expired_outputs(self, expired: list[Sequence]) -> list[SeqOutput]:
+        out = []
+        for seq in expired:
+            self.counters["requests_expired"] += 1
+            seqs = self.requests.get(seq.request_id, [])
+            # siblings not forked yet expire with their parent
+            for i, s in enumerate(seqs):
+                if s is seq or (s is None and seq.index == 0):
+                    out.append(SeqOutput(seq.request_id, i, [], finish_reason="expired",
+                                         num_prompt_tokens=seq.num_prompt_tokens))
+            if seq.pending_forks:
+                seqs[1:] = [seq] * seq.pending_forks  # mark them ended for the bookkeeping below
+            self._finish(seq)
+        return out
+
     def _fork(self, parent: Sequence, copies: list[tuple[int, int]]) -> list[Sequence]:
         children, prev = [], parent
         for index in range(1, parent.pending_forks + 1):
@@ -180,4 +257,6 @@ class EngineCore:
             # blocks that live sequences reference (the rest of "used" is prefix cache only)
             "kv_blocks_active": len({b for t in self.kv.block_tables.values() for b in t}),
             **self.kv.stats(),
+            **self.cost.describe(),
+            **self.counters,
         }

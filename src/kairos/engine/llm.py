@@ -11,6 +11,7 @@ from kairos.engine.core import EngineCore
 from kairos.engine.output_processor import OutputProcessor, RequestOutput
 from kairos.engine.outputs import EngineRequest
 from kairos.engine.sampling_params import SamplingParams
+from kairos.engine.slo import SLO
 
 Prompt = str | list[int]
 Message = dict[str, Any]
@@ -38,19 +39,25 @@ class LLM:
         self._ids = itertools.count()
 
     def generate(self, prompts: Prompt | Seq[Prompt],
-                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None) -> list[RequestOutput]:
-        """Complete each prompt (text, or a list of token ids); outputs in the prompts' order."""
+                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+                 slo: SLO | None = None, priority: int = 0) -> list[RequestOutput]:
+        """Complete each prompt (text, or a list of token ids); outputs in the prompts' order.
+
+        ``slo``/``priority`` apply to every prompt: an infeasible SLO raises ``SLOInfeasible``
+        (unless ``slo.on_miss == "best_effort"``), and a request that can no longer meet it
+        ends with ``finish_reason == "expired"``."""
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        return self._run([(p if isinstance(p, str) else None, self._encode(p)) for p in prompts], sampling_params)
+        return self._run([(p if isinstance(p, str) else None, self._encode(p)) for p in prompts], sampling_params,
+                         slo, priority)
 
     def chat(self, messages: list[Message] | list[list[Message]],
              sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
-             add_generation_prompt: bool = True) -> list[RequestOutput]:
+             add_generation_prompt: bool = True, slo: SLO | None = None, priority: int = 0) -> list[RequestOutput]:
         """Apply the model's chat template to each conversation and complete it."""
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
         texts = [self.apply_chat_template(c, add_generation_prompt) for c in convs]
-        return self._run([(t, self._encode(t, add_special_tokens=False)) for t in texts], sampling_params)
+        return self._run([(t, self._encode(t, add_special_tokens=False)) for t in texts], sampling_params, slo, priority)
 
     def apply_chat_template(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         tok = self._require_tokenizer()
@@ -70,7 +77,8 @@ class LLM:
             return self._require_tokenizer()(prompt, add_special_tokens=add_special_tokens).input_ids
         return list(prompt)
 
-    def _run(self, prompts: list[tuple[str | None, list[int]]], params) -> list[RequestOutput]:
+    def _run(self, prompts: list[tuple[str | None, list[int]]], params, slo: SLO | None = None,
+             priority: int = 0) -> list[RequestOutput]:
         if params is None:
             params = SamplingParams()
         plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
@@ -82,7 +90,7 @@ class LLM:
                 rid = str(next(self._ids))
                 self.processor.add_request(rid, text, ids, p)
                 order.append(rid)
-                self.engine.add_request(EngineRequest(rid, ids, p))
+                self.engine.add_request(EngineRequest(rid, ids, p, slo=slo, priority=priority))
         except BaseException:
             for rid in order:  # all or nothing: a bad prompt leaves no request (and no block) behind
                 self.engine.abort(rid)

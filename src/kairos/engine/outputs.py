@@ -5,13 +5,16 @@ from __future__ import annotations
 import msgspec
 
 from kairos.engine.sampling_params import SamplingParams
+from kairos.engine.slo import SLO
 
 
 class EngineRequest(msgspec.Struct, frozen=True):
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
-    arrival_time: float | None = None
+    arrival_time: float | None = None  # time.monotonic() of arrival (system-wide on Linux)
+    slo: SLO | None = None
+    priority: int = 0  # higher first among requests without deadlines
 
 
 class TokenLogprob(msgspec.Struct, frozen=True, array_like=True):
@@ -26,7 +29,7 @@ class SeqOutput(msgspec.Struct):
     index: int
     new_token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "expired"
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     num_prompt_tokens: int = 0
 

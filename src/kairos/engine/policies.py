@@ -1,17 +1,57 @@
-"""Waiting-queue orderings, selectable by name (``SchedulerConfig.scheduling_policy``).
+"""Scheduling policies, selectable by name (``SchedulerConfig.scheduling_policy``).
 
-A policy returns the waiting sequences in the order the scheduler should try to admit them.
-It may read the KV manager (``peek`` is side-effect free) but changes nothing.
+A policy is a sort key over sequences (lower = more urgent). The scheduler sorts by it to
+pick prefill work and admissions, and reads it backwards to pick preemption victims. Keys
+may read the KV manager (``peek`` has no side effects) and the cost model; they change nothing.
+
+Every policy promotes a best-effort sequence that has waited ``starve_steps`` scheduling
+rounds to the front, so no request starves however much SLO traffic arrives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from kairos.engine.cost_model import CostModel
 from kairos.engine.kv_cache import KVCacheManager
 from kairos.engine.sequence import Sequence
 
-Policy = Callable[[Iterable[Sequence], KVCacheManager, int], list[Sequence]]
+
+@dataclass
+class SchedContext:
+    """What a policy may know at one scheduling round."""
+
+    now: float
+    kv: KVCacheManager
+    cost: CostModel
+    budget: int  # token budget of a step
+    decode_seqs: int  # running sequences in their decode phase
+    decode_ctx: int  # their context tokens, summed
+    starve_steps: int
+
+    def prefill_eta(self, seq: Sequence, ahead_tokens: int = 0) -> float:
+        """Seconds until ``seq``'s first (next) token if its prefill ran after ``ahead_tokens``."""
+        cached = self.kv.peek(seq.token_ids) if seq.num_computed == 0 else 0
+        tokens = ahead_tokens + max(1, seq.remaining_prefill - cached)
+        return self.cost.prefill_time(tokens, max(1, self.budget - self.decode_seqs), self.decode_seqs, self.decode_ctx)
+
+    def decode_eta(self, seq: Sequence) -> float:
+        return self.cost.decode_time(seq.remaining_decode, self.decode_seqs + 1, self.decode_ctx + seq.num_tokens)
+
+    def slack(self, seq: Sequence) -> float:
+        """Seconds to spare before the tightest objective of ``seq`` would be missed (inf: none)."""
+        slack = math.inf
+        if seq.ttft_deadline is not None:
+            slack = min(slack, seq.ttft_deadline - self.now - self.prefill_eta(seq))
+        if seq.e2e_deadline is not None:
+            slack = min(slack, seq.e2e_deadline - self.now - self.prefill_eta(seq) - self.decode_eta(seq))
+        return slack
+
+
+Key = tuple
+Policy = Callable[[Sequence, SchedContext], Key]
 POLICIES: dict[str, Policy] = {}
 
 
@@ -30,16 +70,50 @@ def get_policy(name: str) -> Policy:
         raise ValueError(f"unknown scheduling policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
 
 
+def _starving(seq: Sequence, ctx: SchedContext) -> bool:
+    return seq.best_effort and seq.waited_steps >= ctx.starve_steps
+
+
 @register("fcfs")
-def fcfs(waiting: Iterable[Sequence], kv: KVCacheManager, starve_steps: int) -> list[Sequence]:
-    return list(waiting)  # the queue is kept in arrival order, preempted sequences in front
+def fcfs(seq: Sequence, ctx: SchedContext) -> Key:
+    return (0, seq.arrival_time, seq.seq_id)
 
 
 @register("lpm")
-def longest_prefix_match(waiting: Iterable[Sequence], kv: KVCacheManager, starve_steps: int) -> list[Sequence]:
-    """Longest cached prefix first (SGLang's LPM); preempted and starving sequences go first, in order."""
-    waiting = list(waiting)
-    urgent = [s for s in waiting if s.num_preemptions or s.waited_steps >= starve_steps]
-    rest = [s for s in waiting if not (s.num_preemptions or s.waited_steps >= starve_steps)]
-    rest.sort(key=lambda s: -kv.peek(s.token_ids))  # stable: ties stay in arrival order
-    return urgent + rest
+def longest_prefix_match(seq: Sequence, ctx: SchedContext) -> Key:
+    """Longest cached prefix first (SGLang's LPM); preempted and starving sequences first, in arrival order."""
+    if seq.num_preemptions or _starving(seq, ctx):
+        return (0, 0, seq.arrival_time, seq.seq_id)
+    return (1, -ctx.kv.peek(seq.token_ids), seq.arrival_time, seq.seq_id)
+
+
+@register("priority")
+def priority(seq: Sequence, ctx: SchedContext) -> Key:
+    return (0 if _starving(seq, ctx) else 1, -seq.priority, seq.arrival_time, seq.seq_id)
+
+
+def _deadline(seq: Sequence) -> float:
+    ds = [d for d in (seq.ttft_deadline, seq.e2e_deadline) if d is not None]
+    return min(ds) if ds else math.inf
+
+
+@register("edf")
+def earliest_deadline_first(seq: Sequence, ctx: SchedContext) -> Key:
+    """SLO requests by earliest deadline (first-token deadline until the first token, then the end);
+    best-effort ones after them, by priority then arrival."""
+    if _starving(seq, ctx):
+        return (0, 0.0, 0, seq.arrival_time, seq.seq_id)
+    if seq.best_effort:
+        return (2, 0.0, -seq.priority, seq.arrival_time, seq.seq_id)
+    return (1, _deadline(seq), 0, seq.arrival_time, seq.seq_id)
+
+
+@register("slack")
+def least_slack(seq: Sequence, ctx: SchedContext) -> Key:
+    """SLO requests by least slack (deadline minus predicted remaining work); best-effort ones
+    after them, longest cached prefix first (as ``lpm``)."""
+    if _starving(seq, ctx):
+        return (0, 0.0, seq.arrival_time, seq.seq_id)
+    if seq.best_effort:
+        return (2, -ctx.kv.peek(seq.token_ids) - seq.priority * 1e9, seq.arrival_time, seq.seq_id)
+    return (1, ctx.slack(seq), seq.arrival_time, seq.seq_id)

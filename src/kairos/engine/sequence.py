@@ -8,6 +8,7 @@ import time
 import torch
 
 from kairos.engine.sampling_params import SamplingParams
+from kairos.engine.slo import SLO
 
 
 class SeqStatus(enum.Enum):
@@ -24,7 +25,8 @@ class Sequence:
     """
 
     def __init__(self, seq_id: int, request_id: str, index: int, prompt_token_ids: list[int],
-                 params: SamplingParams, arrival_time: float | None = None, pending_forks: int = 0):
+                 params: SamplingParams, arrival_time: float | None = None, pending_forks: int = 0,
+                 slo: SLO | None = None, priority: int = 0):
         self.seq_id = seq_id
         self.request_id = request_id
         self.index = index
@@ -37,6 +39,10 @@ class Sequence:
         self.pending_forks = pending_forks  # siblings to fork from this one when its prompt is done
         self.num_preemptions = 0
         self.waited_steps = 0  # scheduling rounds spent waiting (for starvation guards)
+        self.slo = slo
+        self.priority = priority
+        self.best_effort = slo is None  # also set when an infeasible SLO falls back (on_miss=best_effort)
+        self.first_token_time: float | None = None
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed + index)
@@ -53,10 +59,31 @@ class Sequence:
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens :]
 
+    @property
+    def ttft_deadline(self) -> float | None:
+        if self.slo is None or self.slo.ttft_ms is None or self.first_token_time is not None:
+            return None
+        return self.arrival_time + self.slo.ttft_ms / 1000
+
+    @property
+    def e2e_deadline(self) -> float | None:
+        if self.slo is None or self.slo.deadline_ms is None:
+            return None
+        return self.arrival_time + self.slo.deadline_ms / 1000
+
+    @property
+    def remaining_prefill(self) -> int:
+        return max(0, self.num_tokens - self.num_computed)
+
+    @property
+    def remaining_decode(self) -> int:
+        return max(0, self.params.max_tokens - self.num_output_tokens)
+
     def fork(self, seq_id: int, index: int) -> Sequence:
         """A sibling sharing everything computed so far (its KV is shared by the cache manager)."""
         child = Sequence(seq_id, self.request_id, index, self.token_ids[: self.num_prompt_tokens],
-                         self.params, self.arrival_time)
+                         self.params, self.arrival_time, slo=self.slo, priority=self.priority)
+        child.best_effort = self.best_effort
         child.token_ids = list(self.token_ids)
         child.num_computed = self.num_computed
         child.status = self.status

@@ -11,7 +11,7 @@ import kairos
 from kairos.server.client import EngineClient
 from kairos.server.config import ServerConfig
 from kairos.server.metrics import ServerMetrics
-from kairos.server.protocol import ChatCompletionRequest, CompletionRequest, now
+from kairos.server.protocol import ChatCompletionRequest, CompletionRequest, now, slo_from
 from kairos.server.serving import (
     APIError,
     Generator,
@@ -94,8 +94,14 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, f"prompt token ids must be in [0, {client.ready.vocab_size})", param="prompt")
         return None, list(prompt)
 
+    def request_slo(req, request: Request):
+        try:
+            return slo_from(req.slo, req.priority, request.headers)
+        except ValueError as e:
+            raise APIError(400, str(e), param="slo") from None
+
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest, request: Request):
         check_model(req.model)
         check_alive()
         p = req.prompt
@@ -104,12 +110,13 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, "prompt must not be empty", param="prompt")
         encoded = [encode(x) for x in prompts]
         params = [sampling(req, len(ids), 16) for _, ids in encoded]
+        slo, priority = request_slo(req, request)
         rid = new_id("cmpl")
-        gen.check_capacity(len(encoded))
-        runs = [gen.run(text, ids, sp) for (text, ids), sp in zip(encoded, params)]
+        tracked = await gen.start_all([(t, ids, sp) for (t, ids), sp in zip(encoded, params)], slo, priority)
+        runs = [gen.follow(tr) for tr in tracked]
         n = req.n
         if req.stream:
-            return _stream(rid, "text_completion", model_name, runs, n, req, chat=False)
+            return _stream(rid, "text_completion", model_name, runs, tracked, n, req, chat=False)
         finals = {}
         async for i, (tr, _) in merge(runs):
             finals[i] = tr.output
@@ -119,14 +126,10 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
                 choices.append({"index": i * n + o.index, "text": (prompts[i] if req.echo and isinstance(prompts[i], str) else "") + o.text,
                                 "logprobs": completion_logprobs(o), "finish_reason": o.finish_reason,
                                 "stop_reason": o.stop_reason})
-        tot = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for i in range(len(runs)):
-            for k, v in usage(len(encoded[i][1]), finals[i].outputs).items():
-                tot[k] += v
-        return {**header("text_completion", rid, model_name), "choices": choices, "usage": tot}
+        return {**header("text_completion", rid, model_name), "choices": choices, "usage": total_usage(tracked)}
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatCompletionRequest):
+    async def chat(req: ChatCompletionRequest, request: Request):
         check_model(req.model)
         check_alive()
         if not getattr(tokenizer, "chat_template", None):
@@ -139,18 +142,19 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         ids = tokenizer(text, add_special_tokens=False).input_ids
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
         params = sampling(req, len(ids), max_default)
+        slo, priority = request_slo(req, request)
         rid = new_id("chatcmpl")
-        gen.check_capacity(1)
-        runs = [gen.run(text, ids, params)]
+        tracked = await gen.start_all([(text, ids, params)], slo, priority)
+        runs = [gen.follow(tr) for tr in tracked]
         if req.stream:
-            return _stream(rid, "chat.completion.chunk", model_name, runs, req.n, req, chat=True)
+            return _stream(rid, "chat.completion.chunk", model_name, runs, tracked, req.n, req, chat=True)
         final = None
         async for _, (tr, _) in merge(runs):
             final = tr.output
         choices = [{"index": o.index, "message": {"role": "assistant", "content": o.text},
                     "logprobs": chat_logprobs(o), "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
                    for o in final.outputs]
-        return {**header("chat.completion", rid, model_name), "choices": choices, "usage": usage(len(ids), final.outputs)}
+        return {**header("chat.completion", rid, model_name), "choices": choices, "usage": total_usage(tracked)}
 
     @app.get("/v1/models")
     async def models():
@@ -179,17 +183,26 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
     return app
 
 
-def _stream(rid: str, kind: str, model: str, runs, n: int, req, chat: bool) -> StreamingResponse:
+def total_usage(tracked) -> dict:
+    """OpenAI usage summed over the prompts, plus ``kairos``: timings and SLO verdicts per prompt."""
+    tot = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for tr in tracked:
+        for k, v in usage(len(tr.output.prompt_token_ids), tr.output.outputs).items():
+            tot[k] += v
+    reports = [tr.slo_report() for tr in tracked]
+    tot["kairos"] = reports[0] if len(reports) == 1 else reports
+    return tot
+
+
+def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bool) -> StreamingResponse:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     async def body():
         sent_role: set[int] = set()
         sent_lp: dict[int, int] = {}
-        finals = {}
         try:
             async for i, (tr, index) in merge(runs):
                 o = tr.output.outputs[index]
-                finals[i] = tr
                 if not o.delta and not o.finish_reason and o.logprobs is None:
                     continue  # text held back (partial character or possible stop string)
                 idx = i * n + index
@@ -211,11 +224,7 @@ def _stream(rid: str, kind: str, model: str, runs, n: int, req, chat: bool) -> S
             yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
             return
         if include_usage:
-            tot = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-            for tr in finals.values():
-                for k, v in usage(len(tr.output.prompt_token_ids), tr.output.outputs).items():
-                    tot[k] += v
-            yield sse({**header(kind, rid, model), "choices": [], "usage": tot})
+            yield sse({**header(kind, rid, model), "choices": [], "usage": total_usage(tracked)})
         yield sse("[DONE]")
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

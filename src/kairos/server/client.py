@@ -19,6 +19,7 @@ from kairos.server.engine_proc import run_engine
 from kairos.server.messages import (
     AbortRequest,
     AddRequest,
+    Admitted,
     EngineFailed,
     EngineOutput,
     EngineReady,
@@ -33,6 +34,12 @@ logger = logging.getLogger("kairos.server")
 
 class EngineDeadError(RuntimeError):
     pass
+
+
+class RequestRejectedError(ValueError):
+    def __init__(self, message: str, code: str | None):
+        super().__init__(message)
+        self.code = code
 
 
 class EngineClient:
@@ -112,7 +119,11 @@ class EngineClient:
             elif isinstance(msg, RequestRejected):
                 q = self.queues.pop(msg.request_id, None)
                 if q is not None:
-                    q.put_nowait(ValueError(msg.message))
+                    q.put_nowait(RequestRejectedError(msg.message, msg.code))
+            elif isinstance(msg, Admitted):
+                q = self.queues.get(msg.request_id)
+                if q is not None:
+                    q.put_nowait(msg)
             elif isinstance(msg, EngineFailed):
                 self._fail(f"engine failed: {msg.message}")
                 return

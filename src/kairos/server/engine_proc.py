@@ -18,6 +18,7 @@ from kairos.config import EngineConfig
 from kairos.server.messages import (
     AbortRequest,
     AddRequest,
+    Admitted,
     EngineFailed,
     EngineInput,
     EngineOutput,
@@ -67,7 +68,10 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                     try:
                         engine.add_request(msg.request)
                     except ValueError as e:
-                        send(RequestRejected(msg.request.request_id, str(e)))
+                        send(RequestRejected(msg.request.request_id, str(e), getattr(e, "code", None)))
+                    else:
+                        if msg.request.slo is not None:
+                            send(Admitted(msg.request.request_id))
                 elif isinstance(msg, AbortRequest):
                     aborted.extend(engine.abort(msg.request_id))
                 elif isinstance(msg, FinishSequence):

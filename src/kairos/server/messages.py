@@ -44,10 +44,17 @@ class StepOutputs(msgspec.Struct, tag=True):
 class RequestRejected(msgspec.Struct, tag=True):
     request_id: str
     message: str
+    code: str | None = None  # "slo_infeasible" -> 429
+
+
+class Admitted(msgspec.Struct, tag=True):
+    """Sent for requests with an SLO once admission control has accepted them."""
+
+    request_id: str
 
 
 class EngineFailed(msgspec.Struct, tag=True):
     message: str
 
 
-EngineOutput = EngineReady | StepOutputs | RequestRejected | EngineFailed
+EngineOutput = EngineReady | StepOutputs | RequestRejected | Admitted | EngineFailed

@@ -19,11 +19,17 @@ class ServerMetrics:
         self.tpot = Histogram("kairos_time_per_output_token_seconds", "Mean time per output token after the first", labels, buckets=_LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("kairos_inter_token_latency_seconds", "Time between consecutive tokens", labels, buckets=_LATENCY_BUCKETS, registry=r)
         self.e2e = Histogram("kairos_e2e_request_latency_seconds", "Arrival to last token", labels, buckets=_LATENCY_BUCKETS, registry=r)
+        self.slo = Counter("kairos_slo_requests", "SLO requests by class and outcome (met, missed, refused, expired)",
+                           labels + ["slo_class", "outcome"], registry=r)
         self.engine = Gauge("kairos_engine_stat", "Engine state (running, waiting, KV blocks, prefix cache)", labels + ["stat"], registry=r)
 
-    def finished(self, outcome: str, prompt_tokens: int, token_times: list[float], arrival: float, end: float) -> None:
+    def finished(self, outcome: str, prompt_tokens: int, token_times: list[float], arrival: float, end: float,
+                 slo=None, slo_report: dict | None = None) -> None:
         m = self.model
         self.requests.labels(m, outcome).inc()
+        if slo is not None and outcome in ("finished", "refused", "expired"):
+            result = outcome if outcome != "finished" else ("met" if slo_report and slo_report["slo_met"] else "missed")
+            self.slo.labels(m, slo.name, result).inc()
         self.prompt_tokens.labels(m).inc(prompt_tokens)
         self.generation_tokens.labels(m).inc(len(token_times))
         if token_times:

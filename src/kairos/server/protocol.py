@@ -6,9 +6,10 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kairos.engine.sampling_params import SamplingParams
+from kairos.engine.slo import SLO
 
 
 class ErrorInfo(BaseModel):
@@ -24,6 +25,46 @@ class ErrorResponse(BaseModel):
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class SLOBody(BaseModel):
+    """Kairos extension: the request's service-level objective (ms from arrival)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_ms: float | None = Field(default=None, gt=0)
+    tpot_ms: float | None = Field(default=None, gt=0)
+    deadline_ms: float | None = Field(default=None, gt=0)
+    on_miss: Literal["refuse", "best_effort"] = "refuse"
+    name: str = Field(default="default", alias="class", max_length=64)
+
+
+_SLO_HEADERS = {"x-kairos-ttft-ms": "ttft_ms", "x-kairos-tpot-ms": "tpot_ms", "x-kairos-deadline-ms": "deadline_ms",
+                "x-kairos-on-miss": "on_miss", "x-kairos-slo-class": "class"}
+
+
+def slo_from(body_slo: SLOBody | None, body_priority: int | None, headers) -> tuple[SLO | None, int]:
+    """The SLO and priority of a request: body fields win over the X-Kairos-* headers."""
+    fields: dict[str, Any] = {}
+    for h, name in _SLO_HEADERS.items():
+        if h in headers:
+            fields[name] = headers[h]
+    if body_slo is not None:
+        fields.update(body_slo.model_dump(by_alias=True, exclude_unset=True))
+    priority = body_priority
+    if priority is None and "x-kairos-priority" in headers:
+        try:
+            priority = int(headers["x-kairos-priority"])
+        except ValueError:
+            raise ValueError("priority (X-Kairos-Priority) must be an integer") from None
+    if not fields:
+        return None, priority or 0
+    try:
+        checked = SLOBody.model_validate(fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"slo.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+    return SLO(checked.ttft_ms, checked.tpot_ms, checked.deadline_ms, checked.on_miss, checked.name), priority or 0
 
 
 class _SamplingFields(BaseModel):
@@ -48,6 +89,9 @@ class _SamplingFields(BaseModel):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # Kairos extensions
+    slo: SLOBody | None = None
+    priority: int | None = None
 
     def _sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())

@@ -8,10 +8,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import msgspec
+
 from kairos.engine.output_processor import CompletionOutput, OutputProcessor, RequestOutput
 from kairos.engine.outputs import EngineRequest
 from kairos.engine.sampling_params import SamplingParams
-from kairos.server.client import EngineClient
+from kairos.engine.slo import SLO, report
+from kairos.server.client import EngineClient, RequestRejectedError
+from kairos.server.messages import Admitted
 from kairos.server.metrics import ServerMetrics
 from kairos.server.protocol import new_id, now
 
@@ -25,11 +29,21 @@ class APIError(Exception):
 
 @dataclass
 class Tracked:
-    """One engine request as the API sees it: its output so far and its token timings."""
+    """One engine request as the API sees it: its output so far, its queue and token timings."""
 
+    rid: str
     output: RequestOutput
+    queue: asyncio.Queue
     arrival: float
+    slo: SLO | None
     token_times: list[float] = field(default_factory=list)
+    end: float | None = None
+
+    def slo_report(self) -> dict:
+        first = self.token_times[0] if self.token_times else None
+        end = self.end if self.end is not None else time.monotonic()
+        n = max(len(o.token_ids) for o in self.output.outputs)
+        return msgspec.structs.asdict(report(self.slo, self.arrival, first, end, n))
 
 
 class Generator:
@@ -47,34 +61,72 @@ class Generator:
             raise APIError(503, f"server is at capacity ({self.max_pending} requests in flight); retry later",
                            "server_error", code="queue_full")
 
-    async def run(self, text: str | None, ids: list[int], params: SamplingParams) -> AsyncIterator[tuple[Tracked, int]]:
-        """Yield (tracked request, index of the completion that changed) until all n are done."""
+    async def submit(self, text: str | None, ids: list[int], params: SamplingParams,
+                     slo: SLO | None = None, priority: int = 0) -> Tracked:
+        """Hand a request to the engine; with an SLO, wait for admission control's verdict."""
         rid = new_id("req")
-        tr = Tracked(self.processor.add_request(rid, text, ids, params), time.monotonic())
-        q = self.client.add(EngineRequest(rid, ids, params))
+        arrival = time.monotonic()
+        out = self.processor.add_request(rid, text, ids, params)
+        q = self.client.add(EngineRequest(rid, ids, params, arrival, slo, priority))
+        tr = Tracked(rid, out, q, arrival, slo)
+        if slo is not None:
+            first = await q.get()
+            if not isinstance(first, Admitted):
+                self.processor.abort(rid)
+                self.client.release(rid)
+                outcome = "refused" if getattr(first, "code", None) == "slo_infeasible" else "rejected"
+                self.metrics.finished(outcome, len(ids), [], arrival, time.monotonic(), slo, None)
+                raise self._error(first)
+        return tr
+
+    @staticmethod
+    def _error(item) -> APIError:
+        if isinstance(item, RequestRejectedError):
+            if item.code == "slo_infeasible":
+                return APIError(429, str(item), "slo_infeasible_error", param="slo", code="slo_infeasible")
+            return APIError(400, str(item))
+        return APIError(503, f"engine unavailable: {item}", "server_error", code="engine_dead")
+
+    async def follow(self, tr: Tracked) -> AsyncIterator[tuple[Tracked, int]]:
+        """Yield (tracked request, index of the completion that changed) until all n are done."""
         outcome = "abort"
         try:
             while not tr.output.finished:
-                item = await q.get()
-                if isinstance(item, ValueError):
-                    outcome = "rejected"
-                    raise APIError(400, str(item))
+                item = await tr.queue.get()
                 if isinstance(item, Exception):
                     outcome = "error"
-                    raise APIError(503, f"engine unavailable: {item}", "server_error", code="engine_dead")
+                    raise self._error(item)
                 tr.token_times.extend([time.monotonic()] * len(item.new_token_ids))
                 _, stopped = self.processor.process([item])
                 for r, i in stopped:
                     self.client.finish_sequence(r, i)
                 yield tr, item.index
-            outcome = "finished"
+            tr.end = time.monotonic()
+            outcome = "expired" if any(o.finish_reason == "expired" for o in tr.output.outputs) else "finished"
         finally:
-            if outcome == "finished":
-                self.client.release(rid)
+            if outcome in ("finished", "expired"):
+                self.client.release(tr.rid)
             else:  # client went away, or an error: the engine frees the blocks on its next loop
-                self.client.abort(rid)
-                self.processor.abort(rid)
-            self.metrics.finished(outcome, len(ids), tr.token_times, tr.arrival, time.monotonic())
+                self.client.abort(tr.rid)
+                self.processor.abort(tr.rid)
+            rep = tr.slo_report() if tr.slo is not None and outcome == "finished" else None
+            self.metrics.finished(outcome, len(tr.output.prompt_token_ids), tr.token_times, tr.arrival,
+                                  time.monotonic(), tr.slo, rep)
+
+    async def start_all(self, prompts: list[tuple[str | None, list[int], SamplingParams]],
+                        slo: SLO | None, priority: int) -> list[Tracked]:
+        """Submit several prompts; if one is refused, the ones already in are aborted."""
+        self.check_capacity(len(prompts))
+        started: list[Tracked] = []
+        try:
+            for text, ids, params in prompts:
+                started.append(await self.submit(text, ids, params, slo, priority))
+        except BaseException:
+            for tr in started:
+                self.client.abort(tr.rid)
+                self.processor.abort(tr.rid)
+            raise
+        return started
 
 
 async def merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:

@@ -1,0 +1,81 @@
+"""An online cost model of this engine on this hardware, fitted from its own step timings.
+
+step seconds ~= w0 + w1 * prefill_tokens/100 + w2 * decode_seqs/10 + w3 * decode_context_tokens/1000
+
+Fitted by ridge regression toward the current weights over a window of recent steps, with a
+trimming pass that drops outliers (GC pauses, a noisy neighbour) so one bad step cannot
+swing the predictions. Weights never go negative.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+
+_SCALE = (1.0, 100.0, 10.0, 1000.0)
+
+
+class CostModel:
+    def __init__(self, weights: tuple[float, float, float, float] = (0.02, 0.05, 0.01, 0.01),
+                 window: int = 512, refit_every: int = 16, frozen: bool = False):
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.samples: deque[tuple[tuple[float, ...], float]] = deque(maxlen=window)
+        self.refit_every = refit_every
+        self.frozen = frozen  # tests and simulations: a fixed, known model
+        self._since_fit = 0
+
+    @staticmethod
+    def features(prefill_tokens: float, decode_seqs: float, decode_ctx: float) -> tuple[float, ...]:
+        return (1.0, prefill_tokens / _SCALE[1], decode_seqs / _SCALE[2], decode_ctx / _SCALE[3])
+
+    def step_time(self, prefill_tokens: float, decode_seqs: float, decode_ctx: float) -> float:
+        x = self.features(prefill_tokens, decode_seqs, decode_ctx)
+        return float(sum(w * v for w, v in zip(self.weights.tolist(), x)))
+
+    def prefill_time(self, tokens: int, budget: int, decode_seqs: int, decode_ctx: int) -> float:
+        """Seconds to push ``tokens`` of prompt through steps of at most ``budget`` prefill tokens,
+        next to ``decode_seqs`` running decodes."""
+        if tokens <= 0:
+            return 0.0
+        full, rest = divmod(tokens, max(1, budget))
+        t = full * self.step_time(budget, decode_seqs, decode_ctx)
+        return t + (self.step_time(rest, decode_seqs, decode_ctx) if rest else 0.0)
+
+    def decode_time(self, tokens: int, decode_seqs: int, decode_ctx: int) -> float:
+        return max(0, tokens) * self.step_time(0, decode_seqs, decode_ctx)
+
+    def observe(self, prefill_tokens: int, decode_seqs: int, decode_ctx: int, seconds: float) -> None:
+        if self.frozen or not math.isfinite(seconds) or seconds <= 0:
+            return
+        self.samples.append((self.features(prefill_tokens, decode_seqs, decode_ctx), seconds))
+        self._since_fit += 1
+        if self._since_fit >= self.refit_every:
+            self.fit()
+
+    def fit(self, ridge: float = 1.0) -> None:
+        self._since_fit = 0
+        if len(self.samples) < 8:
+            return
+        x = torch.tensor([s[0] for s in self.samples], dtype=torch.float64)
+        y = torch.tensor([s[1] for s in self.samples], dtype=torch.float64)
+        w = self._solve(x, y, ridge)
+        resid = (x @ w - y).abs()
+        mad = resid.median() * 1.4826 + 1e-9
+        keep = resid <= 3 * mad + 0.05 * y  # trim outliers, never below 5% of the step itself
+        if keep.sum() >= 8 and not bool(keep.all()):
+            w = self._solve(x[keep], y[keep], ridge)
+        self.weights = w.clamp(min=0.0)
+
+    def _solve(self, x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
+        # ridge toward the current weights: steady when a feature never varies (e.g. batch size)
+        a = x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype)
+        b = x.T @ y + ridge * self.weights
+        return torch.linalg.solve(a, b)
+
+    def describe(self) -> dict[str, float]:
+        w = self.weights.tolist()
+        return {"cost_step_overhead_s": w[0], "cost_prefill_s_per_token": w[1] / _SCALE[1],
+                "cost_decode_s_per_seq": w[2] / _SCALE[2], "cost_decode_s_per_ctx_token": w[3] / _SCALE[3],
+                "cost_samples": len(self.samples)}
