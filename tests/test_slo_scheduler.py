@@ -185,3 +185,19 @@ def test_offline_llm_accepts_slo(tiny_llama):
     with pytest.raises(SLOInfeasible):
         llm.generate([prompt, prompt], SamplingParams(max_tokens=3), slo=SLO(ttft_ms=0.001))
     assert not llm.engine.has_unfinished()
+
+
+def test_step_budget_shrinks_to_keep_tpot_promises():
+    sim = Sim(budget=512, num_blocks=256)
+    chat = sim.add("chat", 4, max_tokens=50, slo=SLO(tpot_ms=60))
+    sim.step()  # prefill; chat now decodes
+    assert chat.first_token_time is not None
+    sim.add("big", 400, max_tokens=2)  # best-effort, 400 tokens to prefill
+    out = sim.step()
+    # 60 ms - (10 ms + 1 decode * 1 ms) leaves 49 ms = 49 prefill tokens at 1 ms each
+    assert {s.seq.request_id: s.num_new_tokens for s in out.scheduled} == {"chat": 1, "big": 49}
+    sim2 = Sim(budget=512, num_blocks=256)  # without a TPOT objective the whole budget is used
+    sim2.add("chat", 4, max_tokens=50, slo=SLO(ttft_ms=5000))
+    sim2.step()
+    sim2.add("big", 400, max_tokens=2)
+    assert {s.seq.request_id: s.num_new_tokens for s in sim2.step().scheduled} == {"chat": 1, "big": 400}

@@ -43,6 +43,14 @@ class CostModel:
         t = full * self.step_time(budget, decode_seqs, decode_ctx)
         return t + (self.step_time(rest, decode_seqs, decode_ctx) if rest else 0.0)
 
+    def max_prefill_tokens(self, seconds: float, decode_seqs: int, decode_ctx: int) -> int:
+        """Most prefill tokens a step can carry next to these decodes and still take ``seconds``."""
+        per_token = self.weights[1].item() / _SCALE[1]
+        spare = seconds - self.step_time(0, decode_seqs, decode_ctx)
+        if per_token <= 0:
+            return 1 << 30
+        return max(0, int(spare / per_token))
+
     def decode_time(self, tokens: int, decode_seqs: int, decode_ctx: int) -> float:
         return max(0, tokens) * self.step_time(0, decode_seqs, decode_ctx)
 

@@ -72,7 +72,7 @@ class Scheduler:
         out = SchedulerOutput()
         ctx = self.context()
         self._expire(ctx, out)
-        out.budget = self.config.max_num_batched_tokens
+        out.budget = self._token_budget(ctx)
         keys = {s.seq_id: self.policy(s, ctx) for s in self.running + self.waiting}
         self.running.sort(key=lambda s: keys[s.seq_id])
         # (1) decodes: one token each
@@ -98,6 +98,18 @@ class Scheduler:
         for seq in self.waiting:
             seq.waited_steps += 1
         return out
+
+    def _token_budget(self, ctx: SchedContext) -> int:
+        """The step's token budget, shrunk so a step stays within the tightest TPOT objective of
+        the running requests (big prefill chunks would otherwise stall their decodes)."""
+        budget = self.config.max_num_batched_tokens
+        tpots = [s.slo.tpot_ms / 1000 for s in self.running
+                 if not s.best_effort and s.slo.tpot_ms is not None and s.first_token_time is not None]
+        if not tpots:
+            return budget
+        prefill = ctx.cost.max_prefill_tokens(min(tpots), ctx.decode_seqs, ctx.decode_ctx)
+        # always leave room for some prefill (one block) so waiting work still moves
+        return min(budget, ctx.decode_seqs + max(prefill, self.kv.block_size))
 
     def _fit(self, seq: Sequence, n: int, out: SchedulerOutput, keys) -> bool:
         """Allocate ``n`` more tokens for a running sequence; when blocks run out, preempt the least

@@ -70,7 +70,12 @@ class Generator:
         q = self.client.add(EngineRequest(rid, ids, params, arrival, slo, priority))
         tr = Tracked(rid, out, q, arrival, slo)
         if slo is not None:
-            first = await q.get()
+            try:
+                first = await q.get()
+            except BaseException:  # the client went away while admission was pending
+                self.client.abort(rid)
+                self.processor.abort(rid)
+                raise
             if not isinstance(first, Admitted):
                 self.processor.abort(rid)
                 self.client.release(rid)
