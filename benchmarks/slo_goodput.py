@@ -4,7 +4,7 @@
 
 Workload: half interactive requests (TTFT 1 s, TPOT 150 ms; 64 in / 32 out), half batch
 requests (deadline 60 s; 256 in / 128 out), Poisson arrivals. Capacity is measured first
-(requests/s completed by an FCFS server under a burst); each load is a multiple of it.
+(requests/s completed by an FCFS server under a burst as large as a run); each load is a multiple of it.
 `fcfs` is the mainstream engine's behaviour: FCFS order, no SLO sent (SLOs judged by the
 client). `slack` sends the SLOs: least-slack ordering, admission control, expiry, preemption.
 """
@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--loads", default="0.5,1,1.5,2")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--capacity-requests", type=int, default=40, help="burst size that measures capacity")
     ap.add_argument("--ttft-ms", type=float, default=1000, help="interactive TTFT objective")
     ap.add_argument("--tpot-ms", type=float, default=150, help="interactive TPOT objective")
     ap.add_argument("--deadline-ms", type=float, default=60_000, help="batch deadline")
@@ -97,9 +98,9 @@ def main() -> None:
     loads = [float(x) for x in args.loads.split(",")]
 
     fcfs = Server("fcfs")
-    burst = run(fcfs, workload(16, float("inf"), TOK, args.seed + 1), send_slo=False)
+    burst = run(fcfs, workload(args.capacity_requests, float("inf"), TOK, args.seed + 1), send_slo=False)
     capacity = burst["request_throughput"]
-    print(f"measured capacity (FCFS, burst of 16 mixed requests): {capacity:.3f} req/s", flush=True)
+    print(f"measured capacity (FCFS, burst of {args.capacity_requests} mixed requests): {capacity:.3f} req/s", flush=True)
     results = {}
     for policy, server, send in (("fcfs", fcfs, False), ("slack", None, True)):
         if server is None:

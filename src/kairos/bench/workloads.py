@@ -26,7 +26,7 @@ class SLO:
 
     @classmethod
     def parse(cls, text: str) -> SLO:
-        """``name:ttft_ms=1000,tpot_ms=150`` or ``batch:deadline_ms=60000`` (weights via ``@w`` suffix are not part of this)."""
+        """``name:ttft_ms=1000,tpot_ms=150`` or ``batch:deadline_ms=60000``."""
         name, _, rest = text.partition(":")
         kw = {}
         for part in filter(None, rest.split(",")):

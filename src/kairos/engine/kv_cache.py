@@ -184,7 +184,7 @@ class PrefixCachingKVManager(KVCacheManager):
 
     def _reclaimable(self) -> int:
         # unlocked cached blocks that only the tree references: evicting them frees memory
-        return sum(1 for n in self.tree._nodes() if n.lock_ref == 0 and self.pool.ref_counts[n.block] == 1)
+        return sum(1 for n in self.tree.nodes() if n.lock_ref == 0 and self.pool.ref_counts[n.block] == 1)
 
     def _ensure_free(self, n: int) -> None:
         while self.pool.num_free < n:

@@ -88,12 +88,9 @@ class RadixCache:
             node.lock_ref -= 1
             node = node.parent
 
-    def evictable_blocks(self) -> int:
-        return sum(1 for n in self._nodes() if n.lock_ref == 0)
-
     def evict(self, n: int) -> list[int]:
         """Drop up to ``n`` unlocked blocks, least recently used leaves first; returns their ids."""
-        leaves = [x for x in self._nodes() if not x.children and x.lock_ref == 0]
+        leaves = [x for x in self.nodes() if not x.children and x.lock_ref == 0]
         evicted: list[int] = []
         while leaves and len(evicted) < n:
             leaves.sort(key=lambda x: x.last_access)  # few leaves are evicted at a time; simple beats a heap here
@@ -106,7 +103,7 @@ class RadixCache:
                 leaves.append(parent)
         return evicted
 
-    def _nodes(self):
+    def nodes(self):
         stack = list(self.root.children.values())
         while stack:
             node = stack.pop()

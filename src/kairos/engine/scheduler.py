@@ -39,10 +39,6 @@ class SchedulerOutput:
     expired: list[Sequence] = field(default_factory=list)
     budget: int = 0  # tokens of the step's budget still free (while scheduling)
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
-
 
 class Scheduler:
     """Owns the waiting and running sets; the KV manager owns the blocks."""
