@@ -63,3 +63,22 @@ def test_text_prompt_adds_no_bos_duplication(default_llm):
     out = default_llm.generate(["The quick brown fox"], SamplingParams(temperature=0.0, max_tokens=5))[0]
     assert out.prompt_token_ids == default_llm.tokenizer("The quick brown fox").input_ids
     assert len(out.outputs[0].token_ids) == 5
+
+
+def test_gguf_conversion_cache_is_exact(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    from kairos.loader.gguf_cache import cached_hf_dir
+    from kairos.loader.gguf_file import GGUFModel
+
+    monkeypatch.setenv("KAIROS_CACHE_DIR", str(tmp_path))
+    path = default_model_path()
+    out = cached_hf_dir(path)
+    assert out is not None and out.parent.parent == tmp_path
+    assert cached_hf_dir(path) == out  # made once, then found
+    direct = dict(GGUFModel(path).weights())
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(direct)
+        for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.29.self_attn.k_proj.weight",
+                     "model.embed_tokens.weight"):
+            assert torch.equal(f.get_tensor(name), direct[name])

@@ -9,6 +9,7 @@ from torch import nn
 
 from kairos.config import ModelConfig
 from kairos.loader.default import resolve_model_path
+from kairos.loader.gguf_cache import cached_hf_dir
 from kairos.loader.gguf_file import GGUFModel
 from kairos.loader.hf_dir import iter_hf_weights, read_hf_config
 from kairos.loader.tokenizer import load_tokenizer
@@ -52,9 +53,10 @@ def load_model(cfg: ModelConfig) -> tuple[nn.Module, ArchConfig, Path]:
     path = resolve_model_path(cfg.model)
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
-    if path.is_dir():
-        arch = ArchConfig.from_hf(read_hf_config(path))
-        weights = iter_hf_weights(path)
+    source = path if path.is_dir() else cached_hf_dir(path)
+    if source is not None:
+        arch = ArchConfig.from_hf(read_hf_config(source))
+        weights = iter_hf_weights(source)
     else:
         gg = GGUFModel(path)
         arch = ArchConfig.from_hf(gg.hf_config())

@@ -18,6 +18,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kairos"
 
 
+def file_key(path: Path) -> str:
+    """Cache key of a model file: its resolved path, size and modification time."""
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
 def load_tokenizer(path: Path):
     """A transformers tokenizer for a model path, or None when a HF directory ships none."""
     from transformers import AutoTokenizer
@@ -25,9 +31,7 @@ def load_tokenizer(path: Path):
     if path.is_dir():
         return AutoTokenizer.from_pretrained(str(path)) if has_tokenizer(path) else None
     # Converting a GGUF vocabulary takes ~10 s; keep the converted tokenizer.json keyed by the file.
-    st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = cache_dir() / "tokenizers" / key
+    cached = cache_dir() / "tokenizers" / file_key(path)
     if (cached / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(cached))
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
