@@ -128,7 +128,7 @@ class PrefixCachingKVManager(KVCacheManager):
         self.evicted_blocks = 0
 
     def peek(self, token_ids: list[int]) -> int:
-        return self.tree.match_prefix(token_ids[: len(token_ids) - 1]).num_blocks * self.block_size
+        return self.tree.match_prefix(token_ids[: len(token_ids) - 1], touch=False).num_blocks * self.block_size
 
     def match(self, seq_id: int, token_ids: list[int]) -> int:
         # Leave at least one token to compute: its logits give the next token.

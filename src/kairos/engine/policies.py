@@ -31,9 +31,13 @@ class SchedContext:
     decode_ctx: int  # their context tokens, summed
     starve_steps: int
 
+    def cached_tokens(self, seq: Sequence) -> int:
+        """Tokens of ``seq`` whose KV exists: its own once started, else its cached prefix."""
+        return seq.num_computed or self.kv.peek(seq.token_ids)
+
     def prefill_eta(self, seq: Sequence, ahead_tokens: int = 0) -> float:
         """Seconds until ``seq``'s first (next) token if its prefill ran after ``ahead_tokens``."""
-        cached = self.kv.peek(seq.token_ids) if seq.num_computed == 0 else 0
+        cached = 0 if seq.num_computed else self.kv.peek(seq.token_ids)
         tokens = ahead_tokens + max(1, seq.remaining_prefill - cached)
         return self.cost.prefill_time(tokens, max(1, self.budget - self.decode_seqs), self.decode_seqs, self.decode_ctx)
 
@@ -84,7 +88,7 @@ def longest_prefix_match(seq: Sequence, ctx: SchedContext) -> Key:
     """Longest cached prefix first (SGLang's LPM); preempted and starving sequences first, in arrival order."""
     if seq.num_preemptions or _starving(seq, ctx):
         return (0, 0, seq.arrival_time, seq.seq_id)
-    return (1, -ctx.kv.peek(seq.token_ids), seq.arrival_time, seq.seq_id)
+    return (1, -ctx.cached_tokens(seq), seq.arrival_time, seq.seq_id)
 
 
 @register("priority")
@@ -115,5 +119,5 @@ def least_slack(seq: Sequence, ctx: SchedContext) -> Key:
     if _starving(seq, ctx):
         return (0, 0.0, seq.arrival_time, seq.seq_id)
     if seq.best_effort:
-        return (2, -ctx.kv.peek(seq.token_ids) - seq.priority * 1e9, seq.arrival_time, seq.seq_id)
+        return (2, -ctx.cached_tokens(seq) - seq.priority * 1e9, seq.arrival_time, seq.seq_id)
     return (1, ctx.slack(seq), seq.arrival_time, seq.seq_id)

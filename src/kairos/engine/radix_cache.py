@@ -47,14 +47,17 @@ class RadixCache:
         for i in range(len(token_ids) // bs):
             yield tuple(token_ids[i * bs : (i + 1) * bs])
 
-    def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
-        """Longest cached prefix of ``token_ids`` in whole blocks."""
-        node, blocks, now = self.root, [], next(self._clock)
+    def match_prefix(self, token_ids: list[int], touch: bool = True) -> PrefixMatch:
+        """Longest cached prefix of ``token_ids`` in whole blocks; ``touch`` marks it recently used
+        (a look that only ranks requests passes False, so it cannot change eviction order)."""
+        node, blocks = self.root, []
+        now = next(self._clock) if touch else None
         for key in self._keys(token_ids):
             child = node.children.get(key)
             if child is None:
                 break
-            child.last_access = now
+            if touch:
+                child.last_access = now
             blocks.append(child.block)
             node = child
         return PrefixMatch(blocks, node)

@@ -83,9 +83,8 @@ class Scheduler:
         for seq in candidates:
             if out.budget <= 0:
                 break
-            if seq.status is SeqStatus.RUNNING:
-                if not any(s.seq is seq for s in out.scheduled):
-                    self._fit(seq, min(seq.num_tokens - seq.num_computed, out.budget), out, keys)
+            if seq.status is SeqStatus.RUNNING:  # mid-prompt: phase (1) took only decodes
+                self._fit(seq, min(seq.num_tokens - seq.num_computed, out.budget), out, keys)
                 continue
             if seq.status is not SeqStatus.WAITING or seq in out.preempted:
                 continue  # finished, or preempted in this very round

@@ -117,12 +117,11 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         n = req.n
         if req.stream:
             return _stream(rid, "text_completion", model_name, runs, tracked, n, req, chat=False)
-        finals = {}
-        async for i, (tr, _) in merge(runs):
-            finals[i] = tr.output
+        async for _ in merge(runs):
+            pass
         choices = []
-        for i in range(len(runs)):
-            for o in finals[i].outputs:
+        for i, tr in enumerate(tracked):
+            for o in tr.output.outputs:
                 choices.append({"index": i * n + o.index, "text": (prompts[i] if req.echo and isinstance(prompts[i], str) else "") + o.text,
                                 "logprobs": completion_logprobs(o), "finish_reason": o.finish_reason,
                                 "stop_reason": o.stop_reason})
@@ -148,9 +147,9 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         runs = [gen.follow(tr) for tr in tracked]
         if req.stream:
             return _stream(rid, "chat.completion.chunk", model_name, runs, tracked, req.n, req, chat=True)
-        final = None
-        async for _, (tr, _) in merge(runs):
-            final = tr.output
+        async for _ in merge(runs):
+            pass
+        final = tracked[0].output
         choices = [{"index": o.index, "message": {"role": "assistant", "content": o.text},
                     "logprobs": chat_logprobs(o), "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
                    for o in final.outputs]

@@ -111,7 +111,8 @@ class EngineClient:
         while True:
             msg = self._dec.decode(await self._out.recv())
             if isinstance(msg, StepOutputs):
-                self.stats = msg.stats
+                if msg.stats is not None:
+                    self.stats = msg.stats
                 for o in msg.outputs:
                     q = self.queues.get(o.request_id)
                     if q is not None:

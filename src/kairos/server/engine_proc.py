@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 import traceback
 
 import msgspec
@@ -30,6 +31,7 @@ from kairos.server.messages import (
 )
 
 IDLE_POLL_MS = 200  # while idle, wake this often to notice a dead parent
+STATS_EVERY_S = 0.25
 
 logger = logging.getLogger("kairos.engine")
 
@@ -56,6 +58,7 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
 
         engine = EngineCore(config)
         send(EngineReady(str(engine.model_path), engine.max_model_len, engine.arch.vocab_size, engine.stats()))
+        last_stats = 0.0
         poller = zmq.Poller()
         poller.register(inp, zmq.POLLIN)
         while True:
@@ -82,8 +85,13 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                 logger.error("API process is gone; engine exiting")
                 return
             outputs = engine.step() if engine.has_unfinished() else []
-            if outputs or aborted:  # stats ride along, so gauges are fresh after every change
-                send(StepOutputs(aborted + outputs, engine.stats()))
+            if outputs or aborted:
+                # stats are gauges: refresh them a few times a second, and whenever the engine goes idle
+                now = time.monotonic()
+                fresh = not engine.has_unfinished() or now - last_stats >= STATS_EVERY_S
+                if fresh:
+                    last_stats = now
+                send(StepOutputs(aborted + outputs, engine.stats() if fresh else None))
     except Exception as e:  # report, then exit non-zero: the API process turns this into 503s
         send(EngineFailed(f"{type(e).__name__}: {e}"))
         traceback.print_exc()

@@ -38,7 +38,7 @@ class EngineReady(msgspec.Struct, tag=True):
 
 class StepOutputs(msgspec.Struct, tag=True):
     outputs: list[SeqOutput]
-    stats: dict[str, float]
+    stats: dict[str, float] | None = None  # None: unchanged since the last message that had them
 
 
 class RequestRejected(msgspec.Struct, tag=True):
