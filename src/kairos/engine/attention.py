@@ -1,9 +1,11 @@
-"""Paged attention over a flat slot-indexed KV cache (CPU and CUDA, via SDPA).
+"""Paged attention over a block-structured KV cache (CPU and CUDA, via SDPA).
 
-KV cache of one layer: ``k_cache, v_cache: [num_blocks * block_size, num_kv_heads, head_dim]``;
-token ``t`` of a sequence lives at slot ``block_table[t // block_size] * block_size + t % block_size``.
-Decode tokens are batched into one SDPA call over gathered, padded contexts; each prefill
-chunk is one SDPA call (few per step, so the Python loop stays short).
+KV cache of one layer: ``k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]``;
+token ``t`` of a sequence lives in block ``block_table[t // block_size]`` at offset
+``t % block_size``. Contexts are gathered a whole block at a time (one contiguous row copy per
+block, not one per token), padded with the null block and masked. Decode tokens are batched
+into one SDPA call; grouped-query heads ride along as extra query rows of their KV head, so
+SDPA never expands K/V. Each prefill chunk is one SDPA call (few per step).
 """
 
 from __future__ import annotations
@@ -18,48 +20,66 @@ import torch.nn.functional as F
 class PrefillChunk:
     q_start: int  # index of the chunk's first token in the flat batch
     q_end: int
-    kv_slots: torch.Tensor | None  # [context_len] slots of all tokens up to q_end; None: no past, use fresh k/v
-    mask: torch.Tensor | None  # [q_len, context_len] bool, True = attend; None with kv_slots None means causal
+    blocks: torch.Tensor | None  # [nblk] block ids covering tokens 0 .. q_end; None: no past, use fresh k/v
+    mask: torch.Tensor | None  # [q_len, nblk * block_size] bool, True = attend
 
 
 @dataclass
 class AttentionMetadata:
     """Built once per step by the runner, shared by every layer."""
 
-    slot_mapping: torch.Tensor  # [T] where each new token's k/v is written
+    slot_mapping: torch.Tensor  # [T] flat slot (block * block_size + offset) where each new token's k/v goes
     decode_idx: torch.Tensor | None  # [Bd] flat indices of single-token (decode) queries
-    decode_slots: torch.Tensor | None  # [Bd, Lmax] context slots, padded with slot 0
-    decode_mask: torch.Tensor | None  # [Bd, 1, 1, Lmax] bool, True = real context token
+    decode_blocks: torch.Tensor | None  # [Bd * nblk] block ids of each decode context, padded with the null block
+    decode_mask: torch.Tensor | None  # [Bd, 1, 1, nblk * block_size] bool, True = real context token
     prefills: list[PrefillChunk]
+
+
+def _gather(cache: torch.Tensor, blocks: torch.Tensor, rows: int) -> torch.Tensor:
+    """``cache [NB, bs, H, D]``, ``blocks [rows * nblk]`` -> ``[rows, H, nblk * bs, D]`` (a strided view)."""
+    nb, bs, h, d = cache.shape
+    g = torch.index_select(cache.view(nb, bs * h * d), 0, blocks)  # [rows * nblk, bs*H*D]
+    return g.view(rows, -1, h, d).transpose(1, 2)
 
 
 def paged_attention(
     q: torch.Tensor,  # [T, Hq, D]
     k: torch.Tensor,  # [T, Hkv, D]
     v: torch.Tensor,  # [T, Hkv, D]
-    k_cache: torch.Tensor,
+    k_cache: torch.Tensor,  # [NB, bs, Hkv, D]
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:  # [T, Hq, D]
-    k_cache[meta.slot_mapping] = k
-    v_cache[meta.slot_mapping] = v
+    hq, hkv, d = q.shape[1], k.shape[1], q.shape[2]
+    k_cache.view(-1, hkv, d)[meta.slot_mapping] = k
+    v_cache.view(-1, hkv, d)[meta.slot_mapping] = v
+    if meta.decode_idx is not None and not meta.prefills and meta.decode_idx.shape[0] == q.shape[0]:
+        return _decode(q, k_cache, v_cache, meta, scale)  # pure decode step: no scatter back
     out = torch.empty_like(q)
     if meta.decode_idx is not None:
-        qd = q[meta.decode_idx].unsqueeze(2)  # [Bd, Hq, 1, D]
-        kd = k_cache[meta.decode_slots].transpose(1, 2)  # [Bd, Hkv, Lmax, D]
-        vd = v_cache[meta.decode_slots].transpose(1, 2)
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=True)
-        out[meta.decode_idx] = od.squeeze(2)
+        out[meta.decode_idx] = _decode(q[meta.decode_idx], k_cache, v_cache, meta, scale)
     for p in meta.prefills:
         qp = q[p.q_start : p.q_end].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
-        if p.kv_slots is None:
+        if p.blocks is None:
             kp = k[p.q_start : p.q_end].transpose(0, 1).unsqueeze(0)  # [1, Hkv, n, D]
             vp = v[p.q_start : p.q_end].transpose(0, 1).unsqueeze(0)
-            op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale, enable_gqa=True)
+            op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale, enable_gqa=hq != hkv)
         else:
-            kp = k_cache[p.kv_slots].transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
-            vp = v_cache[p.kv_slots].transpose(0, 1).unsqueeze(0)
-            op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask, scale=scale, enable_gqa=True)
+            kp = _gather(k_cache, p.blocks, 1)  # [1, Hkv, L, D]
+            vp = _gather(v_cache, p.blocks, 1)
+            op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask, scale=scale, enable_gqa=hq != hkv)
         out[p.q_start : p.q_end] = op.squeeze(0).transpose(0, 1)
     return out
+
+
+def _decode(qd: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+            scale: float) -> torch.Tensor:  # qd: [Bd, Hq, D] -> [Bd, Hq, D]
+    bd, hq, d = qd.shape
+    hkv = k_cache.shape[2]
+    kd = _gather(k_cache, meta.decode_blocks, bd)  # [Bd, Hkv, L, D]
+    vd = _gather(v_cache, meta.decode_blocks, bd)
+    # query heads h*G .. h*G+G-1 share KV head h (HF repeat_kv order): [Bd, Hkv, G, D]
+    od = F.scaled_dot_product_attention(qd.view(bd, hkv, hq // hkv, d), kd, vd,
+                                        attn_mask=meta.decode_mask, scale=scale)
+    return od.reshape(bd, hq, d)

@@ -17,84 +17,78 @@ def kv_bytes_per_block(arch: ArchConfig, block_size: int, dtype: torch.dtype) ->
 
 
 class ModelRunner:
-    """Owns the KV tensors: per layer ``(k, v)``, each ``[num_blocks * block_size, Hkv, D]``."""
+    """Owns the KV tensors: per layer ``(k, v)``, each ``[num_blocks, block_size, Hkv, D]``."""
 
     def __init__(self, model: nn.Module, arch: ArchConfig, num_blocks: int, block_size: int,
                  device: torch.device, dtype: torch.dtype):
         self.model = model
         self.block_size = block_size
         self.device = device
-        slots = num_blocks * block_size
-        shape = (slots, arch.num_kv_heads, arch.head_dim)
+        shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
         # torch.empty: pages are touched only when used, so an idle cache costs no RSS.
         self.kv_caches = [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
                           for _ in range(arch.num_layers)]
         for k, v in self.kv_caches:  # the null block pads gathers: keep it finite
-            k[NULL_BLOCK * block_size : (NULL_BLOCK + 1) * block_size].zero_()
-            v[NULL_BLOCK * block_size : (NULL_BLOCK + 1) * block_size].zero_()
+            k[NULL_BLOCK].zero_()
+            v[NULL_BLOCK].zero_()
 
     @torch.inference_mode()
     def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
         """Run one step; returns float32 logits ``[S, vocab]`` for the entries that sample, in order."""
         ids, pos, meta, logits_idx = self._prepare(batch)
         hidden = self.model(ids, pos, self.kv_caches, meta)
-        return self.model.compute_logits(hidden[logits_idx])
+        if logits_idx is not None:
+            hidden = hidden[logits_idx]
+        return self.model.compute_logits(hidden)
 
     @torch.inference_mode()
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
-        bs = self.block_size
         for src, dst in pairs:
             for k, v in self.kv_caches:
-                k[dst * bs : (dst + 1) * bs] = k[src * bs : (src + 1) * bs]
-                v[dst * bs : (dst + 1) * bs] = v[src * bs : (src + 1) * bs]
-
-    def _slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
-        pos = torch.arange(start, end)
-        return torch.tensor(table, dtype=torch.long)[pos // self.block_size] * self.block_size + pos % self.block_size
+                k[dst] = k[src]
+                v[dst] = v[src]
 
     def _prepare(self, batch: list[ScheduledSeq]):
+        # Plain Python lists, one tensor each at the end: a step makes a handful of small tensors.
+        bs = self.block_size
         ids: list[int] = []
-        positions: list[torch.Tensor] = []
-        slot_mapping: list[torch.Tensor] = []
+        positions: list[int] = []
+        slots: list[int] = []
         logits_idx: list[int] = []
         decode_idx: list[int] = []
         decode_tables: list[list[int]] = []
         decode_lens: list[int] = []
         prefills: list[PrefillChunk] = []
+        dev = self.device
         for s in batch:
-            start, n = s.seq.num_computed, s.num_new_tokens
+            start, n, table = s.seq.num_computed, s.num_new_tokens, s.block_table
             q0 = len(ids)
             ids.extend(s.seq.token_ids[start : start + n])
-            positions.append(torch.arange(start, start + n))
-            slot_mapping.append(self._slots(s.block_table, start, start + n))
+            positions.extend(range(start, start + n))
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             if s.samples:
                 logits_idx.append(q0 + n - 1)
             if n == 1:
                 decode_idx.append(q0)
-                decode_tables.append(s.block_table)
+                decode_tables.append(table)
                 decode_lens.append(start + 1)
             elif start == 0:
                 prefills.append(PrefillChunk(q0, q0 + n, None, None))
             else:
                 ctx = start + n
+                nblk = -(-ctx // bs)
                 # query i (position start + i) sees keys 0 .. start + i
-                mask = torch.arange(ctx)[None, :] <= torch.arange(start, ctx)[:, None]
-                prefills.append(PrefillChunk(q0, q0 + n, self._slots(s.block_table, 0, ctx).to(self.device),
-                                             mask.to(self.device)))
-        dev = self.device
-        meta = AttentionMetadata(
-            slot_mapping=torch.cat(slot_mapping).to(dev),
-            decode_idx=None, decode_slots=None, decode_mask=None, prefills=prefills,
-        )
+                mask = torch.arange(nblk * bs)[None, :] <= torch.arange(start, ctx)[:, None]
+                prefills.append(PrefillChunk(q0, q0 + n, torch.tensor(table[:nblk], device=dev), mask.to(dev)))
+        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, device=dev), decode_idx=None,
+                                 decode_blocks=None, decode_mask=None, prefills=prefills)
         if decode_idx:
-            lmax = max(decode_lens)
-            nb = -(-lmax // self.block_size)
-            tables = torch.tensor([t[:nb] + [NULL_BLOCK] * (nb - len(t[:nb])) for t in decode_tables], dtype=torch.long)
-            pos = torch.arange(lmax)
-            valid = pos[None, :] < torch.tensor(decode_lens)[:, None]  # [Bd, Lmax]
-            slots = tables[:, pos // self.block_size] * self.block_size + pos % self.block_size
+            nblk = -(-max(decode_lens) // bs)
+            flat = [b for t in decode_tables for b in (t[:nblk] + [NULL_BLOCK] * (nblk - len(t[:nblk])))]
+            valid = torch.arange(nblk * bs)[None, :] < torch.tensor(decode_lens)[:, None]  # [Bd, L]
             meta.decode_idx = torch.tensor(decode_idx, device=dev)
-            meta.decode_slots = torch.where(valid, slots, NULL_BLOCK * self.block_size).to(dev)
+            meta.decode_blocks = torch.tensor(flat, device=dev)
             meta.decode_mask = valid[:, None, None, :].to(dev)
-        return (torch.tensor(ids, dtype=torch.long, device=dev), torch.cat(positions).to(dev), meta,
-                torch.tensor(logits_idx, dtype=torch.long, device=dev))
+        all_rows = len(logits_idx) == len(ids)  # pure decode: every row samples, in order
+        return (torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta,
+                None if all_rows else torch.tensor(logits_idx, dtype=torch.long, device=dev))

@@ -67,17 +67,8 @@ def load_model(cfg: ModelConfig) -> tuple[nn.Module, ArchConfig, Path]:
     # Allocate without running initialisers (every weight is loaded below), in the final dtype.
     model.to_empty(device=device).to(dtype)
     model.tie_weights()
-    params = dict(model.named_parameters())
-    loaded: set[str] = set()
-    for name, tensor in weights:
-        if name in params:
-            if params[name].shape != tensor.shape:
-                raise ValueError(f"weight {name}: checkpoint shape {tuple(tensor.shape)} != model {tuple(params[name].shape)}")
-            params[name].data.copy_(tensor)
-            loaded.add(name)
-        elif not (name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and arch.tie_word_embeddings)):
-            raise ValueError(f"unexpected weight {name!r} in checkpoint for {arch.architecture}")
-    missing = sorted(set(params) - loaded)
+    loaded = model.load_weights(weights)
+    missing = sorted(model.checkpoint_names() - loaded)
     if missing:
         raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     model.reset_buffers()  # RoPE tables: computed in float32 whatever the weights' dtype
