@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kairos.engine.sampling_params import SamplingParams
+from kairos.kernels import cpu as cpu_kernels
 
 from conftest import hf_greedy
 from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of, run
@@ -32,7 +33,16 @@ def _check(engine, prompts, refs, arrivals=None):
 
 def test_batched(references):
     path, prompts, refs = references
-    _check(make_engine(path), prompts, refs)
+    engine = make_engine(path)
+    assert engine.runner.decode_kernel == (cpu_kernels.load() is not None)  # the C decode attention, where it runs
+    _check(engine, prompts, refs)
+
+
+def test_batched_torch_attention(references):
+    path, prompts, refs = references
+    engine = make_engine(path, cpu_kernels=False)
+    assert not engine.runner.decode_kernel
+    _check(engine, prompts, refs)
 
 
 def test_chunked_prefill(references):

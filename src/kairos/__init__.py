@@ -1,9 +1,22 @@
-"""Kairos: deadline-aware LLM serving on PyTorch."""
+"""Kairos: deadline-aware LLM serving on PyTorch.
 
-from kairos.engine.llm import LLM
-from kairos.engine.output_processor import CompletionOutput, RequestOutput
-from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.slo import SLO
+``LLM`` and friends resolve on first use: importing a submodule (the API server's) does not
+import torch."""
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LLM": "kairos.engine.llm", "SamplingParams": "kairos.engine.sampling_params", "SLO": "kairos.engine.slo",
+    "RequestOutput": "kairos.engine.output_processor", "CompletionOutput": "kairos.engine.output_processor",
+}
 __all__ = ["LLM", "SLO", "SamplingParams", "RequestOutput", "CompletionOutput"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'kairos' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

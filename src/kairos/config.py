@@ -35,6 +35,7 @@ class ModelConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     max_model_len: int | None = field(default=None, metadata={"help": "cap on prompt + output tokens (default: the model's)"})
     seed: int = field(default=0, metadata={"help": "seed of the global sampler generator"})
+    cpu_kernels: bool = field(default=True, metadata={"help": "on x86 CPUs in float32, use Kairos' C kernels: decode attention over the paged cache, and matmuls of small batches straight from a GGUF's Q4_1/Q8_0 blocks"})
 
     def __post_init__(self) -> None:
         if not self.model:

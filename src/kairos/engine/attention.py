@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kairos.kernels.cpu import paged_decode_attention
+
 
 @dataclass
 class PrefillChunk:
@@ -33,6 +35,9 @@ class AttentionMetadata:
     decode_blocks: torch.Tensor | None  # [Bd * nblk] block ids of each decode context, padded with the null block
     decode_mask: torch.Tensor | None  # [Bd, 1, 1, nblk * block_size] bool, True = real context token
     prefills: list[PrefillChunk]
+    # set instead of decode_blocks/decode_mask when the CPU decode kernel runs (kairos.kernels.cpu)
+    decode_tables: torch.Tensor | None = None  # [Bd, nblk] int32 block ids, padded with the null block
+    decode_lens: torch.Tensor | None = None  # [Bd] int32 context lengths
 
 
 def _gather(cache: torch.Tensor, blocks: torch.Tensor, rows: int) -> torch.Tensor:
@@ -50,10 +55,12 @@ def paged_attention(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    store: bool,  # write k/v to their slots first (False: the caller already did)
 ) -> torch.Tensor:  # [T, Hq, D]
     hq, hkv, d = q.shape[1], k.shape[1], q.shape[2]
-    k_cache.view(-1, hkv, d)[meta.slot_mapping] = k
-    v_cache.view(-1, hkv, d)[meta.slot_mapping] = v
+    if store:
+        k_cache.view(-1, hkv, d)[meta.slot_mapping] = k
+        v_cache.view(-1, hkv, d)[meta.slot_mapping] = v
     if meta.decode_idx is not None and not meta.prefills and meta.decode_idx.shape[0] == q.shape[0]:
         return _decode(q, k_cache, v_cache, meta, scale)  # pure decode step: no scatter back
     out = torch.empty_like(q)
@@ -75,6 +82,8 @@ def paged_attention(
 
 def _decode(qd: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
             scale: float) -> torch.Tensor:  # qd: [Bd, Hq, D] -> [Bd, Hq, D]
+    if meta.decode_lens is not None:
+        return paged_decode_attention(qd, k_cache, v_cache, meta.decode_tables, meta.decode_lens, scale)
     bd, hq, d = qd.shape
     hkv = k_cache.shape[2]
     kd = _gather(k_cache, meta.decode_blocks, bd)  # [Bd, Hkv, L, D]

@@ -43,7 +43,8 @@ class EngineCore:
         cc = config.cache
         num_blocks = cc.num_blocks or max(2, parse_size(cc.kv_cache_memory) // kv_bytes_per_block(arch, cc.block_size, self.dtype))
         self.kv = (PrefixCachingKVManager if cc.prefix_cache else KVCacheManager)(num_blocks, cc.block_size)
-        self.runner = ModelRunner(model, arch, num_blocks, cc.block_size, self.device, self.dtype)
+        self.runner = ModelRunner(model, arch, num_blocks, cc.block_size, self.device, self.dtype,
+                                  cpu_kernels=config.model.cpu_kernels)
         self.clock = clock
         self.cost = cost_model or CostModel()
         self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kairos.engine.cost_model import CostModel
-from kairos.engine.kv_cache import KVCacheManager
-from kairos.engine.sequence import Sequence
+if TYPE_CHECKING:  # config validation imports this module: keep torch out of it
+    from kairos.engine.cost_model import CostModel
+    from kairos.engine.kv_cache import KVCacheManager
+    from kairos.engine.sequence import Sequence
 
 
 @dataclass
@@ -55,7 +57,7 @@ class SchedContext:
 
 
 Key = tuple
-Policy = Callable[[Sequence, SchedContext], Key]
+Policy = Callable[["Sequence", SchedContext], Key]
 POLICIES: dict[str, Policy] = {}
 
 

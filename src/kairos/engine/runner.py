@@ -8,6 +8,7 @@ from torch import nn
 from kairos.engine.attention import AttentionMetadata, PrefillChunk
 from kairos.engine.kv_cache import NULL_BLOCK
 from kairos.engine.scheduler import ScheduledSeq
+from kairos.kernels.cpu import decode_attention_supported
 from kairos.models import ArchConfig
 
 
@@ -20,8 +21,11 @@ class ModelRunner:
     """Owns the KV tensors: per layer ``(k, v)``, each ``[num_blocks, block_size, Hkv, D]``."""
 
     def __init__(self, model: nn.Module, arch: ArchConfig, num_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, cpu_kernels: bool = False):
         self.model = model
+        # decode attention by the C kernel: reads the paged cache in place instead of gathering it
+        self.decode_kernel = (cpu_kernels and device.type == "cpu" and dtype == torch.float32
+                              and decode_attention_supported(arch.num_heads, arch.num_kv_heads, arch.head_dim))
         self.block_size = block_size
         self.device = device
         shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
@@ -84,11 +88,15 @@ class ModelRunner:
                                  decode_blocks=None, decode_mask=None, prefills=prefills)
         if decode_idx:
             nblk = -(-max(decode_lens) // bs)
-            flat = [b for t in decode_tables for b in (t[:nblk] + [NULL_BLOCK] * (nblk - len(t[:nblk])))]
-            valid = torch.arange(nblk * bs)[None, :] < torch.tensor(decode_lens)[:, None]  # [Bd, L]
+            padded = [t[:nblk] + [NULL_BLOCK] * (nblk - len(t[:nblk])) for t in decode_tables]
             meta.decode_idx = torch.tensor(decode_idx, device=dev)
-            meta.decode_blocks = torch.tensor(flat, device=dev)
-            meta.decode_mask = valid[:, None, None, :].to(dev)
+            if self.decode_kernel:
+                meta.decode_tables = torch.tensor(padded, dtype=torch.int32)
+                meta.decode_lens = torch.tensor(decode_lens, dtype=torch.int32)
+            else:
+                valid = torch.arange(nblk * bs)[None, :] < torch.tensor(decode_lens)[:, None]  # [Bd, L]
+                meta.decode_blocks = torch.tensor([b for t in padded for b in t], device=dev)
+                meta.decode_mask = valid[:, None, None, :].to(dev)
         all_rows = len(logits_idx) == len(ids)  # pure decode: every row samples, in order
         return (torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta,
                 None if all_rows else torch.tensor(logits_idx, dtype=torch.long, device=dev))

@@ -1,79 +1,23 @@
-"""Load a model (HF directory or GGUF), its configuration and tokenizer; pick device and dtype."""
+"""Load a model (HF directory or GGUF), its configuration and tokenizer; pick device and dtype.
+
+Names resolve on first use, so ``kairos.loader.default`` or ``.tokenizer`` can be imported
+without torch (the API server process never needs it)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+from typing import Any
 
-import torch
-from torch import nn
-
-from kairos.config import ModelConfig
-from kairos.loader.default import resolve_model_path
-from kairos.loader.gguf_cache import cached_hf_dir
-from kairos.loader.gguf_file import GGUFModel
-from kairos.loader.hf_dir import iter_hf_weights, read_hf_config
-from kairos.loader.tokenizer import load_tokenizer
-from kairos.models import ArchConfig, model_class
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_EXPORTS = {
+    "load_model": "model", "read_arch": "model", "resolve_device": "model", "resolve_dtype": "model",
+    "cpu_has_bf16": "model", "load_tokenizer": "tokenizer", "resolve_model_path": "default",
+}
 
 
-def resolve_device(cfg: ModelConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
-    return torch.device(cfg.device)
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'kairos.loader' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"kairos.loader.{_EXPORTS[name]}"), name)
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
-    if cfg.dtype != "auto":
-        return _DTYPES[cfg.dtype]
-    if device.type == "cuda" or cpu_has_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def read_arch(path: Path) -> ArchConfig:
-    if path.is_dir():
-        return ArchConfig.from_hf(read_hf_config(path))
-    return ArchConfig.from_hf(GGUFModel(path).hf_config())
-
-
-def load_model(cfg: ModelConfig) -> tuple[nn.Module, ArchConfig, Path]:
-    """Build the model for ``cfg`` with its weights on the resolved device and dtype."""
-    path = resolve_model_path(cfg.model)
-    device = resolve_device(cfg)
-    dtype = resolve_dtype(cfg, device)
-    source = path if path.is_dir() else cached_hf_dir(path)
-    if source is not None:
-        arch = ArchConfig.from_hf(read_hf_config(source))
-        weights = iter_hf_weights(source)
-    else:
-        gg = GGUFModel(path)
-        arch = ArchConfig.from_hf(gg.hf_config())
-        weights = gg.weights()
-    cls = model_class(arch)
-    with torch.device("meta"):
-        model = cls(arch)
-    # Allocate without running initialisers (every weight is loaded below), in the final dtype.
-    model.to_empty(device=device).to(dtype)
-    model.tie_weights()
-    loaded = model.load_weights(weights)
-    missing = sorted(model.checkpoint_names() - loaded)
-    if missing:
-        raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    model.reset_buffers()  # RoPE tables: computed in float32 whatever the weights' dtype
-    model.eval().requires_grad_(False)
-    return model, arch, path
-
-
-__all__ = ["load_model", "load_tokenizer", "read_arch", "resolve_device", "resolve_dtype", "resolve_model_path"]
+__all__ = sorted(_EXPORTS)

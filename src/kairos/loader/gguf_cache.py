@@ -10,9 +10,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 from kairos.loader.gguf_file import GGUFModel
 from kairos.loader.tokenizer import cache_dir, file_key
 
+BLOCKS_FILE = "gguf_blocks.safetensors"
 MAX_CACHED_BYTES = 4 << 30  # float32 copies of bigger models would eat the disk: load those directly
 
 logger = logging.getLogger(__name__)
@@ -41,3 +44,27 @@ def cached_hf_dir(path: Path) -> Path | None:
             shutil.rmtree(tmp, ignore_errors=True)
         return None
     return out
+
+
+def gguf_blocks(path: Path) -> dict[str, tuple[str, torch.Tensor]]:
+    """``{hf name: (kind, uint8 blocks)}`` of a GGUF's Q4_1/Q8_0 weights, kept in the cache after
+    the first parse (parsing the GGUF takes seconds, loading this file milliseconds)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    # beside (not inside) the converted directory, which is created atomically as a whole
+    out = cache_dir() / "models" / f"{file_key(path)}-{BLOCKS_FILE}"
+    if out.is_file():
+        with safe_open(str(out), "pt") as f:
+            kinds = f.metadata() or {}
+            return {name: (kinds[name], f.get_tensor(name)) for name in f.keys()}  # noqa: SIM118
+    blocks = {name: (kind, b) for name, kind, b in GGUFModel(path).blocks()}
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, delete=False) as tmp:
+            pass
+        save_file({n: b for n, (_, b) in blocks.items()}, tmp.name, metadata={n: k for n, (k, _) in blocks.items()})
+        os.replace(tmp.name, out)
+    except OSError as e:
+        logger.warning("could not cache GGUF blocks in %s: %s", out, e)
+    return blocks

@@ -98,6 +98,26 @@ class GGUFModel:
                 w = _unpermute(w, cfg["num_key_value_heads"])
             yield name, w
 
+    def blocks(self) -> Iterator[tuple[str, str, torch.Tensor]]:
+        """The Q4_1 / Q8_0 weights as they are stored: ``(hf name, kind, uint8 [rows, row bytes])``,
+        rows in the Hugging Face order (what :func:`kairos.kernels.cpu.gguf_gemm` multiplies with)."""
+        from gguf import GGMLQuantizationType as Q
+
+        kinds = {Q.Q4_1: "q4_1", Q.Q8_0: "q8_0"}
+        cfg = self.hf_config()
+        permuted = _ARCHS[self.arch_name][1]
+        for t in self.reader.tensors:
+            name, kind = _hf_name(t.name), kinds.get(t.tensor_type)
+            if name is None or kind is None:
+                continue
+            b = torch.from_numpy(np.array(t.data, dtype=np.uint8))  # [rows, row bytes], own copy
+            # whole rows move, so llama.cpp's q/k row permutation is undone the same way
+            if permuted and name.endswith("q_proj.weight"):
+                b = _unpermute(b, cfg["num_attention_heads"])
+            elif permuted and name.endswith("k_proj.weight"):
+                b = _unpermute(b, cfg["num_key_value_heads"])
+            yield name, kind, b.contiguous()
+
 
 def _hf_name(gguf_name: str) -> str | None:
     base, _, kind = gguf_name.rpartition(".")  # kind: weight | bias

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file
+from typing import TYPE_CHECKING, Any
 
 from kairos.loader.default import ModelNotFoundError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def read_hf_config(folder: Path) -> dict[str, Any]:
@@ -22,6 +22,8 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
 
 def iter_hf_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) from every safetensors shard of the directory."""
+    from safetensors.torch import load_file
+
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelNotFoundError(f"no *.safetensors file in {folder} (PyTorch .bin checkpoints are not supported)")

@@ -26,14 +26,20 @@ def file_key(path: Path) -> str:
 
 def load_tokenizer(path: Path):
     """A transformers tokenizer for a model path, or None when a HF directory ships none."""
-    from transformers import AutoTokenizer
-
     if path.is_dir():
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(path)) if has_tokenizer(path) else None
     # Converting a GGUF vocabulary takes ~10 s; keep the converted tokenizer.json keyed by the file.
     cached = cache_dir() / "tokenizers" / file_key(path)
     if (cached / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(cached))
+        # Our own conversion, a plain tokenizer.json: the generic fast class loads it without
+        # AutoTokenizer's imports (torch among them: seconds of a server's cold start).
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(cached))
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -22,16 +22,21 @@ def served_name(model: str, path: Path) -> str:
 
 async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
     """Run until SIGINT/SIGTERM (exit 0) or until the engine dies (exit 1)."""
-    import uvicorn
-
-    from kairos.loader import load_tokenizer, resolve_model_path
-    from kairos.server.app import build_app
+    from kairos.loader.default import resolve_model_path
     from kairos.server.client import EngineClient
 
     path = resolve_model_path(engine_cfg.model.model)  # a bad path fails here, before any process starts
     client = EngineClient(engine_cfg)
-    starting = asyncio.create_task(client.start())  # the engine loads weights while we load the tokenizer
+    # Start the engine process first (torch import and weights are the long pole of a cold start);
+    # this process imports the web stack and loads the tokenizer meanwhile.
+    starting = asyncio.create_task(client.start())
+    await asyncio.sleep(0)
     try:
+        import uvicorn
+
+        from kairos.loader.tokenizer import load_tokenizer
+        from kairos.server.app import build_app
+
         tokenizer = await asyncio.to_thread(load_tokenizer, path)
         ready = await starting
     except BaseException:

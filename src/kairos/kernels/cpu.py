@@ -1,0 +1,180 @@
+"""CPU kernels torch lacks for this engine (``csrc/*.c``: x86-64, AVX2 + FMA + F16C).
+
+- :func:`gguf_gemm`: matmuls straight from GGUF Q4_1 / Q8_0 blocks with float32 activations.
+  A decode step is bound by reading the weights: float32 weights of a 135M model are 540 MB,
+  its Q4_1 blocks 66 MB. torch's int4 kernels want bfloat16 activations and other layouts.
+- :func:`paged_decode_attention`: one query token per sequence against the paged KV cache,
+  read in place (the torch path gathers every context into a padded copy first).
+
+The C files are compiled once per machine with the system C compiler into Kairos' cache and
+loaded with ctypes (calls release the GIL). Where that cannot be done (no compiler, another
+CPU) :func:`load` returns None and callers keep their torch paths.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = sorted(CSRC.glob("*.c"))
+# bytes per block of 32 weights (GGUF layout): Q4_1 = f16 d, f16 m, 16 nibble bytes; Q8_0 = f16 d, 32 int8
+BLOCK_BYTES = {"q4_1": 20, "q8_0": 34}
+_REQUIRED_FLAGS = ("avx2", "fma", "f16c")
+_i64, _ptr, _f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+_SIGNATURES = {
+    "gemm_q4_1": [_ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64],
+    "gemm_q8_0": [_ptr, _i64, _i64, _i64, _ptr, _ptr, _i64, _ptr, _i64],
+    "paged_decode_attention": [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64, _i64, _i64, _i64, _f32, _ptr],
+    "add_rms_norm": [_ptr, _ptr, _ptr, _i64, _i64, _f32, _ptr],
+    "rope_store_kv": [_ptr, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "silu_mul": [_ptr, _i64, _i64, _ptr],
+}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@cache
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use into the cache; None where they cannot run."""
+    from kairos.loader.tokenizer import cache_dir
+
+    flags = _cpu_flags()
+    if platform.machine() not in ("x86_64", "AMD64") or not set(_REQUIRED_FLAGS) <= flags:
+        return None
+    # -march=native: the build is for this CPU, so the key includes its flags
+    key = hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, *sorted(CSRC.glob("*.h"))]) + " ".join(sorted(flags)).encode()).hexdigest()[:16]
+    lib_path = cache_dir() / "kernels" / f"kairos_cpu-{key}.so"
+    if not lib_path.is_file():
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            logger.info("no C compiler: CPU kernels disabled (torch paths)")
+            return None
+        try:
+            lib_path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
+                out = Path(tmp) / lib_path.name
+                subprocess.run([cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-o", str(out),
+                                *map(str, SOURCES), "-lm"], check=True, capture_output=True, timeout=120)
+                out.replace(lib_path)  # atomic: a concurrent start sees all or nothing
+            for old in lib_path.parent.glob("kairos_cpu-*.so"):  # builds of older sources
+                if old != lib_path:
+                    old.unlink(missing_ok=True)
+        except (OSError, subprocess.SubprocessError) as e:
+            logger.warning("could not build the CPU kernels (%s): torch paths", e)
+            return None
+    # torch is imported first, so the library's libgomp.so.1 resolves to the OpenMP runtime torch
+    # already loaded: one thread pool, sized by torch.set_num_threads.
+    lib = ctypes.CDLL(str(lib_path))
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
+    return lib
+
+
+@dataclass(frozen=True)
+class GGUFWeight:
+    """A ``[N, K]`` weight as the kernels read it: GGUF's quantized values, the block scales
+    (and Q4_1 offsets) apart as float32 ``[N, K / 32]``."""
+
+    kind: str  # q4_1 | q8_0
+    qs: torch.Tensor  # q4_1: uint8 [N, K / 2] (GGUF nibble order); q8_0: int8 [N, K]
+    d: torch.Tensor
+    m: torch.Tensor | None  # q4_1 only
+
+    @classmethod
+    def from_blocks(cls, kind: str, blocks: torch.Tensor) -> GGUFWeight:
+        """From GGUF blocks ``uint8 [N, K / 32 * BLOCK_BYTES[kind]]`` (llama.cpp's layout)."""
+        n, nb = blocks.shape[0], blocks.shape[1] // BLOCK_BYTES[kind]
+        b = blocks.view(n, nb, BLOCK_BYTES[kind])
+
+        def scale(lo: int) -> torch.Tensor:  # the f16 at byte ``lo`` of every block, as float32 [N, nb]
+            return b[:, :, lo : lo + 2].contiguous().view(torch.float16).reshape(n, nb).float()
+
+        if kind == "q4_1":  # {f16 d, f16 m, 16 bytes of nibbles}
+            return cls(kind, b[:, :, 4:].reshape(n, nb * 16).contiguous(), scale(0), scale(2))
+        return cls(kind, b[:, :, 2:].reshape(n, nb * 32).contiguous().view(torch.int8), scale(0), None)  # {f16 d, 32 int8}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.d.shape[0], self.d.shape[1] * 32
+
+
+def gguf_gemm(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
+    """``x [M, K]`` float32 (rows may be strided) times ``w [N, K]`` -> ``[M, N]`` float32.
+    The caller checked :func:`load`."""
+    lib = load()
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    n, k = w.shape
+    y = torch.empty((x.shape[0], n), dtype=torch.float32)
+    if w.kind == "q4_1":
+        lib.gemm_q4_1(x.data_ptr(), x.shape[0], k, x.stride(0), w.qs.data_ptr(), w.d.data_ptr(), w.m.data_ptr(), n,
+                      y.data_ptr(), y.stride(0))
+    else:
+        lib.gemm_q8_0(x.data_ptr(), x.shape[0], k, x.stride(0), w.qs.data_ptr(), w.d.data_ptr(), n, y.data_ptr(),
+                      y.stride(0))
+    return y
+
+
+def decode_attention_supported(num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
+    return load() is not None and head_dim % 8 == 0 and head_dim <= 128 and num_heads // num_kv_heads <= 16
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
+                           lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """``q [B, Hq, D]`` float32 (rows may be strided), caches ``[NB, bs, Hkv, D]``, ``tables [B, n]``
+    and ``lens [B]`` int32 -> ``[B, Hq, D]``; see ``csrc/paged_attention.c``."""
+    b, hq, d = q.shape
+    if q.stride(2) != 1 or q.stride(1) != d:
+        q = q.contiguous()
+    out = torch.empty((b, hq, d), dtype=torch.float32)
+    load().paged_decode_attention(q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
+                                  tables.data_ptr(), tables.stride(0), lens.data_ptr(), b, hq, k_cache.shape[2], d,
+                                  k_cache.shape[1], scale, out.data_ptr())
+    return out
+
+
+def add_rms_norm(x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``residual += x`` (in place; skipped when ``x`` is None), then RMSNorm of it: ``[M, H]`` float32."""
+    out = torch.empty_like(residual)
+    load().add_rms_norm(None if x is None else x.data_ptr(), residual.data_ptr(), weight.data_ptr(),
+                        residual.shape[0], residual.shape[1], eps, out.data_ptr())
+    return out
+
+
+def rope_store_kv(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int, cos: torch.Tensor,
+                  sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor) -> None:
+    """RoPE in place on the q and k parts of ``qkv [T, (Hq + 2 Hkv) * D]`` (rows contiguous),
+    ``cos``/``sin [T, D]``; then k and v go to the caches at ``slots [T]`` (int64)."""
+    load().rope_store_kv(qkv.data_ptr(), qkv.shape[0], qkv.stride(0), num_heads, num_kv_heads, head_dim,
+                         cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr())
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``[M, 2I]`` (gate | up) -> ``silu(gate) * up [M, I]``, float32."""
+    m, i2 = gate_up.shape
+    out = torch.empty((m, i2 // 2), dtype=torch.float32)
+    load().silu_mul(gate_up.data_ptr(), m, i2 // 2, out.data_ptr())
+    return out

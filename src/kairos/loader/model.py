@@ -1,0 +1,111 @@
+"""Load a model (HF directory or GGUF), its configuration and tokenizer; pick device and dtype."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kairos.config import ModelConfig
+from kairos.loader.default import resolve_model_path
+from kairos.loader.gguf_cache import cached_hf_dir, gguf_blocks
+from kairos.loader.gguf_file import GGUFModel
+from kairos.loader.hf_dir import iter_hf_weights, read_hf_config
+from kairos.loader.tokenizer import load_tokenizer
+from kairos.models import ArchConfig, model_class
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(cfg: ModelConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(cfg.device)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype != "auto":
+        return _DTYPES[cfg.dtype]
+    if device.type == "cuda" or cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def read_arch(path: Path) -> ArchConfig:
+    if path.is_dir():
+        return ArchConfig.from_hf(read_hf_config(path))
+    return ArchConfig.from_hf(GGUFModel(path).hf_config())
+
+
+def load_model(cfg: ModelConfig) -> tuple[nn.Module, ArchConfig, Path]:
+    """Build the model for ``cfg`` with its weights on the resolved device and dtype."""
+    path = resolve_model_path(cfg.model)
+    device = resolve_device(cfg)
+    dtype = resolve_dtype(cfg, device)
+    source = path if path.is_dir() else cached_hf_dir(path)
+    if source is not None:
+        arch = ArchConfig.from_hf(read_hf_config(source))
+        weights = iter_hf_weights(source)
+    else:
+        gg = GGUFModel(path)
+        arch = ArchConfig.from_hf(gg.hf_config())
+        weights = gg.weights()
+    cls = model_class(arch)
+    with torch.device("meta"):
+        model = cls(arch)
+    _materialize(model, device, dtype)
+    model.tie_weights()
+    loaded = model.load_weights(weights)
+    missing = sorted(model.checkpoint_names() - loaded)
+    if missing:
+        raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if cfg.cpu_kernels and device.type == "cpu" and dtype == torch.float32:
+        from kairos.models.cpu_layers import use_cpu_kernels
+
+        use_cpu_kernels(model)
+        if not path.is_dir():
+            _attach_gguf_kernels(model, arch, path)
+    model.reset_buffers()  # RoPE tables: computed in float32 whatever the weights' dtype
+    model.eval().requires_grad_(False)
+    return model, arch, path
+
+
+def _materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Give a model built on the meta device uninitialised storage (every weight is loaded next),
+    floating-point tensors in ``dtype``. Unlike ``Module.to_empty`` this never runs an operator on
+    a meta tensor, whose Python meta kernels take seconds to import."""
+    for mod in model.modules():
+        for table in (mod._parameters, mod._buffers):
+            for name, t in table.items():
+                if t is None or not t.is_meta:
+                    continue
+                new = torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype, device=device)
+                table[name] = nn.Parameter(new, requires_grad=False) if isinstance(t, nn.Parameter) else new
+
+
+def _attach_gguf_kernels(model: nn.Module, arch: ArchConfig, path: Path) -> None:
+    from kairos.kernels import cpu as cpu_kernels
+    from kairos.models.gguf_linear import attach_gguf_blocks
+    from kairos.models.llama import PACKED_SHARDS
+
+    if cpu_kernels.load() is None:
+        return
+    n = attach_gguf_blocks(model, gguf_blocks(path), PACKED_SHARDS, arch.tie_word_embeddings)
+    logger.info("GGUF CPU kernels on %d linear layers", n)
+
+
+__all__ = ["load_model", "load_tokenizer", "read_arch", "resolve_device", "resolve_dtype", "resolve_model_path"]

@@ -1,0 +1,157 @@
+"""The C kernels (kairos.kernels.cpu) against torch on the same float32 values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize, quantize
+from torch import nn
+
+from kairos.kernels import cpu
+from kairos.models.gguf_linear import GGUFLinear, attach_gguf_blocks
+
+pytestmark = pytest.mark.skipif(cpu.load() is None, reason="CPU kernels need x86-64 with AVX2/FMA/F16C and a C compiler")
+
+KINDS = {"q4_1": GGMLQuantizationType.Q4_1, "q8_0": GGMLQuantizationType.Q8_0}
+
+
+def _blocks(n: int, k: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random weights quantized by the gguf package: (uint8 blocks [n, k/32*bytes], dequantized [n, k])."""
+    w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
+    q = quantize(w, KINDS[kind])
+    return torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(dequantize(q, KINDS[kind]).astype(np.float32))
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 9])  # every row tile (1-4) and the remainders
+def test_gguf_gemm_matches_dense(kind, m):
+    blocks, w = _blocks(72, 160, kind)
+    assert blocks.shape == (72, 160 // 32 * cpu.BLOCK_BYTES[kind])
+    x = torch.randn(m, 160, generator=torch.Generator().manual_seed(m))
+    ref = (x.double() @ w.double().T).float()
+    torch.testing.assert_close(cpu.gguf_gemm(x, cpu.GGUFWeight.from_blocks(kind, blocks)), ref, rtol=1e-5, atol=1e-4)
+    xs = torch.randn(m, 200)[:, 20:180]  # strided rows are read in place
+    torch.testing.assert_close(cpu.gguf_gemm(xs, cpu.GGUFWeight.from_blocks(kind, blocks)), (xs.double() @ w.double().T).float(), rtol=1e-5, atol=1e-4)
+
+
+def test_gguf_linear_switches_path_by_rows_and_keeps_bias():
+    blocks, w = _blocks(48, 64, "q4_1", seed=1)
+    dense = nn.Linear(64, 48, bias=True)
+    with torch.no_grad():
+        dense.weight.copy_(w)
+    lin = GGUFLinear(dense, cpu.GGUFWeight.from_blocks("q4_1", blocks), max_rows=3)
+    for rows in (1, 3, 4, 10):  # kernel up to 3 rows, dense above
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(lin(x), dense(x), rtol=1e-5, atol=1e-5)
+    assert lin.weight is dense.weight
+
+
+def test_attach_packs_shards_in_row_order_and_skips_mixed_kinds():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv_proj = nn.Linear(64, 96, bias=False)  # q (32 rows) | k (32) | v (32)
+            self.o_proj = nn.Linear(64, 64, bias=False)
+
+    model = nn.Module()
+    model.layer = Block()
+    q, k, v = (_blocks(32, 64, "q4_1", seed=s) for s in (2, 3, 4))
+    o = _blocks(64, 64, "q8_0", seed=5)
+    with torch.no_grad():
+        model.layer.qkv_proj.weight.copy_(torch.cat([q[1], k[1], v[1]]))
+        model.layer.o_proj.weight.copy_(o[1])
+    blocks = {"layer.q_proj.weight": ("q4_1", q[0]), "layer.k_proj.weight": ("q4_1", k[0]),
+              "layer.v_proj.weight": ("q4_1", v[0]), "layer.o_proj.weight": ("q8_0", o[0])}
+    packed = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+    assert attach_gguf_blocks(model, blocks, packed, tied_lm_head=False) == 2
+    assert isinstance(model.layer.qkv_proj, GGUFLinear) and model.layer.o_proj.qweight.kind == "q8_0"
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(model.layer.qkv_proj(x), F.linear(x, model.layer.qkv_proj.weight), rtol=1e-5, atol=1e-5)
+
+    mixed = nn.Module()
+    mixed.layer = Block()
+    blocks["layer.k_proj.weight"] = ("q8_0", _blocks(32, 64, "q8_0")[0])
+    assert attach_gguf_blocks(mixed, blocks, packed, tied_lm_head=False) == 1  # qkv stays dense
+    assert type(mixed.layer.qkv_proj) is nn.Linear
+
+
+def _reference_decode(q, k_cache, v_cache, tables, lens, scale):
+    out = []
+    bs, hkv = k_cache.shape[1], k_cache.shape[2]
+    for b in range(q.shape[0]):
+        n = int(lens[b])
+        slots = [int(tables[b, t // bs]) * bs + t % bs for t in range(n)]
+        k = k_cache.view(-1, hkv, k_cache.shape[3])[slots].transpose(0, 1)  # [Hkv, n, D]
+        v = v_cache.view(-1, hkv, v_cache.shape[3])[slots].transpose(0, 1)
+        o = F.scaled_dot_product_attention(q[b].unsqueeze(1), k, v, scale=scale, enable_gqa=True)  # [Hq, 1, D]
+        out.append(o.squeeze(1))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (4, 4, 32), (8, 1, 128)])
+def test_paged_decode_attention_matches_sdpa(hq, hkv, d):
+    gen = torch.Generator().manual_seed(hq * d)
+    nb, bs = 64, 4
+    k_cache = torch.randn(nb, bs, hkv, d, generator=gen) * 2  # spread scores so softmax is not flat
+    v_cache = torch.randn(nb, bs, hkv, d, generator=gen)
+    lens = torch.tensor([1, 4, 5, 37, 13], dtype=torch.int32)  # one token, a full block, block + 1, ...
+    perm = torch.randperm(nb - 1, generator=gen) + 1
+    tables = perm[: 5 * 10].view(5, 10).to(torch.int32)  # scattered blocks, padded past each length
+    q = torch.randn(5, hq, d, generator=gen)
+    got = cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, d**-0.5)
+    torch.testing.assert_close(got, _reference_decode(q, k_cache, v_cache, tables, lens, d**-0.5), rtol=1e-5, atol=1e-5)
+
+
+def test_paged_decode_attention_softmax_extremes():
+    # one dominant key (the others underflow to 0 in exp) and long equal-score runs
+    k_cache = torch.zeros(3, 16, 1, 8)
+    v_cache = torch.arange(3 * 16 * 8, dtype=torch.float32).view(3, 16, 1, 8)
+    k_cache[2, 3, 0] = 50.0
+    q = torch.ones(1, 1, 8)
+    tables = torch.tensor([[1, 2]], dtype=torch.int32)
+    got = cpu.paged_decode_attention(q, k_cache, v_cache, tables, torch.tensor([20], dtype=torch.int32), 1.0)
+    torch.testing.assert_close(got[0, 0], v_cache[2, 3, 0])
+    flat = cpu.paged_decode_attention(q, torch.zeros(3, 16, 1, 8), v_cache, tables, torch.tensor([32], dtype=torch.int32), 1.0)
+    torch.testing.assert_close(flat[0, 0], v_cache[1:3].reshape(32, 8).mean(0))
+
+
+def test_add_rms_norm_matches_reference_and_updates_residual():
+    x, r, w = torch.randn(5, 96), torch.randn(5, 96), torch.randn(96)
+    res = r.clone()
+    out = cpu.add_rms_norm(x, res, w, 1e-5)
+    ref_r = x + r
+    ref = w * (ref_r * torch.rsqrt(ref_r.pow(2).mean(-1, keepdim=True) + 1e-5))  # Hugging Face's LlamaRMSNorm
+    torch.testing.assert_close(res, ref_r, rtol=0, atol=0)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    alone = r.clone()
+    torch.testing.assert_close(cpu.add_rms_norm(None, alone, w, 1e-5),
+                               w * (r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + 1e-5)), rtol=1e-6, atol=1e-6)
+    assert torch.equal(alone, r)  # no x: the residual is only read
+
+
+def test_silu_mul_matches_torch_including_extremes():
+    gu = torch.randn(3, 2 * 45) * 4  # 45: a vector body and a scalar tail
+    gu[0, :4] = torch.tensor([100.0, -100.0, 0.0, 88.5])
+    g, u = gu.chunk(2, dim=-1)
+    torch.testing.assert_close(cpu.silu_mul(gu), F.silu(g) * u, rtol=1e-6, atol=1e-6)
+
+
+def test_rope_store_kv_matches_reference_rope_and_writes_slots():
+    from kairos.models.rope import RotaryEmbedding, apply_rope
+
+    t, hq, hkv, d = 5, 6, 2, 16
+    rope = RotaryEmbedding(d, 512, 10000.0, None)
+    cos, sin = rope.lookup(torch.tensor([0, 3, 100, 7, 511]), torch.float32)  # [T, 1, D] each
+    qkv = torch.randn(t, (hq + 2 * hkv) * d)
+    q, k, v = (p.clone() for p in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
+    rq, rk = apply_rope(q.view(t, hq, d), k.view(t, hkv, d), cos, sin)
+    k_cache, v_cache = torch.zeros(12, hkv, d), torch.zeros(12, hkv, d)
+    slots = torch.tensor([3, 1, 11, 7, 0])
+    cpu.rope_store_kv(qkv, hq, hkv, d, cos, sin, k_cache, v_cache, slots)
+    torch.testing.assert_close(qkv[:, : hq * d].view(t, hq, d), rq, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(k_cache[slots], rk, rtol=1e-6, atol=1e-6)
+    assert torch.equal(v_cache[slots], v.view(t, hkv, d))
+    assert v_cache[[2, 4, 5, 6, 8, 9, 10]].abs().sum() == 0  # nothing else written
