@@ -155,3 +155,18 @@ def test_rope_store_kv_matches_reference_rope_and_writes_slots():
     torch.testing.assert_close(k_cache[slots], rk, rtol=1e-6, atol=1e-6)
     assert torch.equal(v_cache[slots], v.view(t, hkv, d))
     assert v_cache[[2, 4, 5, 6, 8, 9, 10]].abs().sum() == 0  # nothing else written
+
+
+def test_auto_dtype_keeps_float32_for_gguf_where_kernels_run(monkeypatch, tiny_llama, tmp_path):
+    from kairos.config import ModelConfig
+    from kairos.loader import model as model_loader
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"")  # only the suffix is read
+    cpu_dev = torch.device("cpu")
+    monkeypatch.setattr(model_loader, "cpu_has_bf16", lambda: True)  # as on a CPU with AVX512-BF16
+    assert model_loader.resolve_dtype(ModelConfig(model=str(gguf)), cpu_dev) == torch.float32
+    assert model_loader.resolve_dtype(ModelConfig(model=str(gguf), cpu_kernels=False), cpu_dev) == torch.bfloat16
+    assert model_loader.resolve_dtype(ModelConfig(model=str(tiny_llama[1])), cpu_dev) == torch.bfloat16
+    monkeypatch.setattr(model_loader, "cpu_has_bf16", lambda: False)
+    assert model_loader.resolve_dtype(ModelConfig(model=str(tiny_llama[1])), cpu_dev) == torch.float32

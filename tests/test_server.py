@@ -119,6 +119,10 @@ def test_disconnect_frees_blocks(server):
         lines = r.iter_lines()
         for _ in range(6):
             next(lines)
+        # /stats gauges refresh every 0.25 s while the engine is busy: wait for one that sees the request
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not server.stats()["kv_blocks_active"]:
+            time.sleep(0.05)
         assert server.stats()["kv_blocks_active"] > 0
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and server.stats()["kv_blocks_active"]:

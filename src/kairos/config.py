@@ -31,7 +31,7 @@ class ModelConfig:
     """Which weights to load and how."""
 
     model: str = field(default="default", metadata={"help": "HF directory, .gguf file, or 'default'"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPUs and CPUs with AVX512-BF16), float32, bfloat16, float16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPUs and CPUs with AVX512-BF16 or AMX, except float32 for a GGUF on CPUs that run Kairos' kernels), float32, bfloat16, float16"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     max_model_len: int | None = field(default=None, metadata={"help": "cap on prompt + output tokens (default: the model's)"})
     seed: int = field(default=0, metadata={"help": "seed of the global sampler generator"})

@@ -38,11 +38,23 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on GPUs and on CPUs with bfloat16 matmul units, float32 otherwise; and
+    float32 for a GGUF on a CPU that runs Kairos' kernels (they read the quantized blocks, a
+    quarter of bfloat16's bytes, and need float32 activations)."""
     if cfg.dtype != "auto":
         return _DTYPES[cfg.dtype]
-    if device.type == "cuda" or cpu_has_bf16():
+    if device.type == "cuda":
+        return torch.bfloat16
+    if cpu_has_bf16() and not (cfg.cpu_kernels and resolve_model_path(cfg.model).suffix == ".gguf"
+                               and _kernels_available()):
         return torch.bfloat16
     return torch.float32
+
+
+def _kernels_available() -> bool:
+    from kairos.kernels import cpu as cpu_kernels
+
+    return cpu_kernels.load() is not None
 
 
 def read_arch(path: Path) -> ArchConfig:

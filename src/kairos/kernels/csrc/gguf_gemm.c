@@ -59,9 +59,40 @@ static inline float dot_n(const float *a, const float *b, int64_t n) {
     }
 Q4_1_TILE(1)
 Q4_1_TILE(2)
-
 Q4_1_TILE(3)
-Q4_1_TILE(4)
+
+/* 4 rows of x, for batches (compute-bound, unlike 1-3 rows): the block's scale goes into the
+ * decoded weights once, and each row keeps two accumulators (weights 0-15 and 16-31) so eight
+ * independent FMA chains keep both FMA units busy. */
+#define FMA4(acc, w, xp) acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp), acc)
+#define ROW4(a, c, xp) FMA4(a, w0, xp); FMA4(a, w1, (xp) + 8); FMA4(c, w2, (xp) + 16); FMA4(c, w3, (xp) + 24)
+#define TILE4_BODY(DECODE, TAIL)                                                                   \
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0; \
+    for (int64_t b = 0; b < nb; b++) {                                                             \
+        DECODE                                                                                     \
+        const float *x0 = x + 32 * b;                                                              \
+        ROW4(a0, c0, x0); ROW4(a1, c1, x0 + ldx); ROW4(a2, c2, x0 + 2 * ldx); ROW4(a3, c3, x0 + 3 * ldx); \
+    }                                                                                              \
+    y[0] = hsum8(_mm256_add_ps(a0, c0)) TAIL(0);                                                   \
+    y[ldy] = hsum8(_mm256_add_ps(a1, c1)) TAIL(1);                                                 \
+    y[2 * ldy] = hsum8(_mm256_add_ps(a2, c2)) TAIL(2);                                             \
+    y[3 * ldy] = hsum8(_mm256_add_ps(a3, c3)) TAIL(3);
+
+#define Q4_1_DECODE_SCALED                                                                         \
+    __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 16 * b)));          \
+    __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 16 * b + 8)));      \
+    __m256 db = _mm256_broadcast_ss(d + b);                                                        \
+    __m256 w0 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)));                 \
+    __m256 w1 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)));                 \
+    __m256 w2 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)));                  \
+    __m256 w3 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)));
+#define Q4_1_OFFSET(i) + dot_n(m, xs + (i) * nb, nb)
+
+static void q4_1_tile4(const float *x, int64_t ldx, const float *xs, int64_t nb, const uint8_t *qs, const float *d,
+                       const float *m, float *y, int64_t ldy) {
+    const __m256i low = _mm256_set1_epi32(0x0F);
+    TILE4_BODY(Q4_1_DECODE_SCALED, Q4_1_OFFSET)
+}
 
 #define Q8_0_TILE(MT)                                                                              \
     static void q8_0_tile##MT(const float *x, int64_t ldx, int64_t nb, const int8_t *qs,           \
@@ -83,7 +114,17 @@ Q4_1_TILE(4)
 Q8_0_TILE(1)
 Q8_0_TILE(2)
 Q8_0_TILE(3)
-Q8_0_TILE(4)
+
+#define Q8_0_W(k) _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 32 * b + 8 * (k))))))
+#define Q8_0_DECODE_SCALED                                                                         \
+    __m256 db = _mm256_broadcast_ss(d + b);                                                        \
+    __m256 w0 = Q8_0_W(0), w1 = Q8_0_W(1), w2 = Q8_0_W(2), w3 = Q8_0_W(3);
+#define NO_OFFSET(i)
+
+static void q8_0_tile4(const float *x, int64_t ldx, int64_t nb, const int8_t *qs, const float *d, float *y,
+                       int64_t ldy) {
+    TILE4_BODY(Q8_0_DECODE_SCALED, NO_OFFSET)
+}
 
 /* x: [M, K] float32 (row stride ldx); qs: [N, K / 2] uint8; d, m: [N, K / 32] float32;
  * y: [M, N] float32 (row stride ldy). */
