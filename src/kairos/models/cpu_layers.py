@@ -16,10 +16,15 @@ from kairos.kernels import cpu
 from kairos.models.llama import MLP, Attention, RMSNorm
 
 
+def _plain(t: torch.Tensor) -> bool:
+    """A float32 [rows, features] tensor the C kernels can read in place."""
+    return t.dtype == torch.float32 and t.dim() == 2 and t.is_contiguous()
+
+
 class KernelRMSNorm(RMSNorm):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        if x.dtype != torch.float32 or x.dim() != 2 or not x.is_contiguous():
-            return super().forward(x, residual)
+        if not _plain(x) or (residual is not None and (not _plain(residual) or residual.shape != x.shape)):
+            return super().forward(x, residual)  # what the C kernel cannot read in place
         if residual is None:
             return cpu.add_rms_norm(None, x, self.weight, self.eps)  # x is only read
         residual = residual.clone() if residual._base is not None else residual  # never write into a view
