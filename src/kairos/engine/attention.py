@@ -5,7 +5,9 @@ token ``t`` of a sequence lives in block ``block_table[t // block_size]`` at off
 ``t % block_size``. Contexts are gathered a whole block at a time (one contiguous row copy per
 block, not one per token), padded with the null block and masked. Decode tokens are batched
 into one SDPA call; grouped-query heads ride along as extra query rows of their KV head, so
-SDPA never expands K/V. Each prefill chunk is one SDPA call (few per step).
+SDPA never expands K/V. Each prefill chunk is one SDPA call (few per step). On float32 CPUs
+the runner may instead set ``decode_tables``/``decode_lens``: decode tokens then go to the C
+kernel (``kairos.kernels.cpu.paged_decode_attention``), which reads the cache in place.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ static inline float dot_n(const float *a, const float *b, int64_t n) {
     return r;
 }
 
-/* Row n of W (qs: nb * 16 bytes, d, m: nb floats) against MT rows of x; xs: block sums [MT, nb]. */
+/* Row n of W (qs: nb * 16 bytes, d, m: nb floats) against MT = 1..3 rows of x (decode steps:
+ * memory-bound); xs: block sums [MT, nb]. */
 #define Q4_1_TILE(MT)                                                                              \
     static void q4_1_tile##MT(const float *x, int64_t ldx, const float *xs, int64_t nb,            \
                               const uint8_t *qs, const float *d, const float *m, float *y,         \
