@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import needs_default_model
+
 API_SIDE = """
 import sys
 import kairos, kairos.cli, kairos.server.app, kairos.server.launch, kairos.loader.tokenizer, kairos.loader.default
@@ -31,3 +33,15 @@ def test_lazy_package_exports_resolve():
     assert callable(kairos.loader.resolve_model_path) and callable(kairos.loader.load_model)
     with pytest.raises(AttributeError, match="nope"):
         kairos.loader.nope  # noqa: B018
+
+
+@needs_default_model
+def test_cached_gguf_tokenizer_loads_without_torch():
+    from kairos.loader import load_tokenizer, resolve_model_path
+
+    load_tokenizer(resolve_model_path("default"))  # converts and caches on a new machine (that imports torch)
+    code = ("import sys\nfrom kairos.loader import load_tokenizer, resolve_model_path\n"
+            "tok = load_tokenizer(resolve_model_path('default'))\n"
+            "print(len(tok('Hello there').input_ids), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split()[-1] == "False"
