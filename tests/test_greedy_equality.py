@@ -76,3 +76,22 @@ def test_arrivals_mid_run(references):
     params = SamplingParams(max_tokens=MAX_NEW, **GREEDY)
     arrivals = {3 * i: [(str(i), p, params)] for i, p in enumerate(prompts)}
     _check(make_engine(path, max_num_batched_tokens=16), prompts, refs, arrivals)
+
+
+@pytest.mark.parametrize("cpu_kernels", [True, False])
+def test_unwritten_kv_memory_is_never_read(references, cpu_kernels):
+    # The cache is torch.empty (pages are touched only when used), so unused slots hold anything:
+    # fill them with NaN and serve prompts twice (the second time from the prefix cache, as a
+    # chunk that attends to cached blocks with masked slots past its end).
+    path, prompts, refs = references
+    engine = make_engine(path, block_size=4, num_blocks=256, cpu_kernels=cpu_kernels)
+    for k, v in engine.runner.kv_caches:
+        k.fill_(float("nan"))
+        v.fill_(float("nan"))
+        k[0].zero_()  # the null block is zeroed by the runner
+        v[0].zero_()
+    _check(engine, prompts, refs)
+    params = SamplingParams(max_tokens=MAX_NEW, **GREEDY)
+    again = run(engine, {0: [(f"again-{i}", p, params) for i, p in enumerate(prompts)]})
+    for i, ref in enumerate(refs):
+        assert again[(f"again-{i}", 0)] == (ref, "length"), f"prompt {i} from the prefix cache"

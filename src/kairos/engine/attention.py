@@ -75,8 +75,11 @@ def paged_attention(
             vp = v[p.q_start : p.q_end].transpose(0, 1).unsqueeze(0)
             op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale, enable_gqa=hq != hkv)
         else:
-            kp = _gather(k_cache, p.blocks, 1)  # [1, Hkv, L, D]
-            vp = _gather(v_cache, p.blocks, 1)
+            # slots past the context may hold anything (unwritten memory, even NaN): a masked score
+            # still multiplies its value, and 0 * NaN poisons the row, so clear them
+            unused = ~p.mask[-1].view(-1, 1)  # [L, 1]: the last query sees every real key
+            kp = _gather(k_cache, p.blocks, 1).masked_fill_(unused, 0.0)  # [1, Hkv, L, D]
+            vp = _gather(v_cache, p.blocks, 1).masked_fill_(unused, 0.0)
             op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask, scale=scale, enable_gqa=hq != hkv)
         out[p.q_start : p.q_end] = op.squeeze(0).transpose(0, 1)
     return out
@@ -88,8 +91,9 @@ def _decode(qd: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta
         return paged_decode_attention(qd, k_cache, v_cache, meta.decode_tables, meta.decode_lens, scale)
     bd, hq, d = qd.shape
     hkv = k_cache.shape[2]
-    kd = _gather(k_cache, meta.decode_blocks, bd)  # [Bd, Hkv, L, D]
-    vd = _gather(v_cache, meta.decode_blocks, bd)
+    unused = ~meta.decode_mask.view(bd, 1, -1, 1)  # padding slots: cleared, as for prefill chunks
+    kd = _gather(k_cache, meta.decode_blocks, bd).masked_fill_(unused, 0.0)  # [Bd, Hkv, L, D]
+    vd = _gather(v_cache, meta.decode_blocks, bd).masked_fill_(unused, 0.0)
     # query heads h*G .. h*G+G-1 share KV head h (HF repeat_kv order): [Bd, Hkv, G, D]
     od = F.scaled_dot_product_attention(qd.view(bd, hkv, hq // hkv, d), kd, vd,
                                         attn_mask=meta.decode_mask, scale=scale)
