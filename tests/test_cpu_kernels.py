@@ -47,6 +47,11 @@ def test_gguf_linear_switches_path_by_rows_and_keeps_bias():
         x = torch.randn(rows, 64)
         torch.testing.assert_close(lin(x), dense(x), rtol=1e-5, atol=1e-5)
     assert lin.weight is dense.weight
+    with torch.no_grad():
+        dense.weight.mul_(2)  # the two copies disagree now, so each result shows the path that ran
+    x3, x4 = torch.randn(3, 64), torch.randn(4, 64)
+    torch.testing.assert_close(lin(x3), F.linear(x3, w, dense.bias), rtol=1e-5, atol=1e-5)  # blocks
+    torch.testing.assert_close(lin(x4), F.linear(x4, 2 * w, dense.bias), rtol=1e-5, atol=1e-5)  # dense
 
 
 def test_attach_packs_shards_in_row_order_and_skips_mixed_kinds():

@@ -82,3 +82,20 @@ def test_gguf_conversion_cache_is_exact(tmp_path, monkeypatch):
         for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.29.self_attn.k_proj.weight",
                      "model.embed_tokens.weight"):
             assert torch.equal(f.get_tensor(name), direct[name])
+
+
+def test_gguf_blocks_cache_is_exact(tmp_path, monkeypatch):
+    from kairos.loader.gguf_cache import gguf_blocks
+    from kairos.loader.gguf_file import GGUFModel
+
+    monkeypatch.setenv("KAIROS_CACHE_DIR", str(tmp_path))
+    path = default_model_path()
+    made = gguf_blocks(path)  # parses the GGUF and writes the cache file
+    files = [p.name for p in (tmp_path / "models").iterdir()]
+    assert len(files) == 1 and files[0].endswith("-gguf_blocks.safetensors")  # no temp file left
+    cached = gguf_blocks(path)  # read back from it
+    direct = {name: (kind, b) for name, kind, b in GGUFModel(path).blocks()}
+    assert set(cached) == set(direct) == set(made)
+    assert {k for k, _ in cached.values()} == {"q4_1", "q8_0"}
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"):
+        assert cached[name][0] == direct[name][0] and torch.equal(cached[name][1], direct[name][1])

@@ -44,7 +44,8 @@ _SIGNATURES = {
 }
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -60,7 +61,7 @@ def load() -> ctypes.CDLL | None:
     """The compiled kernels, built on first use into the cache; None where they cannot run."""
     from kairos.loader.tokenizer import cache_dir
 
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if platform.machine() not in ("x86_64", "AMD64") or not set(_REQUIRED_FLAGS) <= flags:
         return None
     # -march=native: the build is for this CPU, so the key includes its flags

@@ -59,12 +59,12 @@ def gguf_blocks(path: Path) -> dict[str, tuple[str, torch.Tensor]]:
             kinds = f.metadata() or {}
             return {name: (kinds[name], f.get_tensor(name)) for name in f.keys()}  # noqa: SIM118
     blocks = {name: (kind, b) for name, kind, b in GGUFModel(path).blocks()}
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, delete=False) as tmp:
-            pass
-        save_file({n: b for n, (_, b) in blocks.items()}, tmp.name, metadata={n: k for n, (k, _) in blocks.items()})
-        os.replace(tmp.name, out)
+        save_file({n: b for n, (_, b) in blocks.items()}, str(tmp), metadata={n: k for n, (k, _) in blocks.items()})
+        os.replace(tmp, out)  # atomic: a concurrent loader sees all or nothing
     except OSError as e:
+        tmp.unlink(missing_ok=True)
         logger.warning("could not cache GGUF blocks in %s: %s", out, e)
     return blocks

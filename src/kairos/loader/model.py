@@ -30,11 +30,9 @@ def resolve_device(cfg: ModelConfig) -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from kairos.kernels.cpu import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
