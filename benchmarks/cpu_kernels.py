@@ -5,7 +5,10 @@
 Table 1: the linear layers of all 30 blocks and the lm_head at M rows: GGUF Q4_1/Q8_0 kernel
 vs float32 torch matmul on the same (dequantized) weights; the crossover sets
 ``kairos.models.gguf_linear.MAX_ROWS``. Table 2: whole decode steps of the engine (128-token
-prompts, greedy) with ``cpu_kernels`` on and off: step time and output tokens per second.
+prompts, greedy): kernels with the whole decoder stack in one C call, the same kernels per
+module, and ``cpu_kernels`` off: step time and output tokens per second. Table 3: prefill
+chunks and 64-sequence decode steps with float32 copies of the GGUF weights kept
+(``gguf_dense_copy``) vs dequantized into a scratch buffer per call.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def linear_table(rows: list[int]) -> None:
     from kairos import LLM
     from kairos.models.gguf_linear import GGUFLinear
 
-    llm = LLM("default", dtype="float32")
+    llm = LLM("default", dtype="float32", gguf_dense_copy=True)  # the dense column reads the copies
     mods = [m for m in llm.engine.runner.model.modules() if isinstance(m, GGUFLinear)]
     head = [m for m in mods if m.out_features == llm.engine.arch.vocab_size]
     layers = [m for m in mods if m not in head]
@@ -59,13 +62,18 @@ def _kernel(mod, x):
 def step_table(batches: list[int], steps: int) -> None:
     from kairos import LLM, SamplingParams
     from kairos.engine.outputs import EngineRequest
+    from kairos.models.llama import LlamaForCausalLM
 
-    print("\nengine decode steps, 128-token prompts, greedy (median step after the prefill)")
-    print(f"{'batch':>5} {'kernels ms':>11} {'torch ms':>9} {'kernels tok/s':>14} {'torch tok/s':>12} {'speed-up':>9}")
-    res: dict[tuple[int, bool], float] = {}
-    for on in (True, False):
-        llm = LLM("default", dtype="float32", cpu_kernels=on)
+    print("\nengine decode steps, 128-token prompts, greedy (median step after the prefill): kernels with the")
+    print("whole stack in one C call (up to 32 sequences), the same kernels called per module, torch only")
+    print(f"{'batch':>5} {'stack ms':>9} {'modules ms':>11} {'torch ms':>9} {'stack tok/s':>12} {'modules/stack':>14} "
+          f"{'torch/stack':>12}")
+    res: dict[tuple[int, str], float] = {}
+    for variant in ("stack", "modules", "torch"):
+        llm = LLM("default", dtype="float32", cpu_kernels=variant != "torch")
         eng = llm.engine
+        if variant == "modules":
+            eng.runner.model.__class__ = LlamaForCausalLM  # the kernel modules, one Python call each
         rng = random.Random(0)
         for b in batches:
             for i in range(b):
@@ -79,11 +87,43 @@ def step_table(batches: list[int], steps: int) -> None:
                 dt = time.perf_counter() - t0
                 if len(outs) == b and all(len(o.new_token_ids) == 1 for o in outs):
                     times.append(dt)
-            res[(b, on)] = statistics.median(times[2:])
+            res[(b, variant)] = statistics.median(times[2:])
         del llm, eng
     for b in batches:
-        k, t = res[(b, True)], res[(b, False)]
-        print(f"{b:>5} {k * 1e3:>11.1f} {t * 1e3:>9.1f} {b / k:>14.1f} {b / t:>12.1f} {t / k:>9.2f}")
+        k, m, t = res[(b, "stack")], res[(b, "modules")], res[(b, "torch")]
+        print(f"{b:>5} {k * 1e3:>9.1f} {m * 1e3:>11.1f} {t * 1e3:>9.1f} {b / k:>12.1f} {m / k:>14.2f} {t / k:>12.2f}")
+
+
+def dense_copy_table(steps: int) -> None:
+    """Big batches (prefill chunks, 64 decodes) with and without float32 copies of the GGUF weights."""
+    from kairos import LLM, SamplingParams
+    from kairos.engine.outputs import EngineRequest
+
+    print("\nbig batches: float32 copies of the GGUF weights kept (gguf_dense_copy) vs dequantized per call")
+    print(f"{'variant':>10} {'prefill 512-tok step ms':>24} {'decode B64 step ms':>19}")
+    res = {}
+    for copy in (True, False):
+        llm = LLM("default", dtype="float32", gguf_dense_copy=copy)
+        eng = llm.engine
+        rng = random.Random(0)
+        for i in range(64):
+            prompt = [rng.randrange(100, 49000) for _ in range(128)]
+            eng.add_request(EngineRequest(f"{copy}-{i}", prompt, SamplingParams(temperature=0, max_tokens=steps,
+                                                                                ignore_eos=True)))
+        pre, dec = [], []
+        while eng.has_unfinished():
+            t0 = time.perf_counter()
+            outs = eng.step()
+            dt = time.perf_counter() - t0
+            if len(outs) == 64 and all(len(o.new_token_ids) == 1 for o in outs):
+                dec.append(dt)
+            elif not dec:  # the prompts' phase: 512-token steps (prefill chunks, a few decodes)
+                pre.append(dt)
+        res[copy] = (statistics.median(pre[1:]), statistics.median(dec[2:]))
+        print(f"{'copy' if copy else 'dequant':>10} {res[copy][0] * 1e3:>24.1f} {res[copy][1] * 1e3:>19.1f}")
+        del llm, eng
+    (pc, dc), (pd, dd) = res[True], res[False]
+    print(f"{'ratio':>10} {pd / pc:>24.2f} {dd / dc:>19.2f}")
 
 
 def main() -> None:
@@ -91,10 +131,16 @@ def main() -> None:
     ap.add_argument("--rows", default="1,2,4,8,16,32,64")
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--dense-copy", action=argparse.BooleanOptionalAction, default=True,
+                    help="the big-batch table: dense float32 copies vs dequantizing per call")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    linear_table([int(x) for x in args.rows.split(",")])
-    step_table([int(x) for x in args.batches.split(",")], args.steps)
+    if args.rows:
+        linear_table([int(x) for x in args.rows.split(",")])
+    if args.batches:
+        step_table([int(x) for x in args.batches.split(",")], args.steps)
+    if args.dense_copy:
+        dense_copy_table(args.steps)
 
 
 if __name__ == "__main__":

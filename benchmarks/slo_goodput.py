@@ -3,8 +3,10 @@
     python benchmarks/slo_goodput.py [--requests 40] [--loads 0.5,1,1.5,2]
 
 Workload: half interactive requests (TTFT 1 s, TPOT 150 ms; 64 in / 32 out), half batch
-requests (deadline 60 s; 256 in / 128 out), Poisson arrivals. Capacity is measured first
-(requests/s completed by an FCFS server under a burst as large as a run); each load is a multiple of it.
+requests (deadline 60 s; 256 in / 128 out), Poisson arrivals. Capacity is measured first: the
+sustained rate (steady part of a 128-request burst, no SLOs) of the first policy's server; each
+load is a multiple of it. An admitted request is one not refused at arrival (429); one that
+later expires counts against admitted attainment.
 `fcfs` is the mainstream engine's behaviour: FCFS order, no SLO sent (SLOs judged by the
 client). `slack` sends the SLOs: least-slack ordering, admission control, expiry, preemption.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import signal
@@ -72,62 +75,102 @@ class Server:
         self.proc.wait(30)
 
 
+def misses(records, slo) -> dict[str, int]:
+    """Why requests of one class missed: refused at arrival, expired while waiting, or which objective."""
+    out = {"refused": 0, "expired": 0, "error": 0, "ttft": 0, "tpot": 0, "deadline": 0}
+    for r in records:
+        if r.outcome in ("refused", "expired"):
+            out[r.outcome] += 1
+        elif r.outcome != "ok":
+            out["error"] += 1
+        elif not slo.met(ttft(r), tpot(r), r.end_s - r.sent_s):
+            t, p = ttft(r), tpot(r)
+            if slo.ttft_ms is not None and (t is None or t * 1000 > slo.ttft_ms):
+                out["ttft"] += 1
+            elif slo.tpot_ms is not None and p is not None and p * 1000 > slo.tpot_ms:
+                out["tpot"] += 1
+            else:
+                out["deadline"] += 1
+    return out
+
+
 def run(server: Server, specs, send_slo: bool):
     records, _ = asyncio.run(run_load(specs, Target(server.url, "default", "completions", send_slo), len))
     slos = {s.name: s for s, _, _ in CLASSES}
     s = summarize(records, slos)
-    inter_ok = [r for r in records if r.slo_class == "interactive" and r.outcome == "ok"]
-    admitted_met = [r for r in inter_ok if INTERACTIVE.met(ttft(r), tpot(r), r.end_s - r.sent_s)]
-    s["interactive_admitted_attainment"] = len(admitted_met) / len(inter_ok) if inter_ok else 0.0
-    return s
+    # admitted = not refused at arrival; an admitted request that later expired counts as a miss
+    inter = [r for r in records if r.slo_class == "interactive" and r.outcome != "refused"]
+    met = [r for r in inter if r.outcome == "ok" and INTERACTIVE.met(ttft(r), tpot(r), r.end_s - r.sent_s)]
+    s["interactive_admitted_attainment"] = len(met) / len(inter) if inter else 0.0
+    s["misses"] = {name: misses([r for r in records if r.slo_class == name], slo) for name, slo in slos.items()}
+    return s, records
+
+
+def sustained_capacity(records) -> float:
+    """Completions per second between the 10th and 90th percentile completion (the ramp-up and the
+    drain of a burst are not the engine's sustained rate)."""
+    ends = sorted(r.end_s for r in records if r.outcome == "ok")
+    lo, hi = len(ends) // 10, len(ends) - 1 - len(ends) // 10
+    return (hi - lo) / max(ends[hi] - ends[lo], 1e-9)
 
 
 def main() -> None:
     global TOK
     ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--loads", default="0.5,1,1.5,2")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--capacity-requests", type=int, default=40, help="burst size that measures capacity")
+    ap.add_argument("--capacity-requests", type=int, default=128, help="burst size that measures capacity")
+    ap.add_argument("--capacity", type=float, default=None, help="skip the measurement: req/s")
+    ap.add_argument("--policies", default="fcfs,slack")
     ap.add_argument("--ttft-ms", type=float, default=1000, help="interactive TTFT objective")
     ap.add_argument("--tpot-ms", type=float, default=150, help="interactive TPOT objective")
     ap.add_argument("--deadline-ms", type=float, default=60_000, help="batch deadline")
+    ap.add_argument("--out", default=None, help="write every record as JSON here")
     args = ap.parse_args()
     set_slos(args.ttft_ms, args.tpot_ms, args.deadline_ms)
     TOK = load_tokenizer(resolve_model_path("default"))
     loads = [float(x) for x in args.loads.split(",")]
+    policies = args.policies.split(",")
 
-    fcfs = Server("fcfs")
-    burst = run(fcfs, workload(args.capacity_requests, float("inf"), TOK, args.seed + 1), send_slo=False)
-    capacity = burst["request_throughput"]
-    print(f"measured capacity (FCFS, burst of {args.capacity_requests} mixed requests): {capacity:.3f} req/s", flush=True)
-    results = {}
-    for policy, server, send in (("fcfs", fcfs, False), ("slack", None, True)):
-        if server is None:
-            fcfs.stop()
-            server = Server("slack")
+    capacity = args.capacity
+    results, dump = {}, {}
+    for policy in policies:
+        server = Server(policy)
+        if capacity is None:
+            burst, brecs = run(server, workload(args.capacity_requests, float("inf"), TOK, args.seed + 1), send_slo=False)
+            capacity = sustained_capacity(brecs)
+            print(f"measured capacity ({policy} server, no SLOs, burst of {args.capacity_requests} mixed requests, "
+                  f"steady part): {capacity:.3f} req/s (whole burst: {burst['request_throughput']:.3f})", flush=True)
         for load in loads:
-            results[(policy, load)] = run(server, workload(args.requests, load * capacity, TOK, args.seed), send)
-            r = results[(policy, load)]
-            print(f"  {policy} @ {load}x: goodput {r['goodput_rps']:.3f} req/s, attainment {r['slo_attainment']:.0%}",
-                  flush=True)
+            r, recs = run(server, workload(args.requests, load * capacity, TOK, args.seed), policy != "fcfs")
+            results[(policy, load)] = r
+            dump[f"{policy}@{load}"] = [x.to_json() for x in recs]
+            print(f"  {policy} @ {load}x: goodput {r['goodput_rps']:.3f} req/s, attainment {r['slo_attainment']:.0%}, "
+                  f"misses {r['misses']}", flush=True)
         server.stop()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"capacity": capacity, "runs": dump}, f)
 
     print(f"\nworkload: {args.requests} requests, 50% interactive (TTFT {args.ttft_ms:g} ms, TPOT {args.tpot_ms:g} ms; "
           f"64/32 tokens), 50% batch (deadline {args.deadline_ms:g} ms; 256/128 tokens), Poisson; "
           f"capacity {capacity:.3f} req/s")
-    head = (f"{'load':>5} {'policy':>6} {'goodput r/s':>11} {'attain':>7} {'inter att':>9} {'inter adm att':>13} "
-            f"{'batch att':>9} {'refused':>7} {'TTFT p50 s':>10} {'vs fcfs':>7}")
-    print(head)
+    print("| load | policy | goodput r/s | attain | inter att | inter adm att | batch att | refused | expired "
+          "| inter miss ttft/tpot | batch miss | TTFT p50 s | vs fcfs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for load in loads:
-        base = results[("fcfs", load)]["goodput_rps"]
-        for policy in ("fcfs", "slack"):
+        base = results.get(("fcfs", load), {}).get("goodput_rps")
+        for policy in policies:
             r = results[(policy, load)]
-            c = r["classes"]
-            ratio = f"{r['goodput_rps'] / base:.2f}" if base else ("inf" if r["goodput_rps"] else "-")
-            print(f"{load:>5} {policy:>6} {r['goodput_rps']:>11.3f} {r['slo_attainment']:>7.0%} "
-                  f"{c['interactive']['slo_attainment']:>9.0%} {r['interactive_admitted_attainment']:>13.0%} "
-                  f"{c['batch']['slo_attainment']:>9.0%} {r['refused']:>7} {r['ttft_s']['p50'] or 0:>10.2f} {ratio:>7}")
+            c, m = r["classes"], r["misses"]
+            ratio = "-" if base is None else (f"{r['goodput_rps'] / base:.2f}" if base else
+                                              ("inf" if r["goodput_rps"] else "-"))
+            print(f"| {load:g} | {policy} | {r['goodput_rps']:.3f} | {r['slo_attainment']:.0%} "
+                  f"| {c['interactive']['slo_attainment']:.0%} | {r['interactive_admitted_attainment']:.0%} "
+                  f"| {c['batch']['slo_attainment']:.0%} | {r['refused']} | {r['expired']} "
+                  f"| {m['interactive']['ttft']}/{m['interactive']['tpot']} | {m['batch']['deadline']} "
+                  f"| {r['ttft_s']['p50'] or 0:.2f} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,46 @@ def test_gguf_linear_switches_path_by_rows_and_keeps_bias():
     torch.testing.assert_close(lin(x4), F.linear(x4, 2 * w, dense.bias), rtol=1e-5, atol=1e-5)  # dense
 
 
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+def test_dequantize_is_gguf_py_bit_for_bit(kind):
+    blocks, w = _blocks(40, 96, kind, seed=3)
+    assert torch.equal(cpu.dequantize(cpu.GGUFWeight.from_blocks(kind, blocks)), w)
+    scratch = torch.full((5000,), float("nan"))
+    out = cpu.dequantize(cpu.GGUFWeight.from_blocks(kind, blocks), scratch)
+    assert out.data_ptr() == scratch.data_ptr() and torch.equal(out, w)
+
+
+def test_gguf_linear_without_dense_copy_dequantizes_big_batches():
+    from kairos.models.gguf_linear import Scratch
+
+    blocks, w = _blocks(48, 64, "q4_1", seed=4)
+    dense = nn.Linear(64, 48, bias=True)
+    with torch.no_grad():
+        dense.weight.copy_(w)
+    scratch = Scratch()
+    lin = GGUFLinear(dense, cpu.GGUFWeight.from_blocks("q4_1", blocks), max_rows=3, scratch=scratch)
+    assert lin.weight is None and "weight" not in dict(lin.named_parameters())
+    for rows in (2, 4, 10):
+        x = torch.randn(rows, 64)
+        ref = F.linear(x, w, dense.bias)
+        if rows > 3:  # the float32 matmul over the very values a dense copy holds
+            assert torch.equal(lin(x), ref)
+        else:
+            torch.testing.assert_close(lin(x), ref, rtol=1e-5, atol=1e-5)
+    assert scratch.buf.numel() == 48 * 64
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+def test_gguf_embedding_rows_are_the_dequantized_rows(kind):
+    from kairos.models.gguf_linear import GGUFEmbedding
+
+    blocks, w = _blocks(50, 128, kind, seed=5)
+    emb = GGUFEmbedding(cpu.GGUFWeight.from_blocks(kind, blocks))
+    ids = torch.tensor([7, 0, 49, 7, 13])
+    assert (emb.num_embeddings, emb.embedding_dim) == (50, 128)
+    assert torch.equal(emb(ids), w[ids])
+
+
 def test_attach_packs_shards_in_row_order_and_skips_mixed_kinds():
     class Block(nn.Module):
         def __init__(self):
@@ -175,3 +215,63 @@ def test_auto_dtype_keeps_float32_for_gguf_where_kernels_run(monkeypatch, tiny_l
     assert model_loader.resolve_dtype(ModelConfig(model=str(tiny_llama[1])), cpu_dev) == torch.bfloat16
     monkeypatch.setattr(model_loader, "cpu_has_bf16", lambda: False)
     assert model_loader.resolve_dtype(ModelConfig(model=str(tiny_llama[1])), cpu_dev) == torch.float32
+
+
+def _quantize_linears(model, tied: bool) -> dict[str, tuple[str, torch.Tensor]]:
+    """GGUF blocks for every linear of a loaded model, by checkpoint name (Q4_1; the lm_head Q8_0),
+    with the dense weights replaced by the dequantized values so both paths hold the same numbers."""
+    from kairos.models.llama import PACKED_SHARDS
+
+    blocks = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear) or (name == "lm_head" and tied):
+            continue
+        kind = "q8_0" if name == "lm_head" else "q4_1"
+        q = quantize(mod.weight.detach().numpy(), KINDS[kind])
+        with torch.no_grad():
+            mod.weight.copy_(torch.from_numpy(dequantize(q, KINDS[kind]).astype(np.float32)))
+        prefix, _, leaf = name.rpartition(".")
+        shards = PACKED_SHARDS.get(leaf, [leaf])
+        sizes = model._shard_sizes(leaf) if len(shards) > 1 else [mod.out_features]
+        rows = torch.from_numpy(np.ascontiguousarray(q)).split(sizes)
+        for shard, part in zip(shards, rows):
+            blocks[f"{prefix}.{shard}.weight" if prefix else f"{shard}.weight"] = (kind, part)
+    return blocks
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])  # qwen2: biased qkv
+def test_decode_stack_is_the_module_path_in_one_call(kind, tmp_path_factory, monkeypatch):
+    """Whole-stack decode (one C call) gives bit-identical logits to the per-module kernels."""
+    from kairos.engine.sampling_params import SamplingParams
+    from kairos.models.cpu_layers import KernelLlamaForCausalLM
+    from kairos.models.gguf_linear import attach_gguf_blocks
+    from kairos.models.llama import PACKED_SHARDS, LlamaForCausalLM
+
+    from conftest import make_tiny
+    from engine_helpers import GREEDY, make_engine, run
+
+    _, path = make_tiny(tmp_path_factory, kind)
+    calls = []
+    real = cpu.decode_stack
+    monkeypatch.setattr(cpu, "decode_stack", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
+    results = []
+    for fused in (True, False):
+        engine = make_engine(path, block_size=4)
+        model = engine.runner.model
+        assert type(model) is KernelLlamaForCausalLM
+        tied = model.config.tie_word_embeddings
+        assert attach_gguf_blocks(model, _quantize_linears(model, tied), PACKED_SHARDS, tied) == 4 * 2 + (not tied)
+        if not fused:
+            model.__class__ = LlamaForCausalLM  # same modules, one Python call per layer operation
+        logits = []
+        execute = engine.runner.execute
+        engine.runner.execute = lambda batch, ex=execute, out=logits: out.append(ex(batch)) or out[-1]
+        prompts = [[(i * 7 + j * 13 + 5) % 300 + 3 for j in range(n)] for i, n in enumerate((5, 9, 3))]
+        done = run(engine, {0: [(f"r{i}", p, SamplingParams(max_tokens=6, **GREEDY)) for i, p in enumerate(prompts[:2])],
+                            2: [("r2", prompts[2], SamplingParams(max_tokens=6, **GREEDY))]})
+        results.append((done, logits))
+    assert calls and set(calls) >= {2, 3}  # decode steps of 2 and 3 sequences went through the stack
+    (done_a, logits_a), (done_b, logits_b) = results
+    assert done_a == done_b and len(logits_a) == len(logits_b)
+    for a, b in zip(logits_a, logits_b):  # every later step also reads the KV the stack wrote
+        assert torch.equal(a, b)

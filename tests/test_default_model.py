@@ -99,3 +99,19 @@ def test_gguf_blocks_cache_is_exact(tmp_path, monkeypatch):
     assert {k for k, _ in cached.values()} == {"q4_1", "q8_0"}
     for name in ("model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"):
         assert cached[name][0] == direct[name][0] and torch.equal(cached[name][1], direct[name][1])
+
+
+def test_long_prompt_through_dequantized_weights_equals_transformers(default_llm, hf_reference):
+    """Prefill chunks above the kernels' row limit go through float32 matmuls over weights
+    dequantized from the GGUF blocks per call (no dense copy is kept): still HF's tokens."""
+    from kairos.models.gguf_linear import GGUFEmbedding, GGUFLinear
+
+    model = default_llm.engine.runner.model
+    linears = [m for m in model.modules() if isinstance(m, GGUFLinear)]
+    assert len(linears) == 4 * 30 + 1 and all(m.weight is None for m in linears)
+    assert isinstance(model.model.embed_tokens, GGUFEmbedding)  # looked up from the tied lm_head's blocks
+    text = " ".join(f"Item {i}: the {w} fox jumps over the lazy dog." for i, w in enumerate(["quick", "slow", "red"] * 5))
+    prompt = default_llm.tokenizer(text).input_ids
+    assert len(prompt) > 100
+    out = default_llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True))[0]
+    assert out.outputs[0].token_ids == hf_greedy(hf_reference, prompt, 16)

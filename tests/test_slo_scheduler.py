@@ -194,10 +194,128 @@ def test_step_budget_shrinks_to_keep_tpot_promises():
     assert chat.first_token_time is not None
     sim.add("big", 400, max_tokens=2)  # best-effort, 400 tokens to prefill
     out = sim.step()
-    # 60 ms - (10 ms + 1 decode * 1 ms) leaves 49 ms = 49 prefill tokens at 1 ms each
-    assert {s.seq.request_id: s.num_new_tokens for s in out.scheduled} == {"chat": 1, "big": 49}
+    # chat's next token is due 0.95 * 60 ms after its first (the pace); 90% of that (the step
+    # share) is 51.3 ms, minus a decode step (10 + 1 ms) leaves 40 prefill tokens at 1 ms each
+    assert {s.seq.request_id: s.num_new_tokens for s in out.scheduled} == {"chat": 1, "big": 40}
+    # decode-only steps bank time: after 3 more (11 ms each) chat is 3 * (57 - 11) ms ahead of its pace
+    sim3 = Sim(budget=512, num_blocks=256)
+    sim3.add("chat", 4, max_tokens=50, slo=SLO(tpot_ms=60))
+    for _ in range(4):
+        sim3.step()
+    sim3.add("big", 400, max_tokens=2)
+    # 0.9 * (4 * 57 - 3 * 11 ms) - 11 ms = 164.5 ms
+    assert {s.seq.request_id: s.num_new_tokens for s in sim3.step().scheduled} == {"chat": 1, "big": 164}
     sim2 = Sim(budget=512, num_blocks=256)  # without a TPOT objective the whole budget is used
     sim2.add("chat", 4, max_tokens=50, slo=SLO(ttft_ms=5000))
     sim2.step()
     sim2.add("big", 400, max_tokens=2)
     assert {s.seq.request_id: s.num_new_tokens for s in sim2.step().scheduled} == {"chat": 1, "big": 400}
+
+
+def test_tpot_promise_caps_the_batch():
+    # 20 best-effort generations fill the batch; a chat request with a 30 ms TPOT promise joins.
+    # A decode step costs 10 ms + 1 ms per sequence, so 0.85 * 30 ms holds at most 15 sequences.
+    sim = Sim(max_num_seqs=32, num_blocks=512, budget=512)
+    hogs = [sim.add(f"be{i}", 4, max_tokens=40) for i in range(20)]
+    sim.step()
+    assert len(sim.sched.running) == 20
+    chat = sim.add("chat", 4, max_tokens=20, slo=SLO(ttft_ms=1000, tpot_ms=30))
+    out = sim.step()
+    assert sim.sched.seq_cap(sim.sched.context()) == 15
+    assert chat in sim.sched.running and len(sim.sched.running) == 15
+    assert sorted(s.request_id for s in out.preempted) == sorted(h.request_id for h in hogs[-6:])  # least urgent: newest
+    worst = 0.0
+    while chat.status is not SeqStatus.FINISHED:
+        t = sim.clock()
+        sim.step()
+        worst = max(worst, sim.clock() - t)
+        assert len(sim.sched.running) <= 15  # the preempted ones do not come back while chat decodes
+    assert worst <= 0.030 and (sim.clock() - chat.first_token_time) / 19 <= 0.030
+    sim.run()
+    assert sorted(sim.finished) == sorted([h.request_id for h in hogs] + ["chat"])
+
+
+def test_running_tpot_request_outranks_looser_work_when_preempting():
+    # Mid-answer, a TPOT promise is a deadline for the last token: the request with the far
+    # deadline is the one to preempt, not the chat (whose slack used to read as infinite).
+    sim = Sim(max_num_seqs=2, num_blocks=128, budget=64)
+    chat = sim.add("chat", 4, max_tokens=30, slo=SLO(tpot_ms=20))
+    batch = sim.add("batch", 4, max_tokens=30, slo=SLO(deadline_ms=10_000))
+    sim.step()
+    sim.step()
+    assert chat.first_token_time is not None and chat.tpot_deadline is not None
+    sim.add("tight", 4, max_tokens=2, slo=SLO(ttft_ms=40))
+    out = sim.step()
+    assert out.preempted == [batch] and chat in sim.sched.running
+    sim.run()
+    assert sim.finished.index("tight") < sim.finished.index("batch")
+
+
+def test_arrival_prediction_waits_for_a_place(tiny_llama):
+    from kairos.config import EngineConfig
+    from kairos.engine.core import EngineCore
+
+    prompt = list(range(3, 43))
+    for max_num_seqs, refused in ((1, True), (2, False)):
+        engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4, max_num_seqs=max_num_seqs,
+                                                     scheduling_policy="fcfs"),
+                            clock=Clock(), cost_model=CostModel(COST, frozen=True))
+        engine.add_request(EngineRequest("first", prompt, SamplingParams(max_tokens=20)))
+        engine.step()  # "first" holds a place for 19 more tokens of 11 ms each
+        # a prefill step of 40 tokens next to one decode: 10 + 40 + 1 ms; behind "first": + 19 * 11 ms
+        other = list(range(50, 90))  # (not the same prompt: its prefix would be cached)
+        req = EngineRequest("second", other, SamplingParams(max_tokens=4), slo=SLO(ttft_ms=200))
+        if refused:
+            with pytest.raises(SLOInfeasible, match=r"predicted TTFT 260 ms > ttft_ms 200"):
+                engine.add_request(req)
+        else:
+            engine.add_request(req)
+        while engine.has_unfinished():
+            engine.step()
+
+
+def test_cost_model_learns_what_a_prefill_step_costs_on_top():
+    # decode-only steps are cheap (one fused call); any prefill adds a fixed 50 ms on top
+    truth = CostModel((0.010, 0.1, 0.02, 0.0, 0.050), frozen=True)
+    cm = CostModel(refit_every=1_000_000)
+    for i in range(200):
+        p, d = (0 if i % 3 else 16 * (i % 7 + 1)), i % 9 + 1
+        cm.observe(p, d, 100 * d, truth.step_time(p, d, 100 * d))
+    cm.fit()
+    for p, d in ((0, 4), (0, 12), (16, 4), (200, 2)):
+        assert cm.step_time(p, d, 100 * d) == pytest.approx(truth.step_time(p, d, 100 * d), rel=0.02, abs=1e-3)
+    assert cm.describe()["cost_prefill_step_s"] == pytest.approx(0.05, rel=0.05)
+    # a prefill chunk must first pay the 50 ms: 100 ms next to 2 decodes leaves (100 - 14 - 50) ms = 36 tokens
+    assert truth.max_prefill_tokens(0.100, 2, 0) == 36 and truth.max_prefill_tokens(0.060, 2, 0) == 0
+
+
+def test_calibration_quantile_and_ageing():
+    from kairos.engine.cost_model import Calibration
+
+    cal = Calibration(0.9, horizon=10.0, min_samples=4)
+    for i, r in enumerate((1.0, 1.2, 3.0)):
+        cal.observe(100.0 + i, 1.0, r)
+    assert cal.factor(103.0) == 1.0  # too few samples to judge
+    for i in range(7):
+        cal.observe(103.0 + i, 2.0, 2.0 * (1 + i / 10))  # ratios 1.0 .. 1.6
+    assert cal.factor(110.0) == 3.0  # 10 ratios: the one at index int(0.9 * 10) in order is the largest
+    assert cal.factor(113.5) == 1.6  # the first four aged out (older than 10 s): 1.0 .. 1.6 remain
+    assert cal.factor(200.0) == 1.0  # all aged out: back to the raw prediction
+
+
+def test_admission_scales_predictions_by_the_engines_own_errors(tiny_llama):
+    from kairos.config import EngineConfig
+    from kairos.engine.core import EngineCore
+
+    clock = Clock()
+    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4), clock=clock,
+                        cost_model=CostModel(COST, frozen=True))
+    prompt = list(range(3, 43))  # 50 ms to the first token on an idle engine
+    for _ in range(10):  # first tokens came 1.5x later than predicted
+        engine.calibration["ttft"].observe(clock(), 2.0, 3.0)
+    with pytest.raises(SLOInfeasible, match=r"predicted TTFT 75 ms > ttft_ms 60"):
+        engine.add_request(EngineRequest("r", prompt, SamplingParams(max_tokens=4), slo=SLO(ttft_ms=60)))
+    engine.add_request(EngineRequest("ok", prompt, SamplingParams(max_tokens=4), slo=SLO(ttft_ms=80)))
+    assert engine.stats()["slo_ttft_calibration"] == 1.5
+    while engine.has_unfinished():
+        engine.step()

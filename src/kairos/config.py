@@ -36,6 +36,7 @@ class ModelConfig:
     max_model_len: int | None = field(default=None, metadata={"help": "cap on prompt + output tokens (default: the model's)"})
     seed: int = field(default=0, metadata={"help": "seed of the global sampler generator"})
     cpu_kernels: bool = field(default=True, metadata={"help": "on x86 CPUs in float32, use Kairos' C kernels: decode attention over the paged cache, and matmuls of small batches straight from a GGUF's Q4_1/Q8_0 blocks"})
+    gguf_dense_copy: bool = field(default=False, metadata={"help": "with cpu_kernels, keep float32 copies of a GGUF's quantized weights for big batches (prefill chunks) instead of dequantizing them into a cache-sized buffer per call: ~5x the weights' memory, and slower on the 2-core EPYC measured (benchmarks/cpu_kernels.py)"})
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -74,10 +75,14 @@ class SchedulerConfig:
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (prefill chunks + decodes)"})
     scheduling_policy: str = field(default="slack", metadata={"help": "fcfs, priority, edf, slack (SLO requests by least slack, then best-effort by longest cached prefix), lpm"})
     starve_steps: int = field(default=64, metadata={"help": "steps a request may be passed over before it goes first"})
+    slo_confidence: float = field(default=0.9, metadata={"help": "admit an SLO request when its objectives hold at "
+                                  "this quantile of the engine's own recent prediction errors"})
 
     def __post_init__(self) -> None:
         from kairos.engine.policies import get_policy
 
+        if not 0.5 <= self.slo_confidence < 1:
+            raise ValueError(f"slo_confidence must be in [0.5, 1), got {self.slo_confidence}")
         get_policy(self.scheduling_policy)  # raises on an unknown name
         if self.starve_steps < 1:
             raise ValueError(f"starve_steps must be >= 1, got {self.starve_steps}")

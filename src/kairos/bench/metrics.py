@@ -53,6 +53,7 @@ def summarize(records: list[Record], slos: dict[str, SLO]) -> dict:
         "requests": len(records),
         "completed": len(ok),
         "refused": sum(r.outcome == "refused" for r in records),
+        "expired": sum(r.outcome == "expired" for r in records),
         "failed": sum(r.outcome == "error" for r in records),
         "timed_out": sum(r.outcome == "timeout" for r in records),
         "request_throughput": len(ok) / duration,
@@ -73,6 +74,7 @@ def summarize(records: list[Record], slos: dict[str, SLO]) -> dict:
         m = [r for r in met if r.slo_class == name]
         result["classes"][name] = {
             "requests": len(rs), "met": len(m), "refused": sum(r.outcome == "refused" for r in rs),
+            "expired": sum(r.outcome == "expired" for r in rs),
             "slo_attainment": len(m) / len(rs), "goodput_rps": len(m) / duration,
             "ttft_s": summary([t for r in rs if r.outcome == "ok" and (t := ttft(r)) is not None]),
         }

@@ -26,7 +26,7 @@ def print_summary(s: dict, title: str, console: Console | None = None) -> None:
         t.add_row(label, *(_ms(s[key][c]) for c in ("mean", "p50", "p90", "p99")))
     console.print(t)
     console.print(
-        f"requests {s['requests']}: completed {s['completed']}, refused {s['refused']}, failed {s['failed']}, "
+        f"requests {s['requests']}: completed {s['completed']}, refused {s['refused']}, expired {s['expired']}, failed {s['failed']}, "
         f"timed out {s['timed_out']} in {s['duration_s']:.1f} s\n"
         f"throughput {s['request_throughput']:.2f} req/s, {s['output_throughput']:.1f} out tok/s\n"
         f"SLO attainment {s['slo_attainment']:.1%}, goodput {s['goodput_rps']:.2f} req/s "

@@ -24,7 +24,7 @@ class Record:
     end_s: float = 0.0
     prompt_tokens: int = 0
     output_tokens: int = 0
-    outcome: str = "error"  # ok | refused | error | timeout
+    outcome: str = "error"  # ok | refused (429/503) | expired (the server gave up on its SLO) | error | timeout
     status: int | None = None
     error: str | None = None
 
@@ -63,6 +63,7 @@ async def _one(http: httpx.AsyncClient, spec: RequestSpec, target: Target, t0: f
     path, body, headers = _body(spec, target, history)
     text: list[str] = []
     usage = None
+    expired = False
     rec.sent_s = time.perf_counter() - t0
     try:
         async with http.stream("POST", target.base_url + path, json=body, headers=headers,
@@ -86,6 +87,8 @@ async def _one(http: httpx.AsyncClient, spec: RequestSpec, target: Target, t0: f
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for choice in chunk.get("choices") or []:
+                    if choice.get("finish_reason") == "expired":
+                        expired = True
                     piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
                     if piece:
                         now = time.perf_counter() - t0
@@ -98,7 +101,7 @@ async def _one(http: httpx.AsyncClient, spec: RequestSpec, target: Target, t0: f
             rec.output_tokens = usage.get("completion_tokens", 0)
         else:
             rec.output_tokens = count_tokens(full)
-        rec.outcome = "ok"
+        rec.outcome = "expired" if expired else "ok"
         return _done(rec, t0), full
     except httpx.TimeoutException:
         rec.outcome, rec.error = "timeout", f"no answer within {target.timeout_s:.0f} s"

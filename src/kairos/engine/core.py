@@ -10,12 +10,12 @@ from collections.abc import Callable
 import torch
 
 from kairos.config import EngineConfig, parse_size
-from kairos.engine.cost_model import CostModel
+from kairos.engine.cost_model import Calibration, CostModel
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block
 from kairos.engine.sampler import Sampler, SamplingRow
-from kairos.engine.scheduler import Scheduler
+from kairos.engine.scheduler import TPOT_PACE, Scheduler
 from kairos.engine.sequence import SeqStatus, Sequence
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class EngineCore:
         self.clock = clock
         self.cost = cost_model or CostModel()
         self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock)
+        # actual/predicted first-token and completion times of admitted SLO requests
+        self.calibration = {k: Calibration(config.scheduler.slo_confidence) for k in ("ttft", "e2e")}
         self.counters = {"requests_expired": 0, "requests_slo_refused": 0, "requests_slo_best_effort": 0}
         self.sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
         self.eos_token_ids = frozenset(arch.eos_token_ids) | generation_eos_ids(self.model_path)
@@ -91,20 +93,33 @@ class EngineCore:
 
     def predict(self, seq: Sequence) -> tuple[float, float, float]:
         """(first token, time per output token, last token) predicted if ``seq`` joined now, as
-        seconds after its arrival; work more urgent than it under the policy goes first."""
+        seconds after its arrival: work more urgent than it under the policy goes first, and it
+        waits for a place when the batch is full (``max_num_seqs``, or the cap of a TPOT promise)."""
         sch = self.scheduler
         ctx = sch.context()
         key = sch.policy(seq, ctx)
-        ahead = sum(s.remaining_prefill for s in sch.waiting + sch.running
-                    if s.num_tokens - s.num_computed > 1 and sch.policy(s, ctx) < key)
-        first = ctx.now + ctx.prefill_eta(seq, ahead)
-        tpot = self.cost.step_time(0, ctx.decode_seqs + 1, ctx.decode_ctx + seq.num_tokens)
+        keys = {s.seq_id: sch.policy(s, ctx) for s in sch.waiting + sch.running}
+        ahead = sorted((s for s in sch.waiting + sch.running if keys[s.seq_id] < key), key=lambda s: keys[s.seq_id])
+        ahead_prefill = sum(s.remaining_prefill for s in ahead if s.num_tokens - s.num_computed > 1)
+        cap = sch.seq_cap(ctx, seq)
+        batch = min(cap, len(sch.running) + len(sch.waiting) + 1)
+        ctx_per_seq = (ctx.decode_ctx + seq.num_tokens) / (ctx.decode_seqs + 1)
+        tpot = self.cost.step_time(0, batch, batch * ctx_per_seq)
+        # with prefill work waiting, steps take the time the tightest TPOT promise leaves them
+        tpots = [s.slo.tpot_ms for s in sch.tpot_bound()] + ([seq.slo.tpot_ms] if seq.slo and seq.slo.tpot_ms else [])
+        if tpots and (sch.waiting or ahead_prefill):
+            tpot = max(tpot, TPOT_PACE * min(tpots) / 1000)
+        first = ctx.now + sch.slot_wait(ahead, cap, tpot) + ctx.prefill_eta(seq, ahead_prefill)
         last = first + (seq.params.max_tokens - 1) * tpot
         return first - seq.arrival_time, tpot, last - seq.arrival_time
 
     def _admit_slo(self, seq: Sequence) -> None:
         slo = seq.slo
         first, tpot, last = self.predict(seq)
+        raw = (first, last)
+        now = self.clock()
+        first *= self.calibration["ttft"].factor(now)
+        last *= self.calibration["e2e"].factor(now)
         misses = []
         if slo.ttft_ms is not None and first * 1000 > slo.ttft_ms:
             misses.append(f"predicted TTFT {first * 1000:.0f} ms > ttft_ms {slo.ttft_ms:g}")
@@ -113,6 +128,7 @@ class EngineCore:
         if slo.deadline_ms is not None and last * 1000 > slo.deadline_ms:
             misses.append(f"predicted completion {last * 1000:.0f} ms > deadline_ms {slo.deadline_ms:g}")
         if not misses:
+            seq.predicted = raw  # judged against what happens: see ``calibration``
             return
         if slo.on_miss == "best_effort":
             seq.best_effort = True
@@ -179,7 +195,11 @@ class EngineCore:
             seq.token_ids.append(tok)
             if seq.first_token_time is None:
                 seq.first_token_time = now
+                if seq.predicted is not None and seq.slo.ttft_ms is not None:  # (a request without one may wait by design)
+                    self.calibration["ttft"].observe(now, seq.predicted[0], now - seq.arrival_time)
             reason, stop = self._stop_reason(seq, tok)
+            if reason and seq.predicted is not None and seq.slo.deadline_ms is not None:
+                self.calibration["e2e"].observe(now, seq.predicted[1], now - seq.arrival_time)
             outputs.append(SeqOutput(
                 seq.request_id, seq.index, [tok],
                 logprobs=None if lp is None else [TokenLogprob(lp[0], lp[1])],
@@ -259,5 +279,7 @@ class EngineCore:
             "kv_blocks_active": len({b for t in self.kv.block_tables.values() for b in t}),
             **self.kv.stats(),
             **self.cost.describe(),
+            "slo_ttft_calibration": self.calibration["ttft"].factor(self.clock()),
+            "slo_e2e_calibration": self.calibration["e2e"].factor(self.clock()),
             **self.counters,
         }

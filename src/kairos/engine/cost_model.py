@@ -1,6 +1,11 @@
 """An online cost model of this engine on this hardware, fitted from its own step timings.
 
 step seconds ~= w0 + w1 * prefill_tokens/100 + w2 * decode_seqs/10 + w3 * decode_context_tokens/1000
+                + w4 * [the step has prefill tokens]
+
+The last term is what a step pays for carrying any prefill: on CPU a decode-only step runs the
+whole stack in one C call while a mixed step goes layer by layer (on GPU: a captured graph vs
+eager); without it the fitted intercept mixes both kinds and mispredicts each.
 
 Fitted by ridge regression toward the current weights over a window of recent steps, with a
 trimming pass that drops outliers (GC pauses, a noisy neighbour) so one bad step cannot
@@ -14,13 +19,15 @@ from collections import deque
 
 import torch
 
-_SCALE = (1.0, 100.0, 10.0, 1000.0)
+_SCALE = (1.0, 100.0, 10.0, 1000.0, 1.0)
 
 
 class CostModel:
-    def __init__(self, weights: tuple[float, float, float, float] = (0.02, 0.05, 0.01, 0.01),
+    def __init__(self, weights: tuple[float, ...] = (0.02, 0.05, 0.01, 0.01, 0.0),
                  window: int = 512, refit_every: int = 16, frozen: bool = False):
-        self.weights = torch.tensor(weights, dtype=torch.float64)
+        if len(weights) not in (4, 5):
+            raise ValueError(f"a cost model has 4 or 5 weights, got {len(weights)}")
+        self.weights = torch.tensor(tuple(weights) + (0.0,) * (5 - len(weights)), dtype=torch.float64)
         self.samples: deque[tuple[tuple[float, ...], float]] = deque(maxlen=window)
         self.refit_every = refit_every
         self.frozen = frozen  # tests and simulations: a fixed, known model
@@ -28,7 +35,8 @@ class CostModel:
 
     @staticmethod
     def features(prefill_tokens: float, decode_seqs: float, decode_ctx: float) -> tuple[float, ...]:
-        return (1.0, prefill_tokens / _SCALE[1], decode_seqs / _SCALE[2], decode_ctx / _SCALE[3])
+        return (1.0, prefill_tokens / _SCALE[1], decode_seqs / _SCALE[2], decode_ctx / _SCALE[3],
+                1.0 if prefill_tokens > 0 else 0.0)
 
     def step_time(self, prefill_tokens: float, decode_seqs: float, decode_ctx: float) -> float:
         x = self.features(prefill_tokens, decode_seqs, decode_ctx)
@@ -46,10 +54,22 @@ class CostModel:
     def max_prefill_tokens(self, seconds: float, decode_seqs: int, decode_ctx: int) -> int:
         """Most prefill tokens a step can carry next to these decodes and still take ``seconds``."""
         per_token = self.weights[1].item() / _SCALE[1]
-        spare = seconds - self.step_time(0, decode_seqs, decode_ctx)
+        spare = seconds - self.step_time(0, decode_seqs, decode_ctx) - self.weights[4].item()
+        if spare <= 0:
+            return 0
         if per_token <= 0:
             return 1 << 30
         return max(0, int(spare / per_token))
+
+    def max_decode_seqs(self, seconds: float, ctx_per_seq: float) -> int:
+        """Most decoding sequences (of ``ctx_per_seq`` context tokens each) whose step takes at most
+        ``seconds``; at least 1 (a lone request is served even if it cannot make it)."""
+        w = self.weights.tolist()
+        per_seq = w[2] / _SCALE[2] + w[3] * ctx_per_seq / _SCALE[3]
+        spare = seconds - w[0]
+        if per_seq <= 0:
+            return 1 << 30
+        return max(1, int(spare / per_seq))
 
     def decode_time(self, tokens: int, decode_seqs: int, decode_ctx: int) -> float:
         return max(0, tokens) * self.step_time(0, decode_seqs, decode_ctx)
@@ -86,4 +106,32 @@ class CostModel:
         w = self.weights.tolist()
         return {"cost_step_overhead_s": w[0], "cost_prefill_s_per_token": w[1] / _SCALE[1],
                 "cost_decode_s_per_seq": w[2] / _SCALE[2], "cost_decode_s_per_ctx_token": w[3] / _SCALE[3],
+                "cost_prefill_step_s": w[4],
                 "cost_samples": len(self.samples)}
+
+
+class Calibration:
+    """How far reality ran past the engine's own predictions, learned online: the ``quantile`` of
+    the actual/predicted ratios of requests answered in the last ``horizon`` seconds (1 with fewer
+    than ``min_samples``). Predictions made at admission are scaled by it, so a request is
+    admitted when its objective holds at that confidence against what the cost model leaves out
+    (arrivals after it, host noise). Old ratios age out, so a bad spell that led to refusals (and
+    so to no new samples) cannot keep admission shut."""
+
+    def __init__(self, quantile: float, horizon: float = 60.0, min_samples: int = 8):
+        self.quantile = quantile
+        self.horizon = horizon
+        self.ratios: deque[tuple[float, float]] = deque(maxlen=256)  # (when, actual / predicted)
+        self.min_samples = min_samples
+
+    def observe(self, now: float, predicted: float, actual: float) -> None:
+        if predicted > 0 and math.isfinite(actual):
+            self.ratios.append((now, actual / predicted))
+
+    def factor(self, now: float) -> float:
+        while self.ratios and self.ratios[0][0] < now - self.horizon:
+            self.ratios.popleft()
+        if len(self.ratios) < self.min_samples:
+            return 1.0
+        r = sorted(x for _, x in self.ratios)
+        return min(10.0, max(0.5, r[min(len(r) - 1, int(self.quantile * len(r)))]))

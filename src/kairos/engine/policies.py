@@ -32,6 +32,10 @@ class SchedContext:
     decode_seqs: int  # running sequences in their decode phase
     decode_ctx: int  # their context tokens, summed
     starve_steps: int
+    # share of the engine's time left to prefill work while running requests' TPOT promises are
+    # kept (1: no promise running); prefill predictions stretch by its inverse
+    prefill_share: float = 1.0
+    decode_pace: float = 0.0  # seconds per step while TPOT promises pace the steps (0: none)
 
     def cached_tokens(self, seq: Sequence) -> int:
         """Tokens of ``seq`` whose KV exists: its own once started, else its cached prefix."""
@@ -41,10 +45,12 @@ class SchedContext:
         """Seconds until ``seq``'s first (next) token if its prefill ran after ``ahead_tokens``."""
         cached = 0 if seq.num_computed else self.kv.peek(seq.token_ids)
         tokens = ahead_tokens + max(1, seq.remaining_prefill - cached)
-        return self.cost.prefill_time(tokens, max(1, self.budget - self.decode_seqs), self.decode_seqs, self.decode_ctx)
+        t = self.cost.prefill_time(tokens, max(1, self.budget - self.decode_seqs), self.decode_seqs, self.decode_ctx)
+        return t / self.prefill_share
 
     def decode_eta(self, seq: Sequence) -> float:
-        return self.cost.decode_time(seq.remaining_decode, self.decode_seqs + 1, self.decode_ctx + seq.num_tokens)
+        step = self.cost.step_time(0, self.decode_seqs + 1, self.decode_ctx + seq.num_tokens)
+        return seq.remaining_decode * max(step, self.decode_pace)
 
     def slack(self, seq: Sequence) -> float:
         """Seconds to spare before the tightest objective of ``seq`` would be missed (inf: none)."""
@@ -53,6 +59,8 @@ class SchedContext:
             slack = min(slack, seq.ttft_deadline - self.now - self.prefill_eta(seq))
         if seq.e2e_deadline is not None:
             slack = min(slack, seq.e2e_deadline - self.now - self.prefill_eta(seq) - self.decode_eta(seq))
+        if seq.tpot_deadline is not None:  # a request mid-answer is bound by its TPOT promise
+            slack = min(slack, seq.tpot_deadline - self.now - self.prefill_eta(seq) - self.decode_eta(seq))
         return slack
 
 
@@ -99,7 +107,7 @@ def priority(seq: Sequence, ctx: SchedContext) -> Key:
 
 
 def _deadline(seq: Sequence) -> float:
-    ds = [d for d in (seq.ttft_deadline, seq.e2e_deadline) if d is not None]
+    ds = [d for d in (seq.ttft_deadline, seq.e2e_deadline, seq.tpot_deadline) if d is not None]
     return min(ds) if ds else math.inf
 
 

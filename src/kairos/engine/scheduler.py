@@ -9,6 +9,7 @@ Waiting SLO requests whose objectives have become impossible end as ``expired``.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,14 @@ from kairos.engine.cost_model import CostModel
 from kairos.engine.kv_cache import KVCacheManager
 from kairos.engine.policies import SchedContext, get_policy
 from kairos.engine.sequence import SeqStatus, Sequence
+
+# A TPOT promise caps the decode batch so that a decode-only step takes at most this share of
+# it: the rest is room for the prefill chunks of requests joining (``_token_budget``).
+TPOT_HEADROOM = 0.85
+# A step with prefill chunks may spend this share of the time a TPOT request has banked.
+TPOT_STEP_SHARE = 0.9
+# Tokens of a TPOT request are scheduled this share of its promise apart.
+TPOT_PACE = 0.95
 
 
 @dataclass
@@ -61,8 +70,18 @@ class Scheduler:
 
     def context(self) -> SchedContext:
         decodes = [s for s in self.running if s.num_tokens - s.num_computed <= 1]
-        return SchedContext(self.clock(), self.kv, self.cost, self.config.max_num_batched_tokens,
-                            len(decodes), sum(s.num_tokens for s in decodes), self.config.starve_steps)
+        ctx = SchedContext(self.clock(), self.kv, self.cost, self.config.max_num_batched_tokens,
+                           len(decodes), sum(s.num_tokens for s in decodes), self.config.starve_steps)
+        tpots = [s.slo.tpot_ms / 1000 for s in self.tpot_bound()]
+        if tpots:  # decode steps come every TPOT_PACE * tpot; prefill gets what they leave
+            ctx.decode_pace = TPOT_PACE * min(tpots)
+            ctx.prefill_share = max(0.05, 1 - self.cost.step_time(0, ctx.decode_seqs, ctx.decode_ctx) / ctx.decode_pace)
+        return ctx
+
+    def tpot_bound(self) -> list[Sequence]:
+        """Running requests past their first token with a TPOT promise."""
+        return [s for s in self.running if not s.best_effort and s.slo is not None and s.slo.tpot_ms
+                and s.first_token_time is not None]
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -95,16 +114,21 @@ class Scheduler:
         return out
 
     def _token_budget(self, ctx: SchedContext) -> int:
-        """The step's token budget, shrunk so a step stays within the tightest TPOT objective of
-        the running requests (big prefill chunks would otherwise stall their decodes)."""
+        """The step's token budget, shrunk to keep every TPOT promise of the running requests.
+
+        A request that promised ``tpot`` and had its first token at ``t1`` keeps its mean time per
+        token within the promise as long as its token ``j`` is out by ``t1 + tpot * (j - 1)`` (at
+        every ``j``: it may stop at any token; paced at ``TPOT_PACE`` of it for the jitter the client
+        sees). Fast decode-only steps bank time against that schedule; a step may carry prefill
+        chunks only as far as the banked time of the tightest running request allows
+        (``TPOT_STEP_SHARE`` of it: the cost model's error margin)."""
         budget = self.config.max_num_batched_tokens
-        tpots = [s.slo.tpot_ms / 1000 for s in self.running
-                 if not s.best_effort and s.slo.tpot_ms is not None and s.first_token_time is not None]
-        if not tpots:
+        spare = [s.first_token_time + TPOT_PACE * s.slo.tpot_ms / 1000 * s.num_output_tokens - ctx.now
+                 for s in self.tpot_bound()]
+        if not spare:
             return budget
-        prefill = ctx.cost.max_prefill_tokens(min(tpots), ctx.decode_seqs, ctx.decode_ctx)
-        # always leave room for some prefill (one block) so waiting work still moves
-        return min(budget, ctx.decode_seqs + max(prefill, self.kv.block_size))
+        prefill = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * min(spare), ctx.decode_seqs, ctx.decode_ctx)
+        return min(budget, ctx.decode_seqs + prefill)
 
     def _fit(self, seq: Sequence, n: int, out: SchedulerOutput, keys) -> bool:
         """Allocate ``n`` more tokens for a running sequence; when blocks run out, preempt the least
@@ -132,7 +156,7 @@ class Scheduler:
         n = min(seq.num_tokens - seq.num_computed, out.budget)
         reserve = seq.pending_forks if seq.num_computed + n == seq.num_tokens else 0
         urgent = not seq.best_effort and ctx.slack(seq) < self._natural_wait(ctx)
-        while len(self.running) >= self.config.max_num_seqs or not self.kv.can_allocate(
+        while len(self.running) >= self.seq_cap(ctx, seq) or not self.kv.can_allocate(
                 seq.seq_id, seq.num_computed + n, reserve):
             victim = self._victim(keys, than=keys[seq.seq_id]) if urgent else None
             if victim is not None and not victim.best_effort and \
@@ -150,6 +174,28 @@ class Scheduler:
         self.running.append(seq)
         self._schedule(seq, n, out)
         return True
+
+    def seq_cap(self, ctx: SchedContext, extra: Sequence | None = None) -> int:
+        """Most running sequences for which a decode step keeps the tightest TPOT promise among the
+        running SLO requests and ``extra`` (``max_num_seqs`` when none has one)."""
+        seqs = self.running + ([extra] if extra is not None and extra not in self.running else [])
+        tpots = [s.slo.tpot_ms / 1000 for s in seqs if not s.best_effort and s.slo is not None and s.slo.tpot_ms]
+        if not tpots:
+            return self.config.max_num_seqs
+        ctx_per_seq = sum(s.num_tokens for s in seqs) / len(seqs)
+        return min(self.config.max_num_seqs, ctx.cost.max_decode_seqs(TPOT_HEADROOM * min(tpots), ctx_per_seq))
+
+    def slot_wait(self, ahead: list[Sequence], cap: int, step_s: float) -> float:
+        """Seconds until a place in a batch of ``cap`` frees for a request queued behind ``ahead``
+        (in the order they will run); every step is taken to last ``step_s``."""
+        running = sorted(s.remaining_decode * step_s for s in ahead if s.status is SeqStatus.RUNNING)
+        waiting = [s for s in ahead if s.status is SeqStatus.WAITING]
+        # places free at these times; the first (len(running) - cap) to finish free none (over cap)
+        slots = [0.0] * max(0, cap - len(running)) + running[max(0, len(running) - cap):]
+        heapq.heapify(slots)
+        for s in waiting:  # each queued request takes the next free place for its whole answer
+            heapq.heappush(slots, heapq.heappop(slots) + s.remaining_decode * step_s)
+        return slots[0]
 
     def _natural_wait(self, ctx: SchedContext) -> float:
         """Predicted seconds until some running sequence ends by itself and frees its blocks."""

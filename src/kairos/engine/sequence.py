@@ -43,6 +43,7 @@ class Sequence:
         self.priority = priority
         self.best_effort = slo is None  # also set when an infeasible SLO falls back (on_miss=best_effort)
         self.first_token_time: float | None = None
+        self.predicted: tuple[float, float] | None = None  # (first, last token) s after arrival, at admission
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed + index)
@@ -70,6 +71,14 @@ class Sequence:
         if self.slo is None or self.slo.deadline_ms is None:
             return None
         return self.arrival_time + self.slo.deadline_ms / 1000
+
+    @property
+    def tpot_deadline(self) -> float | None:
+        """Once the first token is out, a TPOT objective is a deadline for the last one: the mean
+        time per output token stays within ``tpot_ms`` if all ``max_tokens`` are out by then."""
+        if self.slo is None or self.slo.tpot_ms is None or self.first_token_time is None:
+            return None
+        return self.first_token_time + self.slo.tpot_ms / 1000 * max(1, self.params.max_tokens - 1)
 
     @property
     def remaining_prefill(self) -> int:

@@ -41,7 +41,12 @@ _SIGNATURES = {
     "add_rms_norm": [_ptr, _ptr, _ptr, _i64, _i64, _f32, _ptr],
     "rope_store_kv": [_ptr, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
     "silu_mul": [_ptr, _i64, _i64, _ptr],
+    "dequant_q4_1": [_ptr, _ptr, _ptr, _i64, _i64, _ptr],
+    "dequant_q8_0": [_ptr, _ptr, _i64, _i64, _ptr],
+    "decode_stack": [_ptr, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64,
+                     _f32, _f32, _ptr, _ptr],
 }
+_RESTYPES = {"decode_stack": ctypes.c_int}
 
 
 def cpu_flags() -> set[str]:
@@ -90,7 +95,7 @@ def load() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(lib_path))
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, None
+        fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
     return lib
 
 
@@ -139,6 +144,18 @@ def gguf_gemm(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
     return y
 
 
+def dequantize(w: GGUFWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``w`` as dense float32 ``[N, K]`` (into ``out`` when given: contiguous, at least N * K
+    elements), the values gguf-py's dequantize gives."""
+    n, k = w.shape
+    out = torch.empty((n, k), dtype=torch.float32) if out is None else out.view(-1)[: n * k].view(n, k)
+    if w.kind == "q4_1":
+        load().dequant_q4_1(w.qs.data_ptr(), w.d.data_ptr(), w.m.data_ptr(), n, k, out.data_ptr())
+    else:
+        load().dequant_q8_0(w.qs.data_ptr(), w.d.data_ptr(), n, k, out.data_ptr())
+    return out
+
+
 def decode_attention_supported(num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
     return load() is not None and head_dim % 8 == 0 and head_dim <= 128 and num_heads // num_kv_heads <= 16
 
@@ -178,4 +195,63 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     m, i2 = gate_up.shape
     out = torch.empty((m, i2 // 2), dtype=torch.float32)
     load().silu_mul(gate_up.data_ptr(), m, i2 // 2, out.data_ptr())
+    return out
+
+
+class _QLinear(ctypes.Structure):  # csrc/decode_stack.c: qlinear_t
+    _fields_ = [("kind", _i64), ("N", _i64), ("K", _i64), ("qs", _ptr), ("d", _ptr), ("m", _ptr), ("bias", _ptr)]
+
+
+class _Layer(ctypes.Structure):  # csrc/decode_stack.c: layer_t
+    _fields_ = [("input_norm", _ptr), ("post_norm", _ptr), ("qkv", _QLinear), ("o", _QLinear), ("gate_up", _QLinear),
+                ("down", _QLinear), ("k_cache", _ptr), ("v_cache", _ptr)]
+
+
+@dataclass(frozen=True)
+class StackLayer:
+    """One decoder layer as :func:`decode_stack` reads it (every tensor float32 and contiguous)."""
+
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    qkv: tuple[GGUFWeight, torch.Tensor | None]  # (weight, bias)
+    o: tuple[GGUFWeight, torch.Tensor | None]
+    gate_up: tuple[GGUFWeight, torch.Tensor | None]
+    down: tuple[GGUFWeight, torch.Tensor | None]
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+
+
+def _qlinear(w: GGUFWeight, bias: torch.Tensor | None) -> _QLinear:
+    n, k = w.shape
+    return _QLinear(0 if w.kind == "q4_1" else 1, n, k, w.qs.data_ptr(), w.d.data_ptr(),
+                    None if w.m is None else w.m.data_ptr(), None if bias is None else bias.data_ptr())
+
+
+def stack_table(layers: list[StackLayer]) -> ctypes.Array:
+    """The C table of ``layers``: raw pointers, valid while those tensors live (keep them)."""
+    table = (_Layer * len(layers))()
+    for row, ly in zip(table, layers):
+        row.input_norm, row.post_norm = ly.input_norm.data_ptr(), ly.post_norm.data_ptr()
+        row.qkv, row.o, row.gate_up, row.down = (_qlinear(*ly.qkv), _qlinear(*ly.o), _qlinear(*ly.gate_up),
+                                                 _qlinear(*ly.down))
+        row.k_cache, row.v_cache = ly.k_cache.data_ptr(), ly.v_cache.data_ptr()
+    return table
+
+
+def decode_stack(table: ctypes.Array, hidden: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
+                 intermediate: int, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor,
+                 lens: torch.Tensor, block_size: int, eps: float, scale: float, final_norm: torch.Tensor) -> torch.Tensor:
+    """Every layer of ``table`` on one decode token per sequence, then the final norm.
+
+    ``hidden [M, H]`` float32 embeddings (overwritten: it carries the residual stream),
+    ``cos``/``sin [M, D]``, ``slots [M]`` int64, ``tables [M, n]`` and ``lens [M]`` int32 as for
+    :func:`paged_decode_attention` -> ``[M, H]``."""
+    m, h = hidden.shape
+    out = torch.empty_like(hidden)
+    rc = load().decode_stack(ctypes.addressof(table), len(table), m, h, num_heads, num_kv_heads, head_dim, intermediate,
+                             hidden.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(), tables.data_ptr(),
+                             tables.stride(0), lens.data_ptr(), block_size, eps, scale, final_norm.data_ptr(),
+                             out.data_ptr())
+    if rc != 0:
+        raise MemoryError("decode_stack: no scratch memory")
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,15 +20,19 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def iter_hf_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) from every safetensors shard of the directory."""
-    from safetensors.torch import load_file
+def iter_hf_weights(folder: Path, keep: Callable[[str], bool] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) from every safetensors shard of the directory, reading only the
+    tensors whose name ``keep`` accepts (all by default)."""
+    from safetensors import safe_open
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelNotFoundError(f"no *.safetensors file in {folder} (PyTorch .bin checkpoints are not supported)")
     for f in files:
-        yield from load_file(str(f)).items()
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():  # noqa: SIM118 (safe_open has keys(), no iteration)
+                if keep is None or keep(name):
+                    yield name, st.get_tensor(name)
 
 
 def has_tokenizer(folder: Path) -> bool:

@@ -69,26 +69,31 @@ def load_model(cfg: ModelConfig) -> tuple[nn.Module, ArchConfig, Path]:
     source = path if path.is_dir() else cached_hf_dir(path)
     if source is not None:
         arch = ArchConfig.from_hf(read_hf_config(source))
-        weights = iter_hf_weights(source)
     else:
         gg = GGUFModel(path)
         arch = ArchConfig.from_hf(gg.hf_config())
-        weights = gg.weights()
     cls = model_class(arch)
     with torch.device("meta"):
         model = cls(arch)
     _materialize(model, device, dtype)
     model.tie_weights()
-    loaded = model.load_weights(weights)
-    missing = sorted(model.checkpoint_names() - loaded)
-    if missing:
-        raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    wanted = model.checkpoint_names()
     if cfg.cpu_kernels and device.type == "cpu" and dtype == torch.float32:
         from kairos.models.cpu_layers import use_cpu_kernels
 
         use_cpu_kernels(model)
-        if not path.is_dir():
-            _attach_gguf_kernels(model, arch, path)
+        if not path.is_dir():  # before loading: layers that drop their dense copy are not filled at all
+            _attach_gguf_kernels(model, arch, path, cfg.gguf_dense_copy)
+    served = model.checkpoint_names()  # what the GGUF blocks took over is no longer a parameter
+
+    def keep(name: str) -> bool:  # (unknown names go through: load_weights reports them)
+        return name in served or name not in wanted
+
+    weights = iter_hf_weights(source, keep) if source is not None else ((n, t) for n, t in gg.weights() if keep(n))
+    loaded = model.load_weights(weights)
+    missing = sorted(served - loaded)
+    if missing:
+        raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     model.reset_buffers()  # RoPE tables: computed in float32 whatever the weights' dtype
     model.eval().requires_grad_(False)
     return model, arch, path
@@ -107,14 +112,14 @@ def _materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> 
                 table[name] = nn.Parameter(new, requires_grad=False) if isinstance(t, nn.Parameter) else new
 
 
-def _attach_gguf_kernels(model: nn.Module, arch: ArchConfig, path: Path) -> None:
+def _attach_gguf_kernels(model: nn.Module, arch: ArchConfig, path: Path, keep_dense: bool) -> None:
     from kairos.kernels import cpu as cpu_kernels
     from kairos.models.gguf_linear import attach_gguf_blocks
     from kairos.models.llama import PACKED_SHARDS
 
     if cpu_kernels.load() is None:
         return
-    n = attach_gguf_blocks(model, gguf_blocks(path), PACKED_SHARDS, arch.tie_word_embeddings)
+    n = attach_gguf_blocks(model, gguf_blocks(path), PACKED_SHARDS, arch.tie_word_embeddings, keep_dense=keep_dense)
     logger.info("GGUF CPU kernels on %d linear layers", n)
 
 

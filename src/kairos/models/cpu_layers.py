@@ -13,7 +13,8 @@ from torch import nn
 
 from kairos.engine.attention import paged_attention
 from kairos.kernels import cpu
-from kairos.models.llama import MLP, Attention, RMSNorm
+from kairos.models.gguf_linear import MAX_ROWS, GGUFLinear
+from kairos.models.llama import MLP, Attention, LlamaForCausalLM, RMSNorm
 
 
 def _plain(t: torch.Tensor) -> bool:
@@ -51,11 +52,60 @@ class KernelMLP(MLP):
         return self.down_proj(cpu.silu_mul(self.gate_up_proj(x)))
 
 
+class KernelLlamaForCausalLM(LlamaForCausalLM):
+    """A decode-only step of up to ``MAX_ROWS`` sequences runs the whole stack in one C call
+    (``cpu.decode_stack``: the same kernels as the modules above, without Python between them);
+    other steps, or layers the call cannot take, go through the modules."""
+
+    def forward(self, input_ids, positions, kv_caches, meta):
+        if meta.decode_tables is None or meta.prefills or input_ids.shape[0] > MAX_ROWS:
+            return super().forward(input_ids, positions, kv_caches, meta)
+        table = self._stack_table(kv_caches)
+        if table is None:
+            return super().forward(input_ids, positions, kv_caches, meta)
+        c = self.config
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.model.rotary_emb.lookup(positions, x.dtype)  # [T, 1, D] each, contiguous
+        attn = self.model.layers[0].self_attn
+        return cpu.decode_stack(table, x, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, cos, sin,
+                                meta.slot_mapping, meta.decode_tables, meta.decode_lens, kv_caches[0][0].shape[1],
+                                self.model.norm.eps, attn.scale, self.model.norm.weight)
+
+    def _stack_table(self, kv_caches):
+        """The C layer table for these caches (built once; None: some layer is not eligible)."""
+        key = tuple(k.data_ptr() for k, _ in kv_caches)
+        cached = self.__dict__.get("_stack")
+        if cached is None or cached[0] != key:
+            layers = [_stack_layer(ly, kv, self.model.norm.eps) for ly, kv in zip(self.model.layers, kv_caches)]
+            ok = all(ly is not None for ly in layers) and type(self.model.norm) is KernelRMSNorm
+            ok = ok and len({ly.self_attn.scale for ly in self.model.layers}) == 1
+            # the tensors stay referenced next to the raw pointers that the table holds
+            cached = self.__dict__["_stack"] = (key, cpu.stack_table(layers) if ok else None, layers)
+        return cached[1]
+
+
+def _stack_layer(layer, kv, eps: float) -> cpu.StackLayer | None:
+    attn, mlp = layer.self_attn, layer.mlp
+    norms = (layer.input_layernorm, layer.post_attention_layernorm)
+    linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+    if type(attn) is not KernelAttention or type(mlp) is not KernelMLP or any(type(n) is not KernelRMSNorm or
+                                                                                n.eps != eps for n in norms):
+        return None
+    if not all(isinstance(li, GGUFLinear) and (li.bias is None or li.bias.dtype == torch.float32) for li in linears):
+        return None
+    tensors = [kv[0], kv[1], *(n.weight for n in norms)]
+    if not all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+        return None
+    return cpu.StackLayer(norms[0].weight, norms[1].weight, *((li.qweight, li.bias) for li in linears), kv[0], kv[1])
+
+
 def use_cpu_kernels(model: nn.Module) -> int:
     """Switch eligible modules of a float32 CPU model to the kernel subclasses; returns how many."""
     if cpu.load() is None:
         return 0
     n = 0
+    if type(model) is LlamaForCausalLM:
+        model.__class__ = KernelLlamaForCausalLM
     for mod in model.modules():
         new = {RMSNorm: KernelRMSNorm, MLP: KernelMLP}.get(type(mod))
         if type(mod) is Attention and not mod.qk_norm and mod.head_dim % 2 == 0:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kairos.kernels.cpu import BLOCK_BYTES, GGUFWeight, gguf_gemm
+from kairos.kernels.cpu import BLOCK_BYTES, GGUFWeight, dequantize, gguf_gemm
 
 # Crossovers measured on a 2-core AVX2 EPYC (benchmarks/cpu_kernels.py): the kernel decodes
 # each block once per 4 rows, MKL's float32 GEMM pulls ahead when rows grow.
@@ -21,33 +21,74 @@ MAX_ROWS = 32
 MAX_ROWS_LM_HEAD = 64
 
 
-class GGUFLinear(nn.Module):
-    """``nn.Linear`` semantics; ``weight`` (dense) and ``qweight`` hold the same values."""
+class Scratch:
+    """One float32 buffer that the GGUF layers of a model share for their dequantized weights (one
+    layer at a time: a forward pass runs them in turn), grown to the largest."""
 
-    def __init__(self, dense: nn.Linear, qweight: GGUFWeight, max_rows: int):
+    def __init__(self):
+        self.buf = torch.empty(0)
+
+    def get(self, numel: int) -> torch.Tensor:
+        if self.buf.numel() < numel:
+            self.buf = torch.empty(numel)
+        return self.buf
+
+
+class GGUFLinear(nn.Module):
+    """``nn.Linear`` semantics over GGUF blocks (``qweight``). With a dense copy (``weight``, the same
+    values as float32) batches above ``max_rows`` use it; without one (``scratch`` given instead)
+    they dequantize the blocks into the shared scratch first: the dense copies of a model are 4-8x
+    its blocks in memory."""
+
+    def __init__(self, dense: nn.Linear, qweight: GGUFWeight, max_rows: int, scratch: Scratch | None = None):
         super().__init__()
-        self.weight = dense.weight  # shared, not copied (a tied lm_head stays tied)
+        self.weight = None if scratch is not None else dense.weight  # shared, not copied (a tied lm_head stays tied)
         self.bias = dense.bias
         self.in_features, self.out_features = dense.in_features, dense.out_features
         self.qweight = qweight
         self.max_rows = max_rows
+        self.scratch = scratch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [M, in] -> [M, out]
-        if x.shape[0] > self.max_rows or x.dtype != torch.float32:
-            return F.linear(x, self.weight, self.bias)
-        y = gguf_gemm(x, self.qweight)
-        return y if self.bias is None else y + self.bias
+        if x.shape[0] <= self.max_rows and x.dtype == torch.float32:
+            y = gguf_gemm(x, self.qweight)
+            return y if self.bias is None else y + self.bias
+        w = self.weight if self.weight is not None else dequantize(
+            self.qweight, self.scratch.get(self.out_features * self.in_features))
+        return F.linear(x, w.to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, {self.qweight.kind}, kernel up to {self.max_rows} rows"
+        dense = "dense copy" if self.weight is not None else "dequantized per call"
+        return f"in={self.in_features}, out={self.out_features}, {self.qweight.kind}, kernel up to {self.max_rows} rows, {dense} above"
+
+
+class GGUFEmbedding(nn.Module):
+    """Token embeddings looked up from GGUF blocks (a tied lm_head's): rows dequantized on demand."""
+
+    def __init__(self, qweight: GGUFWeight):
+        super().__init__()
+        self.qweight = qweight
+        self.num_embeddings, self.embedding_dim = qweight.shape
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, dim] float32
+        w = self.qweight
+        d = w.d[ids].repeat_interleave(32, dim=1)  # [T, dim]: each block's scale over its 32 weights
+        if w.kind == "q8_0":
+            return w.qs[ids].float() * d
+        q = w.qs[ids].view(len(ids), -1, 16)  # [T, blocks, 16]: byte j = weight j (low nibble) | j + 16 (high)
+        q = torch.stack([q & 15, q >> 4], dim=2).view(len(ids), -1)  # [T, dim] in weight order
+        return q.float() * d + w.m[ids].repeat_interleave(32, dim=1)
 
 
 def attach_gguf_blocks(model: nn.Module, blocks: dict[str, tuple[str, torch.Tensor]],
-                       packed: dict[str, list[str]], tied_lm_head: bool) -> int:
+                       packed: dict[str, list[str]], tied_lm_head: bool, keep_dense: bool = True) -> int:
     """Swap each ``nn.Linear`` whose checkpoint weights are all GGUF blocks of one kind for a
     :class:`GGUFLinear`. ``packed`` maps a packed module (``qkv_proj``) to the checkpoint
-    projections stacked in it, in row order. Returns how many layers were swapped."""
+    projections stacked in it, in row order. Without ``keep_dense`` the swapped layers drop their
+    float32 weights (they dequantize for big batches), and a tied embedding is looked up from the
+    lm_head's blocks. Returns how many layers were swapped."""
     swapped = 0
+    scratch = None if keep_dense else Scratch()
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear) or mod.in_features % 32:
             continue
@@ -64,6 +105,8 @@ def attach_gguf_blocks(model: nn.Module, blocks: dict[str, tuple[str, torch.Tens
             continue  # not the layout the kernel reads: stay dense
         parent = model.get_submodule(prefix) if prefix else model
         rows = MAX_ROWS_LM_HEAD if name == "lm_head" else MAX_ROWS
-        setattr(parent, leaf, GGUFLinear(mod, GGUFWeight.from_blocks(kind, b), rows))
+        setattr(parent, leaf, GGUFLinear(mod, GGUFWeight.from_blocks(kind, b), rows, scratch))
         swapped += 1
+        if name == "lm_head" and tied_lm_head and not keep_dense:
+            model.model.embed_tokens = GGUFEmbedding(model.lm_head.qweight)
     return swapped
