@@ -133,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
 
     root = peers_dir(args.peers_dir)
-    out_dir = Path(args.out)
+    out_dir = Path(args.out).resolve()  # peers run from benchmarks/peers: paths must not be relative
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     prompts = [[rng.randrange(100, 49000) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
