@@ -107,6 +107,7 @@ def attach_gguf_blocks(model: nn.Module, blocks: dict[str, tuple[str, torch.Tens
         rows = MAX_ROWS_LM_HEAD if name == "lm_head" else MAX_ROWS
         setattr(parent, leaf, GGUFLinear(mod, GGUFWeight.from_blocks(kind, b), rows, scratch))
         swapped += 1
-        if name == "lm_head" and tied_lm_head and not keep_dense:
-            model.model.embed_tokens = GGUFEmbedding(model.lm_head.qweight)
+        backbone = getattr(model, "model", None)  # Llama-shaped: the tied embedding is model.model.embed_tokens
+        if name == "lm_head" and tied_lm_head and not keep_dense and hasattr(backbone, "embed_tokens"):
+            backbone.embed_tokens = GGUFEmbedding(model.lm_head.qweight)
     return swapped
