@@ -11,9 +11,10 @@ token to the last (what llamacpp_decode.py measures): {"decode_tok_s", "prefill_
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
+
+from decode_timing import report_decode
 
 
 def _kwargs(items: list[str]) -> dict:
@@ -43,21 +44,18 @@ def main() -> None:
         print(json.dumps({"tokens": sum(len(o.outputs[0].token_ids) for o in outs), "seconds": seconds,
                           "load_s": load_s}), flush=True)
         return
-    engine, rates, prefills = llm.engine, [], []
-    for i, p in enumerate(prompts[:3]):
-        engine.add_request(EngineRequest(f"decode-{i}", p, params))
-        t0 = time.perf_counter()
-        t_first, n = None, 0
-        while engine.has_unfinished():
-            for out in engine.step():
-                n += len(out.new_token_ids)
-                if t_first is None and n:
-                    t_first = time.perf_counter()
-        end = time.perf_counter()
-        prefills.append(t_first - t0)
-        rates.append((n - 1) / (end - t_first))
-    print(json.dumps({"decode_tok_s": statistics.median(rates), "prefill_s": statistics.median(prefills),
-                      "load_s": load_s}), flush=True)
+    engine = llm.engine
+
+    def run(i: int, p: list[int]):
+        def tokens():
+            engine.add_request(EngineRequest(f"decode-{i}", p, params))
+            n = 0
+            while engine.has_unfinished():
+                n += sum(len(out.new_token_ids) for out in engine.step())
+                yield n
+        return tokens
+
+    report_decode([run(i, p) for i, p in enumerate(prompts[:3])], load_s)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ prints one JSON line with the median decode rate (tokens after the first / their
 """
 
 import json
-import statistics
 import sys
 import time
+
+from decode_timing import report_decode
 
 
 def main() -> None:
@@ -22,21 +23,17 @@ def main() -> None:
     llm = Llama(model_path=gguf, n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512,
                 verbose=False, seed=0)
     load_s = time.perf_counter() - t0
-    rates, prefills = [], []
-    for p in prompts:
-        llm.reset()
-        t0 = time.perf_counter()
-        t_first = None
-        for n, _tok in enumerate(llm.generate(p, top_k=1, temp=0.0, reset=True), start=1):
-            if t_first is None:
-                t_first = time.perf_counter()
-            if n == output_len:
-                break
-        end = time.perf_counter()
-        prefills.append(t_first - t0)
-        rates.append((output_len - 1) / (end - t_first))
-    print(json.dumps({"decode_tok_s": statistics.median(rates), "prefill_s": statistics.median(prefills),
-                      "load_s": load_s}), flush=True)
+
+    def run(p: str):
+        def tokens():
+            llm.reset()
+            for n, _tok in enumerate(llm.generate(p, top_k=1, temp=0.0, reset=True), start=1):
+                yield n
+                if n == output_len:
+                    break
+        return tokens
+
+    report_decode([run(p) for p in prompts], load_s)
 
 
 if __name__ == "__main__":

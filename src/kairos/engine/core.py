@@ -15,7 +15,7 @@ from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block
 from kairos.engine.sampler import Sampler, SamplingRow
-from kairos.engine.scheduler import TPOT_PACE, Scheduler
+from kairos.engine.scheduler import Scheduler
 from kairos.engine.sequence import SeqStatus, Sequence
 
 logger = logging.getLogger(__name__)
@@ -105,10 +105,9 @@ class EngineCore:
         batch = min(cap, len(sch.running) + len(sch.waiting) + 1)
         ctx_per_seq = (ctx.decode_ctx + seq.num_tokens) / (ctx.decode_seqs + 1)
         tpot = self.cost.step_time(0, batch, batch * ctx_per_seq)
-        # with prefill work waiting, steps take the time the tightest TPOT promise leaves them
-        tpots = [s.slo.tpot_ms for s in sch.tpot_bound()] + ([seq.slo.tpot_ms] if seq.slo and seq.slo.tpot_ms else [])
-        if tpots and (sch.waiting or ahead_prefill):
-            tpot = max(tpot, TPOT_PACE * min(tpots) / 1000)
+        pace = sch.decode_pace(seq)  # with prefill work waiting, steps take what TPOT promises leave them
+        if pace and (sch.waiting or ahead_prefill):
+            tpot = max(tpot, pace)
         first = ctx.now + sch.slot_wait(ahead, cap, tpot) + ctx.prefill_eta(seq, ahead_prefill)
         last = first + (seq.params.max_tokens - 1) * tpot
         return first - seq.arrival_time, tpot, last - seq.arrival_time

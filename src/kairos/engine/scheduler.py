@@ -72,16 +72,20 @@ class Scheduler:
         decodes = [s for s in self.running if s.num_tokens - s.num_computed <= 1]
         ctx = SchedContext(self.clock(), self.kv, self.cost, self.config.max_num_batched_tokens,
                            len(decodes), sum(s.num_tokens for s in decodes), self.config.starve_steps)
-        tpots = [s.slo.tpot_ms / 1000 for s in self.tpot_bound()]
-        if tpots:  # decode steps come every TPOT_PACE * tpot; prefill gets what they leave
-            ctx.decode_pace = TPOT_PACE * min(tpots)
+        ctx.decode_pace = self.decode_pace()
+        if ctx.decode_pace:  # prefill gets what the paced decode steps leave
             ctx.prefill_share = max(0.05, 1 - self.cost.step_time(0, ctx.decode_seqs, ctx.decode_ctx) / ctx.decode_pace)
         return ctx
 
     def tpot_bound(self) -> list[Sequence]:
         """Running requests past their first token with a TPOT promise."""
-        return [s for s in self.running if not s.best_effort and s.slo is not None and s.slo.tpot_ms
-                and s.first_token_time is not None]
+        return [s for s in self.running if s.tpot_s and s.first_token_time is not None]
+
+    def decode_pace(self, extra: Sequence | None = None) -> float:
+        """Seconds per step while the tightest TPOT promise (of ``tpot_bound`` and ``extra``) paces
+        the steps and prefill work waits: ``TPOT_PACE`` of it; 0 when there is none."""
+        tpots = [s.tpot_s for s in self.tpot_bound()] + ([extra.tpot_s] if extra is not None and extra.tpot_s else [])
+        return TPOT_PACE * min(tpots) if tpots else 0.0
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -123,8 +127,7 @@ class Scheduler:
         chunks only as far as the banked time of the tightest running request allows
         (``TPOT_STEP_SHARE`` of it: the cost model's error margin)."""
         budget = self.config.max_num_batched_tokens
-        spare = [s.first_token_time + TPOT_PACE * s.slo.tpot_ms / 1000 * s.num_output_tokens - ctx.now
-                 for s in self.tpot_bound()]
+        spare = [s.first_token_time + TPOT_PACE * s.tpot_s * s.num_output_tokens - ctx.now for s in self.tpot_bound()]
         if not spare:
             return budget
         prefill = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * min(spare), ctx.decode_seqs, ctx.decode_ctx)
@@ -179,7 +182,7 @@ class Scheduler:
         """Most running sequences for which a decode step keeps the tightest TPOT promise among the
         running SLO requests and ``extra`` (``max_num_seqs`` when none has one)."""
         seqs = self.running + ([extra] if extra is not None and extra not in self.running else [])
-        tpots = [s.slo.tpot_ms / 1000 for s in seqs if not s.best_effort and s.slo is not None and s.slo.tpot_ms]
+        tpots = [s.tpot_s for s in seqs if s.tpot_s]
         if not tpots:
             return self.config.max_num_seqs
         ctx_per_seq = sum(s.num_tokens for s in seqs) / len(seqs)

@@ -73,6 +73,13 @@ class Sequence:
         return self.arrival_time + self.slo.deadline_ms / 1000
 
     @property
+    def tpot_s(self) -> float | None:
+        """The TPOT promise in seconds, if this sequence is served under one (not best-effort)."""
+        if self.best_effort or self.slo is None or self.slo.tpot_ms is None:
+            return None
+        return self.slo.tpot_ms / 1000
+
+    @property
     def tpot_deadline(self) -> float | None:
         """Once the first token is out, a TPOT objective is a deadline for the last one: the mean
         time per output token stays within ``tpot_ms`` if all ``max_tokens`` are out by then."""
