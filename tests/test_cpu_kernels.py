@@ -26,61 +26,50 @@ def _blocks(n: int, k: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, tor
 
 
 @pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 9])  # every row tile (1-4) and the remainders
-def test_gguf_gemm_matches_dense(kind, m):
-    blocks, w = _blocks(72, 160, kind)
-    assert blocks.shape == (72, 160 // 32 * cpu.BLOCK_BYTES[kind])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 40])  # row tiles, their remainders, x panels of 16
+@pytest.mark.parametrize("tiled", [None, False, True])  # chosen by rows, the few-row kernel, the tiled GEMM
+def test_gguf_gemm_matches_dense(kind, m, tiled):
+    blocks, w = _blocks(70, 160, kind)  # 70 rows: the tiled kernel's last task has 4 of its 6 rows
+    assert blocks.shape == (70, 160 // 32 * cpu.BLOCK_BYTES[kind])
     x = torch.randn(m, 160, generator=torch.Generator().manual_seed(m))
     ref = (x.double() @ w.double().T).float()
-    torch.testing.assert_close(cpu.gguf_gemm(x, cpu.GGUFWeight.from_blocks(kind, blocks)), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(cpu.gguf_gemm(x, cpu.GGUFWeight.from_blocks(kind, blocks), tiled), ref, rtol=1e-5, atol=1e-4)
     xs = torch.randn(m, 200)[:, 20:180]  # strided rows are read in place
-    torch.testing.assert_close(cpu.gguf_gemm(xs, cpu.GGUFWeight.from_blocks(kind, blocks)), (xs.double() @ w.double().T).float(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(cpu.gguf_gemm(xs, cpu.GGUFWeight.from_blocks(kind, blocks), tiled),
+                               (xs.double() @ w.double().T).float(), rtol=1e-5, atol=1e-4)
 
 
-def test_gguf_linear_switches_path_by_rows_and_keeps_bias():
+def test_gguf_gemm_tiled_sums_in_k_order():
+    """The tiled kernel adds each output's K products in order, in float32 (one FMA per product):
+    exactly a sequential float32 loop over the dequantized weights, whatever the row position."""
+    blocks, w = _blocks(13, 64, "q8_0", seed=7)
+    x = torch.randn(19, 64, generator=torch.Generator().manual_seed(1))
+    y = cpu.gguf_gemm(x, cpu.GGUFWeight.from_blocks("q8_0", blocks), tiled=True)
+    xn, wn = x.numpy(), w.numpy()
+    for r, n in ((0, 0), (18, 12), (7, 5), (16, 6)):
+        acc = np.float32(0)
+        for k in range(64):  # fma(a, b, acc) in float32: the product is exact in float64, one rounding
+            acc = np.float32(np.float64(wn[n, k]) * np.float64(xn[r, k]) + np.float64(acc))
+        assert y[r, n].item() == acc
+
+
+def test_gguf_linear_keeps_bias_and_no_dense_weight():
     blocks, w = _blocks(48, 64, "q4_1", seed=1)
     dense = nn.Linear(64, 48, bias=True)
-    with torch.no_grad():
-        dense.weight.copy_(w)
-    lin = GGUFLinear(dense, cpu.GGUFWeight.from_blocks("q4_1", blocks), max_rows=3)
-    for rows in (1, 3, 4, 10):  # kernel up to 3 rows, dense above
+    lin = GGUFLinear(dense, cpu.GGUFWeight.from_blocks("q4_1", blocks))
+    assert lin.weight is None and "weight" not in dict(lin.named_parameters())
+    assert lin.bias is dense.bias
+    for rows in (1, 3, 9, 40):  # both kernels
         x = torch.randn(rows, 64)
-        torch.testing.assert_close(lin(x), dense(x), rtol=1e-5, atol=1e-5)
-    assert lin.weight is dense.weight
-    with torch.no_grad():
-        dense.weight.mul_(2)  # the two copies disagree now, so each result shows the path that ran
-    x3, x4 = torch.randn(3, 64), torch.randn(4, 64)
-    torch.testing.assert_close(lin(x3), F.linear(x3, w, dense.bias), rtol=1e-5, atol=1e-5)  # blocks
-    torch.testing.assert_close(lin(x4), F.linear(x4, 2 * w, dense.bias), rtol=1e-5, atol=1e-5)  # dense
+        torch.testing.assert_close(lin(x), F.linear(x, w, dense.bias), rtol=1e-5, atol=1e-5)
+    xb = torch.randn(5, 64, dtype=torch.bfloat16)  # not float32: a matmul over the dequantized weights
+    assert torch.equal(lin(xb), F.linear(xb, w.to(torch.bfloat16), dense.bias.to(torch.bfloat16)))
 
 
 @pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
 def test_dequantize_is_gguf_py_bit_for_bit(kind):
     blocks, w = _blocks(40, 96, kind, seed=3)
     assert torch.equal(cpu.dequantize(cpu.GGUFWeight.from_blocks(kind, blocks)), w)
-    scratch = torch.full((5000,), float("nan"))
-    out = cpu.dequantize(cpu.GGUFWeight.from_blocks(kind, blocks), scratch)
-    assert out.data_ptr() == scratch.data_ptr() and torch.equal(out, w)
-
-
-def test_gguf_linear_without_dense_copy_dequantizes_big_batches():
-    from kairos.models.gguf_linear import Scratch
-
-    blocks, w = _blocks(48, 64, "q4_1", seed=4)
-    dense = nn.Linear(64, 48, bias=True)
-    with torch.no_grad():
-        dense.weight.copy_(w)
-    scratch = Scratch()
-    lin = GGUFLinear(dense, cpu.GGUFWeight.from_blocks("q4_1", blocks), max_rows=3, scratch=scratch)
-    assert lin.weight is None and "weight" not in dict(lin.named_parameters())
-    for rows in (2, 4, 10):
-        x = torch.randn(rows, 64)
-        ref = F.linear(x, w, dense.bias)
-        if rows > 3:  # the float32 matmul over the very values a dense copy holds
-            assert torch.equal(lin(x), ref)
-        else:
-            torch.testing.assert_close(lin(x), ref, rtol=1e-5, atol=1e-5)
-    assert scratch.buf.numel() == 48 * 64
 
 
 @pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
@@ -114,7 +103,8 @@ def test_attach_packs_shards_in_row_order_and_skips_mixed_kinds():
     assert attach_gguf_blocks(model, blocks, packed, tied_lm_head=False) == 2
     assert isinstance(model.layer.qkv_proj, GGUFLinear) and model.layer.o_proj.qweight.kind == "q8_0"
     x = torch.randn(2, 64)
-    torch.testing.assert_close(model.layer.qkv_proj(x), F.linear(x, model.layer.qkv_proj.weight), rtol=1e-5, atol=1e-5)
+    qkv = torch.cat([q[1], k[1], v[1]])  # the dequantized shards in row order
+    torch.testing.assert_close(model.layer.qkv_proj(x), F.linear(x, qkv), rtol=1e-5, atol=1e-5)
 
     mixed = nn.Module()
     mixed.layer = Block()
@@ -266,11 +256,13 @@ def test_decode_stack_is_the_module_path_in_one_call(kind, tmp_path_factory, mon
         logits = []
         execute = engine.runner.execute
         engine.runner.execute = lambda batch, ex=execute, out=logits: out.append(ex(batch)) or out[-1]
-        prompts = [[(i * 7 + j * 13 + 5) % 300 + 3 for j in range(n)] for i, n in enumerate((5, 9, 3))]
+        prompts = [[(i * 7 + j * 13 + 5) % 300 + 3 for j in range(n)] for i, n in enumerate((5, 9, 3, *range(2, 11)))]
         done = run(engine, {0: [(f"r{i}", p, SamplingParams(max_tokens=6, **GREEDY)) for i, p in enumerate(prompts[:2])],
-                            2: [("r2", prompts[2], SamplingParams(max_tokens=6, **GREEDY))]})
+                            2: [("r2", prompts[2], SamplingParams(max_tokens=6, **GREEDY))],
+                            9: [(f"r{i}", p, SamplingParams(max_tokens=4, **GREEDY)) for i, p in enumerate(prompts) if i > 2]})
         results.append((done, logits))
-    assert calls and set(calls) >= {2, 3}  # decode steps of 2 and 3 sequences went through the stack
+    # decode steps of 2 and 3 sequences (few-row matmuls) and of 9 (tiled) went through the stack
+    assert calls and set(calls) >= {2, 3, 9}
     (done_a, logits_a), (done_b, logits_b) = results
     assert done_a == done_b and len(logits_a) == len(logits_b)
     for a, b in zip(logits_a, logits_b):  # every later step also reads the KV the stack wrote

@@ -101,9 +101,9 @@ def test_gguf_blocks_cache_is_exact(tmp_path, monkeypatch):
         assert cached[name][0] == direct[name][0] and torch.equal(cached[name][1], direct[name][1])
 
 
-def test_long_prompt_through_dequantized_weights_equals_transformers(default_llm, hf_reference):
-    """Prefill chunks above the kernels' row limit go through float32 matmuls over weights
-    dequantized from the GGUF blocks per call (no dense copy is kept): still HF's tokens."""
+def test_long_prompt_through_tiled_gguf_kernel_equals_transformers(default_llm, hf_reference):
+    """Prefill chunks go through the tiled GGUF GEMM, which decodes the blocks as it packs them
+    (no dense copy is kept): still HF's tokens."""
     from kairos.models.gguf_linear import GGUFEmbedding, GGUFLinear
 
     model = default_llm.engine.runner.model

@@ -35,8 +35,7 @@ class ModelConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     max_model_len: int | None = field(default=None, metadata={"help": "cap on prompt + output tokens (default: the model's)"})
     seed: int = field(default=0, metadata={"help": "seed of the global sampler generator"})
-    cpu_kernels: bool = field(default=True, metadata={"help": "on x86 CPUs in float32, use Kairos' C kernels: decode attention over the paged cache, and matmuls of small batches straight from a GGUF's Q4_1/Q8_0 blocks"})
-    gguf_dense_copy: bool = field(default=False, metadata={"help": "with cpu_kernels, keep float32 copies of a GGUF's quantized weights for big batches (prefill chunks) instead of dequantizing them into a cache-sized buffer per call: ~5x the weights' memory, and slower on the 2-core EPYC measured (benchmarks/cpu_kernels.py)"})
+    cpu_kernels: bool = field(default=True, metadata={"help": "on x86 CPUs in float32, use Kairos' C kernels: decode attention over the paged cache, and matmuls straight from a GGUF's Q4_1/Q8_0 blocks (no float32 copy of them)"})
 
     def __post_init__(self) -> None:
         if not self.model:

@@ -83,7 +83,7 @@ def load_model(cfg: ModelConfig) -> tuple[nn.Module, ArchConfig, Path]:
 
         use_cpu_kernels(model)
         if not path.is_dir():  # before loading: layers that drop their dense copy are not filled at all
-            _attach_gguf_kernels(model, arch, path, cfg.gguf_dense_copy)
+            _attach_gguf_kernels(model, arch, path)
     served = model.checkpoint_names()  # what the GGUF blocks took over is no longer a parameter
 
     def keep(name: str) -> bool:  # (unknown names go through: load_weights reports them)
@@ -112,14 +112,14 @@ def _materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> 
                 table[name] = nn.Parameter(new, requires_grad=False) if isinstance(t, nn.Parameter) else new
 
 
-def _attach_gguf_kernels(model: nn.Module, arch: ArchConfig, path: Path, keep_dense: bool) -> None:
+def _attach_gguf_kernels(model: nn.Module, arch: ArchConfig, path: Path) -> None:
     from kairos.kernels import cpu as cpu_kernels
     from kairos.models.gguf_linear import attach_gguf_blocks
     from kairos.models.llama import PACKED_SHARDS
 
     if cpu_kernels.load() is None:
         return
-    n = attach_gguf_blocks(model, gguf_blocks(path), PACKED_SHARDS, arch.tie_word_embeddings, keep_dense=keep_dense)
+    n = attach_gguf_blocks(model, gguf_blocks(path), PACKED_SHARDS, arch.tie_word_embeddings)
     logger.info("GGUF CPU kernels on %d linear layers", n)
 
 

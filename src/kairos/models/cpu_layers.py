@@ -13,7 +13,7 @@ from torch import nn
 
 from kairos.engine.attention import paged_attention
 from kairos.kernels import cpu
-from kairos.models.gguf_linear import MAX_ROWS, GGUFLinear
+from kairos.models.gguf_linear import GGUFLinear
 from kairos.models.llama import MLP, Attention, LlamaForCausalLM, RMSNorm
 
 
@@ -53,12 +53,12 @@ class KernelMLP(MLP):
 
 
 class KernelLlamaForCausalLM(LlamaForCausalLM):
-    """A decode-only step of up to ``MAX_ROWS`` sequences runs the whole stack in one C call
+    """A decode-only step runs the whole stack in one C call
     (``cpu.decode_stack``: the same kernels as the modules above, without Python between them);
     other steps, or layers the call cannot take, go through the modules."""
 
     def forward(self, input_ids, positions, kv_caches, meta):
-        if meta.decode_tables is None or meta.prefills or input_ids.shape[0] > MAX_ROWS:
+        if meta.decode_tables is None or meta.prefills:
             return super().forward(input_ids, positions, kv_caches, meta)
         table = self._stack_table(kv_caches)
         if table is None:

@@ -1,10 +1,9 @@
-"""Linear layers that also keep their weight as GGUF blocks, for the CPU kernels.
+"""Linear layers that keep their weight as GGUF blocks, for the CPU kernels.
 
-A decode step multiplies a few rows by every weight, so it is bound by reading the weights:
-:class:`GGUFLinear` sends up to ``max_rows`` rows through :func:`kairos.kernels.cpu.gguf_gemm`
-over the Q4_1/Q8_0 blocks (a quarter to an eighth of the float32 bytes), and bigger batches
-(prefill chunks) through the dense float32 matmul, which is faster once compute dominates.
-Both compute in float32 over the same dequantized values; they differ only in rounding.
+:class:`GGUFLinear` sends float32 rows through :func:`kairos.kernels.cpu.gguf_gemm`, which reads
+the Q4_1/Q8_0 blocks themselves (a quarter to an eighth of the float32 bytes) at every batch
+size: a few-row kernel for decode steps, a tiled GEMM that decodes the blocks as it packs them
+for prefill chunks and big batches. No float32 copy of the weights is kept.
 """
 
 from __future__ import annotations
@@ -15,51 +14,26 @@ from torch import nn
 
 from kairos.kernels.cpu import BLOCK_BYTES, GGUFWeight, dequantize, gguf_gemm
 
-# Crossovers measured on a 2-core AVX2 EPYC (benchmarks/cpu_kernels.py): the kernel decodes
-# each block once per 4 rows, MKL's float32 GEMM pulls ahead when rows grow.
-MAX_ROWS = 32
-MAX_ROWS_LM_HEAD = 64
-
-
-class Scratch:
-    """One float32 buffer that the GGUF layers of a model share for their dequantized weights (one
-    layer at a time: a forward pass runs them in turn), grown to the largest."""
-
-    def __init__(self):
-        self.buf = torch.empty(0)
-
-    def get(self, numel: int) -> torch.Tensor:
-        if self.buf.numel() < numel:
-            self.buf = torch.empty(numel)
-        return self.buf
-
 
 class GGUFLinear(nn.Module):
-    """``nn.Linear`` semantics over GGUF blocks (``qweight``). With a dense copy (``weight``, the same
-    values as float32) batches above ``max_rows`` use it; without one (``scratch`` given instead)
-    they dequantize the blocks into the shared scratch first: the dense copies of a model are 4-8x
-    its blocks in memory."""
+    """``nn.Linear`` semantics over GGUF blocks (``qweight``); the bias stays a float tensor."""
 
-    def __init__(self, dense: nn.Linear, qweight: GGUFWeight, max_rows: int, scratch: Scratch | None = None):
+    def __init__(self, dense: nn.Linear, qweight: GGUFWeight):
         super().__init__()
-        self.weight = None if scratch is not None else dense.weight  # shared, not copied (a tied lm_head stays tied)
+        self.weight = None  # no dense copy: the blocks are the weight
         self.bias = dense.bias
         self.in_features, self.out_features = dense.in_features, dense.out_features
         self.qweight = qweight
-        self.max_rows = max_rows
-        self.scratch = scratch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [M, in] -> [M, out]
-        if x.shape[0] <= self.max_rows and x.dtype == torch.float32:
-            y = gguf_gemm(x, self.qweight)
-            return y if self.bias is None else y + self.bias
-        w = self.weight if self.weight is not None else dequantize(
-            self.qweight, self.scratch.get(self.out_features * self.in_features))
-        return F.linear(x, w.to(x.dtype), self.bias)
+        if x.dtype != torch.float32:  # the kernels are float32-only (models with kernels are float32)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, dequantize(self.qweight).to(x.dtype), bias)
+        y = gguf_gemm(x, self.qweight)
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
-        dense = "dense copy" if self.weight is not None else "dequantized per call"
-        return f"in={self.in_features}, out={self.out_features}, {self.qweight.kind}, kernel up to {self.max_rows} rows, {dense} above"
+        return f"in={self.in_features}, out={self.out_features}, {self.qweight.kind}"
 
 
 class GGUFEmbedding(nn.Module):
@@ -81,14 +55,12 @@ class GGUFEmbedding(nn.Module):
 
 
 def attach_gguf_blocks(model: nn.Module, blocks: dict[str, tuple[str, torch.Tensor]],
-                       packed: dict[str, list[str]], tied_lm_head: bool, keep_dense: bool = True) -> int:
+                       packed: dict[str, list[str]], tied_lm_head: bool) -> int:
     """Swap each ``nn.Linear`` whose checkpoint weights are all GGUF blocks of one kind for a
-    :class:`GGUFLinear`. ``packed`` maps a packed module (``qkv_proj``) to the checkpoint
-    projections stacked in it, in row order. Without ``keep_dense`` the swapped layers drop their
-    float32 weights (they dequantize for big batches), and a tied embedding is looked up from the
-    lm_head's blocks. Returns how many layers were swapped."""
+    :class:`GGUFLinear` (its float32 weight is dropped). ``packed`` maps a packed module
+    (``qkv_proj``) to the checkpoint projections stacked in it, in row order. A tied embedding is
+    then looked up from the lm_head's blocks. Returns how many layers were swapped."""
     swapped = 0
-    scratch = None if keep_dense else Scratch()
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear) or mod.in_features % 32:
             continue
@@ -104,10 +76,9 @@ def attach_gguf_blocks(model: nn.Module, blocks: dict[str, tuple[str, torch.Tens
         if b.shape != (mod.out_features, mod.in_features // 32 * BLOCK_BYTES[kind]):
             continue  # not the layout the kernel reads: stay dense
         parent = model.get_submodule(prefix) if prefix else model
-        rows = MAX_ROWS_LM_HEAD if name == "lm_head" else MAX_ROWS
-        setattr(parent, leaf, GGUFLinear(mod, GGUFWeight.from_blocks(kind, b), rows, scratch))
+        setattr(parent, leaf, GGUFLinear(mod, GGUFWeight.from_blocks(kind, b)))
         swapped += 1
         backbone = getattr(model, "model", None)  # Llama-shaped: the tied embedding is model.model.embed_tokens
-        if name == "lm_head" and tied_lm_head and not keep_dense and hasattr(backbone, "embed_tokens"):
+        if name == "lm_head" and tied_lm_head and hasattr(backbone, "embed_tokens"):
             backbone.embed_tokens = GGUFEmbedding(model.lm_head.qweight)
     return swapped

@@ -8,10 +8,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-void gemm_q4_1(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *qs, const float *d,
-               const float *m, int64_t N, float *y, int64_t ldy);
-void gemm_q8_0(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *qs, const float *d, int64_t N,
-               float *y, int64_t ldy);
+int gguf_matmul(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs, const float *d,
+                const float *m, int64_t N, float *y, int64_t ldy, int64_t path);
 void add_rms_norm(const float *x, float *residual, const float *w, int64_t M, int64_t H, float eps, float *out);
 void rope_store_kv(float *qkv, int64_t T, int64_t ld, int64_t Hq, int64_t Hkv, int64_t D, const float *cos,
                    const float *sin, float *k_cache, float *v_cache, const int64_t *slots);
@@ -34,19 +32,18 @@ typedef struct {
     float *k_cache, *v_cache; /* [num_blocks, bs, Hkv, D] */
 } layer_t;
 
-static void linear(const qlinear_t *w, const float *x, int64_t M, float *y) {
-    if (w->kind == 0)
-        gemm_q4_1(x, M, w->K, w->K, (const uint8_t *)w->qs, w->d, w->m, w->N, y, w->N);
-    else
-        gemm_q8_0(x, M, w->K, w->K, (const int8_t *)w->qs, w->d, w->N, y, w->N);
+static int linear(const qlinear_t *w, const float *x, int64_t M, float *y) {
+    if (gguf_matmul(w->kind, x, M, w->K, w->K, w->qs, w->d, w->m, w->N, y, w->N, -1)) return -1;
     if (w->bias)
         for (int64_t r = 0; r < M; r++)
             for (int64_t n = 0; n < w->N; n++) y[r * w->N + n] += w->bias[n];
+    return 0;
 }
 
 /* hidden: [M, H] token embeddings, used as the residual stream (overwritten); out: [M, H], the
  * final norm of the last layer's output. cos/sin: [M, D]; slots: [M]; tables: [M, ldt]; lens: [M].
- * Returns 0, or -1 when scratch memory could not be had (nothing is written then). */
+ * Returns 0, or -1 when scratch memory could not be had (the KV cache and hidden may then hold a
+ * partial step: the caller fails the step). */
 int decode_stack(const layer_t *layers, int64_t L, int64_t M, int64_t H, int64_t Hq, int64_t Hkv, int64_t D,
                  int64_t I, float *hidden, const float *cos, const float *sin, const int64_t *slots,
                  const int32_t *tables, int64_t ldt, const int32_t *lens, int64_t bs, float eps, float scale,
@@ -59,14 +56,14 @@ int decode_stack(const layer_t *layers, int64_t L, int64_t M, int64_t H, int64_t
     for (int64_t l = 0; rc == 0 && l < L; l++) {
         const layer_t *ly = layers + l;
         add_rms_norm(l ? x : NULL, hidden, ly->input_norm, M, H, eps, h);
-        linear(&ly->qkv, h, M, qkv);
+        if ((rc = linear(&ly->qkv, h, M, qkv))) break;
         rope_store_kv(qkv, M, nqkv, Hq, Hkv, D, cos, sin, ly->k_cache, ly->v_cache, slots);
         paged_decode_attention(qkv, nqkv, ly->k_cache, ly->v_cache, tables, ldt, lens, M, Hq, Hkv, D, bs, scale, att);
-        linear(&ly->o, att, M, x);
-        add_rms_norm(x, hidden, ly->post_norm, M, H, eps, h);
-        linear(&ly->gate_up, h, M, gu);
-        silu_mul(gu, M, I, act);
-        linear(&ly->down, act, M, x);
+        rc = linear(&ly->o, att, M, x);
+        if (rc == 0) add_rms_norm(x, hidden, ly->post_norm, M, H, eps, h);
+        if (rc == 0) rc = linear(&ly->gate_up, h, M, gu);
+        if (rc == 0) silu_mul(gu, M, I, act);
+        if (rc == 0) rc = linear(&ly->down, act, M, x);
     }
     if (rc == 0) add_rms_norm(L ? x : NULL, hidden, final_norm, M, H, eps, out);
     free(h), free(x), free(qkv), free(att), free(gu), free(act);

@@ -8,12 +8,11 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-/* qs: [N, K / 2] (GGUF nibble order), d, m: [N, K / 32]; out: [N, K]. */
-void dequant_q4_1(const uint8_t *qs, const float *d, const float *m, int64_t N, int64_t K, float *out) {
+/* qs: [rows, K / 2] (GGUF nibble order), d, m: [rows, K / 32]; out: [rows, K]. One thread. */
+void dequant_rows_q4_1(const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t K, float *out) {
     const int64_t nb = K / 32;
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const __m256i low = _mm256_set1_epi32(0x0F);
+    const __m256i low = _mm256_set1_epi32(0x0F);
+    for (int64_t n = 0; n < rows; n++)
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *q = qs + (n * nb + b) * 16;
             const __m256 db = _mm256_set1_ps(d[n * nb + b]), mb = _mm256_set1_ps(m[n * nb + b]);
@@ -26,14 +25,19 @@ void dequant_q4_1(const uint8_t *qs, const float *d, const float *m, int64_t N, 
                 _mm256_storeu_ps(o + 16 + 8 * h, _mm256_add_ps(_mm256_mul_ps(db, hi), mb));
             }
         }
-    }
 }
 
-/* qs: [N, K] int8, d: [N, K / 32]; out: [N, K]. */
-void dequant_q8_0(const int8_t *qs, const float *d, int64_t N, int64_t K, float *out) {
+/* The same over N rows, on all threads. */
+void dequant_q4_1(const uint8_t *qs, const float *d, const float *m, int64_t N, int64_t K, float *out) {
     const int64_t nb = K / 32;
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++)
+    for (int64_t n = 0; n < N; n++) dequant_rows_q4_1(qs + n * nb * 16, d + n * nb, m + n * nb, 1, K, out + n * K);
+}
+
+/* qs: [rows, K] int8, d: [rows, K / 32]; out: [rows, K]. One thread. */
+void dequant_rows_q8_0(const int8_t *qs, const float *d, int64_t rows, int64_t K, float *out) {
+    const int64_t nb = K / 32;
+    for (int64_t n = 0; n < rows; n++)
         for (int64_t b = 0; b < nb; b++) {
             const __m256 db = _mm256_set1_ps(d[n * nb + b]);
             for (int h = 0; h < 4; h++) {
@@ -41,4 +45,11 @@ void dequant_q8_0(const int8_t *qs, const float *d, int64_t N, int64_t K, float 
                 _mm256_storeu_ps(out + n * K + 32 * b + 8 * h, _mm256_mul_ps(db, q));
             }
         }
+}
+
+/* The same over N rows, on all threads. */
+void dequant_q8_0(const int8_t *qs, const float *d, int64_t N, int64_t K, float *out) {
+    const int64_t nb = K / 32;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) dequant_rows_q8_0(qs + n * K, d + n * nb, 1, K, out + n * K);
 }

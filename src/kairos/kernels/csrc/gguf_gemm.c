@@ -11,7 +11,8 @@
  * matmul over the dequantized weights up to rounding (no activation quantization). Each
  * decoded block serves up to 4 rows of x, so small batches (decode steps) read the weights
  * once, which is what bounds them. Threads: OpenMP over output rows, linked against the
- * libgomp that torch already loaded.
+ * libgomp that torch already loaded. Batches of more rows go to gguf_gemm_tiled.c
+ * (gguf_matmul below picks).
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -173,4 +174,24 @@ void gemm_q8_0(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *
             default: break;
         }
     }
+}
+
+int gemm_gguf_tiled(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs,
+                    const float *d, const float *m, int64_t N, float *y, int64_t ldy);
+
+/* Up to this many rows the kernels above win (they read each block once per 4 rows and need no
+ * packing); above, the tiled GEMM does (benchmarks/cpu_kernels.py, 2-core AVX2 EPYC). */
+#define SMALL_M 8
+
+/* y = x W^T for a GGUF weight, the kernel chosen by M (path -1), or forced: 0 the kernels above,
+ * 1 the tiled one. kind 0: Q4_1, 1: Q8_0; shapes as for gemm_q4_1 / gemm_q8_0. Returns 0, or -1
+ * when the tiled kernel had no memory for its packed copy of x (y is not written then). */
+int gguf_matmul(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs, const float *d,
+                const float *m, int64_t N, float *y, int64_t ldy, int64_t path) {
+    if (path == 1 || (path < 0 && M > SMALL_M)) return gemm_gguf_tiled(kind, x, M, K, ldx, qs, d, m, N, y, ldy);
+    if (kind == 0)
+        gemm_q4_1(x, M, K, ldx, (const uint8_t *)qs, d, m, N, y, ldy);
+    else
+        gemm_q8_0(x, M, K, ldx, (const int8_t *)qs, d, N, y, ldy);
+    return 0;
 }
