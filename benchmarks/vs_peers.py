@@ -41,7 +41,28 @@ TARGETS = {  # metric -> (direction, target ratio kairos/peer)
 }
 
 
+def _cpu_busy(interval: float = 1.0) -> float:
+    """Fraction of all CPUs busy over ``interval`` (from /proc/stat)."""
+    def sample() -> tuple[int, int]:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+
+    (t0, i0), _, (t1, i1) = sample(), time.sleep(interval), sample()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+def _wait_quiet(limit_s: float = 90, busy_max: float = 0.15) -> None:
+    """Before each measured run: wait until the previous engine's processes have gone (a peer's
+    workers may outlive its main process for a while) and the machine is idle."""
+    t0 = time.perf_counter()
+    while (busy := _cpu_busy()) > busy_max:
+        if time.perf_counter() - t0 > limit_s:
+            print(f"note: machine still {busy:.0%} busy after {limit_s:.0f} s; measuring anyway", flush=True)
+            return
+
+
 def _json_line(cmd: list[str], env: dict | None = None, timeout: float = 1800, cwd: Path | None = None) -> dict:
+    _wait_quiet()
     print("+", " ".join(map(str, cmd)), flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
                        cwd=cwd)
@@ -74,6 +95,7 @@ def _tree_rss_mib(pid: int) -> float:
 
 def _serve_and_bench(name: str, cmd: list[str], env: dict, port: int, args, out_dir: Path) -> dict:
     url = f"http://127.0.0.1:{port}"
+    _wait_quiet()
     t0 = time.perf_counter()
     log = open(out_dir / f"{name}_server.log", "w")  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},

@@ -126,7 +126,7 @@ def _reference_decode(q, k_cache, v_cache, tables, lens, scale):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (4, 4, 32), (8, 1, 128)])
+@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (4, 4, 32), (8, 1, 128), (6, 2, 96)])
 def test_paged_decode_attention_matches_sdpa(hq, hkv, d):
     gen = torch.Generator().manual_seed(hq * d)
     nb, bs = 64, 4

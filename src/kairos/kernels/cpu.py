@@ -104,7 +104,7 @@ def load() -> ctypes.CDLL | None:
 @dataclass(frozen=True)
 class GGUFWeight:
     """A ``[N, K]`` weight as the kernels read it: GGUF's quantized values, the block scales
-    (and Q4_1 offsets) apart as float32 ``[N, K / 32]``."""
+    (and Q4_1 offsets) apart as float16 ``[N, K / 32]`` (as the file stores them)."""
 
     kind: str  # q4_1 | q8_0
     qs: torch.Tensor  # q4_1: uint8 [N, K / 2] (GGUF nibble order); q8_0: int8 [N, K]
@@ -117,8 +117,8 @@ class GGUFWeight:
         n, nb = blocks.shape[0], blocks.shape[1] // BLOCK_BYTES[kind]
         b = blocks.view(n, nb, BLOCK_BYTES[kind])
 
-        def scale(lo: int) -> torch.Tensor:  # the f16 at byte ``lo`` of every block, as float32 [N, nb]
-            return b[:, :, lo : lo + 2].contiguous().view(torch.float16).reshape(n, nb).float()
+        def scale(lo: int) -> torch.Tensor:  # the f16 at byte ``lo`` of every block: [N, nb]
+            return b[:, :, lo : lo + 2].contiguous().view(torch.float16).reshape(n, nb)
 
         if kind == "q4_1":  # {f16 d, f16 m, 16 bytes of nibbles}
             return cls(kind, b[:, :, 4:].reshape(n, nb * 16).contiguous(), scale(0), scale(2))

@@ -8,8 +8,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-int gguf_matmul(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs, const float *d,
-                const float *m, int64_t N, float *y, int64_t ldy, int64_t path);
+int gguf_matmul(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs, const uint16_t *d,
+                const uint16_t *m, int64_t N, float *y, int64_t ldy, int64_t path);
 void add_rms_norm(const float *x, float *residual, const float *w, int64_t M, int64_t H, float eps, float *out);
 void rope_store_kv(float *qkv, int64_t T, int64_t ld, int64_t Hq, int64_t Hkv, int64_t D, const float *cos,
                    const float *sin, float *k_cache, float *v_cache, const int64_t *slots);
@@ -22,7 +22,7 @@ void silu_mul(const float *gu, int64_t M, int64_t I, float *out);
 typedef struct {
     int64_t kind, N, K;
     const void *qs;
-    const float *d, *m; /* m: Q4_1 offsets */
+    const uint16_t *d, *m; /* half floats; m: Q4_1 offsets */
     const float *bias;  /* [N] or NULL */
 } qlinear_t;
 

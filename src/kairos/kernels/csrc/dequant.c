@@ -8,14 +8,16 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-/* qs: [rows, K / 2] (GGUF nibble order), d, m: [rows, K / 32]; out: [rows, K]. One thread. */
-void dequant_rows_q4_1(const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t K, float *out) {
+#include "simd.h"
+
+/* qs: [rows, K / 2] (GGUF nibble order), d, m: [rows, K / 32] half; out: [rows, K]. One thread. */
+void dequant_rows_q4_1(const uint8_t *qs, const uint16_t *d, const uint16_t *m, int64_t rows, int64_t K, float *out) {
     const int64_t nb = K / 32;
     const __m256i low = _mm256_set1_epi32(0x0F);
     for (int64_t n = 0; n < rows; n++)
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *q = qs + (n * nb + b) * 16;
-            const __m256 db = _mm256_set1_ps(d[n * nb + b]), mb = _mm256_set1_ps(m[n * nb + b]);
+            const __m256 db = _mm256_set1_ps(h2f(d[n * nb + b])), mb = _mm256_set1_ps(h2f(m[n * nb + b]));
             float *o = out + n * K + 32 * b;
             for (int h = 0; h < 2; h++) { /* bytes 0-7 then 8-15: weights j (low) and j + 16 (high) */
                 __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * h)));
@@ -28,18 +30,18 @@ void dequant_rows_q4_1(const uint8_t *qs, const float *d, const float *m, int64_
 }
 
 /* The same over N rows, on all threads. */
-void dequant_q4_1(const uint8_t *qs, const float *d, const float *m, int64_t N, int64_t K, float *out) {
+void dequant_q4_1(const uint8_t *qs, const uint16_t *d, const uint16_t *m, int64_t N, int64_t K, float *out) {
     const int64_t nb = K / 32;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) dequant_rows_q4_1(qs + n * nb * 16, d + n * nb, m + n * nb, 1, K, out + n * K);
 }
 
-/* qs: [rows, K] int8, d: [rows, K / 32]; out: [rows, K]. One thread. */
-void dequant_rows_q8_0(const int8_t *qs, const float *d, int64_t rows, int64_t K, float *out) {
+/* qs: [rows, K] int8, d: [rows, K / 32] half; out: [rows, K]. One thread. */
+void dequant_rows_q8_0(const int8_t *qs, const uint16_t *d, int64_t rows, int64_t K, float *out) {
     const int64_t nb = K / 32;
     for (int64_t n = 0; n < rows; n++)
         for (int64_t b = 0; b < nb; b++) {
-            const __m256 db = _mm256_set1_ps(d[n * nb + b]);
+            const __m256 db = _mm256_set1_ps(h2f(d[n * nb + b]));
             for (int h = 0; h < 4; h++) {
                 __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + n * K + 32 * b + 8 * h))));
                 _mm256_storeu_ps(out + n * K + 32 * b + 8 * h, _mm256_mul_ps(db, q));
@@ -48,7 +50,7 @@ void dequant_rows_q8_0(const int8_t *qs, const float *d, int64_t rows, int64_t K
 }
 
 /* The same over N rows, on all threads. */
-void dequant_q8_0(const int8_t *qs, const float *d, int64_t N, int64_t K, float *out) {
+void dequant_q8_0(const int8_t *qs, const uint16_t *d, int64_t N, int64_t K, float *out) {
     const int64_t nb = K / 32;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) dequant_rows_q8_0(qs + n * K, d + n * nb, 1, K, out + n * K);

@@ -3,9 +3,9 @@
  * y[m, n] = sum_k x[m, k] * W[n, k] with W in blocks of 32 weights along k, as in GGUF:
  * Q4_1: w = d * q + m (q in 0..15; byte j of a block holds weight j in its low nibble and
  * weight j + 16 in its high nibble), Q8_0: w = d * q (q int8). Kairos keeps the nibbles or
- * int8 values as GGUF stores them and the block scales d (and offsets m) apart, as float32
- * [N, K / 32]: a block then decodes with a few vector instructions, and the offsets enter as
- * one dot product per row, sum_b m_b * (sum of x over block b).
+ * int8 values as GGUF stores them and the block scales d (and offsets m) apart, as half floats
+ * [N, K / 32] (simd.h): a block then decodes with a few vector instructions, and the offsets
+ * enter as one dot product per row, sum_b m_b * (sum of x over block b).
  *
  * Activations stay float32 and products accumulate in float32, so results equal a float32
  * matmul over the dequantized weights up to rounding (no activation quantization). Each
@@ -27,20 +27,11 @@ static inline __m256 dot32(__m256 w0, __m256 w1, __m256 w2, __m256 w3, const flo
     return _mm256_add_ps(s0, s1);
 }
 
-static inline float dot_n(const float *a, const float *b, int64_t n) {
-    __m256 s = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s);
-    float r = hsum8(s);
-    for (; i < n; i++) r += a[i] * b[i];
-    return r;
-}
-
 /* Row n of W (qs: nb * 16 bytes, d, m: nb floats) against MT = 1..3 rows of x (decode steps:
  * memory-bound); xs: block sums [MT, nb]. */
 #define Q4_1_TILE(MT)                                                                              \
     static void q4_1_tile##MT(const float *x, int64_t ldx, const float *xs, int64_t nb,            \
-                              const uint8_t *qs, const float *d, const float *m, float *y,         \
+                              const uint8_t *qs, const uint16_t *d, const uint16_t *m, float *y,   \
                               int64_t ldy) {                                                       \
         __m256 acc[MT];                                                                            \
         for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();                                 \
@@ -53,11 +44,11 @@ static inline float dot_n(const float *a, const float *b, int64_t n) {
             __m256 w1 = _mm256_cvtepi32_ps(_mm256_and_si256(v1, low));                             \
             __m256 w2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4));                              \
             __m256 w3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4));                              \
-            __m256 db = _mm256_broadcast_ss(d + b);                                                \
+            __m256 db = _mm256_set1_ps(h2f(d[b]));                                                 \
             for (int i = 0; i < MT; i++)                                                           \
                 acc[i] = _mm256_fmadd_ps(db, dot32(w0, w1, w2, w3, x + i * ldx + 32 * b), acc[i]); \
         }                                                                                          \
-        for (int i = 0; i < MT; i++) y[i * ldy] = hsum8(acc[i]) + dot_n(m, xs + i * nb, nb);       \
+        for (int i = 0; i < MT; i++) y[i * ldy] = hsum8(acc[i]) + dot_hn(m, xs + i * nb, nb);      \
     }
 Q4_1_TILE(1)
 Q4_1_TILE(2)
@@ -83,22 +74,22 @@ Q4_1_TILE(3)
 #define Q4_1_DECODE_SCALED                                                                         \
     __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 16 * b)));          \
     __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 16 * b + 8)));      \
-    __m256 db = _mm256_broadcast_ss(d + b);                                                        \
+    __m256 db = _mm256_set1_ps(h2f(d[b]));                                                         \
     __m256 w0 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)));                 \
     __m256 w1 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)));                 \
     __m256 w2 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)));                  \
     __m256 w3 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)));
-#define Q4_1_OFFSET(i) + dot_n(m, xs + (i) * nb, nb)
+#define Q4_1_OFFSET(i) + dot_hn(m, xs + (i) * nb, nb)
 
-static void q4_1_tile4(const float *x, int64_t ldx, const float *xs, int64_t nb, const uint8_t *qs, const float *d,
-                       const float *m, float *y, int64_t ldy) {
+static void q4_1_tile4(const float *x, int64_t ldx, const float *xs, int64_t nb, const uint8_t *qs,
+                       const uint16_t *d, const uint16_t *m, float *y, int64_t ldy) {
     const __m256i low = _mm256_set1_epi32(0x0F);
     TILE4_BODY(Q4_1_DECODE_SCALED, Q4_1_OFFSET)
 }
 
 #define Q8_0_TILE(MT)                                                                              \
     static void q8_0_tile##MT(const float *x, int64_t ldx, int64_t nb, const int8_t *qs,           \
-                              const float *d, float *y, int64_t ldy) {                             \
+                              const uint16_t *d, float *y, int64_t ldy) {                          \
         __m256 acc[MT];                                                                            \
         for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();                                 \
         for (int64_t b = 0; b < nb; b++) {                                                         \
@@ -107,7 +98,7 @@ static void q4_1_tile4(const float *x, int64_t ldx, const float *xs, int64_t nb,
             __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8))));  \
             __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 16)))); \
             __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 24)))); \
-            __m256 db = _mm256_broadcast_ss(d + b);                                                \
+            __m256 db = _mm256_set1_ps(h2f(d[b]));                                                 \
             for (int i = 0; i < MT; i++)                                                           \
                 acc[i] = _mm256_fmadd_ps(db, dot32(w0, w1, w2, w3, x + i * ldx + 32 * b), acc[i]); \
         }                                                                                          \
@@ -119,19 +110,19 @@ Q8_0_TILE(3)
 
 #define Q8_0_W(k) _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 32 * b + 8 * (k))))))
 #define Q8_0_DECODE_SCALED                                                                         \
-    __m256 db = _mm256_broadcast_ss(d + b);                                                        \
+    __m256 db = _mm256_set1_ps(h2f(d[b]));                                                         \
     __m256 w0 = Q8_0_W(0), w1 = Q8_0_W(1), w2 = Q8_0_W(2), w3 = Q8_0_W(3);
 #define NO_OFFSET(i)
 
-static void q8_0_tile4(const float *x, int64_t ldx, int64_t nb, const int8_t *qs, const float *d, float *y,
+static void q8_0_tile4(const float *x, int64_t ldx, int64_t nb, const int8_t *qs, const uint16_t *d, float *y,
                        int64_t ldy) {
     TILE4_BODY(Q8_0_DECODE_SCALED, NO_OFFSET)
 }
 
-/* x: [M, K] float32 (row stride ldx); qs: [N, K / 2] uint8; d, m: [N, K / 32] float32;
+/* x: [M, K] float32 (row stride ldx); qs: [N, K / 2] uint8; d, m: [N, K / 32] half;
  * y: [M, N] float32 (row stride ldy). */
-void gemm_q4_1(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *qs, const float *d,
-               const float *m, int64_t N, float *y, int64_t ldy) {
+void gemm_q4_1(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *qs, const uint16_t *d,
+               const uint16_t *m, int64_t N, float *y, int64_t ldy) {
     const int64_t nb = K / 32;
     float *xs = (float *)malloc(sizeof(float) * (size_t)(M * nb));
     for (int64_t r = 0; r < M; r++)
@@ -141,10 +132,10 @@ void gemm_q4_1(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t 
                                      _mm256_add_ps(_mm256_loadu_ps(p + 16), _mm256_loadu_ps(p + 24)));
             xs[r * nb + b] = hsum8(s);
         }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 16)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *q = qs + n * nb * 16;
-        const float *dn = d + n * nb, *mn = m + n * nb;
+        const uint16_t *dn = d + n * nb, *mn = m + n * nb;
         int64_t r = 0;
         for (; r + 4 <= M; r += 4) q4_1_tile4(x + r * ldx, ldx, xs + r * nb, nb, q, dn, mn, y + r * ldy + n, ldy);
         switch (M - r) {
@@ -157,14 +148,14 @@ void gemm_q4_1(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t 
     free(xs);
 }
 
-/* x: [M, K] float32; qs: [N, K] int8; d: [N, K / 32] float32; y: [M, N] float32. */
-void gemm_q8_0(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *qs, const float *d, int64_t N,
+/* x: [M, K] float32; qs: [N, K] int8; d: [N, K / 32] half; y: [M, N] float32. */
+void gemm_q8_0(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *qs, const uint16_t *d, int64_t N,
                float *y, int64_t ldy) {
     const int64_t nb = K / 32;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 16)
     for (int64_t n = 0; n < N; n++) {
         const int8_t *q = qs + n * K;
-        const float *dn = d + n * nb;
+        const uint16_t *dn = d + n * nb;
         int64_t r = 0;
         for (; r + 4 <= M; r += 4) q8_0_tile4(x + r * ldx, ldx, nb, q, dn, y + r * ldy + n, ldy);
         switch (M - r) {
@@ -177,7 +168,7 @@ void gemm_q8_0(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *
 }
 
 int gemm_gguf_tiled(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs,
-                    const float *d, const float *m, int64_t N, float *y, int64_t ldy);
+                    const uint16_t *d, const uint16_t *m, int64_t N, float *y, int64_t ldy);
 
 /* Up to this many rows the kernels above win (they read each block once per 4 rows and need no
  * packing); above, the tiled GEMM does (benchmarks/cpu_kernels.py, 2-core AVX2 EPYC). */
@@ -186,8 +177,8 @@ int gemm_gguf_tiled(int64_t kind, const float *x, int64_t M, int64_t K, int64_t 
 /* y = x W^T for a GGUF weight, the kernel chosen by M (path -1), or forced: 0 the kernels above,
  * 1 the tiled one. kind 0: Q4_1, 1: Q8_0; shapes as for gemm_q4_1 / gemm_q8_0. Returns 0, or -1
  * when the tiled kernel had no memory for its packed copy of x (y is not written then). */
-int gguf_matmul(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs, const float *d,
-                const float *m, int64_t N, float *y, int64_t ldy, int64_t path) {
+int gguf_matmul(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs, const uint16_t *d,
+                const uint16_t *m, int64_t N, float *y, int64_t ldy, int64_t path) {
     if (path == 1 || (path < 0 && M > SMALL_M)) return gemm_gguf_tiled(kind, x, M, K, ldx, qs, d, m, N, y, ldy);
     if (kind == 0)
         gemm_q4_1(x, M, K, ldx, (const uint8_t *)qs, d, m, N, y, ldy);

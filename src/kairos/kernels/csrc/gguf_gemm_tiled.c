@@ -17,8 +17,8 @@
 #define NR 6  /* rows of W per task */
 #define MR 16 /* rows of x per register tile */
 
-void dequant_rows_q4_1(const uint8_t *qs, const float *d, const float *m, int64_t rows, int64_t K, float *out);
-void dequant_rows_q8_0(const int8_t *qs, const float *d, int64_t rows, int64_t K, float *out);
+void dequant_rows_q4_1(const uint8_t *qs, const uint16_t *d, const uint16_t *m, int64_t rows, int64_t K, float *out);
+void dequant_rows_q8_0(const int8_t *qs, const uint16_t *d, int64_t rows, int64_t K, float *out);
 
 /* c[i, :] = w[i, :] . xp over K, for i < 6: w [6][K] (row stride K), xp [K][16] packed x,
  * c [6][16]. Twelve named accumulators: an array of them the compiler keeps in memory. */
@@ -41,10 +41,10 @@ static void tile6(const float *w, int64_t K, const float *xp, float *c) {
     STORE2(0) STORE2(1) STORE2(2) STORE2(3) STORE2(4) STORE2(5)
 }
 
-/* kind 0: Q4_1 (qs [N, K / 2], d and m [N, K / 32]); 1: Q8_0 (qs [N, K] int8, d [N, K / 32]).
+/* kind 0: Q4_1 (qs [N, K / 2], d and m [N, K / 32] half); 1: Q8_0 (qs [N, K] int8, d [N, K / 32]).
  * x: [M, K] (row stride ldx); y: [M, N] (row stride ldy). Returns 0, or -1 without memory. */
 int gemm_gguf_tiled(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs,
-                    const float *d, const float *m, int64_t N, float *y, int64_t ldy) {
+                    const uint16_t *d, const uint16_t *m, int64_t N, float *y, int64_t ldy) {
     const int64_t panels = (M + MR - 1) / MR, nb = K / 32;
     float *xp = aligned_alloc(64, sizeof(float) * (size_t)(panels * MR * K));
     if (!xp) return -1;
@@ -69,7 +69,7 @@ int gemm_gguf_tiled(int64_t kind, const float *x, int64_t M, int64_t K, int64_t 
 #pragma omp atomic write
             failed = 1;
         }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
         for (int64_t n0 = 0; n0 < N; n0 += NR) {
             if (!w || !c) continue;
             const int64_t rows = N - n0 < NR ? N - n0 : NR;
