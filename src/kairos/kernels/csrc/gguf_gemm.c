@@ -132,7 +132,7 @@ void gemm_q4_1(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t 
                                      _mm256_add_ps(_mm256_loadu_ps(p + 16), _mm256_loadu_ps(p + 24)));
             xs[r * nb + b] = hsum8(s);
         }
-#pragma omp parallel for schedule(dynamic, 16)
+#pragma omp parallel for schedule(guided)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *q = qs + n * nb * 16;
         const uint16_t *dn = d + n * nb, *mn = m + n * nb;
@@ -152,7 +152,7 @@ void gemm_q4_1(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t 
 void gemm_q8_0(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *qs, const uint16_t *d, int64_t N,
                float *y, int64_t ldy) {
     const int64_t nb = K / 32;
-#pragma omp parallel for schedule(dynamic, 16)
+#pragma omp parallel for schedule(guided)
     for (int64_t n = 0; n < N; n++) {
         const int8_t *q = qs + n * K;
         const uint16_t *dn = d + n * nb;

@@ -69,7 +69,7 @@ int gemm_gguf_tiled(int64_t kind, const float *x, int64_t M, int64_t K, int64_t 
 #pragma omp atomic write
             failed = 1;
         }
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(guided)
         for (int64_t n0 = 0; n0 < N; n0 += NR) {
             if (!w || !c) continue;
             const int64_t rows = N - n0 < NR ? N - n0 : NR;
