@@ -10,6 +10,8 @@ kernels with the whole decoder stack in one C call, the same kernels per module,
 ``cpu_kernels`` off: step time and output tokens per second. Table 3: prefill chunks and
 64-sequence decode steps of the engine, the tiled GEMM (and the one-call stack) vs per-module
 layers that dequantize the blocks and call MKL above 8 rows (the path before the tiled GEMM).
+Table 4: decode attention of all 30 layers (the default model's 9 query / 3 KV heads of 64)
+over a paged cache with scattered blocks: the C kernel vs the torch path (gathered blocks, SDPA).
 """
 
 from __future__ import annotations
@@ -139,6 +141,33 @@ def big_batch_table(steps: int) -> None:
     print(f"{'deq/tiled':>10} {pd / pt:>24.2f} {dd / dt:>19.2f}")
 
 
+def attention_table(shapes: list[tuple[int, int]]) -> None:
+    print("\ndecode attention, 30 layers, 9/3 heads of 64, blocks of 16 in random order: ms per step")
+    print(f"{'batch':>5} {'context':>8} {'C kernel':>9} {'torch':>8} {'torch/C':>8} {'C GB/s':>7}")
+    for b, ctx in shapes:
+        _attention_row(b, ctx)
+
+
+def _attention_row(b: int, ctx: int, hq: int = 9, hkv: int = 3, d: int = 64, bs: int = 16, layers: int = 30) -> None:
+    from kairos.engine.attention import AttentionMetadata, _decode
+    from kairos.kernels.cpu import paged_decode_attention
+
+    gen = torch.Generator().manual_seed(0)
+    nblk = (ctx + bs - 1) // bs
+    caches = [(torch.randn(b * nblk + 1, bs, hkv, d, generator=gen), torch.randn(b * nblk + 1, bs, hkv, d, generator=gen))
+              for _ in range(layers)]
+    tables = (torch.randperm(b * nblk, generator=gen) + 1).view(b, nblk).to(torch.int32)
+    lens = torch.full((b,), ctx, dtype=torch.int32)
+    q = torch.randn(b, hq, d, generator=gen)
+    mask = (torch.arange(nblk * bs) < ctx).view(1, 1, 1, -1).expand(b, 1, 1, -1)
+    meta = AttentionMetadata(torch.zeros(b, dtype=torch.long), torch.arange(b), tables.long().flatten(), mask, [])
+    with torch.inference_mode():
+        c = _time(lambda: [paged_decode_attention(q, k, v, tables, lens, d**-0.5) for k, v in caches], 5)
+        t = _time(lambda: [_decode(q, k, v, meta, d**-0.5) for k, v in caches], 3)
+    gbs = layers * b * ctx * hkv * d * 4 * 2 / c / 1e6
+    print(f"{b:>5} {ctx:>8} {c:>9.2f} {t:>8.2f} {t / c:>8.2f} {gbs:>7.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="1,4,8,12,16,32,64,128,512")
@@ -146,6 +175,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--big-batches", action=argparse.BooleanOptionalAction, default=True,
                     help="the big-batch table: tiled GEMM vs dequantize + MKL")
+    ap.add_argument("--attention", default="1x256,8x256,64x192,64x512", help="BxCONTEXT shapes ('' skips)")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.rows:
@@ -154,6 +184,8 @@ def main() -> None:
         step_table([int(x) for x in args.batches.split(",")], args.steps)
     if args.big_batches:
         big_batch_table(args.steps)
+    if args.attention:
+        attention_table([tuple(int(v) for v in x.split("x")) for x in args.attention.split(",")])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-/* GGUF blocks -> dense float32 rows, for the batches where a float32 GEMM beats the block kernels.
+/* GGUF blocks -> dense float32 rows: the tiled GEMM's packing step (a few rows at a time, into a
+ * buffer that stays in cache), and whole weights for torch fallbacks.
  *
- * Values match gguf-py's dequantize (what the loader's dense copy held): Q4_1 d * q + m and
+ * Values match gguf-py's dequantize (what transformers' GGUF loader gives): Q4_1 d * q + m and
  * Q8_0 d * q, each product rounded before the add. fp-contract is off so the compiler cannot
  * fuse them into one FMA (one rounding), which would change the last bit.
  */
