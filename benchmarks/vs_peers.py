@@ -41,13 +41,17 @@ TARGETS = {  # metric -> (direction, target ratio kairos/peer)
 }
 
 
-def _cpu_busy(interval: float = 1.0) -> float:
-    """Fraction of all CPUs busy over ``interval`` (from /proc/stat)."""
-    def sample() -> tuple[int, int]:
-        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(v), v[3] + v[4]  # total, idle + iowait
+def _cpu_ticks() -> tuple[int, int]:
+    """(all, idle + iowait) CPU ticks since boot, from /proc/stat."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(v), v[3] + v[4]
 
-    (t0, i0), _, (t1, i1) = sample(), time.sleep(interval), sample()
+
+def _cpu_busy(interval: float = 1.0) -> float:
+    """Fraction of all CPUs busy over ``interval``."""
+    t0, i0 = _cpu_ticks()
+    time.sleep(interval)
+    t1, i1 = _cpu_ticks()
     return 1 - (i1 - i0) / max(1, t1 - t0)
 
 

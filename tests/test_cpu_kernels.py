@@ -208,8 +208,7 @@ def test_auto_dtype_keeps_float32_for_gguf_where_kernels_run(monkeypatch, tiny_l
 
 
 def _quantize_linears(model, tied: bool) -> dict[str, tuple[str, torch.Tensor]]:
-    """GGUF blocks for every linear of a loaded model, by checkpoint name (Q4_1; the lm_head Q8_0),
-    with the dense weights replaced by the dequantized values so both paths hold the same numbers."""
+    """GGUF blocks for every linear of a loaded model, by checkpoint name (Q4_1; the lm_head Q8_0)."""
     from kairos.models.llama import PACKED_SHARDS
 
     blocks = {}
@@ -218,8 +217,6 @@ def _quantize_linears(model, tied: bool) -> dict[str, tuple[str, torch.Tensor]]:
             continue
         kind = "q8_0" if name == "lm_head" else "q4_1"
         q = quantize(mod.weight.detach().numpy(), KINDS[kind])
-        with torch.no_grad():
-            mod.weight.copy_(torch.from_numpy(dequantize(q, KINDS[kind]).astype(np.float32)))
         prefix, _, leaf = name.rpartition(".")
         shards = PACKED_SHARDS.get(leaf, [leaf])
         sizes = model._shard_sizes(leaf) if len(shards) > 1 else [mod.out_features]

@@ -46,12 +46,8 @@ class GGUFEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, dim] float32
         w = self.qweight
-        d = w.d[ids].float().repeat_interleave(32, dim=1)  # [T, dim]: each block's scale over its 32 weights
-        if w.kind == "q8_0":
-            return w.qs[ids].float() * d
-        q = w.qs[ids].view(len(ids), -1, 16)  # [T, blocks, 16]: byte j = weight j (low nibble) | j + 16 (high)
-        q = torch.stack([q & 15, q >> 4], dim=2).view(len(ids), -1)  # [T, dim] in weight order
-        return q.float() * d + w.m[ids].float().repeat_interleave(32, dim=1)
+        rows = GGUFWeight(w.kind, w.qs[ids], w.d[ids], None if w.m is None else w.m[ids])  # the T rows' blocks
+        return dequantize(rows)
 
 
 def attach_gguf_blocks(model: nn.Module, blocks: dict[str, tuple[str, torch.Tensor]],

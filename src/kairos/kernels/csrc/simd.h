@@ -10,9 +10,9 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* GGUF block scales stay IEEE half floats (uint16 bits) as the file stores them: a quarter of
- * the bytes of a Q4_1 block is its d and m, so float32 copies would add 40% to what a decode
- * step reads. Conversion to float32 is exact. */
+/* GGUF block scales stay IEEE half floats (uint16 bits) as the file stores them: a Q4_1 block
+ * is 16 bytes of nibbles and 4 of d and m, so float32 copies of the scales would add 20% to what
+ * a decode step reads. Conversion to float32 is exact. */
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
 /* sum_i h2f(a[i]) * b[i] */
