@@ -4,10 +4,11 @@
 
 Table 1: the linear layers of all 30 blocks and the lm_head at M rows, from the GGUF Q4_1/Q8_0
 blocks: the few-row kernel, the tiled GEMM, and dequantizing the blocks then MKL's float32 GEMM
-(torch.nn.functional.linear); the crossover of the first two is ``SMALL_M`` in
+(torch.nn.functional.linear), and the opt-in int8 activations (``csrc/gguf_gemm_q8.c``, up to 8
+rows; the tiled GEMM above); the crossover of the first two is ``SMALL_M`` in
 ``csrc/gguf_gemm.c``. Table 2: whole decode steps of the engine (128-token prompts, greedy):
-kernels with the whole decoder stack in one C call, the same kernels per module, and
-``cpu_kernels`` off: step time and output tokens per second. Table 3: prefill chunks and
+kernels with the whole decoder stack in one C call, the same kernels per module, ``cpu_kernels``
+off, and the stack with int8 activations: step time and output tokens per second. Table 3: prefill chunks and
 64-sequence decode steps of the engine, the tiled GEMM (and the one-call stack) vs per-module
 layers that dequantize the blocks and call MKL above 8 rows (the path before the tiled GEMM).
 Table 4: decode attention of all 30 layers (the default model's 9 query / 3 KV heads of 64)
@@ -44,7 +45,8 @@ def linear_table(rows: list[int]) -> None:
     head = [m for m in mods if m.out_features == llm.engine.arch.vocab_size]
     layers = [m for m in mods if m not in head]
     paths = {"few-row": lambda x, w: gguf_gemm(x, w, tiled=False), "tiled": lambda x, w: gguf_gemm(x, w, tiled=True),
-             "deq+MKL": lambda x, w: F.linear(x, dequantize(w))}
+             "deq+MKL": lambda x, w: F.linear(x, dequantize(w)),
+             "int8 act": lambda x, w: gguf_gemm(x, w, int8_activations=True)}  # opt-in; tiled above 8 rows
     print(f"\n{len(layers)} GGUF linear layers ({layers[0].qweight.kind}) and the lm_head "
           f"({head[0].qweight.kind if head else '-'}): ms per pass; GFLOP/s of the tiled GEMM on the layers")
     print(f"{'rows':>5} " + " ".join(f"{'layers ' + p:>15}" for p in paths) + f" {'GFLOP/s':>8} "
@@ -67,12 +69,13 @@ def step_table(batches: list[int], steps: int) -> None:
     from kairos.models.llama import LlamaForCausalLM
 
     print("\nengine decode steps, 128-token prompts, greedy (median step after the prefill): kernels with the")
-    print("whole stack in one C call, the same kernels called per module, torch only")
-    print(f"{'batch':>5} {'stack ms':>9} {'modules ms':>11} {'torch ms':>9} {'stack tok/s':>12} {'modules/stack':>14} "
-          f"{'torch/stack':>12}")
+    print("whole stack in one C call, the same kernels called per module, torch only; the stack with int8 activations")
+    print(f"{'batch':>5} {'stack ms':>9} {'modules ms':>11} {'torch ms':>9} {'int8 ms':>8} {'stack tok/s':>12} "
+          f"{'modules/stack':>14} {'torch/stack':>12} {'stack/int8':>11}")
     res: dict[tuple[int, str], float] = {}
-    for variant in ("stack", "modules", "torch"):
-        llm = LLM("default", dtype="float32", cpu_kernels=variant != "torch")
+    for variant in ("stack", "modules", "torch", "int8"):
+        llm = LLM("default", dtype="float32", cpu_kernels=variant != "torch",
+                  activation_quant="int8" if variant == "int8" else "none")
         eng = llm.engine
         if variant == "modules":
             eng.runner.model.__class__ = LlamaForCausalLM  # the kernel modules, one Python call each
@@ -92,8 +95,9 @@ def step_table(batches: list[int], steps: int) -> None:
             res[(b, variant)] = statistics.median(times[2:])
         del llm, eng
     for b in batches:
-        k, m, t = res[(b, "stack")], res[(b, "modules")], res[(b, "torch")]
-        print(f"{b:>5} {k * 1e3:>9.1f} {m * 1e3:>11.1f} {t * 1e3:>9.1f} {b / k:>12.1f} {m / k:>14.2f} {t / k:>12.2f}")
+        k, m, t, q = (res[(b, v)] for v in ("stack", "modules", "torch", "int8"))
+        print(f"{b:>5} {k * 1e3:>9.1f} {m * 1e3:>11.1f} {t * 1e3:>9.1f} {q * 1e3:>8.1f} {b / k:>12.1f} {m / k:>14.2f} "
+              f"{t / k:>12.2f} {k / q:>11.2f}")
 
 
 def big_batch_table(steps: int) -> None:

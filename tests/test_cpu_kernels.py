@@ -39,6 +39,39 @@ def test_gguf_gemm_matches_dense(kind, m, tiled):
                                (xs.double() @ w.double().T).float(), rtol=1e-5, atol=1e-4)
 
 
+def _int8_rows(x: torch.Tensor) -> torch.Tensor:
+    """x as gguf_gemm_q8.c quantizes it, dequantized: per block of 32, scale max|x| / 127 and
+    x * (1 / scale) rounded half to even, all in float32 as the kernel does."""
+    m, k = x.shape
+    xb = x.contiguous().view(m, k // 32, 32)
+    d = xb.abs().amax(-1, keepdim=True) / 127
+    q = torch.round(xb * torch.where(d > 0, 1 / d, 0.0))
+    assert q.abs().max() <= 127
+    return (q.double() * d.double()).view(m, k)
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 9])  # 9: above the few-row shapes, the float32 tiled GEMM
+def test_int8_activation_gemm_is_the_quantized_rows_times_w(kind, m):
+    blocks, w = _blocks(70, 160, kind)
+    qw = cpu.GGUFWeight.from_blocks(kind, blocks)
+    x = torch.randn(m, 200, generator=torch.Generator().manual_seed(m))[:, 20:180] * 3  # strided rows
+    x[0, 32:64] = 0.0  # an all-zero block: scale 0
+    y = cpu.gguf_gemm(x, qw, int8_activations=True)
+    exact = (x.double() @ w.double().T).float()
+    if m > 8:
+        torch.testing.assert_close(y, cpu.gguf_gemm(x, qw))  # batches stay float32
+        return
+    torch.testing.assert_close(y, (_int8_rows(x) @ w.double().T).float(), rtol=1e-5, atol=1e-4)
+    # and so it is not the float32 product: each activation is off by up to half its block's step
+    assert not torch.allclose(y, exact, rtol=1e-5, atol=1e-4)
+    step = (x.view(m, 5, 32).abs().amax(-1) / 127).repeat_interleave(32, dim=1)  # [m, K]
+    bound = (step.double() / 2) @ w.double().abs().T + 1e-4
+    assert ((y.double() - exact.double()).abs() <= bound).all()
+    with pytest.raises(ValueError, match="leave tiled as None"):
+        cpu.gguf_gemm(x, qw, tiled=False, int8_activations=True)
+
+
 def test_gguf_gemm_tiled_sums_in_k_order():
     """The tiled kernel adds each output's K products in order, in float32 (one FMA per product):
     exactly a sequential float32 loop over the dequantized weights, whatever the row position."""
@@ -226,11 +259,16 @@ def _quantize_linears(model, tied: bool) -> dict[str, tuple[str, torch.Tensor]]:
     return blocks
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])  # qwen2: biased qkv
-def test_decode_stack_is_the_module_path_in_one_call(kind, tmp_path_factory, monkeypatch):
-    """Whole-stack decode (one C call) gives bit-identical logits to the per-module kernels."""
+@pytest.mark.parametrize("kind,int8", [("llama", False), ("qwen2", False), ("llama", True)])  # qwen2: biased qkv
+def test_decode_stack_is_the_module_path_in_one_call(kind, int8, tmp_path_factory, monkeypatch):
+    """Whole-stack decode (one C call) gives bit-identical logits to the per-module kernels
+    (also with int8 activations, which both paths then use)."""
     from kairos.engine.sampling_params import SamplingParams
-    from kairos.models.cpu_layers import KernelLlamaForCausalLM
+    from kairos.models.cpu_layers import (
+        KernelLlamaForCausalLM,
+        KernelLlamaInt8Act,
+        use_int8_activations,
+    )
     from kairos.models.gguf_linear import attach_gguf_blocks
     from kairos.models.llama import PACKED_SHARDS, LlamaForCausalLM
 
@@ -248,6 +286,8 @@ def test_decode_stack_is_the_module_path_in_one_call(kind, tmp_path_factory, mon
         assert type(model) is KernelLlamaForCausalLM
         tied = model.config.tie_word_embeddings
         assert attach_gguf_blocks(model, _quantize_linears(model, tied), PACKED_SHARDS, tied) == 4 * 2 + (not tied)
+        if int8:
+            assert use_int8_activations(model) == 4 * 2 + (not tied) and type(model) is KernelLlamaInt8Act
         if not fused:
             model.__class__ = LlamaForCausalLM  # same modules, one Python call per layer operation
         logits = []
@@ -264,3 +304,16 @@ def test_decode_stack_is_the_module_path_in_one_call(kind, tmp_path_factory, mon
     assert done_a == done_b and len(logits_a) == len(logits_b)
     for a, b in zip(logits_a, logits_b):  # every later step also reads the KV the stack wrote
         assert torch.equal(a, b)
+
+
+def test_int8_activations_are_refused_without_gguf_blocks(tiny_llama):
+    from kairos.config import ModelConfig
+
+    from engine_helpers import make_engine
+
+    with pytest.raises(ValueError, match="activation_quant='int8' needs a GGUF model"):
+        make_engine(tiny_llama[1], activation_quant="int8")  # an HF directory: float weights, nothing to quantize against
+    with pytest.raises(ValueError, match="activation_quant must be one of"):
+        ModelConfig(activation_quant="int4")
+    with pytest.raises(ValueError, match="activation_quant needs cpu_kernels"):
+        ModelConfig(activation_quant="int8", cpu_kernels=False)

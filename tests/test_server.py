@@ -185,6 +185,8 @@ def test_slo_body_headers_usage_extension_and_429(server, client):
     k = r.json()["usage"]["kairos"]
     assert k["slo_class"] == "interactive" and k["slo_met"] is True and k["ttft_met"] is True
     assert k["deadline_met"] is True and k["tpot_met"] is None and 0 < k["ttft_ms"] <= k["e2e_ms"]
+    # what admission control predicted for it (and admitted it on)
+    assert 0 < k["predicted_ttft_ms"] < k["predicted_e2e_ms"] <= 120000 and k["predicted_tpot_ms"] > 0
     r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 4},
                    headers={"X-Kairos-TTFT-Ms": "60000", "X-Kairos-Priority": "2"})
     assert r.status_code == 200 and r.json()["usage"]["kairos"]["ttft_met"] is True
@@ -197,6 +199,7 @@ def test_slo_body_headers_usage_extension_and_429(server, client):
     r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 4,
                                                           "slo": {"ttft_ms": 0.001, "on_miss": "best_effort"}})
     assert r.status_code == 200 and r.json()["usage"]["kairos"]["ttft_met"] is False
+    assert r.json()["usage"]["kairos"]["predicted_ttft_ms"] is None  # best-effort: no prediction was promised
     r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Hi"}, headers={"X-Kairos-TTFT-Ms": "soon"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "slo"
     metrics = httpx.get(server.url + "/metrics").text

@@ -319,3 +319,36 @@ def test_admission_scales_predictions_by_the_engines_own_errors(tiny_llama):
     assert engine.stats()["slo_ttft_calibration"] == 1.5
     while engine.has_unfinished():
         engine.step()
+
+
+def test_admission_predicts_tokens_at_the_pace_steps_have_been_taking(tiny_llama):
+    from kairos.config import EngineConfig
+    from kairos.engine.core import EngineCore
+
+    clock = Clock()
+    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4), clock=clock,
+                        cost_model=CostModel(COST, frozen=True))
+    engine.add_request(EngineRequest("long", list(range(3, 43)), SamplingParams(max_tokens=40)))
+    for _ in range(5):  # steps 30 ms apart, where the cost model says 11 ms for a decode-only step
+        engine.step()
+        clock.t += 0.030
+    assert engine.stats()["step_interval_s"] == pytest.approx(0.030)  # 4 intervals (the first step had none before it)
+    # a deadline-only request: tokens every 30 ms (not the 12 ms of a decode step of 2)
+    engine.add_request(EngineRequest("batch", list(range(50, 60)), SamplingParams(max_tokens=10),
+                                     slo=SLO(deadline_ms=10_000)))
+    first, per_token, last = engine.admission("batch")
+    assert per_token == pytest.approx(0.030) and last - first == pytest.approx(9 * 0.030)
+    # a TPOT promise holds the steps to 0.95 of it while it runs: 19 ms per token, not 30
+    engine.add_request(EngineRequest("chat", list(range(60, 70)), SamplingParams(max_tokens=4),
+                                     slo=SLO(ttft_ms=1000, tpot_ms=20)))
+    assert engine.admission("chat")[1] == pytest.approx(0.019)
+    assert engine.admission("long") is None  # no SLO: nothing was predicted
+    while engine.has_unfinished():
+        engine.step()
+        clock.t += 0.030
+    clock.t += 100.0  # idle for 100 s: that gap is not a step interval
+    engine.add_request(EngineRequest("again", list(range(3, 13)), SamplingParams(max_tokens=3)))
+    engine.step()
+    clock.t += 0.025
+    engine.step()
+    assert engine.stats()["step_interval_s"] == pytest.approx(0.025)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICES = ("auto", "cpu", "cuda")
+_ACTIVATION_QUANT = ("none", "int8")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 
 
@@ -36,6 +37,7 @@ class ModelConfig:
     max_model_len: int | None = field(default=None, metadata={"help": "cap on prompt + output tokens (default: the model's)"})
     seed: int = field(default=0, metadata={"help": "seed of the global sampler generator"})
     cpu_kernels: bool = field(default=True, metadata={"help": "on x86 CPUs in float32, use Kairos' C kernels: decode attention over the paged cache, and matmuls straight from a GGUF's Q4_1/Q8_0 blocks (no float32 copy of them)"})
+    activation_quant: str = field(default="none", metadata={"help": "none, or int8: decode-step matmuls over GGUF blocks quantize their inputs to int8 per 32 values, as llama.cpp does (faster batch-1 decode on CPUs; outputs no longer equal a float32 model's)"})
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -46,6 +48,10 @@ class ModelConfig:
             raise ValueError(f"device must be one of {_DEVICES}, got {self.device!r}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        if self.activation_quant not in _ACTIVATION_QUANT:
+            raise ValueError(f"activation_quant must be one of {_ACTIVATION_QUANT}, got {self.activation_quant!r}")
+        if self.activation_quant != "none" and not self.cpu_kernels:
+            raise ValueError("activation_quant needs cpu_kernels (it is a mode of Kairos' CPU kernels)")
 
 
 @dataclass(frozen=True)

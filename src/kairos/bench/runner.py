@@ -27,6 +27,7 @@ class Record:
     outcome: str = "error"  # ok | refused (429/503) | expired (the server gave up on its SLO) | error | timeout
     status: int | None = None
     error: str | None = None
+    server_report: dict | None = None  # a Kairos server's ``usage.kairos`` (its SLO verdicts, predictions)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -99,6 +100,7 @@ async def _one(http: httpx.AsyncClient, spec: RequestSpec, target: Target, t0: f
         if usage:
             rec.prompt_tokens = usage.get("prompt_tokens", rec.prompt_tokens)
             rec.output_tokens = usage.get("completion_tokens", 0)
+            rec.server_report = usage.get("kairos")
         else:
             rec.output_tokens = count_tokens(full)
         rec.outcome = "expired" if expired else "ok"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from kairos.config import EngineConfig, parse_size
-from kairos.engine.cost_model import Calibration, CostModel
+from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block
@@ -50,6 +50,8 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock)
         # actual/predicted first-token and completion times of admitted SLO requests
         self.calibration = {k: Calibration(config.scheduler.slo_confidence) for k in ("ttft", "e2e")}
+        self.intervals = StepIntervals()
+        self._last_step_end: float | None = None  # None: the engine idled since its last step
         self.counters = {"requests_expired": 0, "requests_slo_refused": 0, "requests_slo_best_effort": 0}
         self.sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
         self.eos_token_ids = frozenset(arch.eos_token_ids) | generation_eos_ids(self.model_path)
@@ -104,13 +106,22 @@ class EngineCore:
         cap = sch.seq_cap(ctx, seq)
         batch = min(cap, len(sch.running) + len(sch.waiting) + 1)
         ctx_per_seq = (ctx.decode_ctx + seq.num_tokens) / (ctx.decode_seqs + 1)
-        tpot = self.cost.step_time(0, batch, batch * ctx_per_seq)
-        pace = sch.decode_pace(seq)  # with prefill work waiting, steps take what TPOT promises leave them
-        if pace and (sch.waiting or ahead_prefill):
-            tpot = max(tpot, pace)
+        # per token: what steps have been taking lately (the prefill chunks of other arrivals in
+        # them), at most the pace a TPOT promise holds them to, never less than a decode-only step
+        # of the batch it joins. One rule at every load, so the calibration of these predictions
+        # learns one kind of error.
+        recent = self.intervals.mean(ctx.now)
+        pace = sch.decode_pace(seq)
+        tpot = max(self.cost.step_time(0, batch, batch * ctx_per_seq), min(recent, pace) if pace else recent)
         first = ctx.now + sch.slot_wait(ahead, cap, tpot) + ctx.prefill_eta(seq, ahead_prefill)
         last = first + (seq.params.max_tokens - 1) * tpot
         return first - seq.arrival_time, tpot, last - seq.arrival_time
+
+    def admission(self, request_id: str) -> tuple[float, float, float] | None:
+        """What admission control predicted for an admitted SLO request (calibrated): seconds from
+        arrival to its first token, per output token, and to its last token."""
+        seqs = self.requests.get(request_id)
+        return seqs[0].promised if seqs and seqs[0] is not None else None
 
     def _admit_slo(self, seq: Sequence) -> None:
         slo = seq.slo
@@ -128,6 +139,7 @@ class EngineCore:
             misses.append(f"predicted completion {last * 1000:.0f} ms > deadline_ms {slo.deadline_ms:g}")
         if not misses:
             seq.predicted = raw  # judged against what happens: see ``calibration``
+            seq.promised = (first, tpot, last)
             return
         if slo.on_miss == "best_effort":
             seq.best_effort = True
@@ -159,10 +171,21 @@ class EngineCore:
 
     # -- the step ----------------------------------------------------------------------------
     def step(self) -> list[SeqOutput]:
+        start = self.clock()
+        ran, outputs = self._step()
+        if ran:
+            end = self.clock()
+            last = self._last_step_end
+            self.intervals.observe(end, end - (start if last is None else last))
+            self._last_step_end = end if self.has_unfinished() else None
+        return outputs
+
+    def _step(self) -> tuple[bool, list[SeqOutput]]:
+        """One schedule -> execute -> update round: (whether a forward pass ran, the outputs)."""
         sched = self.scheduler.schedule()
         expired = self._expired_outputs(sched.expired)
         if not sched.scheduled:
-            return expired
+            return False, expired
         t0 = time.perf_counter()
         logits = self.runner.execute(sched.scheduled)  # [S, V], S = entries that sample
         seqs: list[Sequence] = []
@@ -182,7 +205,7 @@ class EngineCore:
             self.runner.copy_blocks(copies)
         if not seqs:  # only mid-prompt prefill chunks ran
             self._observe(sched, t0)
-            return expired
+            return True, expired
         if len(logit_rows) != logits.shape[0]:
             logits = logits[torch.tensor(logit_rows, dtype=torch.long, device=logits.device)]
         rows = [self._sampling_row(q) for q in seqs]
@@ -206,7 +229,7 @@ class EngineCore:
             ))
             if reason:
                 self._finish(seq)
-        return outputs
+        return True, outputs
 
     # -- helpers -----------------------------------------------------------------------------
     def _observe(self, sched, t0: float) -> None:
@@ -280,5 +303,6 @@ class EngineCore:
             **self.cost.describe(),
             "slo_ttft_calibration": self.calibration["ttft"].factor(self.clock()),
             "slo_e2e_calibration": self.calibration["e2e"].factor(self.clock()),
+            "step_interval_s": self.intervals.mean(self.clock()),
             **self.counters,
         }

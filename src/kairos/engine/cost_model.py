@@ -135,3 +135,24 @@ class Calibration:
             return 1.0
         r = sorted(x for _, x in self.ratios)
         return min(10.0, max(0.5, r[min(len(r) - 1, int(self.quantile * len(r)))]))
+
+
+class StepIntervals:
+    """Wall seconds between consecutive step ends while the engine had work (what a running
+    request waits per token: the step, the scheduler and the loop around them), over the last
+    ``horizon`` seconds. The cost model predicts a decode-only step; this is what steps have
+    actually been taking with the prefill chunks of other arrivals in them."""
+
+    def __init__(self, horizon: float = 10.0):
+        self.horizon = horizon
+        self.intervals: deque[tuple[float, float]] = deque()  # (end, seconds)
+
+    def observe(self, end: float, seconds: float) -> None:
+        if math.isfinite(seconds) and seconds > 0:
+            self.intervals.append((end, seconds))
+
+    def mean(self, now: float) -> float:
+        """Mean interval of the recent steps; 0 when the engine has not stepped lately."""
+        while self.intervals and self.intervals[0][0] < now - self.horizon:
+            self.intervals.popleft()
+        return sum(s for _, s in self.intervals) / len(self.intervals) if self.intervals else 0.0

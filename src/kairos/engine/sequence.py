@@ -44,6 +44,9 @@ class Sequence:
         self.best_effort = slo is None  # also set when an infeasible SLO falls back (on_miss=best_effort)
         self.first_token_time: float | None = None
         self.predicted: tuple[float, float] | None = None  # (first, last token) s after arrival, at admission
+        # what admission judged the request by (``predicted`` scaled by the calibration), and the
+        # time per token: (first token, per token, last token) s
+        self.promised: tuple[float, float, float] | None = None
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed + index)

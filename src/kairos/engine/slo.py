@@ -41,9 +41,14 @@ class SLOReport(msgspec.Struct, frozen=True, omit_defaults=True):
     deadline_met: bool | None = None
     slo_met: bool | None = None  # all objectives met (None: the request had no SLO)
     slo_class: str | None = None
+    # what admission control predicted (absent for best-effort requests and those without an SLO)
+    predicted_ttft_ms: float | None = None
+    predicted_tpot_ms: float | None = None
+    predicted_e2e_ms: float | None = None
 
 
-def report(slo: SLO | None, arrival: float, first: float | None, end: float, n_tokens: int) -> SLOReport:
+def report(slo: SLO | None, arrival: float, first: float | None, end: float, n_tokens: int,
+           predicted: tuple[float | None, float | None, float | None] = (None, None, None)) -> SLOReport:
     ttft = None if first is None else (first - arrival) * 1000
     tpot = (end - first) * 1000 / (n_tokens - 1) if first is not None and n_tokens > 1 else None
     e2e = (end - arrival) * 1000
@@ -53,4 +58,4 @@ def report(slo: SLO | None, arrival: float, first: float | None, end: float, n_t
     tpot_met = None if slo.tpot_ms is None else (tpot is None or tpot <= slo.tpot_ms)
     deadline_met = None if slo.deadline_ms is None else e2e <= slo.deadline_ms
     met = all(x is not False for x in (ttft_met, tpot_met, deadline_met))
-    return SLOReport(ttft, tpot, e2e, ttft_met, tpot_met, deadline_met, met, slo.name)
+    return SLOReport(ttft, tpot, e2e, ttft_met, tpot_met, deadline_met, met, slo.name, *predicted)

@@ -6,6 +6,7 @@
   the blocks as its packing step (no dense copy of the weights anywhere); from 12 rows up it
   beats dequantizing + MKL's float32 GEMM on the machine measured (1.9x at 64 rows, 1.2x at 512).
   torch's int4 kernels want bfloat16 activations and other layouts.
+  Opt-in, few-row shapes only: int8 activations (``gguf_gemm_q8.c``), llama.cpp's arithmetic.
 - :func:`paged_decode_attention`: one query token per sequence against the paged KV cache,
   read in place (the torch path gathers every context into a padded copy first).
 
@@ -46,7 +47,7 @@ _SIGNATURES = {
     "dequant_q4_1": [_ptr, _ptr, _ptr, _i64, _i64, _ptr],
     "dequant_q8_0": [_ptr, _ptr, _i64, _i64, _ptr],
     "decode_stack": [_ptr, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64,
-                     _f32, _f32, _ptr, _ptr],
+                     _f32, _f32, _ptr, _ptr, _i64],
 }
 _RESTYPES = {"decode_stack": ctypes.c_int, "gguf_matmul": ctypes.c_int}
 
@@ -129,19 +130,23 @@ class GGUFWeight:
         return self.d.shape[0], self.d.shape[1] * 32
 
 
-def gguf_gemm(x: torch.Tensor, w: GGUFWeight, tiled: bool | None = None) -> torch.Tensor:
+def gguf_gemm(x: torch.Tensor, w: GGUFWeight, tiled: bool | None = None, int8_activations: bool = False) -> torch.Tensor:
     """``x [M, K]`` float32 (rows may be strided) times ``w [N, K]`` -> ``[M, N]`` float32.
     ``tiled``: None picks the kernel by M (``csrc/gguf_gemm.c: gguf_matmul``), True forces the
-    batch kernel (``gguf_gemm_tiled.c``), False the few-row one. The caller checked :func:`load`."""
+    batch kernel (``gguf_gemm_tiled.c``), False the few-row one. ``int8_activations`` (with
+    ``tiled=None``): where the few-row kernel would run, x is quantized to int8 per block of 32
+    first (``gguf_gemm_q8.c``, llama.cpp's arithmetic). The caller checked :func:`load`."""
+    if int8_activations and tiled is not None:
+        raise ValueError("int8_activations picks its kernel by M: leave tiled as None")
     if x.stride(-1) != 1:
         x = x.contiguous()
     n, k = w.shape
     y = torch.empty((x.shape[0], n), dtype=torch.float32)
     rc = load().gguf_matmul(0 if w.kind == "q4_1" else 1, x.data_ptr(), x.shape[0], k, x.stride(0), w.qs.data_ptr(),
                             w.d.data_ptr(), None if w.m is None else w.m.data_ptr(), n, y.data_ptr(), y.stride(0),
-                            -1 if tiled is None else int(tiled))
+                            2 if int8_activations else -1 if tiled is None else int(tiled))
     if rc != 0:
-        raise MemoryError("gguf_gemm: no memory for the packed activations")
+        raise MemoryError("gguf_gemm: no memory for the packed or quantized activations")
     return y
 
 
@@ -240,18 +245,19 @@ def stack_table(layers: list[StackLayer]) -> ctypes.Array:
 
 def decode_stack(table: ctypes.Array, hidden: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
                  intermediate: int, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor,
-                 lens: torch.Tensor, block_size: int, eps: float, scale: float, final_norm: torch.Tensor) -> torch.Tensor:
+                 lens: torch.Tensor, block_size: int, eps: float, scale: float, final_norm: torch.Tensor,
+                 int8_activations: bool = False) -> torch.Tensor:
     """Every layer of ``table`` on one decode token per sequence, then the final norm.
 
     ``hidden [M, H]`` float32 embeddings (overwritten: it carries the residual stream),
     ``cos``/``sin [M, D]``, ``slots [M]`` int64, ``tables [M, n]`` and ``lens [M]`` int32 as for
-    :func:`paged_decode_attention` -> ``[M, H]``."""
+    :func:`paged_decode_attention` -> ``[M, H]``. ``int8_activations``: as for :func:`gguf_gemm`."""
     m, h = hidden.shape
     out = torch.empty_like(hidden)
     rc = load().decode_stack(ctypes.addressof(table), len(table), m, h, num_heads, num_kv_heads, head_dim, intermediate,
                              hidden.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(), tables.data_ptr(),
                              tables.stride(0), lens.data_ptr(), block_size, eps, scale, final_norm.data_ptr(),
-                             out.data_ptr())
+                             out.data_ptr(), 2 if int8_activations else -1)
     if rc != 0:
         raise MemoryError("decode_stack: no scratch memory")
     return out

@@ -84,6 +84,12 @@ def load_model(cfg: ModelConfig) -> tuple[nn.Module, ArchConfig, Path]:
         use_cpu_kernels(model)
         if not path.is_dir():  # before loading: layers that drop their dense copy are not filled at all
             _attach_gguf_kernels(model, arch, path)
+    if cfg.activation_quant == "int8":
+        from kairos.models.cpu_layers import use_int8_activations
+
+        if not use_int8_activations(model):
+            raise ValueError("activation_quant='int8' needs a GGUF model with Q4_1/Q8_0 weights, on a CPU that "
+                             "runs Kairos' kernels in float32")
     served = model.checkpoint_names()  # what the GGUF blocks took over is no longer a parameter
 
     def keep(name: str) -> bool:  # (unknown names go through: load_weights reports them)

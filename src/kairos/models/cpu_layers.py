@@ -13,7 +13,7 @@ from torch import nn
 
 from kairos.engine.attention import paged_attention
 from kairos.kernels import cpu
-from kairos.models.gguf_linear import GGUFLinear
+from kairos.models.gguf_linear import GGUFLinear, GGUFLinearInt8Act
 from kairos.models.llama import MLP, Attention, LlamaForCausalLM, RMSNorm
 
 
@@ -57,6 +57,8 @@ class KernelLlamaForCausalLM(LlamaForCausalLM):
     (``cpu.decode_stack``: the same kernels as the modules above, without Python between them);
     other steps, or layers the call cannot take, go through the modules."""
 
+    int8_activations = False  # see KernelLlamaInt8Act
+
     def forward(self, input_ids, positions, kv_caches, meta):
         if meta.decode_tables is None or meta.prefills:
             return super().forward(input_ids, positions, kv_caches, meta)
@@ -69,14 +71,15 @@ class KernelLlamaForCausalLM(LlamaForCausalLM):
         attn = self.model.layers[0].self_attn
         return cpu.decode_stack(table, x, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, cos, sin,
                                 meta.slot_mapping, meta.decode_tables, meta.decode_lens, kv_caches[0][0].shape[1],
-                                self.model.norm.eps, attn.scale, self.model.norm.weight)
+                                self.model.norm.eps, attn.scale, self.model.norm.weight, self.int8_activations)
 
     def _stack_table(self, kv_caches):
         """The C layer table for these caches (built once; None: some layer is not eligible)."""
         key = tuple(k.data_ptr() for k, _ in kv_caches)
         cached = self.__dict__.get("_stack")
         if cached is None or cached[0] != key:
-            layers = [_stack_layer(ly, kv, self.model.norm.eps) for ly, kv in zip(self.model.layers, kv_caches)]
+            layers = [_stack_layer(ly, kv, self.model.norm.eps, self.int8_activations)
+                      for ly, kv in zip(self.model.layers, kv_caches)]
             ok = all(ly is not None for ly in layers) and type(self.model.norm) is KernelRMSNorm
             ok = ok and len({ly.self_attn.scale for ly in self.model.layers}) == 1
             # the tensors stay referenced next to the raw pointers that the table holds
@@ -84,14 +87,22 @@ class KernelLlamaForCausalLM(LlamaForCausalLM):
         return cached[1]
 
 
-def _stack_layer(layer, kv, eps: float) -> cpu.StackLayer | None:
+class KernelLlamaInt8Act(KernelLlamaForCausalLM):
+    """The one-call decode stack with int8 activations in its few-row matmuls (as GGUFLinearInt8Act)."""
+
+    int8_activations = True
+
+
+def _stack_layer(layer, kv, eps: float, int8_activations: bool) -> cpu.StackLayer | None:
     attn, mlp = layer.self_attn, layer.mlp
     norms = (layer.input_layernorm, layer.post_attention_layernorm)
     linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
     if type(attn) is not KernelAttention or type(mlp) is not KernelMLP or any(type(n) is not KernelRMSNorm or
                                                                                 n.eps != eps for n in norms):
         return None
-    if not all(isinstance(li, GGUFLinear) and (li.bias is None or li.bias.dtype == torch.float32) for li in linears):
+    # the stack runs every matmul one way: layers must agree with it on int8 activations
+    if not all(isinstance(li, GGUFLinear) and li.int8_activations == int8_activations
+               and (li.bias is None or li.bias.dtype == torch.float32) for li in linears):
         return None
     tensors = [kv[0], kv[1], *(n.weight for n in norms)]
     if not all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
@@ -112,5 +123,18 @@ def use_cpu_kernels(model: nn.Module) -> int:
             new = KernelAttention
         if new is not None:
             mod.__class__ = new  # same state, other forward
+            n += 1
+    return n
+
+
+def use_int8_activations(model: nn.Module) -> int:
+    """Switch a kernel model's GGUF linears (and its one-call stack) to int8 activations for
+    few-row matmuls; returns how many linears. Numerics change: opt-in only."""
+    if type(model) is KernelLlamaForCausalLM:
+        model.__class__ = KernelLlamaInt8Act
+    n = 0
+    for mod in model.modules():
+        if type(mod) is GGUFLinear:
+            mod.__class__ = GGUFLinearInt8Act
             n += 1
     return n

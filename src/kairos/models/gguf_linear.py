@@ -18,6 +18,8 @@ from kairos.kernels.cpu import BLOCK_BYTES, GGUFWeight, dequantize, gguf_gemm
 class GGUFLinear(nn.Module):
     """``nn.Linear`` semantics over GGUF blocks (``qweight``); the bias stays a float tensor."""
 
+    int8_activations = False  # see GGUFLinearInt8Act
+
     def __init__(self, dense: nn.Linear, qweight: GGUFWeight):
         super().__init__()
         self.weight = None  # no dense copy: the blocks are the weight
@@ -29,11 +31,19 @@ class GGUFLinear(nn.Module):
         if x.dtype != torch.float32:  # the kernels are float32-only (models with kernels are float32)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, dequantize(self.qweight).to(x.dtype), bias)
-        y = gguf_gemm(x, self.qweight)
+        y = gguf_gemm(x, self.qweight, int8_activations=self.int8_activations)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.qweight.kind}"
+
+
+class GGUFLinearInt8Act(GGUFLinear):
+    """Few-row inputs (decode steps) quantized to int8 per block of 32 before the matmul, as
+    llama.cpp does (``ModelConfig.activation_quant = "int8"``): faster at batch 1, no longer equal
+    to a float32 matmul over the dequantized weights."""
+
+    int8_activations = True
 
 
 class GGUFEmbedding(nn.Module):

@@ -74,7 +74,9 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                         send(RequestRejected(msg.request.request_id, str(e), getattr(e, "code", None)))
                     else:
                         if msg.request.slo is not None:
-                            send(Admitted(msg.request.request_id))
+                            rid = msg.request.request_id
+                            promised = engine.admission(rid)
+                            send(Admitted(rid, *(() if promised is None else (x * 1000 for x in promised))))
                 elif isinstance(msg, AbortRequest):
                     aborted.extend(engine.abort(msg.request_id))
                 elif isinstance(msg, FinishSequence):

@@ -48,9 +48,13 @@ class RequestRejected(msgspec.Struct, tag=True):
 
 
 class Admitted(msgspec.Struct, tag=True):
-    """Sent for requests with an SLO once admission control has accepted them."""
+    """Sent for requests with an SLO once admission control has accepted them, with what it
+    predicted (ms; None when the request was admitted best-effort)."""
 
     request_id: str
+    predicted_ttft_ms: float | None = None
+    predicted_tpot_ms: float | None = None
+    predicted_e2e_ms: float | None = None
 
 
 class EngineFailed(msgspec.Struct, tag=True):

@@ -38,12 +38,15 @@ class Tracked:
     slo: SLO | None
     token_times: list[float] = field(default_factory=list)
     end: float | None = None
+    admitted: Admitted | None = None
 
     def slo_report(self) -> dict:
         first = self.token_times[0] if self.token_times else None
         end = self.end if self.end is not None else time.monotonic()
         n = max(len(o.token_ids) for o in self.output.outputs)
-        return msgspec.structs.asdict(report(self.slo, self.arrival, first, end, n))
+        a = self.admitted
+        predicted = (None, None, None) if a is None else (a.predicted_ttft_ms, a.predicted_tpot_ms, a.predicted_e2e_ms)
+        return msgspec.structs.asdict(report(self.slo, self.arrival, first, end, n, predicted))
 
 
 class Generator:
@@ -82,6 +85,7 @@ class Generator:
                 outcome = "refused" if getattr(first, "code", None) == "slo_infeasible" else "rejected"
                 self.metrics.finished(outcome, len(ids), [], arrival, time.monotonic(), slo, None)
                 raise self._error(first)
+            tr.admitted = first
         return tr
 
     @staticmethod

@@ -32,8 +32,8 @@ typedef struct {
     float *k_cache, *v_cache; /* [num_blocks, bs, Hkv, D] */
 } layer_t;
 
-static int linear(const qlinear_t *w, const float *x, int64_t M, float *y) {
-    if (gguf_matmul(w->kind, x, M, w->K, w->K, w->qs, w->d, w->m, w->N, y, w->N, -1)) return -1;
+static int linear(const qlinear_t *w, const float *x, int64_t M, float *y, int64_t path) {
+    if (gguf_matmul(w->kind, x, M, w->K, w->K, w->qs, w->d, w->m, w->N, y, w->N, path)) return -1;
     if (w->bias)
         for (int64_t r = 0; r < M; r++)
             for (int64_t n = 0; n < w->N; n++) y[r * w->N + n] += w->bias[n];
@@ -41,13 +41,14 @@ static int linear(const qlinear_t *w, const float *x, int64_t M, float *y) {
 }
 
 /* hidden: [M, H] token embeddings, used as the residual stream (overwritten); out: [M, H], the
- * final norm of the last layer's output. cos/sin: [M, D]; slots: [M]; tables: [M, ldt]; lens: [M].
+ * final norm of the last layer's output. cos/sin: [M, D]; slots: [M]; tables: [M, ldt]; lens: [M];
+ * path: gguf_matmul's (-1, or 2 for int8 activations).
  * Returns 0, or -1 when scratch memory could not be had (the KV cache and hidden may then hold a
  * partial step: the caller fails the step). */
 int decode_stack(const layer_t *layers, int64_t L, int64_t M, int64_t H, int64_t Hq, int64_t Hkv, int64_t D,
                  int64_t I, float *hidden, const float *cos, const float *sin, const int64_t *slots,
                  const int32_t *tables, int64_t ldt, const int32_t *lens, int64_t bs, float eps, float scale,
-                 const float *final_norm, float *out) {
+                 const float *final_norm, float *out, int64_t path) {
     const int64_t nqkv = (Hq + 2 * Hkv) * D;
     float *h = malloc(sizeof(float) * (size_t)(M * H)), *x = malloc(sizeof(float) * (size_t)(M * H));
     float *qkv = malloc(sizeof(float) * (size_t)(M * nqkv)), *att = malloc(sizeof(float) * (size_t)(M * Hq * D));
@@ -56,14 +57,14 @@ int decode_stack(const layer_t *layers, int64_t L, int64_t M, int64_t H, int64_t
     for (int64_t l = 0; rc == 0 && l < L; l++) {
         const layer_t *ly = layers + l;
         add_rms_norm(l ? x : NULL, hidden, ly->input_norm, M, H, eps, h);
-        if ((rc = linear(&ly->qkv, h, M, qkv))) break;
+        if ((rc = linear(&ly->qkv, h, M, qkv, path))) break;
         rope_store_kv(qkv, M, nqkv, Hq, Hkv, D, cos, sin, ly->k_cache, ly->v_cache, slots);
         paged_decode_attention(qkv, nqkv, ly->k_cache, ly->v_cache, tables, ldt, lens, M, Hq, Hkv, D, bs, scale, att);
-        rc = linear(&ly->o, att, M, x);
+        rc = linear(&ly->o, att, M, x, path);
         if (rc == 0) add_rms_norm(x, hidden, ly->post_norm, M, H, eps, h);
-        if (rc == 0) rc = linear(&ly->gate_up, h, M, gu);
+        if (rc == 0) rc = linear(&ly->gate_up, h, M, gu, path);
         if (rc == 0) silu_mul(gu, M, I, act);
-        if (rc == 0) rc = linear(&ly->down, act, M, x);
+        if (rc == 0) rc = linear(&ly->down, act, M, x, path);
     }
     if (rc == 0) add_rms_norm(L ? x : NULL, hidden, final_norm, M, H, eps, out);
     free(h), free(x), free(qkv), free(att), free(gu), free(act);

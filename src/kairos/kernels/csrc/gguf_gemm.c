@@ -33,6 +33,8 @@ static inline __m256 dot32(__m256 w0, __m256 w1, __m256 w2, __m256 w3, const flo
     static void q4_1_tile##MT(const float *x, int64_t ldx, const float *xs, int64_t nb,            \
                               const uint8_t *qs, const uint16_t *d, const uint16_t *m, float *y,   \
                               int64_t ldy) {                                                       \
+        float df[nb];                                                                              \
+        h2f_row(d, nb, df);                                                                        \
         __m256 acc[MT];                                                                            \
         for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();                                 \
         const __m256i low = _mm256_set1_epi32(0x0F);                                               \
@@ -44,7 +46,7 @@ static inline __m256 dot32(__m256 w0, __m256 w1, __m256 w2, __m256 w3, const flo
             __m256 w1 = _mm256_cvtepi32_ps(_mm256_and_si256(v1, low));                             \
             __m256 w2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4));                              \
             __m256 w3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4));                              \
-            __m256 db = _mm256_set1_ps(h2f(d[b]));                                                 \
+            __m256 db = _mm256_broadcast_ss(df + b);                                               \
             for (int i = 0; i < MT; i++)                                                           \
                 acc[i] = _mm256_fmadd_ps(db, dot32(w0, w1, w2, w3, x + i * ldx + 32 * b), acc[i]); \
         }                                                                                          \
@@ -169,17 +171,22 @@ void gemm_q8_0(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *
 
 int gemm_gguf_tiled(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs,
                     const uint16_t *d, const uint16_t *m, int64_t N, float *y, int64_t ldy);
+int gguf_matmul_q8(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs,
+                   const uint16_t *d, const uint16_t *m, int64_t N, float *y, int64_t ldy);
 
 /* Up to this many rows the kernels above win (they read each block once per 4 rows and need no
  * packing); above, the tiled GEMM does (benchmarks/cpu_kernels.py, 2-core AVX2 EPYC). */
 #define SMALL_M 8
 
 /* y = x W^T for a GGUF weight, the kernel chosen by M (path -1), or forced: 0 the kernels above,
- * 1 the tiled one. kind 0: Q4_1, 1: Q8_0; shapes as for gemm_q4_1 / gemm_q8_0. Returns 0, or -1
- * when the tiled kernel had no memory for its packed copy of x (y is not written then). */
+ * 1 the tiled one; path 2: as -1, but the few-row shapes quantize x to int8 (gguf_gemm_q8.c,
+ * opt-in). kind 0: Q4_1, 1: Q8_0; shapes as for gemm_q4_1 / gemm_q8_0. Returns 0, or -1 when
+ * there was no memory for the packed or quantized copy of x (y is not written then). */
 int gguf_matmul(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs, const uint16_t *d,
                 const uint16_t *m, int64_t N, float *y, int64_t ldy, int64_t path) {
-    if (path == 1 || (path < 0 && M > SMALL_M)) return gemm_gguf_tiled(kind, x, M, K, ldx, qs, d, m, N, y, ldy);
+    if (path == 1 || ((path < 0 || path == 2) && M > SMALL_M))
+        return gemm_gguf_tiled(kind, x, M, K, ldx, qs, d, m, N, y, ldy);
+    if (path == 2) return gguf_matmul_q8(kind, x, M, K, ldx, qs, d, m, N, y, ldy);
     if (kind == 0)
         gemm_q4_1(x, M, K, ldx, (const uint8_t *)qs, d, m, N, y, ldy);
     else

@@ -15,6 +15,13 @@ static inline float hsum8(__m256 v) {
  * a decode step reads. Conversion to float32 is exact. */
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
+/* out[i] = h2f(h[i]), 8 at a time */
+static inline void h2f_row(const uint16_t *h, int64_t n, float *out) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++) out[i] = h2f(h[i]);
+}
+
 /* sum_i h2f(a[i]) * b[i] */
 static inline float dot_hn(const uint16_t *a, const float *b, int64_t n) {
     __m256 s = _mm256_setzero_ps();
