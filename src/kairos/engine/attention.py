@@ -6,8 +6,9 @@ token ``t`` of a sequence lives in block ``block_table[t // block_size]`` at off
 block, not one per token), padded with the null block and masked. Decode tokens are batched
 into one SDPA call; grouped-query heads ride along as extra query rows of their KV head, so
 SDPA never expands K/V. Each prefill chunk is one SDPA call (few per step). On float32 CPUs
-the runner may instead set ``decode_tables``/``decode_lens``: decode tokens then go to the C
-kernel (``kairos.kernels.cpu.paged_decode_attention``), which reads the cache in place.
+and on GPUs the runner may instead set ``decode_tables``/``decode_lens``: decode tokens then go
+to a kernel that reads the cache in place (C: ``kairos.kernels.cpu``, Triton:
+``kairos.kernels.triton_attention``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kairos.kernels import triton_attention
 from kairos.kernels.cpu import paged_decode_attention
 
 
@@ -37,7 +39,7 @@ class AttentionMetadata:
     decode_blocks: torch.Tensor | None  # [Bd * nblk] block ids of each decode context, padded with the null block
     decode_mask: torch.Tensor | None  # [Bd, 1, 1, nblk * block_size] bool, True = real context token
     prefills: list[PrefillChunk]
-    # set instead of decode_blocks/decode_mask when the CPU decode kernel runs (kairos.kernels.cpu)
+    # set instead of decode_blocks/decode_mask when a decode kernel runs (C on CPUs, Triton on GPUs)
     decode_tables: torch.Tensor | None = None  # [Bd, nblk] int32 block ids, padded with the null block
     decode_lens: torch.Tensor | None = None  # [Bd] int32 context lengths
 
@@ -88,7 +90,8 @@ def paged_attention(
 def _decode(qd: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
             scale: float) -> torch.Tensor:  # qd: [Bd, Hq, D] -> [Bd, Hq, D]
     if meta.decode_lens is not None:
-        return paged_decode_attention(qd, k_cache, v_cache, meta.decode_tables, meta.decode_lens, scale)
+        kernel = triton_attention.paged_decode_attention if qd.is_cuda else paged_decode_attention
+        return kernel(qd, k_cache, v_cache, meta.decode_tables, meta.decode_lens, scale)
     bd, hq, d = qd.shape
     hkv = k_cache.shape[2]
     unused = ~meta.decode_mask.view(bd, 1, -1, 1)  # padding slots: cleared, as for prefill chunks

@@ -8,6 +8,7 @@ from torch import nn
 from kairos.engine.attention import AttentionMetadata, PrefillChunk
 from kairos.engine.kv_cache import NULL_BLOCK
 from kairos.engine.scheduler import ScheduledSeq
+from kairos.kernels import triton_attention
 from kairos.kernels.cpu import decode_attention_supported
 from kairos.models import ArchConfig
 
@@ -23,9 +24,13 @@ class ModelRunner:
     def __init__(self, model: nn.Module, arch: ArchConfig, num_blocks: int, block_size: int,
                  device: torch.device, dtype: torch.dtype, cpu_kernels: bool = False):
         self.model = model
-        # decode attention by the C kernel: reads the paged cache in place instead of gathering it
-        self.decode_kernel = (cpu_kernels and device.type == "cpu" and dtype == torch.float32
-                              and decode_attention_supported(arch.num_heads, arch.num_kv_heads, arch.head_dim))
+        # decode attention by a kernel that reads the paged cache in place instead of gathering it:
+        # the C one on float32 CPUs, the Triton one on GPUs (after a check against the torch path)
+        if device.type == "cuda":
+            self.decode_kernel = triton_attention.available() and triton_attention.self_check(device, dtype)
+        else:
+            self.decode_kernel = (cpu_kernels and device.type == "cpu" and dtype == torch.float32
+                                  and decode_attention_supported(arch.num_heads, arch.num_kv_heads, arch.head_dim))
         self.block_size = block_size
         self.device = device
         shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
@@ -91,8 +96,8 @@ class ModelRunner:
             padded = [t[:nblk] + [NULL_BLOCK] * (nblk - len(t[:nblk])) for t in decode_tables]
             meta.decode_idx = torch.tensor(decode_idx, device=dev)
             if self.decode_kernel:
-                meta.decode_tables = torch.tensor(padded, dtype=torch.int32)
-                meta.decode_lens = torch.tensor(decode_lens, dtype=torch.int32)
+                meta.decode_tables = torch.tensor(padded, dtype=torch.int32, device=dev)
+                meta.decode_lens = torch.tensor(decode_lens, dtype=torch.int32, device=dev)
             else:
                 valid = torch.arange(nblk * bs)[None, :] < torch.tensor(decode_lens)[:, None]  # [Bd, L]
                 meta.decode_blocks = torch.tensor([b for t in padded for b in t], device=dev)

@@ -2,9 +2,9 @@
  *
  * Each block of 32 activations is quantized to int8 with its own scale (dx = max|x| / 127,
  * round to nearest) and the block's product with a weight block becomes one integer dot product
- * (vpmaddubsw + vpmaddwd) and one float FMA, where the float32 kernels (gguf_gemm.c) decode and
- * convert every weight: ~10 instructions per block instead of ~16 at batch 1, where the core,
- * not memory, bounds those. The results are no longer a float32 matmul over the dequantized
+ * (vpmaddubsw + vpmaddwd) and one float FMA, where the float32 kernels (gguf_gemm.c) convert
+ * every weight to float: ~8 instructions per Q4_1 block instead of ~16, which matters at batch 1,
+ * where the core, not memory, bounds those (1.5-1.9x the blocks per second, benchmarks). The results are no longer a float32 matmul over the dequantized
  * weights: each activation carries a rounding error of up to dx / 2, as in llama.cpp (where
  * every quantized matmul does this). Hence opt-in (ModelConfig.activation_quant), and only for
  * the few-row shapes (gguf_matmul path 2): batches go to the float32 tiled GEMM, which is

@@ -1,0 +1,88 @@
+"""Paged decode attention for GPUs, in Triton: one query token per sequence against the paged
+KV cache, read in place (the torch path gathers every context into a padded copy first).
+
+Same contract as the CPU kernel (:func:`kairos.kernels.cpu.paged_decode_attention`), so the
+runner fills the same metadata on either device. One program per (sequence, KV head): it loads
+the query heads of that KV head's group once and walks the sequence's blocks with an online
+softmax (running max and sum in float32), so K and V are read once per group, never expanded
+for grouped-query heads. Scores use broadcast multiply + sum rather than ``tl.dot``: decode is
+bound by reading the cache, and this works for any group size (``tl.dot`` wants 16 rows).
+
+Triton ships with the CUDA builds of torch; where it is missing :func:`available` is False and
+the runner keeps the torch path. Tests run the kernel on CPU tensors in Triton's interpreter
+(``TRITON_INTERPRET=1``) when no GPU is present.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
+                           lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """``q [B, Hq, D]`` (rows may be strided; last dim contiguous), caches ``[NB, bs, Hkv, D]``
+    (contiguous), ``tables [B, n]`` int32 block ids and ``lens [B]`` int32 context lengths
+    (every ``lens[b] >= 1``, covered by ``tables[b]``) -> ``[B, Hq, D]`` in q's dtype."""
+    import triton
+
+    b, hq, d = q.shape
+    nb, bs, hkv, _ = k_cache.shape
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.shape == v_cache.shape):
+        raise ValueError("the K and V caches must be contiguous and of one shape")
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
+    g = hq // hkv
+    from kairos.kernels._triton_decode import paged_decode
+
+    paged_decode[(b, hkv)](q, k_cache, v_cache, tables, lens, out, scale,
+                           q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+                           tables.stride(0), out.stride(0), out.stride(1),
+                           G=g, GP=triton.next_power_of_2(g), D=d, DP=triton.next_power_of_2(d),
+                           BS=bs)  # a power of two (CacheConfig checks)
+    return out
+
+
+@functools.cache
+def self_check(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernel compiles and agrees with SDPA on this device and dtype, on a small case
+    (grouped heads, a partial block, a one-token context). The runner keeps the torch path when
+    not: a GPU stack where Triton fails costs speed, not answers."""
+    gen = torch.Generator().manual_seed(0)
+    hq, hkv, d, bs = 8, 2, 64, 16
+    k_cache, v_cache = (torch.randn(7, bs, hkv, d, generator=gen) for _ in range(2))
+    tables = torch.tensor([[1, 0, 0], [2, 3, 0], [4, 5, 6]], dtype=torch.int32)
+    lens = torch.tensor([1, 20, 33], dtype=torch.int32)
+    q = torch.randn(3, hq, d, generator=gen)
+    ref = []
+    for b, n in enumerate(lens.tolist()):
+        blocks = tables[b, : -(-n // bs)].long()
+        k, v = (c[blocks].reshape(-1, hkv, d)[:n].transpose(0, 1) for c in (k_cache, v_cache))
+        ref.append(F.scaled_dot_product_attention(q[b].unsqueeze(1), k, v, scale=d**-0.5, enable_gqa=True).squeeze(1))
+    try:
+        out = paged_decode_attention(q.to(device, dtype), k_cache.to(device, dtype), v_cache.to(device, dtype),
+                                     tables.to(device), lens.to(device), d**-0.5).float().cpu()
+    except Exception as e:  # noqa: BLE001 - any failure to build or run means: use the torch path
+        logger.warning("Triton decode attention unavailable on %s (%s: %s); using the torch path", device,
+                       type(e).__name__, e)
+        return False
+    tol = 1e-3 if dtype == torch.float32 else 3e-2
+    if not torch.allclose(out, torch.stack(ref), rtol=tol, atol=tol):
+        logger.warning("Triton decode attention disagrees with SDPA on %s/%s; using the torch path", device, dtype)
+        return False
+    return True

@@ -1,0 +1,96 @@
+"""The Triton paged decode attention (the GPU decode path) against SDPA over gathered contexts.
+
+On a GPU it runs compiled; without one, on CPU tensors in Triton's interpreter. Skips where
+Triton is not installed (it ships with CUDA builds of torch, not with the CPU wheel).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":  # Triton reads this when it is first imported, which is below
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kairos.kernels import triton_attention  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not triton_attention.available(), reason="triton is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _runs_somewhere():
+    if DEVICE == "cpu":
+        import triton.language as tl
+        from triton.runtime.interpreter import InterpretedFunction
+
+        if not isinstance(tl.cdiv, InterpretedFunction):
+            pytest.skip("triton was imported before this module could select its interpreter")
+
+
+def _reference(q, k_cache, v_cache, tables, lens, scale):
+    out = []
+    bs, hkv = k_cache.shape[1], k_cache.shape[2]
+    for b in range(q.shape[0]):
+        n = int(lens[b])
+        blocks = tables[b, : -(-n // bs)].long()
+        k = k_cache[blocks].reshape(-1, hkv, q.shape[2])[:n].transpose(0, 1)  # [Hkv, n, D]
+        v = v_cache[blocks].reshape(-1, hkv, q.shape[2])[:n].transpose(0, 1)
+        out.append(F.scaled_dot_product_attention(q[b].unsqueeze(1).float(), k.float(), v.float(), scale=scale,
+                                                  enable_gqa=True).squeeze(1))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("hq,hkv,d,bs", [(4, 2, 16, 4), (9, 3, 64, 16), (8, 8, 32, 8), (12, 2, 96, 16)])
+def test_triton_decode_attention_matches_sdpa(hq, hkv, d, bs):
+    gen = torch.Generator().manual_seed(hq * 100 + d)
+    lens = torch.tensor([1, bs, bs + 1, 3 * bs - 1, 37], dtype=torch.int32)
+    nblk = -(-int(lens.max()) // bs)
+    num_blocks = len(lens) * nblk + 1
+    k_cache = torch.randn(num_blocks, bs, hkv, d, generator=gen)
+    v_cache = torch.randn(num_blocks, bs, hkv, d, generator=gen)
+    k_cache[0] = float("nan")  # block 0 pads the tables: never read
+    v_cache[0] = float("nan")
+    tables = torch.zeros(len(lens), nblk, dtype=torch.int32)
+    perm = torch.randperm(num_blocks - 1, generator=gen) + 1
+    for b, n in enumerate(lens.tolist()):
+        used = -(-n // bs)
+        tables[b, :used] = perm[b * nblk : b * nblk + used]
+    q = torch.randn(len(lens), hq, d, generator=gen)
+    args = [t.to(DEVICE) for t in (q, k_cache, v_cache, tables, lens)]
+    out = triton_attention.paged_decode_attention(*args, d**-0.5)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out.cpu(), _reference(q, k_cache, v_cache, tables, lens, d**-0.5),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_triton_decode_attention_reads_strided_queries_and_keeps_the_dtype():
+    gen = torch.Generator().manual_seed(0)
+    qkv = torch.randn(3, (4 + 2 * 2) * 16, generator=gen)  # fused projection rows: q is a strided view
+    q = qkv[:, : 4 * 16].view(3, 4, 16)
+    k_cache = torch.randn(7, 4, 2, 16, generator=gen)
+    v_cache = torch.randn(7, 4, 2, 16, generator=gen)
+    tables = torch.tensor([[1, 2], [3, 4], [5, 6]], dtype=torch.int32)
+    lens = torch.tensor([5, 8, 2], dtype=torch.int32)
+    ref = _reference(q, k_cache, v_cache, tables, lens, 0.25)
+    out = triton_attention.paged_decode_attention(*(t.to(DEVICE) for t in (q, k_cache, v_cache, tables, lens)), 0.25)
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)
+    half = triton_attention.paged_decode_attention(*(t.to(DEVICE) for t in (
+        q.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), tables, lens)), 0.25)
+    assert half.dtype == torch.bfloat16  # float32 inside, the caches' dtype out
+    torch.testing.assert_close(half.float().cpu(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_self_check_accepts_the_kernel_and_falls_back_when_it_fails(monkeypatch, caplog):
+    check = triton_attention.self_check.__wrapped__  # uncached
+    assert check(torch.device(DEVICE), torch.float32)
+
+    def broken(*args):
+        raise RuntimeError("no kernel image for this GPU")
+
+    monkeypatch.setattr(triton_attention, "paged_decode_attention", broken)
+    assert not check(torch.device(DEVICE), torch.float32)
+    assert "no kernel image for this GPU" in caplog.text and "using the torch path" in caplog.text
