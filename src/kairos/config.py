@@ -37,6 +37,7 @@ class ModelConfig:
     max_model_len: int | None = field(default=None, metadata={"help": "cap on prompt + output tokens (default: the model's)"})
     seed: int = field(default=0, metadata={"help": "seed of the global sampler generator"})
     cpu_kernels: bool = field(default=True, metadata={"help": "on x86 CPUs in float32, use Kairos' C kernels: decode attention over the paged cache, and matmuls straight from a GGUF's Q4_1/Q8_0 blocks (no float32 copy of them)"})
+    cuda_graphs: bool = field(default=True, metadata={"help": "on GPUs, replay decode steps from CUDA graphs captured at start-up at padded batch sizes up to max_num_seqs (needs Triton)"})
     activation_quant: str = field(default="none", metadata={"help": "none, or int8: decode-step matmuls over GGUF blocks quantize their inputs to int8 per 32 values, as llama.cpp does (faster batch-1 decode on CPUs; outputs no longer equal a float32 model's)"})
 
     def __post_init__(self) -> None:

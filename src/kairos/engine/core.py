@@ -19,6 +19,7 @@ from kairos.engine.scheduler import Scheduler
 from kairos.engine.sequence import SeqStatus, Sequence
 
 logger = logging.getLogger(__name__)
+CUDA_GRAPH_BUDGET_S = 60.0  # start-up time capture may take; sizes left over run eagerly
 
 
 class SLOInfeasible(ValueError):
@@ -61,6 +62,13 @@ class EngineCore:
         if arch.sliding_window:  # full attention is exact only inside the window
             limits.append(arch.sliding_window)
         self.max_model_len = min(limits)
+        if config.model.cuda_graphs and self.device.type == "cuda" and self.runner.decode_kernel:
+            from kairos.engine.decode_graphs import capture_sizes, cuda_capture
+
+            sizes = capture_sizes(config.scheduler.max_num_seqs)
+            seconds = self.runner.enable_decode_graphs(sizes, self.max_model_len, cuda_capture(), CUDA_GRAPH_BUDGET_S)
+            logger.info("decode graphs: %s captured in %.1f s", "none" if self.runner.graphs is None else
+                        sorted(self.runner.graphs.graphs), seconds)
         self.requests: dict[str, list[Sequence | None]] = {}  # None: a sibling not forked yet
         self._seq_ids = itertools.count()
         logger.info("engine: %s on %s/%s, %d KV blocks of %d tokens, max_model_len %d",

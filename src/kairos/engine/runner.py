@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from kairos.engine.attention import AttentionMetadata, PrefillChunk
+from kairos.engine.decode_graphs import Capture, DecodeGraphs
 from kairos.engine.kv_cache import NULL_BLOCK
 from kairos.engine.scheduler import ScheduledSeq
 from kairos.kernels import triton_attention
@@ -40,10 +41,33 @@ class ModelRunner:
         for k, v in self.kv_caches:  # the null block pads gathers: keep it finite
             k[NULL_BLOCK].zero_()
             v[NULL_BLOCK].zero_()
+        self.graphs: DecodeGraphs | None = None  # enable_decode_graphs
+
+    def enable_decode_graphs(self, sizes: list[int], max_model_len: int, capture: Capture, budget_s: float) -> float:
+        """Capture decode steps at these batch sizes (``engine.decode_graphs``); needs the decode
+        kernel (static block tables). Call before any request runs. Returns the seconds spent."""
+        if not self.decode_kernel:
+            raise ValueError("decode graphs need a decode-attention kernel (Triton on GPUs)")
+
+        def forward(ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+            return self.model.compute_logits(self.model(ids, pos, self.kv_caches, meta))
+
+        graphs = DecodeGraphs(forward, sizes, -(-max_model_len // self.block_size), self.device)
+        seconds = graphs.capture(capture, budget_s, self.block_size, self.kv_caches[0][0].shape[0])
+        self.graphs = graphs if graphs.graphs else None
+        return seconds
 
     @torch.inference_mode()
     def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
         """Run one step; returns float32 logits ``[S, vocab]`` for the entries that sample, in order."""
+        if self.graphs is not None and all(s.num_new_tokens == 1 and s.samples for s in batch):
+            bs = self.block_size
+            pos = [s.seq.num_computed for s in batch]
+            logits = self.graphs.run([s.seq.token_ids[p] for s, p in zip(batch, pos)], pos,
+                                     [s.block_table[p // bs] * bs + p % bs for s, p in zip(batch, pos)],
+                                     [s.block_table for s in batch], [p + 1 for p in pos])
+            if logits is not None:
+                return logits
         ids, pos, meta, logits_idx = self._prepare(batch)
         hidden = self.model(ids, pos, self.kv_caches, meta)
         if logits_idx is not None:

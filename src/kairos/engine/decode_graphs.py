@@ -1,0 +1,151 @@
+"""Decode-only steps replayed from CUDA graphs at padded batch sizes.
+
+Once a decode step's inputs live in static buffers — token ids, positions and KV slots ``[B]``,
+block tables ``[B, max_blocks]`` and context lengths ``[B]`` (the decode-attention kernel walks
+each row to its own length) — its kernels depend on nothing but B. A step of ``b`` sequences
+replays the graph captured at the smallest size ``>= b``; rows ``b..size`` are padding that
+writes its K/V into the null block and attends to that alone. Replaying one graph replaces a
+few hundred kernel launches (and their Python) per step.
+
+Capture runs at start-up, largest size first so the smaller graphs reuse its memory pool,
+within a time budget: sizes not captured in time, larger batches and every step with prefill
+run eagerly. Each captured size is then replayed once against the eager forward on padding-only
+inputs; any mismatch drops the graphs (wrong answers are worse than slow ones).
+
+The capture function is pluggable: :func:`cuda_capture` records a ``torch.cuda.CUDAGraph``;
+:func:`eager_capture` (tests, CPU) re-runs the callable over the same buffers, so the buffer,
+padding and dispatch logic is exercised without a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+
+from kairos.engine.attention import AttentionMetadata
+from kairos.engine.kv_cache import NULL_BLOCK
+
+logger = logging.getLogger(__name__)
+
+# (replay, output) for a callable; replay() recomputes output in place from the static buffers
+Capture = Callable[[Callable[[], torch.Tensor]], tuple[Callable[[], None], torch.Tensor]]
+Forward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]  # ids, positions -> logits
+
+
+def eager_capture(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
+    out = fn()
+    return (lambda: out.copy_(fn())), out
+
+
+def cuda_capture() -> Capture:
+    """A capture function whose graphs share one memory pool."""
+    pool = None
+
+    def capture(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
+        nonlocal pool
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture (lazy inits, autotuning)
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = fn()
+        pool = graph.pool()
+        return graph.replay, out
+
+    return capture
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    """1, 2, 4, 8, then every 8 up to ``max_num_seqs`` (padding wastes at most 7 rows)."""
+    sizes = [s for s in (1, 2, 4) if s < max_num_seqs] + list(range(8, max_num_seqs + 1, 8))
+    return sorted(set(sizes + [max_num_seqs]))
+
+
+class DecodeGraphs:
+    """Static decode buffers and the graphs captured over them."""
+
+    def __init__(self, forward: Forward, sizes: list[int], max_blocks: int, device: torch.device):
+        n = max(sizes)
+        self.forward = forward
+        self.sizes = sorted(sizes)
+        self.device = device
+        self.ids = torch.zeros(n, dtype=torch.long, device=device)
+        self.positions = torch.zeros(n, dtype=torch.long, device=device)
+        self.slots = torch.zeros(n, dtype=torch.long, device=device)  # padding: slot 0 of the null block
+        self.tables = torch.full((n, max_blocks), NULL_BLOCK, dtype=torch.int32, device=device)
+        self.lens = torch.ones(n, dtype=torch.int32, device=device)
+        self.rows = torch.arange(n, device=device)
+        self.graphs: dict[int, tuple[Callable[[], None], torch.Tensor]] = {}
+
+    def _meta(self, n: int) -> AttentionMetadata:
+        return AttentionMetadata(slot_mapping=self.slots[:n], decode_idx=self.rows[:n], decode_blocks=None,
+                                 decode_mask=None, prefills=[], decode_tables=self.tables[:n], decode_lens=self.lens[:n])
+
+    def _eager(self, n: int) -> torch.Tensor:
+        return self.forward(self.ids[:n], self.positions[:n], self._meta(n))
+
+    @torch.inference_mode()
+    def capture(self, capture: Capture, budget_s: float, block_size: int, num_blocks: int) -> float:
+        """Capture every size (largest first) until ``budget_s`` runs out, then check each against
+        the eager forward; returns the seconds spent. Call before any request runs: the check
+        writes K/V into free blocks (row r into block r + 1, which it alone reads)."""
+        t0 = time.perf_counter()
+        self._pad(0)
+        for n in reversed(self.sizes):
+            if time.perf_counter() - t0 > budget_s:
+                logger.warning("decode graphs: capture budget of %.0f s spent; sizes below %d run eagerly", budget_s, n)
+                break
+            self.graphs[n] = capture(lambda n=n: self._eager(n))
+        for n, (replay, out) in sorted(self.graphs.items()):
+            if n + 1 >= num_blocks:  # (padding rows share the null block's slot 0: they race, so no check there)
+                logger.warning("decode graphs: %d KV blocks cannot check batch %d; graphs from it on dropped", num_blocks, n)
+                self.graphs = {m: g for m, g in self.graphs.items() if m < n}
+                break
+            rows = torch.arange(n, device=self.device)
+            self.ids[:n] = rows % 97 + 1
+            self.slots[:n] = (rows + 1) * block_size
+            self.tables[:n, 0] = (rows + 1).to(torch.int32)
+            replay()
+            ok = torch.allclose(out, self._eager(n), rtol=1e-3, atol=1e-3)
+            self._pad(0)
+            if not ok:
+                logger.warning("decode graphs: replay at batch %d disagrees with the eager step; not using graphs", n)
+                self.graphs.clear()
+                break
+        return time.perf_counter() - t0
+
+    def _pad(self, b: int) -> None:
+        self.ids[b:].zero_()
+        self.positions[b:].zero_()
+        self.slots[b:].zero_()
+        self.tables[b:].fill_(NULL_BLOCK)
+        self.lens[b:].fill_(1)
+
+    def size_for(self, b: int) -> int | None:
+        return next((n for n in self.sizes if n >= b and n in self.graphs), None)
+
+    @torch.inference_mode()
+    def run(self, ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
+            lens: list[int]) -> torch.Tensor | None:
+        """Logits ``[b, vocab]`` of a decode-only step, or None when no graph fits it (run it eagerly)."""
+        b = len(ids)
+        n = self.size_for(b)
+        if n is None or max(len(t) for t in tables) > self.tables.shape[1]:
+            return None
+        self.ids[:b].copy_(torch.tensor(ids))
+        self.positions[:b].copy_(torch.tensor(positions))
+        self.slots[:b].copy_(torch.tensor(slots))
+        width = max(len(t) for t in tables)  # columns past it: the null block (never read: lens)
+        self.tables[:b, :width].copy_(torch.tensor([t + [NULL_BLOCK] * (width - len(t)) for t in tables],
+                                                   dtype=torch.int32))
+        self.tables[:b, width:].fill_(NULL_BLOCK)
+        self.lens[:b].copy_(torch.tensor(lens, dtype=torch.int32))
+        self._pad(b)
+        replay, out = self.graphs[n]
+        replay()
+        return out[:b]
