@@ -1,0 +1,148 @@
+"""Issue 8's figures on a GPU, in one run: batch-1 decode vs the HBM roofline, offline throughput
+vs Hugging Face generate, start-up with and without CUDA graphs.
+
+    python benchmarks/gpu.py [--model default] [--num-prompts 256] [--hf-batch 16] [--parts startup,decode,offline]
+
+- roofline: the model's weight bytes (all parameters, read once per decode step) over the HBM
+  bandwidth measured here (a 1 GiB device-to-device copy, read + write);
+- batch-1 decode: median step after a 128-token prompt, 128 tokens, CUDA graphs on and off;
+- offline: --num-prompts prompts of random token ids, 100-1024 in and 100-1024 out (EOS
+  ignored), Kairos LLM.generate vs transformers generate in batches of --hf-batch (left
+  padding; only the requested tokens count);
+- start-up: a fresh process from launch to a ready engine, graphs on and off.
+Needs a CUDA device; exits with a message without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def hbm_bandwidth() -> float:
+    """Bytes per second of a device-to-device copy (each byte read once and written once)."""
+    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 2 * src.numel() * 4 * 10 / (time.perf_counter() - t0)
+
+
+def decode_step_ms(model: str, graphs: bool) -> tuple[float, int]:
+    """(median decode step in ms at batch 1, weight bytes)."""
+    from kairos import LLM, SamplingParams
+    from kairos.engine.outputs import EngineRequest
+
+    llm = LLM(model, device="cuda", cuda_graphs=graphs, max_num_seqs=64)
+    eng = llm.engine
+    weights = sum(p.numel() * p.element_size() for p in eng.runner.model.parameters())
+    prompt = [random.Random(0).randrange(100, 10_000) for _ in range(128)]
+    times = []
+    for r in range(2):  # the first run warms up
+        eng.add_request(EngineRequest(f"d{r}", prompt, SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)))
+        eng.step()  # prefill
+        while eng.has_unfinished():
+            t0 = time.perf_counter()
+            eng.step()  # the sampler's token ids come back to the host: the step is complete
+            if r:
+                times.append(time.perf_counter() - t0)
+    del llm, eng
+    torch.cuda.empty_cache()
+    return statistics.median(times) * 1e3, weights
+
+
+def offline(model: str, n: int, hf_batch: int) -> dict[str, float]:
+    from kairos import LLM, SamplingParams
+
+    rng = random.Random(0)
+    lens = [(rng.randint(100, 1024), rng.randint(100, 1024)) for _ in range(n)]
+    llm = LLM(model, device="cuda", max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=2048)
+    vocab = llm.engine.arch.vocab_size
+    prompts = [[rng.randrange(100, vocab - 100) for _ in range(i)] for i, _ in lens]
+    params = [SamplingParams(temperature=0, max_tokens=o, ignore_eos=True) for _, o in lens]
+    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params)
+    k_s = time.perf_counter() - t0
+    k_tok = sum(len(o.outputs[0].token_ids) for o in outs)
+    path = llm.engine.model_path
+    del llm
+    torch.cuda.empty_cache()
+
+    from transformers import AutoModelForCausalLM
+
+    kw = {"gguf_file": path.name} if path.is_file() else {}
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent if path.is_file() else path), dtype=torch.bfloat16,
+                                              **kw).cuda().eval()
+    order = sorted(range(n), key=lambda i: lens[i][0])
+    t0 = time.perf_counter()
+    hf_tok = 0
+    with torch.inference_mode():
+        for s in range(0, n, hf_batch):
+            idx = order[s : s + hf_batch]
+            width = max(lens[i][0] for i in idx)
+            ids = torch.tensor([[0] * (width - lens[i][0]) + prompts[i] for i in idx], device="cuda")
+            mask = torch.tensor([[0] * (width - lens[i][0]) + [1] * lens[i][0] for i in idx], device="cuda")
+            new = max(lens[i][1] for i in idx)
+            hf.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                        eos_token_id=None, pad_token_id=0)
+            hf_tok += sum(lens[i][1] for i in idx)  # what was asked for; the rest is padding work
+    torch.cuda.synchronize()
+    h_s = time.perf_counter() - t0
+    return {"kairos_tok_s": k_tok / k_s, "hf_tok_s": hf_tok / h_s, "kairos_s": k_s, "hf_s": h_s}
+
+
+def startup_s(model: str, graphs: bool) -> float:
+    code = ("import time; t0 = time.perf_counter(); from kairos import LLM; "
+            f"LLM({model!r}, device='cuda', cuda_graphs={graphs}); print(time.perf_counter() - t0)")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--num-prompts", type=int, default=256)
+    ap.add_argument("--hf-batch", type=int, default=16)
+    ap.add_argument("--parts", default="startup,decode,offline")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/gpu.py needs a CUDA device")
+    parts = set(args.parts.split(","))
+    res: dict[str, object] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if "startup" in parts:
+        res["startup_graphs_s"] = startup_s(args.model, True)
+        res["startup_eager_s"] = startup_s(args.model, False)
+    if "decode" in parts:
+        bw = hbm_bandwidth()
+        g, weights = decode_step_ms(args.model, True)
+        e, _ = decode_step_ms(args.model, False)
+        res.update(hbm_gb_s=bw / 1e9, weight_mb=weights / 1e6, roofline_ms=weights / bw * 1e3,
+                   step_graphs_ms=g, step_eager_ms=e)
+    if "offline" in parts:
+        res.update(offline(args.model, args.num_prompts, args.hf_batch))
+    print(json.dumps(res, indent=1))
+    if "decode" in parts:
+        print(f"batch-1 step: {res['step_graphs_ms']:.2f} ms with graphs, {res['step_eager_ms']:.2f} eager; "
+              f"roofline {res['roofline_ms']:.3f} ms ({res['weight_mb']:.0f} MB at {res['hbm_gb_s']:.0f} GB/s): "
+              f"{res['roofline_ms'] / res['step_graphs_ms']:.1%} of it")
+    if "offline" in parts:
+        print(f"offline: Kairos {res['kairos_tok_s']:.0f} tok/s vs HF {res['hf_tok_s']:.0f} tok/s "
+              f"({res['kairos_tok_s'] / res['hf_tok_s']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
