@@ -84,7 +84,7 @@ def offline(model: str, n: int, hf_batch: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
 
     kw = {"gguf_file": path.name} if path.is_file() else {}
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent if path.is_file() else path), dtype=torch.bfloat16,
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent if path.is_file() else path), torch_dtype=torch.bfloat16,
                                               **kw).cuda().eval()
     order = sorted(range(n), key=lambda i: lens[i][0])
     t0 = time.perf_counter()

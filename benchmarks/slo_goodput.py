@@ -115,7 +115,8 @@ def prediction_errors(records) -> dict[str, float]:
     out = {}
     for key in ("ttft", "e2e"):
         ratios = sorted(r.server_report[f"{key}_ms"] / r.server_report[f"predicted_{key}_ms"] for r in records
-                        if r.server_report and r.server_report.get(f"predicted_{key}_ms"))
+                        if r.server_report and r.server_report.get(f"predicted_{key}_ms")
+                        and r.server_report.get(f"{key}_ms") is not None)  # (expired: no first token)
         if ratios:
             out[key] = ratios[len(ratios) // 2]
     return out

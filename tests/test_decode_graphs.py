@@ -60,7 +60,7 @@ def test_a_graph_that_disagrees_with_the_eager_step_is_not_used(tiny_llama):
 def test_checks_need_free_blocks_and_graphs_need_the_decode_kernel(tiny_llama):
     engine = make_engine(tiny_llama[1], block_size=4, max_num_seqs=8, num_blocks=6)
     engine.runner.enable_decode_graphs(capture_sizes(8), engine.max_model_len, eager_capture, budget_s=60)
-    assert sorted(engine.runner.graphs.graphs) == [1, 2, 4]  # 8 rows would need 9 blocks to check
+    assert sorted(engine.runner.graphs.graphs) == [1, 2, 4]  # 8 rows would need blocks 1..8 to check
     engine = make_engine(tiny_llama[1], block_size=4, cpu_kernels=False)
     with pytest.raises(ValueError, match="decode graphs need a decode-attention kernel"):
         engine.runner.enable_decode_graphs([1, 2], engine.max_model_len, eager_capture, budget_s=60)

@@ -352,3 +352,32 @@ def test_admission_predicts_tokens_at_the_pace_steps_have_been_taking(tiny_llama
     clock.t += 0.025
     engine.step()
     assert engine.stats()["step_interval_s"] == pytest.approx(0.025)
+
+
+def test_an_idle_gap_after_an_abort_is_not_a_step_interval(tiny_llama):
+    from kairos.config import EngineConfig
+    from kairos.engine.core import EngineCore
+
+    clock = Clock()
+    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4), clock=clock,
+                        cost_model=CostModel(COST, frozen=True))
+    engine.add_request(EngineRequest("a", list(range(3, 13)), SamplingParams(max_tokens=20)))
+    for _ in range(3):
+        engine.step()
+        clock.t += 0.030
+    engine.abort("a")  # ended outside a step: the engine idles with no step to notice it
+    clock.t += 60.0
+    engine.add_request(EngineRequest("b", list(range(3, 13)), SamplingParams(max_tokens=3)))
+    engine.step()
+    clock.t += 0.020
+    engine.step()
+    assert engine.stats()["step_interval_s"] == pytest.approx(0.020)
+
+
+def test_step_intervals_forget_old_steps_as_they_go():
+    from kairos.engine.cost_model import StepIntervals
+
+    si = StepIntervals(horizon=10.0)
+    for i in range(1000):  # a step every 0.1 s for 100 s, no one asking for the mean
+        si.observe(100.0 + i * 0.1, 0.1 if i < 900 else 0.3)
+    assert len(si.intervals) <= 102 and si.mean(200.05) == pytest.approx(0.3)  # the last 10 s: all 0.3

@@ -69,17 +69,18 @@ def test_triton_decode_attention_matches_sdpa(hq, hkv, d, bs):
 
 def test_triton_decode_attention_reads_strided_queries_and_keeps_the_dtype():
     gen = torch.Generator().manual_seed(0)
-    qkv = torch.randn(3, (4 + 2 * 2) * 16, generator=gen)  # fused projection rows: q is a strided view
+    qkv = torch.randn(3, (4 + 2 * 2) * 16, generator=gen).to(DEVICE)  # fused projection rows: q is a strided view
     q = qkv[:, : 4 * 16].view(3, 4, 16)
+    assert not q.is_contiguous()
     k_cache = torch.randn(7, 4, 2, 16, generator=gen)
     v_cache = torch.randn(7, 4, 2, 16, generator=gen)
     tables = torch.tensor([[1, 2], [3, 4], [5, 6]], dtype=torch.int32)
     lens = torch.tensor([5, 8, 2], dtype=torch.int32)
-    ref = _reference(q, k_cache, v_cache, tables, lens, 0.25)
-    out = triton_attention.paged_decode_attention(*(t.to(DEVICE) for t in (q, k_cache, v_cache, tables, lens)), 0.25)
+    ref = _reference(q.cpu(), k_cache, v_cache, tables, lens, 0.25)
+    out = triton_attention.paged_decode_attention(q, *(t.to(DEVICE) for t in (k_cache, v_cache, tables, lens)), 0.25)
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)
     half = triton_attention.paged_decode_attention(*(t.to(DEVICE) for t in (
-        q.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), tables, lens)), 0.25)
+        q.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), tables, lens)), 0.25)  # (q contiguous here)
     assert half.dtype == torch.bfloat16  # float32 inside, the caches' dtype out
     torch.testing.assert_close(half.float().cpu(), ref, rtol=2e-2, atol=2e-2)
 

@@ -66,9 +66,14 @@ class EngineCore:
             from kairos.engine.decode_graphs import capture_sizes, cuda_capture
 
             sizes = capture_sizes(config.scheduler.max_num_seqs)
-            seconds = self.runner.enable_decode_graphs(sizes, self.max_model_len, cuda_capture(), CUDA_GRAPH_BUDGET_S)
-            logger.info("decode graphs: %s captured in %.1f s", "none" if self.runner.graphs is None else
-                        sorted(self.runner.graphs.graphs), seconds)
+            try:
+                seconds = self.runner.enable_decode_graphs(sizes, self.max_model_len, cuda_capture(), CUDA_GRAPH_BUDGET_S)
+            except Exception as e:  # noqa: BLE001 - a capture that fails leaves eager steps, which work
+                self.runner.graphs = None
+                logger.warning("decode graphs: capture failed (%s: %s); decode steps run eagerly", type(e).__name__, e)
+            else:
+                logger.info("decode graphs: %s captured in %.1f s", "none" if self.runner.graphs is None else
+                            sorted(self.runner.graphs.graphs), seconds)
         self.requests: dict[str, list[Sequence | None]] = {}  # None: a sibling not forked yet
         self._seq_ids = itertools.count()
         logger.info("engine: %s on %s/%s, %d KV blocks of %d tokens, max_model_len %d",
@@ -98,6 +103,8 @@ class EngineCore:
                        slo=req.slo, priority=req.priority)
         if req.slo is not None:
             self._admit_slo(seq)
+        if not self.requests:  # work after idling (however the last requests ended): no interval spans the gap
+            self._last_step_end = None
         self.requests[req.request_id] = [seq] + [None] * (p.n - 1)
         self.scheduler.add(seq)
 
@@ -126,8 +133,8 @@ class EngineCore:
         return first - seq.arrival_time, tpot, last - seq.arrival_time
 
     def admission(self, request_id: str) -> tuple[float, float, float] | None:
-        """What admission control predicted for an admitted SLO request (calibrated): seconds from
-        arrival to its first token, per output token, and to its last token."""
+        """What admission control predicted for an admitted SLO request: seconds from arrival to
+        its first token and to its last (both scaled by the calibration), and per output token."""
         seqs = self.requests.get(request_id)
         return seqs[0].promised if seqs and seqs[0] is not None else None
 

@@ -146,13 +146,21 @@ class StepIntervals:
     def __init__(self, horizon: float = 10.0):
         self.horizon = horizon
         self.intervals: deque[tuple[float, float]] = deque()  # (end, seconds)
+        self._sum = 0.0
 
     def observe(self, end: float, seconds: float) -> None:
         if math.isfinite(seconds) and seconds > 0:
             self.intervals.append((end, seconds))
+            self._sum += seconds
+        self._prune(end)
 
     def mean(self, now: float) -> float:
         """Mean interval of the recent steps; 0 when the engine has not stepped lately."""
+        self._prune(now)
+        return self._sum / len(self.intervals) if self.intervals else 0.0
+
+    def _prune(self, now: float) -> None:
         while self.intervals and self.intervals[0][0] < now - self.horizon:
-            self.intervals.popleft()
-        return sum(s for _, s in self.intervals) / len(self.intervals) if self.intervals else 0.0
+            self._sum -= self.intervals.popleft()[1]
+        if not self.intervals:
+            self._sum = 0.0  # no drift from the running sum's roundings

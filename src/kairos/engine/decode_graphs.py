@@ -8,9 +8,11 @@ writes its K/V into the null block and attends to that alone. Replaying one grap
 few hundred kernel launches (and their Python) per step.
 
 Capture runs at start-up, largest size first so the smaller graphs reuse its memory pool,
-within a time budget: sizes not captured in time, larger batches and every step with prefill
-run eagerly. Each captured size is then replayed once against the eager forward on padding-only
-inputs; any mismatch drops the graphs (wrong answers are worse than slow ones).
+within a time budget: a batch pads up to the next size that was captured; batches above the
+largest and every step with prefill run eagerly. Each captured size is then replayed once
+against the eager forward (row r: one token at position 0 in block r + 1); any mismatch turns
+all graphs off (wrong answers are worse than slow ones). The check covers one-token contexts
+only: the kernels do not change with the length, the data they read does.
 
 The capture function is pluggable: :func:`cuda_capture` records a ``torch.cuda.CUDAGraph``;
 :func:`eager_capture` (tests, CPU) re-runs the callable over the same buffers, so the buffer,
@@ -44,9 +46,10 @@ def cuda_capture() -> Capture:
     """A capture function whose graphs share one memory pool."""
     pool = None
 
+    side = torch.cuda.Stream()
+
     def capture(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
         nonlocal pool
-        side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up off the capture (lazy inits, autotuning)
             fn()
@@ -69,9 +72,11 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 class DecodeGraphs:
     """Static decode buffers and the graphs captured over them."""
 
-    def __init__(self, forward: Forward, sizes: list[int], max_blocks: int, device: torch.device):
+    def __init__(self, forward: Forward, sizes: list[int], max_blocks: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32):
         n = max(sizes)
         self.forward = forward
+        self.forward_dtype = dtype  # the model's: sets how close replay and eager must be
         self.sizes = sorted(sizes)
         self.device = device
         self.ids = torch.zeros(n, dtype=torch.long, device=device)
@@ -98,11 +103,12 @@ class DecodeGraphs:
         self._pad(0)
         for n in reversed(self.sizes):
             if time.perf_counter() - t0 > budget_s:
-                logger.warning("decode graphs: capture budget of %.0f s spent; sizes below %d run eagerly", budget_s, n)
+                logger.warning("decode graphs: capture budget of %.0f s spent; batches up to %d pad to a larger size",
+                               budget_s, n)
                 break
             self.graphs[n] = capture(lambda n=n: self._eager(n))
         for n, (replay, out) in sorted(self.graphs.items()):
-            if n + 1 >= num_blocks:  # (padding rows share the null block's slot 0: they race, so no check there)
+            if n >= num_blocks:  # rows use blocks 1..n (padding rows share the null block's slot 0 and race)
                 logger.warning("decode graphs: %d KV blocks cannot check batch %d; graphs from it on dropped", num_blocks, n)
                 self.graphs = {m: g for m, g in self.graphs.items() if m < n}
                 break
@@ -111,7 +117,9 @@ class DecodeGraphs:
             self.slots[:n] = (rows + 1) * block_size
             self.tables[:n, 0] = (rows + 1).to(torch.int32)
             replay()
-            ok = torch.allclose(out, self._eager(n), rtol=1e-3, atol=1e-3)
+            # float32 logits of a bf16/fp16 model carry its rounding (a step of 0.125 at 20)
+            tol = 1e-3 if self.forward_dtype == torch.float32 else 2e-2
+            ok = torch.allclose(out, self._eager(n), rtol=tol, atol=10 * tol)
             self._pad(0)
             if not ok:
                 logger.warning("decode graphs: replay at batch %d disagrees with the eager step; not using graphs", n)

@@ -52,7 +52,8 @@ class ModelRunner:
         def forward(ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
             return self.model.compute_logits(self.model(ids, pos, self.kv_caches, meta))
 
-        graphs = DecodeGraphs(forward, sizes, -(-max_model_len // self.block_size), self.device)
+        graphs = DecodeGraphs(forward, sizes, -(-max_model_len // self.block_size), self.device,
+                              self.kv_caches[0][0].dtype)
         seconds = graphs.capture(capture, budget_s, self.block_size, self.kv_caches[0][0].shape[0])
         self.graphs = graphs if graphs.graphs else None
         return seconds

@@ -1,4 +1,5 @@
-/* Few-row GGUF matmuls with int8 activations (llama.cpp's arithmetic), opt-in.
+/* Few-row GGUF matmuls with int8 activations (as llama.cpp does; here the activation scales
+ * and sums stay float32 where it stores half floats), opt-in.
  *
  * Each block of 32 activations is quantized to int8 with its own scale (dx = max|x| / 127,
  * round to nearest) and the block's product with a weight block becomes one integer dot product
