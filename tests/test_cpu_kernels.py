@@ -11,7 +11,7 @@ from gguf.quants import dequantize, quantize
 from torch import nn
 
 from kairos.kernels import cpu
-from kairos.models.gguf_linear import GGUFLinear, attach_gguf_blocks
+from kairos.models.gguf_linear import GGUFLinear, GGUFLinearInt8Act, attach_gguf_blocks
 
 pytestmark = pytest.mark.skipif(cpu.load() is None, reason="CPU kernels need x86-64 with AVX2/FMA/F16C and a C compiler")
 
@@ -287,7 +287,8 @@ def test_decode_stack_is_the_module_path_in_one_call(kind, int8, tmp_path_factor
         tied = model.config.tie_word_embeddings
         assert attach_gguf_blocks(model, _quantize_linears(model, tied), PACKED_SHARDS, tied) == 4 * 2 + (not tied)
         if int8:
-            assert use_int8_activations(model) == 4 * 2 + (not tied) and type(model) is KernelLlamaInt8Act
+            assert use_int8_activations(model) == 4 * 2 and type(model) is KernelLlamaInt8Act  # not the lm_head
+            assert type(model.lm_head) is not GGUFLinearInt8Act
         if not fused:
             model.__class__ = LlamaForCausalLM  # same modules, one Python call per layer operation
         logits = []

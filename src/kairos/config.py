@@ -38,7 +38,7 @@ class ModelConfig:
     seed: int = field(default=0, metadata={"help": "seed of the global sampler generator"})
     cpu_kernels: bool = field(default=True, metadata={"help": "on x86 CPUs in float32, use Kairos' C kernels: decode attention over the paged cache, and matmuls straight from a GGUF's Q4_1/Q8_0 blocks (no float32 copy of them)"})
     cuda_graphs: bool = field(default=True, metadata={"help": "on GPUs, replay decode steps from CUDA graphs captured at start-up at padded batch sizes up to max_num_seqs (needs Triton)"})
-    activation_quant: str = field(default="none", metadata={"help": "none, or int8: matmuls of up to 8 rows (decode steps) over GGUF blocks quantize their inputs to int8 per 32 values, as llama.cpp does (faster batch-1 decode on CPUs; outputs no longer equal a float32 model's)"})
+    activation_quant: str = field(default="none", metadata={"help": "none, or int8: the decoder layers' matmuls of up to 8 rows (decode steps) over GGUF blocks quantize their inputs to int8 per 32 values, as llama.cpp does (faster batch-1 decode on CPUs; outputs no longer equal a float32 model's)"})
 
     def __post_init__(self) -> None:
         if not self.model:
