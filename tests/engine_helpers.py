@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from kairos.config import EngineConfig
 from kairos.engine.core import EngineCore
 from kairos.engine.outputs import EngineRequest
@@ -48,3 +51,19 @@ def assert_pool_whole(engine: EngineCore) -> None:
     assert sorted(pool.free) == list(range(1, pool.num_blocks))
     assert all(c == 0 for c in pool.ref_counts)
     assert engine.kv.block_tables == {}
+
+
+def reference_decode_attention(q, k_cache, v_cache, tables, lens, scale) -> torch.Tensor:
+    """One query token per sequence against its context in a paged cache, by SDPA over the
+    context's slots one sequence at a time, in float32: ``q [B, Hq, D]``, caches
+    ``[NB, bs, Hkv, D]``, ``tables [B, n]``, ``lens [B]`` -> ``[B, Hq, D]``."""
+    out = []
+    bs, hkv, d = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    for b in range(q.shape[0]):
+        n = int(lens[b])
+        slots = [int(tables[b, t // bs]) * bs + t % bs for t in range(n)]
+        k = k_cache.reshape(-1, hkv, d)[slots].transpose(0, 1).float()  # [Hkv, n, D]
+        v = v_cache.reshape(-1, hkv, d)[slots].transpose(0, 1).float()
+        o = F.scaled_dot_product_attention(q[b].unsqueeze(1).float(), k, v, scale=scale, enable_gqa=True)  # [Hq, 1, D]
+        out.append(o.squeeze(1))
+    return torch.stack(out)

@@ -13,6 +13,8 @@ from torch import nn
 from kairos.kernels import cpu
 from kairos.models.gguf_linear import GGUFLinear, GGUFLinearInt8Act, attach_gguf_blocks
 
+from engine_helpers import reference_decode_attention
+
 pytestmark = pytest.mark.skipif(cpu.load() is None, reason="CPU kernels need x86-64 with AVX2/FMA/F16C and a C compiler")
 
 KINDS = {"q4_1": GGMLQuantizationType.Q4_1, "q8_0": GGMLQuantizationType.Q8_0}
@@ -146,19 +148,6 @@ def test_attach_packs_shards_in_row_order_and_skips_mixed_kinds():
     assert type(mixed.layer.qkv_proj) is nn.Linear
 
 
-def _reference_decode(q, k_cache, v_cache, tables, lens, scale):
-    out = []
-    bs, hkv = k_cache.shape[1], k_cache.shape[2]
-    for b in range(q.shape[0]):
-        n = int(lens[b])
-        slots = [int(tables[b, t // bs]) * bs + t % bs for t in range(n)]
-        k = k_cache.view(-1, hkv, k_cache.shape[3])[slots].transpose(0, 1)  # [Hkv, n, D]
-        v = v_cache.view(-1, hkv, v_cache.shape[3])[slots].transpose(0, 1)
-        o = F.scaled_dot_product_attention(q[b].unsqueeze(1), k, v, scale=scale, enable_gqa=True)  # [Hq, 1, D]
-        out.append(o.squeeze(1))
-    return torch.stack(out)
-
-
 @pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (4, 4, 32), (8, 1, 128), (6, 2, 96)])
 def test_paged_decode_attention_matches_sdpa(hq, hkv, d):
     gen = torch.Generator().manual_seed(hq * d)
@@ -170,7 +159,7 @@ def test_paged_decode_attention_matches_sdpa(hq, hkv, d):
     tables = perm[: 5 * 10].view(5, 10).to(torch.int32)  # scattered blocks, padded past each length
     q = torch.randn(5, hq, d, generator=gen)
     got = cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, d**-0.5)
-    torch.testing.assert_close(got, _reference_decode(q, k_cache, v_cache, tables, lens, d**-0.5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, reference_decode_attention(q, k_cache, v_cache, tables, lens, d**-0.5), rtol=1e-5, atol=1e-5)
 
 
 def test_paged_decode_attention_softmax_extremes():

@@ -10,13 +10,14 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu":  # Triton reads this when it is first imported, which is below
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kairos.kernels import triton_attention  # noqa: E402
+
+from engine_helpers import reference_decode_attention  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not triton_attention.available(), reason="triton is not installed")
 
@@ -29,19 +30,6 @@ def _runs_somewhere():
 
         if not isinstance(tl.cdiv, InterpretedFunction):
             pytest.skip("triton was imported before this module could select its interpreter")
-
-
-def _reference(q, k_cache, v_cache, tables, lens, scale):
-    out = []
-    bs, hkv = k_cache.shape[1], k_cache.shape[2]
-    for b in range(q.shape[0]):
-        n = int(lens[b])
-        blocks = tables[b, : -(-n // bs)].long()
-        k = k_cache[blocks].reshape(-1, hkv, q.shape[2])[:n].transpose(0, 1)  # [Hkv, n, D]
-        v = v_cache[blocks].reshape(-1, hkv, q.shape[2])[:n].transpose(0, 1)
-        out.append(F.scaled_dot_product_attention(q[b].unsqueeze(1).float(), k.float(), v.float(), scale=scale,
-                                                  enable_gqa=True).squeeze(1))
-    return torch.stack(out)
 
 
 @pytest.mark.parametrize("hq,hkv,d,bs", [(4, 2, 16, 4), (9, 3, 64, 16), (8, 8, 32, 8), (12, 2, 96, 16)])
@@ -63,7 +51,7 @@ def test_triton_decode_attention_matches_sdpa(hq, hkv, d, bs):
     args = [t.to(DEVICE) for t in (q, k_cache, v_cache, tables, lens)]
     out = triton_attention.paged_decode_attention(*args, d**-0.5)
     assert out.shape == q.shape and out.dtype == q.dtype
-    torch.testing.assert_close(out.cpu(), _reference(q, k_cache, v_cache, tables, lens, d**-0.5),
+    torch.testing.assert_close(out.cpu(), reference_decode_attention(q, k_cache, v_cache, tables, lens, d**-0.5),
                                rtol=1e-4, atol=1e-4)
 
 
@@ -76,7 +64,7 @@ def test_triton_decode_attention_reads_strided_queries_and_keeps_the_dtype():
     v_cache = torch.randn(7, 4, 2, 16, generator=gen)
     tables = torch.tensor([[1, 2], [3, 4], [5, 6]], dtype=torch.int32)
     lens = torch.tensor([5, 8, 2], dtype=torch.int32)
-    ref = _reference(q.cpu(), k_cache, v_cache, tables, lens, 0.25)
+    ref = reference_decode_attention(q.cpu(), k_cache, v_cache, tables, lens, 0.25)
     out = triton_attention.paged_decode_attention(q, *(t.to(DEVICE) for t in (k_cache, v_cache, tables, lens)), 0.25)
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)
     half = triton_attention.paged_decode_attention(*(t.to(DEVICE) for t in (

@@ -138,21 +138,19 @@ class DecodeGraphs:
         return next((n for n in self.sizes if n >= b and n in self.graphs), None)
 
     @torch.inference_mode()
-    def run(self, ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
-            lens: list[int]) -> torch.Tensor | None:
-        """Logits ``[b, vocab]`` of a decode-only step, or None when no graph fits it (run it eagerly)."""
-        b = len(ids)
+    def run(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor | None:
+        """Logits ``[b, vocab]`` of a decode-only step (the runner's inputs and metadata, with
+        ``decode_tables``/``decode_lens``), or None when no graph fits it (run it eagerly)."""
+        b, width = meta.decode_tables.shape
         n = self.size_for(b)
-        if n is None or max(len(t) for t in tables) > self.tables.shape[1]:
+        if n is None or width > self.tables.shape[1]:
             return None
-        self.ids[:b].copy_(torch.tensor(ids))
-        self.positions[:b].copy_(torch.tensor(positions))
-        self.slots[:b].copy_(torch.tensor(slots))
-        width = max(len(t) for t in tables)  # columns past it: the null block (never read: lens)
-        self.tables[:b, :width].copy_(torch.tensor([t + [NULL_BLOCK] * (width - len(t)) for t in tables],
-                                                   dtype=torch.int32))
-        self.tables[:b, width:].fill_(NULL_BLOCK)
-        self.lens[:b].copy_(torch.tensor(lens, dtype=torch.int32))
+        self.ids[:b].copy_(ids)
+        self.positions[:b].copy_(positions)
+        self.slots[:b].copy_(meta.slot_mapping)
+        self.tables[:b, :width].copy_(meta.decode_tables)
+        self.tables[:b, width:].fill_(NULL_BLOCK)  # (never read: lens)
+        self.lens[:b].copy_(meta.decode_lens)
         self._pad(b)
         replay, out = self.graphs[n]
         replay()

@@ -61,15 +61,11 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
         """Run one step; returns float32 logits ``[S, vocab]`` for the entries that sample, in order."""
-        if self.graphs is not None and all(s.num_new_tokens == 1 and s.samples for s in batch):
-            bs = self.block_size
-            pos = [s.seq.num_computed for s in batch]
-            logits = self.graphs.run([s.seq.token_ids[p] for s, p in zip(batch, pos)], pos,
-                                     [s.block_table[p // bs] * bs + p % bs for s, p in zip(batch, pos)],
-                                     [s.block_table for s in batch], [p + 1 for p in pos])
+        ids, pos, meta, logits_idx = self._prepare(batch)
+        if self.graphs is not None and logits_idx is None and not meta.prefills:  # a decode-only step
+            logits = self.graphs.run(ids, pos, meta)
             if logits is not None:
                 return logits
-        ids, pos, meta, logits_idx = self._prepare(batch)
         hidden = self.model(ids, pos, self.kv_caches, meta)
         if logits_idx is not None:
             hidden = hidden[logits_idx]

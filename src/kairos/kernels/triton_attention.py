@@ -19,7 +19,6 @@ import functools
 import logging
 
 import torch
-import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -60,20 +59,20 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
 @functools.cache
 def self_check(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the kernel compiles and agrees with SDPA on this device and dtype, on a small case
-    (grouped heads, a partial block, a one-token context). The runner keeps the torch path when
-    not: a GPU stack where Triton fails costs speed, not answers."""
+    """Whether the kernel compiles and agrees with the engine's torch decode path (gathered
+    blocks + SDPA) on this device and dtype, on a small case (grouped heads, a partial block, a
+    one-token context). The runner keeps the torch path when not: a GPU stack where Triton fails
+    costs speed, not answers."""
+    from kairos.engine.attention import AttentionMetadata, _decode
+
     gen = torch.Generator().manual_seed(0)
     hq, hkv, d, bs = 8, 2, 64, 16
     k_cache, v_cache = (torch.randn(7, bs, hkv, d, generator=gen) for _ in range(2))
     tables = torch.tensor([[1, 0, 0], [2, 3, 0], [4, 5, 6]], dtype=torch.int32)
     lens = torch.tensor([1, 20, 33], dtype=torch.int32)
     q = torch.randn(3, hq, d, generator=gen)
-    ref = []
-    for b, n in enumerate(lens.tolist()):
-        blocks = tables[b, : -(-n // bs)].long()
-        k, v = (c[blocks].reshape(-1, hkv, d)[:n].transpose(0, 1) for c in (k_cache, v_cache))
-        ref.append(F.scaled_dot_product_attention(q[b].unsqueeze(1), k, v, scale=d**-0.5, enable_gqa=True).squeeze(1))
+    mask = (torch.arange(tables.shape[1] * bs)[None, :] < lens[:, None])[:, None, None, :]  # [B, 1, 1, L]
+    ref = _decode(q, k_cache, v_cache, AttentionMetadata(None, None, tables.flatten().long(), mask, []), d**-0.5)
     try:
         out = paged_decode_attention(q.to(device, dtype), k_cache.to(device, dtype), v_cache.to(device, dtype),
                                      tables.to(device), lens.to(device), d**-0.5).float().cpu()
@@ -82,7 +81,7 @@ def self_check(device: torch.device, dtype: torch.dtype) -> bool:
                        type(e).__name__, e)
         return False
     tol = 1e-3 if dtype == torch.float32 else 3e-2
-    if not torch.allclose(out, torch.stack(ref), rtol=tol, atol=tol):
+    if not torch.allclose(out, ref, rtol=tol, atol=tol):
         logger.warning("Triton decode attention disagrees with SDPA on %s/%s; using the torch path", device, dtype)
         return False
     return True

@@ -71,7 +71,15 @@ static inline void row_scales(const uint16_t *d, const float *dx, int64_t nb, in
 /* a (32 unsigned bytes) . the int8 x of row i, block b, as 8 int32 partial sums */
 #define DOT_U8S8(a, xp) _mm256_madd_epi16(_mm256_maddubs_epi16(a, _mm256_loadu_si256((const __m256i *)(xp))), ones)
 
-/* Weight row n against MT = 1..4 rows of x; each block is unpacked once for all of them. */
+/* Weight row n against MT = 1..4 rows of x; each block is unpacked once for all of them. The FMA
+ * into an accumulator is the loop-carried latency, so even and odd blocks go to two of them. */
+#define Q4Q8_BLOCK(MT, b, A)                                                                           \
+    {                                                                                              \
+        __m256i w = Q4_1_BYTES(b);                                                                 \
+        for (int i = 0; i < MT; i++)                                                               \
+            A[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT_U8S8(w, xq + i * K + 32 * (b))),         \
+                                   _mm256_broadcast_ss(sc + i * nb + (b)), A[i]);                  \
+    }
 #define Q4Q8_TILE(MT)                                                                              \
     static void q4q8_tile##MT(const int8_t *xq, int64_t K, const float *dx, const float *sx,       \
                               int64_t nb, const uint8_t *q, const uint16_t *d, const uint16_t *m,  \
@@ -80,82 +88,50 @@ static inline void row_scales(const uint16_t *d, const float *dx, int64_t nb, in
         row_scales(d, dx, nb, MT, sc);                                                             \
         const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);                    \
         const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);                           \
-        __m256 acc[MT];                                                                            \
-        for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();                                 \
-        for (int64_t b = 0; b < nb; b++) {                                                         \
-            __m256i w = Q4_1_BYTES(b);                                                             \
-            for (int i = 0; i < MT; i++)                                                           \
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT_U8S8(w, xq + i * K + 32 * b)),     \
-                                         _mm256_broadcast_ss(sc + i * nb + b), acc[i]);            \
+        __m256 even[MT], odd[MT];                                                                  \
+        for (int i = 0; i < MT; i++) even[i] = odd[i] = _mm256_setzero_ps();                       \
+        int64_t b = 0;                                                                             \
+        for (; b + 2 <= nb; b += 2) {                                                              \
+            Q4Q8_BLOCK(MT, b, even)                                                                    \
+            Q4Q8_BLOCK(MT, b + 1, odd)                                                                 \
         }                                                                                          \
-        for (int i = 0; i < MT; i++) y[i * ldy] = hsum8(acc[i]) + dot_hn(m, sx + i * nb, nb);      \
+        if (b < nb) Q4Q8_BLOCK(MT, b, even)                                                            \
+        for (int i = 0; i < MT; i++)                                                               \
+            y[i * ldy] = hsum8(_mm256_add_ps(even[i], odd[i])) + dot_hn(m, sx + i * nb, nb);       \
     }
-/* one row of x: the FMA into the accumulator is the loop-carried latency, so even and odd
- * blocks go to two of them */
-static void q4q8_tile1(const int8_t *xq, int64_t K, const float *dx, const float *sx, int64_t nb, const uint8_t *q,
-                       const uint16_t *d, const uint16_t *m, float *y, int64_t ldy) {
-    (void)K, (void)ldy;
-    float sc[nb];
-    row_scales(d, dx, nb, 1, sc);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT_U8S8(Q4_1_BYTES(b), xq + 32 * b)), _mm256_broadcast_ss(sc + b), a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT_U8S8(Q4_1_BYTES(b + 1), xq + 32 * b + 32)),
-                             _mm256_broadcast_ss(sc + b + 1), a1);
-    }
-    if (b < nb)
-        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT_U8S8(Q4_1_BYTES(b), xq + 32 * b)), _mm256_broadcast_ss(sc + b), a0);
-    y[0] = hsum8(_mm256_add_ps(a0, a1)) + dot_hn(m, sx, nb);
-}
+Q4Q8_TILE(1)
 Q4Q8_TILE(2)
 Q4Q8_TILE(3)
 Q4Q8_TILE(4)
 
 /* vpmaddubsw multiplies unsigned by signed bytes: |w| times x with w's sign */
+#define Q8Q8_BLOCK(MT, b, A)                                                                           \
+    {                                                                                              \
+        __m256i w = _mm256_loadu_si256((const __m256i *)(q + 32 * (b)));                           \
+        __m256i aw = _mm256_sign_epi8(w, w);                                                       \
+        for (int i = 0; i < MT; i++) {                                                             \
+            __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xq + i * K + 32 * (b))), w); \
+            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones);                     \
+            A[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(sc + i * nb + (b)), A[i]); \
+        }                                                                                          \
+    }
 #define Q8Q8_TILE(MT)                                                                              \
     static void q8q8_tile##MT(const int8_t *xq, int64_t K, const float *dx, int64_t nb,            \
                               const int8_t *q, const uint16_t *d, float *y, int64_t ldy) {         \
         float sc[MT * nb];                                                                         \
         row_scales(d, dx, nb, MT, sc);                                                             \
         const __m256i ones = _mm256_set1_epi16(1);                                                 \
-        __m256 acc[MT];                                                                            \
-        for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();                                 \
-        for (int64_t b = 0; b < nb; b++) {                                                         \
-            __m256i w = _mm256_loadu_si256((const __m256i *)(q + 32 * b));                         \
-            __m256i aw = _mm256_sign_epi8(w, w);                                                   \
-            for (int i = 0; i < MT; i++) {                                                         \
-                __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xq + i * K + 32 * b)), w); \
-                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones);                 \
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(sc + i * nb + b), acc[i]); \
-            }                                                                                      \
+        __m256 even[MT], odd[MT];                                                                  \
+        for (int i = 0; i < MT; i++) even[i] = odd[i] = _mm256_setzero_ps();                       \
+        int64_t b = 0;                                                                             \
+        for (; b + 2 <= nb; b += 2) {                                                              \
+            Q8Q8_BLOCK(MT, b, even)                                                                    \
+            Q8Q8_BLOCK(MT, b + 1, odd)                                                                 \
         }                                                                                          \
-        for (int i = 0; i < MT; i++) y[i * ldy] = hsum8(acc[i]);                                   \
+        if (b < nb) Q8Q8_BLOCK(MT, b, even)                                                            \
+        for (int i = 0; i < MT; i++) y[i * ldy] = hsum8(_mm256_add_ps(even[i], odd[i]));           \
     }
-#define Q8Q8_BLOCK(b, A)                                                                           \
-    {                                                                                              \
-        __m256i w = _mm256_loadu_si256((const __m256i *)(q + 32 * (b)));                           \
-        __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xq + 32 * (b))), w);    \
-        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), xs), ones);     \
-        A = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(sc + (b)), A);              \
-    }
-static void q8q8_tile1(const int8_t *xq, int64_t K, const float *dx, int64_t nb, const int8_t *q, const uint16_t *d,
-                       float *y, int64_t ldy) {
-    (void)K, (void)ldy;
-    float sc[nb];
-    row_scales(d, dx, nb, 1, sc);
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        Q8Q8_BLOCK(b, a0)
-        Q8Q8_BLOCK(b + 1, a1)
-    }
-    if (b < nb) Q8Q8_BLOCK(b, a0)
-    y[0] = hsum8(_mm256_add_ps(a0, a1));
-}
+Q8Q8_TILE(1)
 Q8Q8_TILE(2)
 Q8Q8_TILE(3)
 Q8Q8_TILE(4)
