@@ -1,7 +1,9 @@
 """Issue 8's figures on a GPU, in one run: batch-1 decode vs the HBM roofline, offline throughput
-vs Hugging Face generate, start-up with and without CUDA graphs.
+vs Hugging Face generate, start-up with and without CUDA graphs (and their record), the Triton
+decode attention with and without split contexts.
 
-    python benchmarks/gpu.py [--model default] [--num-prompts 256] [--hf-batch 16] [--parts startup,decode,offline]
+    python benchmarks/gpu.py [--model default] [--num-prompts 256] [--hf-batch 16]
+                             [--parts startup,decode,attention,offline]
 
 - roofline: the model's weight bytes (all parameters, read once per decode step) over the HBM
   bandwidth measured here (a 1 GiB device-to-device copy, read + write);
@@ -9,7 +11,11 @@ vs Hugging Face generate, start-up with and without CUDA graphs.
 - offline: --num-prompts prompts of random token ids, 100-1024 in and 100-1024 out (EOS
   ignored), Kairos LLM.generate vs transformers generate in batches of --hf-batch (left
   padding; only the requested tokens count);
-- start-up: a fresh process from launch to a ready engine, graphs on and off.
+- start-up: a fresh process from launch to a ready engine: graphs off; graphs on without a
+  capture record (its cache folder emptied first: every size checked against the eager step);
+  graphs on with the record the previous start left (checks skipped);
+- attention: one decode-attention call (bf16, SmolLM2's 9/3 heads of 64, 16-token blocks) at
+  batch 1, 8, 64 and contexts of 512 and 4096 tokens, one split per context vs the default.
 Needs a CUDA device; exits with a message without one.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,12 +111,33 @@ def offline(model: str, n: int, hf_batch: int) -> dict[str, float]:
     return {"kairos_tok_s": k_tok / k_s, "hf_tok_s": hf_tok / h_s, "kairos_s": k_s, "hf_s": h_s}
 
 
-def startup_s(model: str, graphs: bool) -> float:
+def startup_s(model: str, graphs: bool) -> tuple[float, float]:
+    """(seconds from launch to a ready engine, of which capturing graphs)."""
     code = ("import time; t0 = time.perf_counter(); from kairos import LLM; "
-            f"LLM({model!r}, device='cuda', cuda_graphs={graphs}); print(time.perf_counter() - t0)")
+            f"g = LLM({model!r}, device='cuda', cuda_graphs={graphs}).engine.runner.graphs; "
+            "print(time.perf_counter() - t0, g.seconds if g else 0.0)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    total, capture = map(float, out.split()[-2:])
+    return total, capture
+
+
+def attention_us(batch: int, ctx: int, splits: int | None) -> float:
+    from kairos.kernels.triton_attention import paged_decode_attention
+
+    bs, hkv, hq, d = 16, 3, 9, 64
+    nblk = ctx // bs
+    k, v = (torch.randn(batch * nblk + 1, bs, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    tables = (torch.arange(batch * nblk, device="cuda", dtype=torch.int32) + 1).view(batch, nblk)
+    lens = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
+    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        paged_decode_attention(q, k, v, tables, lens, d**-0.5, splits=splits)
+    torch.cuda.synchronize()
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    return time.perf_counter() - t0
+    for _ in range(50):
+        paged_decode_attention(q, k, v, tables, lens, d**-0.5, splits=splits)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / 50 * 1e6
 
 
 def main() -> None:
@@ -117,21 +145,29 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--num-prompts", type=int, default=256)
     ap.add_argument("--hf-batch", type=int, default=16)
-    ap.add_argument("--parts", default="startup,decode,offline")
+    ap.add_argument("--parts", default="startup,decode,attention,offline")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py needs a CUDA device")
     parts = set(args.parts.split(","))
     res: dict[str, object] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if "startup" in parts:
-        res["startup_graphs_s"] = startup_s(args.model, True)
-        res["startup_eager_s"] = startup_s(args.model, False)
+        from kairos.loader.tokenizer import cache_dir
+
+        startup_s(args.model, False)  # converts the GGUF into the cache once: not part of any start below
+        res["startup_eager_s"] = startup_s(args.model, False)[0]
+        shutil.rmtree(cache_dir() / "graphs", ignore_errors=True)
+        res["startup_graphs_s"], res["capture_checked_s"] = startup_s(args.model, True)
+        res["startup_graphs_record_s"], res["capture_record_s"] = startup_s(args.model, True)
     if "decode" in parts:
         bw = hbm_bandwidth()
         g, weights = decode_step_ms(args.model, True)
         e, _ = decode_step_ms(args.model, False)
         res.update(hbm_gb_s=bw / 1e9, weight_mb=weights / 1e6, roofline_ms=weights / bw * 1e3,
                    step_graphs_ms=g, step_eager_ms=e)
+    if "attention" in parts:
+        res["attention_us"] = {f"b{b}_ctx{c}": {"one_split": attention_us(b, c, 1), "default": attention_us(b, c, None)}
+                               for b in (1, 8, 64) for c in (512, 4096)}
     if "offline" in parts:
         res.update(offline(args.model, args.num_prompts, args.hf_batch))
     print(json.dumps(res, indent=1))
@@ -139,6 +175,14 @@ def main() -> None:
         print(f"batch-1 step: {res['step_graphs_ms']:.2f} ms with graphs, {res['step_eager_ms']:.2f} eager; "
               f"roofline {res['roofline_ms']:.3f} ms ({res['weight_mb']:.0f} MB at {res['hbm_gb_s']:.0f} GB/s): "
               f"{res['roofline_ms'] / res['step_graphs_ms']:.1%} of it")
+    if "startup" in parts:
+        print(f"start-up: {res['startup_eager_s']:.1f} s eager; graphs {res['startup_graphs_s']:.1f} s "
+              f"(capture {res['capture_checked_s']:.1f} s), with the record {res['startup_graphs_record_s']:.1f} s "
+              f"(capture {res['capture_record_s']:.1f} s)")
+    if "attention" in parts:
+        for name, t in res["attention_us"].items():
+            print(f"attention {name}: {t['one_split']:.1f} us one split, {t['default']:.1f} us split "
+                  f"({t['one_split'] / t['default']:.2f}x)")
     if "offline" in parts:
         print(f"offline: Kairos {res['kairos_tok_s']:.0f} tok/s vs HF {res['hf_tok_s']:.0f} tok/s "
               f"({res['kairos_tok_s'] / res['hf_tok_s']:.2f}x)")

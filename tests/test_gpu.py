@@ -36,3 +36,39 @@ def test_cuda_graph_steps_equal_eager_steps(tiny_model):
                             3: [(str(i), p, params) for i, p in enumerate(prompts[3:], 3)]})
         outs.append([done[(str(i), 0)][0] for i in range(len(prompts))])
     assert outs[0] == outs[1] == [hf_greedy(model, p, 16) for p in prompts]
+
+
+def test_sampling_queues_on_the_gpu_without_waiting_for_it():
+    from kairos.engine.sampler import Sampler, SamplingRow
+
+    dev = torch.device("cuda")
+    logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0)).to(dev)
+    sampler = Sampler(dev, 0)
+    rows = [SamplingRow(SamplingParams(**GREEDY, logprobs=3), None, [], []),
+            SamplingRow(SamplingParams(temperature=0.8, top_k=20, top_p=0.9), None, [], []),
+            SamplingRow(SamplingParams(temperature=1.0, min_p=0.1, seed=7), sampler.new_generator(7), [], []),
+            SamplingRow(SamplingParams(temperature=1.0, repetition_penalty=1.3, frequency_penalty=0.5, logprobs=0),
+                        None, [1, 2, 3], [4, 4]),
+            SamplingRow(SamplingParams(**GREEDY), None, [], [])]
+    sampler(logits, rows)  # warm-up: lazy CUDA inits and the first pinned buffers may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any implicit host sync raises
+    try:
+        out = sampler.sample(logits, rows)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    host = sampler.to_host(out, rows)
+    expected = logits.cpu().log_softmax(-1)
+    assert [host.token_ids[0], host.token_ids[4]] == [int(expected[0].argmax()), int(expected[4].argmax())]
+    lp, top = host.logprobs[0]
+    assert lp == pytest.approx(expected[0].max().item(), abs=1e-5)
+    assert [t for t, _ in top] == expected[0].topk(3).indices.tolist()
+    assert host.logprobs[3][1] == [] and host.logprobs[1] is None
+    # a seeded row draws from its own generator on the device: the same seed, the same tokens
+    # whatever the sampler's own seed
+    draws = []
+    for own_seed in (1, 2):
+        s = Sampler(dev, own_seed)
+        row = SamplingRow(rows[2].params, s.new_generator(7), [], [])
+        draws.append([s(logits[2:3], [row]).token_ids[0] for _ in range(8)])
+    assert draws[0] == draws[1]

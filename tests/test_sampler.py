@@ -16,7 +16,7 @@ PROBS = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
 
 
 def draw(params: SamplingParams, logits: torch.Tensor, n: int = 400) -> set[int]:
-    sampler = Sampler(torch.Generator().manual_seed(0))
+    sampler = Sampler(torch.device("cpu"), 0)
     rows = [SamplingRow(params, None, [], [])] * n
     return set(sampler(logits.expand(n, -1).contiguous(), rows).token_ids)
 
@@ -51,7 +51,7 @@ def test_penalties_exact_values():
 
 def test_logprobs_are_raw_log_softmax():
     logits = torch.tensor([[1.0, 2.0, 0.5, -1.0]])
-    sampler = Sampler(torch.Generator().manual_seed(0))
+    sampler = Sampler(torch.device("cpu"), 0)
     out = sampler(logits, [SamplingRow(SamplingParams(temperature=0.0, logprobs=2, repetition_penalty=1.5), None, [1], [])])
     expected = logits.log_softmax(-1)[0]
     lp, top = out.logprobs[0]

@@ -32,8 +32,11 @@ def _runs_somewhere():
             pytest.skip("triton was imported before this module could select its interpreter")
 
 
-@pytest.mark.parametrize("hq,hkv,d,bs", [(4, 2, 16, 4), (9, 3, 64, 16), (8, 8, 32, 8), (12, 2, 96, 16)])
-def test_triton_decode_attention_matches_sdpa(hq, hkv, d, bs):
+@pytest.mark.parametrize("hq,hkv,d,bs,splits", [(4, 2, 16, 4, 1), (4, 2, 16, 4, 4), (9, 3, 64, 16, 1),
+                                                 (9, 3, 64, 16, 2), (8, 8, 32, 8, 1), (12, 2, 96, 16, 3)])
+def test_triton_decode_attention_matches_sdpa(hq, hkv, d, bs, splits):
+    # splits > 1: each context's blocks cut in pieces merged by a second kernel; short contexts
+    # leave later pieces empty (lens 1 and bs fit in the first block)
     gen = torch.Generator().manual_seed(hq * 100 + d)
     lens = torch.tensor([1, bs, bs + 1, 3 * bs - 1, 37], dtype=torch.int32)
     nblk = -(-int(lens.max()) // bs)
@@ -49,7 +52,7 @@ def test_triton_decode_attention_matches_sdpa(hq, hkv, d, bs):
         tables[b, :used] = perm[b * nblk : b * nblk + used]
     q = torch.randn(len(lens), hq, d, generator=gen)
     args = [t.to(DEVICE) for t in (q, k_cache, v_cache, tables, lens)]
-    out = triton_attention.paged_decode_attention(*args, d**-0.5)
+    out = triton_attention.paged_decode_attention(*args, d**-0.5, splits=splits)
     assert out.shape == q.shape and out.dtype == q.dtype
     torch.testing.assert_close(out.cpu(), reference_decode_attention(q, k_cache, v_cache, tables, lens, d**-0.5),
                                rtol=1e-4, atol=1e-4)
@@ -73,11 +76,21 @@ def test_triton_decode_attention_reads_strided_queries_and_keeps_the_dtype():
     torch.testing.assert_close(half.float().cpu(), ref, rtol=2e-2, atol=2e-2)
 
 
+def test_splits_fill_the_gpu_only_when_the_batch_does_not(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(triton_attention, "_sm_count", lambda device: 132)  # an H100
+    assert triton_attention.num_splits(3, 128, cuda) == 88  # batch 1, 3 KV heads: 264 programs
+    assert triton_attention.num_splits(3, 4, cuda) == 4  # at most one split per block
+    assert triton_attention.num_splits(192, 128, cuda) == 2
+    assert triton_attention.num_splits(264, 128, cuda) == 1
+    assert triton_attention.num_splits(3, 128, torch.device("cpu")) == 1
+
+
 def test_self_check_accepts_the_kernel_and_falls_back_when_it_fails(monkeypatch, caplog):
     check = triton_attention.self_check.__wrapped__  # uncached
     assert check(torch.device(DEVICE), torch.float32)
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("no kernel image for this GPU")
 
     monkeypatch.setattr(triton_attention, "paged_decode_attention", broken)

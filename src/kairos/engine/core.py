@@ -11,12 +11,14 @@ import torch
 
 from kairos.config import EngineConfig, parse_size
 from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
+from kairos.engine.h2d import h2d
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block
 from kairos.engine.sampler import Sampler, SamplingRow
 from kairos.engine.scheduler import Scheduler
 from kairos.engine.sequence import SeqStatus, Sequence
+from kairos.loader.tokenizer import cache_dir
 
 logger = logging.getLogger(__name__)
 CUDA_GRAPH_BUDGET_S = 60.0  # start-up time capture may take; sizes left over run eagerly
@@ -54,7 +56,7 @@ class EngineCore:
         self.intervals = StepIntervals()
         self._last_step_end: float | None = None  # None: the engine idled since its last step
         self.counters = {"requests_expired": 0, "requests_slo_refused": 0, "requests_slo_best_effort": 0}
-        self.sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
+        self.sampler = Sampler(self.device, config.model.seed)
         self.eos_token_ids = frozenset(arch.eos_token_ids) | generation_eos_ids(self.model_path)
         limits = [arch.max_position_embeddings, self.kv.pool.num_usable * cc.block_size]
         if config.model.max_model_len:
@@ -63,17 +65,15 @@ class EngineCore:
             limits.append(arch.sliding_window)
         self.max_model_len = min(limits)
         if config.model.cuda_graphs and self.device.type == "cuda" and self.runner.decode_kernel:
+            from kairos.engine.capture_record import enable_decode_graphs
             from kairos.engine.decode_graphs import capture_sizes, cuda_capture
 
-            sizes = capture_sizes(config.scheduler.max_num_seqs)
             try:
-                seconds = self.runner.enable_decode_graphs(sizes, self.max_model_len, cuda_capture(), CUDA_GRAPH_BUDGET_S)
+                enable_decode_graphs(self.runner, capture_sizes(config.scheduler.max_num_seqs), self.max_model_len,
+                                     cuda_capture(), CUDA_GRAPH_BUDGET_S, self.model_path, cache_dir() / "graphs")
             except Exception as e:  # noqa: BLE001 - a capture that fails leaves eager steps, which work
                 self.runner.graphs = None
                 logger.warning("decode graphs: capture failed (%s: %s); decode steps run eagerly", type(e).__name__, e)
-            else:
-                logger.info("decode graphs: %s captured in %.1f s", "none" if self.runner.graphs is None else
-                            sorted(self.runner.graphs.graphs), seconds)
         self.requests: dict[str, list[Sequence | None]] = {}  # None: a sibling not forked yet
         self._seq_ids = itertools.count()
         logger.info("engine: %s on %s/%s, %d KV blocks of %d tokens, max_model_len %d",
@@ -222,7 +222,7 @@ class EngineCore:
             self._observe(sched, t0)
             return True, expired
         if len(logit_rows) != logits.shape[0]:
-            logits = logits[torch.tensor(logit_rows, dtype=torch.long, device=logits.device)]
+            logits = logits.index_select(0, h2d(logit_rows, logits.device, torch.long))
         rows = [self._sampling_row(q) for q in seqs]
         sampled = self.sampler(logits, rows)
         self._observe(sched, t0)
@@ -282,8 +282,9 @@ class EngineCore:
         parent.pending_forks = 0
         return children
 
-    @staticmethod
-    def _sampling_row(seq: Sequence) -> SamplingRow:
+    def _sampling_row(self, seq: Sequence) -> SamplingRow:
+        if seq.seed is not None and seq.generator is None:
+            seq.generator = self.sampler.new_generator(seq.seed)
         if seq.params.has_penalties:
             return SamplingRow(seq.params, seq.generator, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids)
         return SamplingRow(seq.params, seq.generator, [], [])

@@ -86,6 +86,8 @@ class DecodeGraphs:
         self.lens = torch.ones(n, dtype=torch.int32, device=device)
         self.rows = torch.arange(n, device=device)
         self.graphs: dict[int, tuple[Callable[[], None], torch.Tensor]] = {}
+        self.failed_at: int | None = None  # the size whose replay disagreed with the eager step
+        self.seconds = 0.0  # what capture took
 
     def _meta(self, n: int) -> AttentionMetadata:
         return AttentionMetadata(slot_mapping=self.slots[:n], decode_idx=self.rows[:n], decode_blocks=None,
@@ -95,8 +97,10 @@ class DecodeGraphs:
         return self.forward(self.ids[:n], self.positions[:n], self._meta(n))
 
     @torch.inference_mode()
-    def capture(self, capture: Capture, budget_s: float, block_size: int, num_blocks: int) -> float:
-        """Capture every size (largest first) until ``budget_s`` runs out, then check each against
+    def capture(self, capture: Capture, budget_s: float, block_size: int, num_blocks: int,
+                trusted: frozenset[int] = frozenset()) -> float:
+        """Capture every size (largest first) until ``budget_s`` runs out, then check each not in
+        ``trusted`` (sizes an earlier start on this stack checked: engine.capture_record) against
         the eager forward; returns the seconds spent. Call before any request runs: the check
         writes K/V into free blocks (row r into block r + 1, which it alone reads)."""
         t0 = time.perf_counter()
@@ -108,6 +112,8 @@ class DecodeGraphs:
                 break
             self.graphs[n] = capture(lambda n=n: self._eager(n))
         for n, (replay, out) in sorted(self.graphs.items()):
+            if n in trusted:
+                continue
             if n >= num_blocks:  # rows use blocks 1..n (padding rows share the null block's slot 0 and race)
                 logger.warning("decode graphs: %d KV blocks cannot check batch %d; graphs from it on dropped", num_blocks, n)
                 self.graphs = {m: g for m, g in self.graphs.items() if m < n}
@@ -123,9 +129,11 @@ class DecodeGraphs:
             self._pad(0)
             if not ok:
                 logger.warning("decode graphs: replay at batch %d disagrees with the eager step; not using graphs", n)
+                self.failed_at = n
                 self.graphs.clear()
                 break
-        return time.perf_counter() - t0
+        self.seconds = time.perf_counter() - t0
+        return self.seconds
 
     def _pad(self, b: int) -> None:
         self.ids[b:].zero_()

@@ -7,6 +7,7 @@ from torch import nn
 
 from kairos.engine.attention import AttentionMetadata, PrefillChunk
 from kairos.engine.decode_graphs import Capture, DecodeGraphs
+from kairos.engine.h2d import h2d
 from kairos.engine.kv_cache import NULL_BLOCK
 from kairos.engine.scheduler import ScheduledSeq
 from kairos.kernels import triton_attention
@@ -43,9 +44,11 @@ class ModelRunner:
             v[NULL_BLOCK].zero_()
         self.graphs: DecodeGraphs | None = None  # enable_decode_graphs
 
-    def enable_decode_graphs(self, sizes: list[int], max_model_len: int, capture: Capture, budget_s: float) -> float:
-        """Capture decode steps at these batch sizes (``engine.decode_graphs``); needs the decode
-        kernel (static block tables). Call before any request runs. Returns the seconds spent."""
+    def enable_decode_graphs(self, sizes: list[int], max_model_len: int, capture: Capture, budget_s: float,
+                             trusted: frozenset[int] = frozenset()) -> DecodeGraphs:
+        """Capture decode steps at these batch sizes (``engine.decode_graphs``; ``trusted`` sizes
+        skip their check); needs the decode kernel (static block tables). Call before any request
+        runs. Returns the graphs (kept in ``self.graphs`` when any size was captured and held)."""
         if not self.decode_kernel:
             raise ValueError("decode graphs need a decode-attention kernel (Triton on GPUs)")
 
@@ -54,9 +57,9 @@ class ModelRunner:
 
         graphs = DecodeGraphs(forward, sizes, -(-max_model_len // self.block_size), self.device,
                               self.kv_caches[0][0].dtype)
-        seconds = graphs.capture(capture, budget_s, self.block_size, self.kv_caches[0][0].shape[0])
+        graphs.capture(capture, budget_s, self.block_size, self.kv_caches[0][0].shape[0], trusted)
         self.graphs = graphs if graphs.graphs else None
-        return seconds
+        return graphs
 
     @torch.inference_mode()
     def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
@@ -109,20 +112,20 @@ class ModelRunner:
                 nblk = -(-ctx // bs)
                 # query i (position start + i) sees keys 0 .. start + i
                 mask = torch.arange(nblk * bs)[None, :] <= torch.arange(start, ctx)[:, None]
-                prefills.append(PrefillChunk(q0, q0 + n, torch.tensor(table[:nblk], device=dev), mask.to(dev)))
-        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, device=dev), decode_idx=None,
+                prefills.append(PrefillChunk(q0, q0 + n, h2d(table[:nblk], dev, torch.long), h2d(mask, dev)))
+        meta = AttentionMetadata(slot_mapping=h2d(slots, dev, torch.long), decode_idx=None,
                                  decode_blocks=None, decode_mask=None, prefills=prefills)
         if decode_idx:
             nblk = -(-max(decode_lens) // bs)
             padded = [t[:nblk] + [NULL_BLOCK] * (nblk - len(t[:nblk])) for t in decode_tables]
-            meta.decode_idx = torch.tensor(decode_idx, device=dev)
+            meta.decode_idx = h2d(decode_idx, dev, torch.long)
             if self.decode_kernel:
-                meta.decode_tables = torch.tensor(padded, dtype=torch.int32, device=dev)
-                meta.decode_lens = torch.tensor(decode_lens, dtype=torch.int32, device=dev)
+                meta.decode_tables = h2d(padded, dev, torch.int32)
+                meta.decode_lens = h2d(decode_lens, dev, torch.int32)
             else:
                 valid = torch.arange(nblk * bs)[None, :] < torch.tensor(decode_lens)[:, None]  # [Bd, L]
-                meta.decode_blocks = torch.tensor([b for t in padded for b in t], device=dev)
-                meta.decode_mask = valid[:, None, None, :].to(dev)
+                meta.decode_blocks = h2d([b for t in padded for b in t], dev, torch.long)
+                meta.decode_mask = h2d(valid[:, None, None, :], dev)
         all_rows = len(logits_idx) == len(ids)  # pure decode: every row samples, in order
-        return (torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta,
-                None if all_rows else torch.tensor(logits_idx, dtype=torch.long, device=dev))
+        return (h2d(ids, dev, torch.long), h2d(positions, dev, torch.long), meta,
+                None if all_rows else h2d(logits_idx, dev, torch.long))

@@ -3,6 +3,11 @@
 Draws use the exponential race (``argmax(p / E)``, ``E ~ Exp(1)``), an exact sample from ``p``,
 so a seeded row needs only its own noise vector and is independent of the rest of the batch.
 Logprobs are those of the raw model distribution (before penalties and temperature), as vLLM v1.
+
+Everything runs on the logits' device, noise included (the generators live there), with the
+per-row parameters sent by :func:`~kairos.engine.h2d.h2d`: on a GPU :meth:`Sampler.sample`
+queues kernels and never waits, and a step waits once, when :meth:`Sampler.to_host` reads the
+token ids (then the logprobs, already computed, in the same wait).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kairos.engine.h2d import h2d
 from kairos.engine.sampling_params import SamplingParams
 
 
@@ -29,30 +35,75 @@ class SamplerOutput:
     logprobs: list[tuple[float, list[tuple[int, float]]] | None]
 
 
+@dataclass
+class DeviceSample:
+    """What :meth:`Sampler.sample` leaves on the device for one step."""
+
+    token_ids: torch.Tensor  # [S] long
+    logprob_rows: list[int]  # rows that asked for logprobs
+    chosen: torch.Tensor | None  # [len(logprob_rows)] float32: logprob of the sampled token
+    top_v: torch.Tensor | None  # [len(logprob_rows), k] float32, k = the largest top-N asked
+    top_i: torch.Tensor | None  # [len(logprob_rows), k] long
+
+
 class Sampler:
-    def __init__(self, generator: torch.Generator):
-        self.generator = generator  # for unseeded rows
+    def __init__(self, device: torch.device, seed: int):
+        self.device = device
+        self.generator = self.new_generator(seed)  # for unseeded rows
+
+    def new_generator(self, seed: int) -> torch.Generator:
+        """A generator on the sampling device: a seeded request draws its noise from its own."""
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         """``logits``: float32 ``[S, V]``, one row per entry of ``rows``."""
+        return self.to_host(self.sample(logits, rows), rows)
+
+    def sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> DeviceSample:
+        """Token ids (and logprobs) of a step, left on the logits' device: no host sync."""
         raw = logits
+        dev = logits.device
         if any(r.params.has_penalties for r in rows):
             logits = apply_penalties(logits.clone(), rows)
         token_ids = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
         if random_rows:
-            idx = torch.tensor(random_rows, device=logits.device)
-            probs = processed_probs(logits[idx], [rows[i].params for i in random_rows])
+            idx = h2d(random_rows, dev, torch.long)
+            probs = processed_probs(logits.index_select(0, idx), [rows[i].params for i in random_rows])
             noise = torch.empty_like(probs)
             unseeded = [j for j, i in enumerate(random_rows) if rows[i].generator is None]
-            if unseeded:
-                noise[unseeded] = torch.empty((len(unseeded), probs.shape[1])).exponential_(generator=self.generator).to(noise.device)
+            if len(unseeded) == len(random_rows):
+                noise.exponential_(generator=self.generator)
+            elif unseeded:
+                draws = torch.empty((len(unseeded), probs.shape[1]), device=dev).exponential_(generator=self.generator)
+                noise.index_copy_(0, h2d(unseeded, dev, torch.long), draws)
             for j, i in enumerate(random_rows):
                 if rows[i].generator is not None:
-                    noise[j] = torch.empty(probs.shape[1]).exponential_(generator=rows[i].generator).to(noise.device)
-            token_ids[idx] = (probs / noise).argmax(dim=-1)
-        ids = token_ids.tolist()
-        return SamplerOutput(ids, compute_logprobs(raw, ids, rows))
+                    noise[j].exponential_(generator=rows[i].generator)
+            token_ids.index_copy_(0, idx, (probs / noise).argmax(dim=-1))
+        want = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+        if not want:
+            return DeviceSample(token_ids, [], None, None, None)
+        widx = h2d(want, dev, torch.long)
+        lp = raw.index_select(0, widx).log_softmax(dim=-1)
+        chosen = lp.gather(1, token_ids.index_select(0, widx).unsqueeze(1)).squeeze(1)
+        k = max(rows[i].params.logprobs for i in want)
+        top_v, top_i = lp.topk(k, dim=-1) if k else (None, None)
+        return DeviceSample(token_ids, want, chosen, top_v, top_i)
+
+    @staticmethod
+    def to_host(out: DeviceSample, rows: list[SamplingRow]) -> SamplerOutput:
+        ids = out.token_ids.tolist()  # the step's one wait for the device
+        logprobs: list[tuple[float, list[tuple[int, float]]] | None] = [None] * len(rows)
+        if out.logprob_rows:
+            chosen = out.chosen.tolist()
+            top_i = out.top_i.tolist() if out.top_i is not None else None
+            top_v = out.top_v.tolist() if out.top_v is not None else None
+            for j, i in enumerate(out.logprob_rows):
+                n = rows[i].params.logprobs
+                top = list(zip(top_i[j][:n], top_v[j][:n])) if n else []
+                logprobs[i] = (chosen[j], top)
+        return SamplerOutput(ids, logprobs)
 
 
 def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -63,12 +114,13 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
         if not p.has_penalties:
             continue
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(r.prompt_token_ids) | set(r.output_token_ids)), dtype=torch.long, device=logits.device)
-            if seen.numel():
+            seen = sorted(set(r.prompt_token_ids) | set(r.output_token_ids))
+            if seen:
+                seen = h2d(seen, logits.device, torch.long)
                 vals = logits[i, seen]
                 logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if r.output_token_ids and (p.presence_penalty or p.frequency_penalty):
-            counts = torch.bincount(torch.tensor(r.output_token_ids, device=logits.device), minlength=vocab)[:vocab]
+            counts = torch.bincount(h2d(r.output_token_ids, logits.device, torch.long), minlength=vocab)[:vocab]
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
     return logits
 
@@ -76,37 +128,22 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
 def processed_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     """Temperature, then top-k, top-p, min-p masks; returns probabilities ``[R, V]``."""
     dev = logits.device
-    temps = torch.tensor([p.temperature for p in params], device=dev).unsqueeze(1)
+    temps = h2d([p.temperature for p in params], dev, torch.float32).unsqueeze(1)
     logits = logits / temps
     top_k = [p.top_k if p.top_k > 0 else logits.shape[1] for p in params]
     top_p = [p.top_p if p.top_p < 1.0 else float("inf") for p in params]  # inf: no cut, immune to rounding
     if any(k < logits.shape[1] for k in top_k) or any(p < 1.0 for p in top_p):
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         ranks = torch.arange(logits.shape[1], device=dev).unsqueeze(0)
-        drop = ranks >= torch.tensor(top_k, device=dev).unsqueeze(1)
+        drop = ranks >= h2d(top_k, dev, torch.long).unsqueeze(1)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         sp = sorted_logits.softmax(dim=-1)
         # drop a token when the tokens ranked above it already reach top_p (the first always stays)
-        drop = (sp.cumsum(dim=-1) - sp) >= torch.tensor(top_p, device=dev).unsqueeze(1)
+        drop = (sp.cumsum(dim=-1) - sp) >= h2d(top_p, dev, torch.float32).unsqueeze(1)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
-    min_p = torch.tensor([p.min_p for p in params], device=dev).unsqueeze(1)
-    if (min_p > 0).any():
+    if any(p.min_p > 0 for p in params):  # (decided on the host: a tensor test would wait for the device)
+        min_p = h2d([p.min_p for p in params], dev, torch.float32).unsqueeze(1)
         probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
     return probs
-
-
-def compute_logprobs(raw: torch.Tensor, ids: list[int], rows: list[SamplingRow]):
-    want = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
-    out: list[tuple[float, list[tuple[int, float]]] | None] = [None] * len(rows)
-    if not want:
-        return out
-    lp = raw[want].log_softmax(dim=-1)
-    k = max(rows[i].params.logprobs for i in want)
-    top_v, top_i = lp.topk(k, dim=-1) if k else (None, None)
-    for j, i in enumerate(want):
-        n = rows[i].params.logprobs
-        top = list(zip(top_i[j, :n].tolist(), top_v[j, :n].tolist())) if n else []
-        out[i] = (lp[j, ids[i]].item(), top)
-    return out

@@ -47,9 +47,8 @@ class Sequence:
         # what admission judged the request by (``predicted`` scaled by the calibration), and the
         # time per token: (first token, per token, last token) s
         self.promised: tuple[float, float, float] | None = None
-        self.generator: torch.Generator | None = None
-        if params.seed is not None:
-            self.generator = torch.Generator().manual_seed(params.seed + index)
+        self.seed = None if params.seed is None else params.seed + index  # sibling i draws from seed + i
+        self.generator: torch.Generator | None = None  # on the sampling device, made at the first draw
 
     @property
     def num_tokens(self) -> int:
