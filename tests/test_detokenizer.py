@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kairos.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from kairos.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher, decoder
 from kairos.engine.output_processor import OutputProcessor
 from kairos.engine.outputs import SeqOutput
 from kairos.engine.sampling_params import SamplingParams
@@ -23,6 +23,23 @@ def test_multibyte_characters_split_across_tokens(default_tokenizer):
     deltas = stream(default_tokenizer, text)
     assert "".join(deltas) == text
     assert not any("\ufffd" in d for d in deltas)
+
+
+def test_decoder_is_the_tokenizers_decode(default_tokenizer):
+    tok = default_tokenizer
+    ids = tok("Hi <|im_start|> there, wörld!", add_special_tokens=False).input_ids + [tok.eos_token_id, 0, 17, 300]
+    for skip in (True, False):
+        assert decoder(tok, skip)(ids) == tok.decode(ids, skip_special_tokens=skip)
+    assert decoder(tok, True)(ids) != decoder(tok, False)(ids)  # the special tokens were there to skip
+
+    class CleansUp:  # a tokenizer whose decode does more than its backend's: called as is
+        backend_tokenizer = tok.backend_tokenizer
+        clean_up_tokenization_spaces = True
+
+        def decode(self, ids, skip_special_tokens):
+            return f"cleaned {len(ids)} {skip_special_tokens}"
+
+    assert decoder(CleansUp(), True)([1, 2]) == "cleaned 2 True"
 
 
 def test_stop_matcher_across_deltas():

@@ -45,6 +45,54 @@ def test_eviction_order_is_lru_leaves_and_skips_locked():
     assert t.num_cached_blocks == 0
 
 
+def reference_evict(t: RadixCache, n: int) -> list[int]:
+    """The eviction order by definition, from a walk of the whole tree (what the tree did before
+    it kept its leaves in a heap): least recently used unlocked leaf, repeatedly."""
+    alive = {id(x): x for x in t.nodes()}
+    out = []
+    while len(out) < n:
+        leaves = [x for x in alive.values() if x.lock_ref == 0 and not any(id(c) in alive for c in x.children.values())]
+        if not leaves:
+            break
+        leaf = min(leaves, key=lambda x: x.last_access)
+        del alive[id(leaf)]
+        out.append(leaf.block)
+    return out
+
+
+def test_random_operations_evict_as_the_definition_and_count_unlocked_nodes():
+    import random
+
+    rng = random.Random(0)
+    t = RadixCache(block_size=2)
+    next_block = iter(range(1, 10_000))
+    locks = []
+    for step in range(600):
+        op = rng.random()
+        tokens = [rng.randrange(3) for _ in range(2 * rng.randrange(1, 5))]  # few symbols: shared prefixes
+        if op < 0.35:
+            t.insert(tokens, [next(next_block) for _ in range(len(tokens) // 2)])
+        elif op < 0.55:
+            t.match_prefix(tokens)
+        elif op < 0.7:
+            node = t.match_prefix(tokens, touch=False).node
+            if node is not t.root:
+                t.lock(node)
+                locks.append(node)
+        elif op < 0.85 and locks:
+            t.unlock(locks.pop(rng.randrange(len(locks))))
+        else:
+            n = rng.randrange(1, 4)
+            expected = reference_evict(t, n)
+            assert t.evict(n) == expected, step
+        assert t.num_unlocked == sum(1 for x in t.nodes() if x.lock_ref == 0)
+        assert t.num_cached_blocks == sum(1 for _ in t.nodes())
+    for node in locks:
+        t.unlock(node)
+    expected = reference_evict(t, 10_000)
+    assert t.evict(10_000) == expected and t.num_cached_blocks == 0 == t.num_unlocked
+
+
 def test_manager_hits_refcounts_and_eviction_under_pressure():
     kv = PrefixCachingKVManager(num_blocks=6, block_size=4)  # 5 usable
     assert kv.match(1, A) == 0

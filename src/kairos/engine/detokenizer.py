@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 _PROMPT_CONTEXT = 6  # prompt tokens decoded with the output so word-boundary spaces come out right
+
+
+def decoder(tokenizer, skip_special_tokens: bool) -> Callable[[list[int]], str]:
+    """``tokenizer.decode`` of a token id list. For a fast tokenizer without the clean-up pass
+    that is the Rust tokenizer's own decode, called directly: a third of the time (2 us vs
+    5.7 us a call for SmolLM2's), twice per token per sequence (benchmarks/host_step.py)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return functools.partial(backend.decode, skip_special_tokens=skip_special_tokens)
+    return functools.partial(tokenizer.decode, skip_special_tokens=skip_special_tokens)
 
 
 class IncrementalDetokenizer:
@@ -13,14 +26,10 @@ class IncrementalDetokenizer:
     """
 
     def __init__(self, tokenizer, prompt_token_ids: list[int], skip_special_tokens: bool = True):
-        self.tokenizer = tokenizer
-        self.skip_special = skip_special_tokens
+        self._decode = decoder(tokenizer, skip_special_tokens)
         self.ids = list(prompt_token_ids[-_PROMPT_CONTEXT:])
         self.prefix = 0
         self.read = len(self.ids)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special)
 
     def add(self, token_ids: list[int]) -> str:
         self.ids.extend(token_ids)

@@ -147,8 +147,9 @@ class PrefixCachingKVManager(KVCacheManager):
         self._relock(seq_id, node)
 
     def can_allocate(self, seq_id: int, num_tokens: int, extra_blocks: int = 0) -> bool:
-        need = self.blocks_needed(seq_id, num_tokens) + extra_blocks
-        return need <= self.pool.num_free or need <= self.pool.num_free + self._reclaimable()
+        short = self.blocks_needed(seq_id, num_tokens) + extra_blocks - self.pool.num_free
+        # (every reclaimable block is unlocked: the count bounds it without a walk)
+        return short <= 0 or (short <= self.tree.num_unlocked and self._reclaimable(short))
 
     def allocate(self, seq_id: int, num_tokens: int) -> list[int]:
         self._ensure_free(self.blocks_needed(seq_id, num_tokens))
@@ -182,9 +183,17 @@ class PrefixCachingKVManager(KVCacheManager):
         if old is not None:
             self.tree.unlock(old)
 
-    def _reclaimable(self) -> int:
-        # unlocked cached blocks that only the tree references: evicting them frees memory
-        return sum(1 for n in self.tree.nodes() if n.lock_ref == 0 and self.pool.ref_counts[n.block] == 1)
+    def _reclaimable(self, k: int) -> bool:
+        """Whether at least ``k`` cached blocks are unlocked and referenced by the tree alone
+        (evicting them frees memory); stops at the ``k``-th, which in a server whose tree fills
+        the pool comes after a few nodes, where counting them all walks the whole tree."""
+        found = 0
+        for n in self.tree.nodes():
+            if n.lock_ref == 0 and self.pool.ref_counts[n.block] == 1:
+                found += 1
+                if found >= k:
+                    return True
+        return False
 
     def _ensure_free(self, n: int) -> None:
         while self.pool.num_free < n:

@@ -8,6 +8,7 @@ from typing import Any
 
 from kairos.config import EngineConfig
 from kairos.engine.core import EngineCore
+from kairos.engine.heap import freeze_startup_heap
 from kairos.engine.output_processor import OutputProcessor, RequestOutput
 from kairos.engine.outputs import EngineRequest
 from kairos.engine.sampling_params import SamplingParams
@@ -37,6 +38,7 @@ class LLM:
         self.tokenizer = load_tokenizer(self.engine.model_path)
         self.processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
+        freeze_startup_heap()
 
     def generate(self, prompts: Prompt | Seq[Prompt],
                  sampling_params: SamplingParams | Seq[SamplingParams] | None = None,

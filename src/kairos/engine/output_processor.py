@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kairos.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from kairos.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher, decoder
 from kairos.engine.outputs import SeqOutput
 from kairos.engine.sampling_params import SamplingParams
 
@@ -58,6 +58,7 @@ class _SeqState:
 class OutputProcessor:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self._decode_one = decoder(tokenizer, False) if tokenizer else None
         self.states: dict[str, tuple[RequestOutput, list[_SeqState]]] = {}
 
     def add_request(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams) -> RequestOutput:
@@ -118,7 +119,7 @@ class OutputProcessor:
             out.finish_reason, out.stop_reason = so.finish_reason, so.stop_reason
 
     def _tok_str(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id]) if self.tokenizer else str(token_id)
+        return self._decode_one([token_id]) if self.tokenizer else str(token_id)
 
     def abort(self, request_id: str) -> None:
         self.states.pop(request_id, None)

@@ -11,6 +11,7 @@ a copy; the cost of not caching it is recomputing fewer than ``block_size`` toke
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from dataclasses import dataclass, field
 
@@ -40,7 +41,14 @@ class RadixCache:
         self.block_size = block_size
         self.root = Node((), -1, None)
         self.num_cached_blocks = 0
+        self.num_unlocked = 0  # nodes with lock_ref == 0: an upper bound on what eviction can free
         self._clock = itertools.count(1)  # logical time for LRU: deterministic, no wall clock
+        # Candidates for eviction, (last_access, push order, node), least recent first. An entry
+        # is pushed whenever a node may have become an unlocked leaf or was touched as one, and is
+        # checked when popped (stale ones are skipped): eviction costs O(log n) a block instead of
+        # a walk of the whole tree, which in a busy server fills the pool (and is walked per block).
+        self._leaves: list[tuple[int, int, Node]] = []
+        self._pushes = itertools.count()
 
     def _keys(self, token_ids: list[int]):
         bs = self.block_size
@@ -60,6 +68,8 @@ class RadixCache:
                 child.last_access = now
             blocks.append(child.block)
             node = child
+        if touch and blocks:
+            self._offer(node)
         return PrefixMatch(blocks, node)
 
     def insert(self, token_ids: list[int], blocks: list[int]) -> tuple[list[int], Node]:
@@ -75,13 +85,18 @@ class RadixCache:
                 child = Node(key, block, node)
                 node.children[key] = child
                 self.num_cached_blocks += 1
+                self.num_unlocked += 1
                 taken.append(block)
             child.last_access = now
             node = child
+        if node is not self.root:
+            self._offer(node)
         return taken, node
 
     def lock(self, node: Node) -> None:
         while node is not self.root:
+            if node.lock_ref == 0:
+                self.num_unlocked -= 1
             node.lock_ref += 1
             node = node.parent
 
@@ -89,22 +104,35 @@ class RadixCache:
         while node is not self.root:
             assert node.lock_ref > 0, "unlock of an unlocked node"
             node.lock_ref -= 1
+            if node.lock_ref == 0:
+                self.num_unlocked += 1
+                self._offer(node)
             node = node.parent
 
     def evict(self, n: int) -> list[int]:
         """Drop up to ``n`` unlocked blocks, least recently used leaves first; returns their ids."""
-        leaves = [x for x in self.nodes() if not x.children and x.lock_ref == 0]
         evicted: list[int] = []
-        while leaves and len(evicted) < n:
-            leaves.sort(key=lambda x: x.last_access)  # few leaves are evicted at a time; simple beats a heap here
-            leaf = leaves.pop(0)
-            del leaf.parent.children[leaf.key]
-            self.num_cached_blocks -= 1
-            evicted.append(leaf.block)
+        while self._leaves and len(evicted) < n:
+            access, _, leaf = heapq.heappop(self._leaves)
+            if leaf.parent is None or leaf.children or leaf.lock_ref or leaf.last_access != access:
+                continue  # evicted already, no longer a leaf, locked, or touched since (a newer entry exists)
             parent = leaf.parent
-            if parent is not self.root and not parent.children and parent.lock_ref == 0:
-                leaves.append(parent)
+            del parent.children[leaf.key]
+            leaf.parent = None  # detached: its remaining entries are stale
+            self.num_cached_blocks -= 1
+            self.num_unlocked -= 1
+            evicted.append(leaf.block)
+            if parent is not self.root:
+                self._offer(parent)
+        if len(self._leaves) > 4 * self.num_cached_blocks + 64:  # mostly stale entries: start over
+            self._leaves = []
+            for node in self.nodes():
+                self._offer(node)
         return evicted
+
+    def _offer(self, node: Node) -> None:
+        if not node.children and node.lock_ref == 0:
+            heapq.heappush(self._leaves, (node.last_access, next(self._pushes), node))
 
     def nodes(self):
         stack = list(self.root.children.values())

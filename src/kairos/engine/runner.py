@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from kairos.engine.attention import AttentionMetadata, PrefillChunk
+from kairos.engine.block_table import BlockTableRows
 from kairos.engine.decode_graphs import Capture, DecodeGraphs
 from kairos.engine.h2d import h2d
 from kairos.engine.kv_cache import NULL_BLOCK
@@ -43,6 +44,7 @@ class ModelRunner:
             k[NULL_BLOCK].zero_()
             v[NULL_BLOCK].zero_()
         self.graphs: DecodeGraphs | None = None  # enable_decode_graphs
+        self.table_rows = BlockTableRows()
 
     def enable_decode_graphs(self, sizes: list[int], max_model_len: int, capture: Capture, budget_s: float,
                              trusted: frozenset[int] = frozenset()) -> DecodeGraphs:
@@ -52,8 +54,10 @@ class ModelRunner:
         if not self.decode_kernel:
             raise ValueError("decode graphs need a decode-attention kernel (Triton on GPUs)")
 
+        model, caches = self.model, self.kv_caches  # (not self: no runner <-> graphs cycle to outlive a del)
+
         def forward(ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-            return self.model.compute_logits(self.model(ids, pos, self.kv_caches, meta))
+            return model.compute_logits(model(ids, pos, caches, meta))
 
         graphs = DecodeGraphs(forward, sizes, -(-max_model_len // self.block_size), self.device,
                               self.kv_caches[0][0].dtype)
@@ -92,20 +96,29 @@ class ModelRunner:
         decode_tables: list[list[int]] = []
         decode_lens: list[int] = []
         prefills: list[PrefillChunk] = []
+        decode_seq_ids: list[int] = []
         dev = self.device
         for s in batch:
-            start, n, table = s.seq.num_computed, s.num_new_tokens, s.block_table
+            seq, n, table = s.seq, s.num_new_tokens, s.block_table
+            start = seq.num_computed
             q0 = len(ids)
-            ids.extend(s.seq.token_ids[start : start + n])
+            if n == 1:  # decode (most rows of most steps): no ranges, no generators
+                ids.append(seq.token_ids[start])
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+                if start + 1 == len(seq.token_ids):  # (s.samples)
+                    logits_idx.append(q0)
+                decode_idx.append(q0)
+                decode_seq_ids.append(seq.seq_id)
+                decode_tables.append(table)
+                decode_lens.append(start + 1)
+                continue
+            ids.extend(seq.token_ids[start : start + n])
             positions.extend(range(start, start + n))
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             if s.samples:
                 logits_idx.append(q0 + n - 1)
-            if n == 1:
-                decode_idx.append(q0)
-                decode_tables.append(table)
-                decode_lens.append(start + 1)
-            elif start == 0:
+            if start == 0:
                 prefills.append(PrefillChunk(q0, q0 + n, None, None))
             else:
                 ctx = start + n
@@ -117,14 +130,14 @@ class ModelRunner:
                                  decode_blocks=None, decode_mask=None, prefills=prefills)
         if decode_idx:
             nblk = -(-max(decode_lens) // bs)
-            padded = [t[:nblk] + [NULL_BLOCK] * (nblk - len(t[:nblk])) for t in decode_tables]
+            tables = torch.from_numpy(self.table_rows.gather(decode_seq_ids, decode_tables, nblk))  # [Bd, nblk]
             meta.decode_idx = h2d(decode_idx, dev, torch.long)
             if self.decode_kernel:
-                meta.decode_tables = h2d(padded, dev, torch.int32)
+                meta.decode_tables = h2d(tables, dev)
                 meta.decode_lens = h2d(decode_lens, dev, torch.int32)
             else:
                 valid = torch.arange(nblk * bs)[None, :] < torch.tensor(decode_lens)[:, None]  # [Bd, L]
-                meta.decode_blocks = h2d([b for t in padded for b in t], dev, torch.long)
+                meta.decode_blocks = h2d(tables.flatten(), dev, torch.long)
                 meta.decode_mask = h2d(valid[:, None, None, :], dev)
         all_rows = len(logits_idx) == len(ids)  # pure decode: every row samples, in order
         return (h2d(ids, dev, torch.long), h2d(positions, dev, torch.long), meta,

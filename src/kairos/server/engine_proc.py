@@ -55,8 +55,10 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
 
     try:
         from kairos.engine.core import EngineCore
+        from kairos.engine.heap import freeze_startup_heap
 
         engine = EngineCore(config)
+        freeze_startup_heap()
         send(EngineReady(str(engine.model_path), engine.max_model_len, engine.arch.vocab_size, engine.stats()))
         last_stats = 0.0
         poller = zmq.Poller()

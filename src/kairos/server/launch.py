@@ -34,6 +34,7 @@ async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
     try:
         import uvicorn
 
+        from kairos.engine.heap import freeze_startup_heap
         from kairos.loader.tokenizer import load_tokenizer
         from kairos.server.app import build_app
 
@@ -45,6 +46,7 @@ async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
         raise
     name = cfg.served_model_name or served_name(engine_cfg.model.model, path)
     app = build_app(client, tokenizer, name, cfg)
+    freeze_startup_heap()
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self):
