@@ -71,7 +71,9 @@ class KVCacheManager:
     def allocate(self, seq_id: int, num_tokens: int) -> list[int]:
         """Grow the table of ``seq_id`` to hold ``num_tokens``; returns the whole table."""
         table = self.block_tables.setdefault(seq_id, [])
-        table.extend(self.pool.allocate(self.blocks_needed(seq_id, num_tokens)))
+        need = -(-num_tokens // self.block_size) - len(table)
+        if need > 0:  # (a decode step needs a block every block_size tokens)
+            table.extend(self.pool.allocate(need))
         return table
 
     def free(self, seq_id: int) -> None:
@@ -152,7 +154,9 @@ class PrefixCachingKVManager(KVCacheManager):
         return short <= 0 or (short <= self.tree.num_unlocked and self._reclaimable(short))
 
     def allocate(self, seq_id: int, num_tokens: int) -> list[int]:
-        self._ensure_free(self.blocks_needed(seq_id, num_tokens))
+        need = self.blocks_needed(seq_id, num_tokens)
+        if need > self.pool.num_free:
+            self._ensure_free(need)
         return super().allocate(seq_id, num_tokens)
 
     def fork(self, parent_id: int, child_id: int, num_tokens: int) -> tuple[int, int] | None:
