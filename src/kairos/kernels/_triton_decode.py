@@ -12,7 +12,7 @@ import triton.language as tl
 
 @triton.jit
 def paged_decode(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_o_ptr, part_ml_ptr, scale,
-                 blocks_per_split, splits,
+                 splits,
                  stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_tb, stride_ob, stride_oh,
                  G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BS: tl.constexpr,
                  PARTIAL: tl.constexpr):
@@ -29,8 +29,12 @@ def paged_decode(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_o_ptr,
     m_i = tl.full([GP], float("-inf"), tl.float32)
     l_i = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, DP], tl.float32)
-    first = s * blocks_per_split
-    last = tl.minimum(first + blocks_per_split, tl.cdiv(n, BS))  # a split past the context does nothing
+    # this sequence's blocks, cut evenly by its own length (not the table's width, which under a
+    # CUDA graph is the longest a context may be); a split past a short context does nothing
+    nblocks = tl.cdiv(n, BS)
+    per_split = tl.cdiv(nblocks, splits)
+    first = s * per_split
+    last = tl.minimum(first + per_split, nblocks)
     for j in range(first, last):
         block = tl.load(tables_ptr + b * stride_tb + j).to(tl.int64)
         valid = j * BS + t < n  # [BS]

@@ -40,8 +40,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     (contiguous), ``tables [B, n]`` int32 block ids and ``lens [B]`` int32 context lengths
     (every ``lens[b] >= 1``, covered by ``tables[b]``) -> ``[B, Hq, D]`` in q's dtype.
 
-    ``splits``: how many pieces each context's blocks are cut into (default :func:`num_splits`
-    of the table width, which is static under a CUDA graph, never of ``lens``, which is not)."""
+    ``splits``: how many pieces each context's blocks are cut into, evenly by its own length
+    (default :func:`num_splits` of the batch and the table width, both static under a CUDA
+    graph; ``lens`` is not, so the kernel divides by it)."""
     import triton
 
     from kairos.kernels._triton_decode import combine_splits, paged_decode
@@ -54,8 +55,6 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q = q.contiguous()
     width = tables.shape[1]
     splits = num_splits(b * hkv, width, q.device) if splits is None else max(1, min(splits, width))
-    per_split = -(-width // splits)
-    splits = -(-width // per_split)  # no split left without a block
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
     dp = triton.next_power_of_2(d)
     if splits > 1:
@@ -64,7 +63,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     else:
         part_o = part_ml = out  # (not touched)
     g = hq // hkv
-    paged_decode[(b, hkv, splits)](q, k_cache, v_cache, tables, lens, out, part_o, part_ml, scale, per_split, splits,
+    paged_decode[(b, hkv, splits)](q, k_cache, v_cache, tables, lens, out, part_o, part_ml, scale, splits,
                                    q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                                    tables.stride(0), out.stride(0), out.stride(1),
                                    G=g, GP=triton.next_power_of_2(g), D=d, DP=dp,
