@@ -39,6 +39,7 @@ def test_sampling_params_name_the_field(kwargs, field):
     (lambda: ModelConfig(device="tpu"), "device"),
     (lambda: CacheConfig(block_size=12), "block_size"),
     (lambda: CacheConfig(kv_cache_memory="lots"), "size"),
+    (lambda: CacheConfig(gpu_memory_utilization=0.0), "gpu_memory_utilization"),
     (lambda: SchedulerConfig(max_num_batched_tokens=0), "max_num_batched_tokens"),
 ])
 def test_configs_validate(make, field):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from kairos.config import CacheConfig, SchedulerConfig
 from kairos.engine.kv_cache import BlockPool, KVCacheManager
 from kairos.engine.outputs import EngineRequest
+from kairos.engine.runner import kv_cache_bytes
 from kairos.engine.sampling_params import SamplingParams
 
 from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of
@@ -105,3 +108,21 @@ def test_n_siblings_share_prompt_blocks(engine):
     while engine.has_unfinished():
         engine.step()
     assert_pool_whole(engine)
+
+
+def test_kv_memory_and_batch_limits_follow_the_device():
+    assert (SchedulerConfig().for_device("cpu").max_num_seqs, SchedulerConfig().for_device("cpu").max_num_batched_tokens) == (64, 512)
+    gpu = SchedulerConfig().for_device("cuda")
+    assert (gpu.max_num_seqs, gpu.max_num_batched_tokens) == (256, 8192)
+    assert SchedulerConfig(max_num_seqs=8).for_device("cuda").max_num_seqs == 8  # a value given is kept
+    cuda = torch.device("cuda")  # (a device object needs no GPU)
+
+    def info(device):  # 80 GiB, 10 of them in use (the weights, another process)
+        return 70 << 30, 80 << 30
+
+    assert kv_cache_bytes(CacheConfig(), cuda, info) == int(0.9 * (80 << 30)) - (10 << 30) - (2 << 30)
+    assert kv_cache_bytes(CacheConfig(gpu_memory_utilization=0.5), cuda, info) == (40 << 30) - (12 << 30)
+    assert kv_cache_bytes(CacheConfig(kv_cache_memory="1GiB"), cuda, info) == 1 << 30
+    assert kv_cache_bytes(CacheConfig(), torch.device("cpu")) == 2 << 30
+    with pytest.raises(ValueError, match="no GPU memory left for the KV cache: 70.0 GiB free of 80.0"):
+        kv_cache_bytes(CacheConfig(gpu_memory_utilization=0.1), cuda, info)

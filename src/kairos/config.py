@@ -7,7 +7,7 @@ default lives in exactly one place.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICES = ("auto", "cpu", "cuda")
@@ -60,15 +60,18 @@ class CacheConfig:
     """The paged KV cache: block size and how many blocks."""
 
     block_size: int = field(default=16, metadata={"help": "tokens per KV block"})
-    kv_cache_memory: str = field(default="2GiB", metadata={"help": "memory for the KV cache, e.g. 512MiB, 4GiB"})
+    kv_cache_memory: str | None = field(default=None, metadata={"help": "memory for the KV cache, e.g. 512MiB, 4GiB (default: 2GiB on CPUs; on GPUs what --gpu-memory-utilization leaves once the weights are loaded)"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "on GPUs without --kv-cache-memory: the share of the device's memory this engine may hold in all (weights, KV cache, activations)"})
     num_blocks: int | None = field(default=None, metadata={"help": "exact number of KV blocks (overrides --kv-cache-memory)"})
     prefix_cache: bool = field(default=True, metadata={"help": "reuse the KV of shared prefixes (radix tree)"})
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
-        if parse_size(self.kv_cache_memory) <= 0:
+        if self.kv_cache_memory is not None and parse_size(self.kv_cache_memory) <= 0:
             raise ValueError(f"kv_cache_memory must be positive, got {self.kv_cache_memory!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
 
@@ -77,8 +80,8 @@ class CacheConfig:
 class SchedulerConfig:
     """Continuous batching limits."""
 
-    max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
-    max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (prefill chunks + decodes)"})
+    max_num_seqs: int | None = field(default=None, metadata={"help": "most sequences in one step (default: 64 on CPUs, 256 on GPUs)"})
+    max_num_batched_tokens: int | None = field(default=None, metadata={"help": "token budget of one step, prefill chunks + decodes (default: 512 on CPUs, 8192 on GPUs)"})
     scheduling_policy: str = field(default="slack", metadata={"help": "fcfs, priority, edf, slack (SLO requests by least slack, then best-effort by longest cached prefix), lpm"})
     starve_steps: int = field(default=64, metadata={"help": "steps a request may be passed over before it goes first"})
     slo_confidence: float = field(default=0.9, metadata={"help": "admit an SLO request when its objectives hold at "
@@ -92,10 +95,18 @@ class SchedulerConfig:
         get_policy(self.scheduling_policy)  # raises on an unknown name
         if self.starve_steps < 1:
             raise ValueError(f"starve_steps must be >= 1, got {self.starve_steps}")
-        if self.max_num_seqs < 1:
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < 1:
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+
+    def for_device(self, device_type: str) -> SchedulerConfig:
+        """This configuration with the limits left unset filled in for the device: a CPU step
+        is slow per token, so small batches and chunks keep latency; a GPU's step costs about
+        the same from 1 to hundreds of sequences, so it batches wide (vLLM's defaults)."""
+        seqs, tokens = (256, 8192) if device_type == "cuda" else (64, 512)
+        return replace(self, max_num_seqs=self.max_num_seqs or seqs,
+                       max_num_batched_tokens=self.max_num_batched_tokens or tokens)
 
 
 @dataclass(frozen=True)

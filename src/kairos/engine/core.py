@@ -6,15 +6,16 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
-from kairos.config import EngineConfig, parse_size
+from kairos.config import EngineConfig
 from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
 from kairos.engine.h2d import h2d
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
-from kairos.engine.runner import ModelRunner, kv_bytes_per_block
+from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
 from kairos.engine.sampler import Sampler, SamplingRow
 from kairos.engine.scheduler import Scheduler
 from kairos.engine.sequence import SeqStatus, Sequence
@@ -38,13 +39,14 @@ class EngineCore:
         from kairos.loader import load_model, resolve_device, resolve_dtype
         from kairos.loader.hf_dir import generation_eos_ids
 
-        self.config = config
         model, arch, self.model_path = load_model(config.model)
         self.arch = arch
         self.device = resolve_device(config.model)
         self.dtype = resolve_dtype(config.model, self.device)
+        config = replace(config, scheduler=config.scheduler.for_device(self.device.type))
+        self.config = config
         cc = config.cache
-        num_blocks = cc.num_blocks or max(2, parse_size(cc.kv_cache_memory) // kv_bytes_per_block(arch, cc.block_size, self.dtype))
+        num_blocks = cc.num_blocks or max(2, kv_cache_bytes(cc, self.device) // kv_bytes_per_block(arch, cc.block_size, self.dtype))
         self.kv = (PrefixCachingKVManager if cc.prefix_cache else KVCacheManager)(num_blocks, cc.block_size)
         self.runner = ModelRunner(model, arch, num_blocks, cc.block_size, self.device, self.dtype,
                                   cpu_kernels=config.model.cpu_kernels)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+from kairos.config import CacheConfig, parse_size
 from kairos.engine.attention import AttentionMetadata, PrefillChunk
 from kairos.engine.block_table import BlockTableRows
 from kairos.engine.decode_graphs import Capture, DecodeGraphs
@@ -19,6 +22,27 @@ from kairos.models import ArchConfig
 def kv_bytes_per_block(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> int:
     elem = torch.empty((), dtype=dtype).element_size()
     return 2 * arch.num_layers * block_size * arch.num_kv_heads * arch.head_dim * elem
+
+
+CPU_KV_CACHE_MEMORY = "2GiB"
+GPU_ACTIVATION_RESERVE = 2 << 30  # a step's activations and the CUDA graphs' pool, beside the KV cache
+
+
+def kv_cache_bytes(cache: CacheConfig, device: torch.device,
+                   mem_get_info: Callable[[torch.device], tuple[int, int]] | None = None) -> int:
+    """Bytes for the KV cache: ``--kv-cache-memory`` when set; else 2 GiB on CPUs; on GPUs the
+    ``gpu_memory_utilization`` share of the device less what is in use already (the weights,
+    other processes) and a reserve for activations. Call once the weights are on the device."""
+    if cache.kv_cache_memory is not None:
+        return parse_size(cache.kv_cache_memory)
+    if device.type != "cuda":
+        return parse_size(CPU_KV_CACHE_MEMORY)
+    free, total = (mem_get_info or torch.cuda.mem_get_info)(device)
+    budget = int(cache.gpu_memory_utilization * total) - (total - free) - GPU_ACTIVATION_RESERVE
+    if budget <= 0:
+        raise ValueError(f"no GPU memory left for the KV cache: {free / 2**30:.1f} GiB free of {total / 2**30:.1f}, "
+                         f"gpu_memory_utilization {cache.gpu_memory_utilization} (raise it, or set --kv-cache-memory)")
+    return budget
 
 
 class ModelRunner:
