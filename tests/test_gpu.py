@@ -17,7 +17,8 @@ def test_greedy_equals_transformers_on_cuda(tiny_model):
     model, path = tiny_model
     prompts = prompts_of([5, 17, 33, 1])
     refs = [hf_greedy(model, p, 16) for p in prompts]  # reference on the CPU, float32
-    engine = make_engine(path, device="cuda", dtype="float32", max_num_batched_tokens=16)
+    engine = make_engine(path, device="cuda", dtype="float32", max_num_batched_tokens=16,
+                         kv_cache_memory="256MiB")  # (not 90% of the GPU: engines of other tests share it)
     params = SamplingParams(max_tokens=16, **GREEDY)
     done = run(engine, {0: [(str(i), p, params) for i, p in enumerate(prompts)]})
     assert [done[(str(i), 0)][0] for i in range(len(prompts))] == refs
@@ -30,7 +31,8 @@ def test_cuda_graph_steps_equal_eager_steps(tiny_model):
     params = SamplingParams(max_tokens=16, **GREEDY)
     outs = []
     for graphs in (True, False):
-        engine = make_engine(path, device="cuda", dtype="float32", max_num_seqs=8, cuda_graphs=graphs)
+        engine = make_engine(path, device="cuda", dtype="float32", max_num_seqs=8, cuda_graphs=graphs,
+                             kv_cache_memory="256MiB")
         assert (engine.runner.graphs is not None) == graphs  # the Triton kernel passed its check and sizes were captured
         done = run(engine, {0: [(str(i), p, params) for i, p in enumerate(prompts[:3])],
                             3: [(str(i), p, params) for i, p in enumerate(prompts[3:], 3)]})

@@ -151,3 +151,14 @@ def test_multi_turn_hits_mid_block(tiny_llama):
     # turn 1 computed 19 tokens (13 + 6 of its 7 outputs): two full blocks of 8 are reused
     assert engine.stats()["prefix_cache_hit_tokens"] == 16
     assert_pool_whole(engine)
+
+
+def test_touches_without_eviction_keep_the_candidate_heap_bounded():
+    t = RadixCache(block_size=2)
+    for _ in range(5_000):  # one prompt over and over, a pool that never runs dry: nothing evicts
+        node = t.insert([1, 1, 2, 2, 3, 3], [1, 2, 3])[1]
+        t.lock(node)
+        t.unlock(node)
+        t.match_prefix([1, 1, 2, 2, 3, 3])
+    assert t.num_cached_blocks == 3 and len(t._leaves) <= 4 * 3 + 64 + 1
+    assert t.evict(10) == [3, 2, 1]

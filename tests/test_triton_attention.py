@@ -79,8 +79,9 @@ def test_triton_decode_attention_reads_strided_queries_and_keeps_the_dtype():
 def test_splits_fill_the_gpu_only_when_the_batch_does_not(monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setattr(triton_attention, "_sm_count", lambda device: 132)  # an H100
-    assert triton_attention.num_splits(3, 128, cuda) == 88  # batch 1, 3 KV heads: 264 programs
+    assert triton_attention.num_splits(3, 128, cuda) == 64  # batch 1, 3 KV heads: 88 for 264 programs, capped
     assert triton_attention.num_splits(3, 4, cuda) == 4  # at most one split per block
+    assert triton_attention.num_splits(24, 128, cuda) == 11  # batch 8
     assert triton_attention.num_splits(192, 128, cuda) == 2
     assert triton_attention.num_splits(264, 128, cuda) == 1
     assert triton_attention.num_splits(3, 128, torch.device("cpu")) == 1

@@ -27,10 +27,7 @@ class BlockTableRows:
 
     def gather(self, seq_ids: list[int], tables: list[list[int]], width: int) -> np.ndarray:
         """``[len(seq_ids), width]`` int32: row ``i`` is ``tables[i][:width]``, padded with the null block."""
-        if width > self.buf.shape[1]:
-            grown = np.full((self.buf.shape[0], max(width, 2 * self.buf.shape[1])), NULL_BLOCK, dtype=np.int32)
-            grown[:, : self.buf.shape[1]] = self.buf
-            self.buf = grown
+        self._widen(width)
         if len(self.free) < len(seq_ids):
             self._recycle(set(seq_ids))
         rows = [self._sync(sid, table) for sid, table in zip(seq_ids, tables)]
@@ -45,9 +42,16 @@ class BlockTableRows:
             self.buf[row].fill(NULL_BLOCK)
             n = 0
         if n < len(table):
+            self._widen(len(table))  # (a table longer than the step needs: kept whole)
             self.buf[row, n : len(table)] = table[n:]
             self.synced[row] = (table, len(table))
         return row
+
+    def _widen(self, width: int) -> None:
+        if width > self.buf.shape[1]:
+            grown = np.full((self.buf.shape[0], max(width, 2 * self.buf.shape[1])), NULL_BLOCK, dtype=np.int32)
+            grown[:, : self.buf.shape[1]] = self.buf
+            self.buf = grown
 
     def _recycle(self, keep: set[int]) -> None:
         """Free the rows of sequences outside this step (finished, preempted or prefilling: a

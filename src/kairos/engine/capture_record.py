@@ -3,9 +3,10 @@
 CUDA graphs cannot be saved, but what it took to trust them can: after a capture, every size
 was replayed against the eager step (engine.decode_graphs), which costs an eager forward per
 size and leaves a record of the sizes that matched (or the one that did not). A restart on the
-same stack — model file, dtype, GPU, driver-visible CUDA, torch and Triton versions, the
+same stack — model file, dtype, GPU, the CUDA runtime, torch and Triton versions, the
 sources of the forward and the kernels, the capture sizes and table width — captures the sizes
-that held and skips their checks, or, when a check failed, skips capture altogether. Anything
+that held without checking them again (and checks any other), or, when a check failed, skips
+capture altogether. Anything
 that changes the stack changes the key, so a record is never applied to code it did not see.
 """
 
@@ -33,7 +34,8 @@ class CaptureRecord(msgspec.Struct, frozen=True):
 def _sources_digest() -> str:
     """The code a captured step runs: the model definitions, attention, graph buffers, kernels."""
     root = Path(__file__).resolve().parents[1]
-    files = sorted((root / "models").glob("*.py")) + [root / "engine" / f for f in ("attention.py", "decode_graphs.py")]
+    files = sorted((root / "models").glob("*.py")) + [root / "engine" / f for f in ("attention.py", "decode_graphs.py",
+                                                                                   "runner.py")]
     files += sorted((root / "kernels").glob("*triton*.py"))
     h = hashlib.sha256()
     for f in files:
@@ -101,8 +103,11 @@ def enable_decode_graphs(runner, sizes: list[int], max_model_len: int, capture, 
                        directory / f"{key}.json")
         return
     trusted = frozenset(record.good) if record is not None else frozenset()
-    graphs = runner.enable_decode_graphs(sorted(trusted) or sizes, max_model_len, capture, budget_s, trusted)
+    # every size is captured (a start that ran out of budget left some out: they are checked now)
+    graphs = runner.enable_decode_graphs(sizes, max_model_len, capture, budget_s, trusted)
     logger.info("decode graphs: %s captured in %.1f s%s", sorted(graphs.graphs) or "none", graphs.seconds,
                 " (checks skipped: this stack's record)" if trusted else "")
-    if not trusted or set(graphs.graphs) != trusted:
-        save(directory, key, CaptureRecord(sorted(graphs.graphs), graphs.failed_at, graphs.seconds))
+    # a size stays trusted even when this start's budget left it out
+    good = sorted(set(graphs.graphs) | trusted) if graphs.failed_at is None else sorted(graphs.graphs)
+    if graphs.failed_at is not None or good != sorted(trusted):
+        save(directory, key, CaptureRecord(good, graphs.failed_at, graphs.seconds))

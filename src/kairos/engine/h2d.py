@@ -14,9 +14,14 @@ import torch
 
 def h2d(values: list | torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``values`` (a Python list or a CPU tensor) as a tensor on ``device``, copied asynchronously on CUDA."""
-    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
-    if dtype is not None and t.dtype != dtype:
-        t = t.to(dtype)
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    cuda = device.type == "cuda"
+    if isinstance(values, torch.Tensor):
+        t = values if dtype is None else values.to(dtype)
+        if not cuda:
+            return t.to(device)
+        t = t.pin_memory()
+    else:
+        t = torch.tensor(values, dtype=dtype, pin_memory=cuda)  # (pinned from the start: one copy)
+        if not cuda:
+            return t.to(device)
+    return t.to(device, non_blocking=True)

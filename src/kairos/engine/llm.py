@@ -19,7 +19,11 @@ Message = dict[str, Any]
 
 
 class LLM:
-    """An engine in this process. Keyword arguments are the fields of the engine's config dataclasses."""
+    """An engine in this process. Keyword arguments are the fields of the engine's config dataclasses.
+
+    Building one freezes the process's heap as it stands (``engine.heap``: no collector pauses
+    over start-up objects); objects alive then are no longer collected when they later form
+    unreachable cycles (reference counting still frees the rest). ``gc.unfreeze()`` undoes it."""
 
     def __init__(self, model: str = "default", **engine_kwargs: Any):
         self._init(EngineConfig.from_kwargs(model=model, **engine_kwargs))

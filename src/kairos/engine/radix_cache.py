@@ -124,15 +124,15 @@ class RadixCache:
             evicted.append(leaf.block)
             if parent is not self.root:
                 self._offer(parent)
-        if len(self._leaves) > 4 * self.num_cached_blocks + 64:  # mostly stale entries: start over
-            self._leaves = []
-            for node in self.nodes():
-                self._offer(node)
         return evicted
 
     def _offer(self, node: Node) -> None:
         if not node.children and node.lock_ref == 0:
             heapq.heappush(self._leaves, (node.last_access, next(self._pushes), node))
+            if len(self._leaves) > 4 * self.num_cached_blocks + 64:  # mostly stale entries (touches): start over
+                self._leaves = [(x.last_access, next(self._pushes), x) for x in self.nodes()
+                                if not x.children and x.lock_ref == 0]
+                heapq.heapify(self._leaves)
 
     def nodes(self):
         stack = list(self.root.children.values())

@@ -38,6 +38,8 @@ def kv_cache_bytes(cache: CacheConfig, device: torch.device,
     if device.type != "cuda":
         return parse_size(CPU_KV_CACHE_MEMORY)
     free, total = (mem_get_info or torch.cuda.mem_get_info)(device)
+    if mem_get_info is None:  # what torch's allocator holds but no tensor uses (an engine freed before) is free to us
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     budget = int(cache.gpu_memory_utilization * total) - (total - free) - GPU_ACTIVATION_RESERVE
     if budget <= 0:
         raise ValueError(f"no GPU memory left for the KV cache: {free / 2**30:.1f} GiB free of {total / 2**30:.1f}, "

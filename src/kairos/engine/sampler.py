@@ -120,7 +120,10 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
                 vals = logits[i, seen]
                 logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if r.output_token_ids and (p.presence_penalty or p.frequency_penalty):
-            counts = torch.bincount(h2d(r.output_token_ids, logits.device, torch.long), minlength=vocab)[:vocab]
+            ids = h2d(r.output_token_ids, logits.device, torch.long)
+            # (index_add_, not bincount: CUDA's bincount reads the ids' range back to size its output)
+            counts = torch.zeros(vocab, dtype=logits.dtype, device=logits.device).index_add_(
+                0, ids, torch.ones(len(r.output_token_ids), dtype=logits.dtype, device=logits.device))
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
     return logits
 

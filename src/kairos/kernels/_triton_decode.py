@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["splits"])  # (a split count of 1 or of 16 would compile anew)
 def paged_decode(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_o_ptr, part_ml_ptr, scale,
                  splits,
                  stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_tb, stride_ob, stride_oh,
@@ -62,7 +62,7 @@ def paged_decode(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_o_ptr,
         tl.store(part_ml_ptr + row * 2 + 1, l_i, mask=g < G)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["splits"])
 def combine_splits(part_o_ptr, part_ml_ptr, out_ptr, splits, stride_ob, stride_oh,
                    D: tl.constexpr, DP: tl.constexpr, SP: tl.constexpr):
     b = tl.program_id(0)

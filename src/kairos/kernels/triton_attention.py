@@ -54,7 +54,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if q.stride(2) != 1:
         q = q.contiguous()
     width = tables.shape[1]
-    splits = num_splits(b * hkv, width, q.device) if splits is None else max(1, min(splits, width))
+    splits = num_splits(b * hkv, width, q.device) if splits is None else max(1, min(splits, width, MAX_SPLITS))
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
     dp = triton.next_power_of_2(d)
     if splits > 1:
@@ -68,11 +68,13 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                                    tables.stride(0), out.stride(0), out.stride(1),
                                    G=g, GP=triton.next_power_of_2(g), D=d, DP=dp,
                                    BS=bs,  # a power of two (CacheConfig checks)
-                                   PARTIAL=splits > 1)  # (splits is a runtime value: one compile for all)
-    if splits > 1:
-        combine_splits[(b, hq)](part_o, part_ml, out, splits, out.stride(0), out.stride(1),
-                                D=d, DP=dp, SP=triton.next_power_of_2(splits))
+                                   PARTIAL=splits > 1)
+    if splits > 1:  # (splits is a runtime value, SP a fixed tile: one compile of each kernel for every split count)
+        combine_splits[(b, hq)](part_o, part_ml, out, splits, out.stride(0), out.stride(1), D=d, DP=dp, SP=MAX_SPLITS)
     return out
+
+
+MAX_SPLITS = 64  # the merge kernel's tile: [MAX_SPLITS, D] partials in registers
 
 
 def num_splits(programs: int, width: int, device: torch.device) -> int:
@@ -83,7 +85,7 @@ def num_splits(programs: int, width: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     target = 2 * _sm_count(device)
-    return max(1, min(width, -(-target // programs) if programs < target else 1))
+    return max(1, min(width, MAX_SPLITS, -(-target // programs) if programs < target else 1))
 
 
 @functools.cache
