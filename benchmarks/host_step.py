@@ -7,9 +7,10 @@ detokenization costs what it does in serving.
     python benchmarks/host_step.py [--batch 64,256] [--prompt-len 100,1000] [--steps 64] [--heap frozen,walked]
 
 Prints, per batch size, microseconds per sequence per step: the whole offline loop
-(``LLM.generate``), the engine step alone, and inside it the model call (prepare + forward),
-sampling, and the rest (schedule, update, outputs); the output processing (detokenize, stop
-strings) is the loop minus the step; then the median and longest interval between steps. Each
+(``LLM.generate``), the engine step alone (``launch`` + ``finish``), and inside it the model
+call (prepare + forward), sampling, and the rest (schedule, update, outputs); the output
+processing (detokenize, stop strings; on a GPU it overlaps the next step) is the loop minus the
+step; then the median and longest interval between steps. Each
 batch runs twice in one process: with the start-up heap frozen (engine.heap, the default) and
 with it unfrozen (the collector's oldest generation walking it, as before).
 """
@@ -39,17 +40,6 @@ def tiny_model(directory: Path) -> Path:
     return directory
 
 
-class TimedSampler:
-    def __init__(self, inner, timed_call):
-        self.inner, self.timed_call = inner, timed_call
-
-    def __call__(self, logits, rows):
-        return self.timed_call(logits, rows)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def measure(path: Path, batch: int, prompt_len: int, steps: int, freeze: bool) -> dict[str, float]:
     import gc
 
@@ -60,22 +50,24 @@ def measure(path: Path, batch: int, prompt_len: int, steps: int, freeze: bool) -
     if not freeze:
         gc.unfreeze()  # as before engine.heap: the collector walks the whole start-up heap
     eng = llm.engine
-    timers = {"step": 0.0, "execute": 0.0, "sample": 0.0}
+    timers = {"launch": 0.0, "finish": 0.0, "execute": 0.0, "sample": 0.0}
     starts: list[float] = []
 
     def timed(name, fn):
         def wrapper(*args):
             t0 = time.perf_counter()
-            if name == "step":
+            if name == "launch":
                 starts.append(t0)
             out = fn(*args)
             timers[name] += time.perf_counter() - t0
             return out
         return wrapper
 
-    eng.step = timed("step", eng.step)
+    eng.launch = timed("launch", eng.launch)
+    eng.finish = timed("finish", eng.finish)
     eng.runner.execute = timed("execute", eng.runner.execute)
-    eng.sampler = TimedSampler(eng.sampler, timed("sample", eng.sampler))
+    eng.sampler.sample = timed("sample", eng.sampler.sample)  # (queueing it; to_host includes the wait)
+    eng.sampler.to_host = timed("sample", eng.sampler.to_host)
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 512) for _ in range(prompt_len)] for _ in range(batch)]
     sp = SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True)
@@ -90,6 +82,7 @@ def measure(path: Path, batch: int, prompt_len: int, steps: int, freeze: bool) -
     total = time.perf_counter() - t0
     per = 1e6 / (batch * steps * runs)  # (the prompts' prefill steps count too: the same in every variant)
     row = {k: v * per for k, v in timers.items()}
+    row["step"] = row.pop("launch") + row.pop("finish")
     row["loop"] = total * per
     row["rest"] = row["step"] - row["execute"] - row["sample"]
     row["outputs"] = row["loop"] - row["step"]

@@ -126,3 +126,16 @@ def test_kv_memory_and_batch_limits_follow_the_device():
     assert kv_cache_bytes(CacheConfig(), torch.device("cpu")) == 2 << 30
     with pytest.raises(ValueError, match="no GPU memory left for the KV cache: 70.0 GiB free of 80.0"):
         kv_cache_bytes(CacheConfig(gpu_memory_utilization=0.1), cuda, info)
+
+
+def test_a_sequence_ended_while_its_step_is_in_flight_gets_no_token(tiny_llama):
+    engine = make_engine(tiny_llama[1])
+    for rid, prompt in zip("ab", prompts_of([5, 9])):
+        engine.add_request(EngineRequest(rid, prompt, SamplingParams(max_tokens=8, **GREEDY)))
+    assert sorted(o.request_id for o in engine.step()) == ["a", "b"]  # both prompts, a first token each
+    flight = engine.launch()  # the second tokens, queued
+    engine.finish_sequence("a", 0)  # meanwhile the detokenizer found a stop string in a's first token
+    assert [o.request_id for o in engine.finish(flight)] == ["b"]
+    while engine.has_unfinished():
+        assert {o.request_id for o in engine.step()} == {"b"}
+    assert_pool_whole(engine)

@@ -6,7 +6,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -16,8 +16,8 @@ from kairos.engine.h2d import h2d
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
-from kairos.engine.sampler import Sampler, SamplingRow
-from kairos.engine.scheduler import Scheduler
+from kairos.engine.sampler import DeviceSample, Sampler, SamplingRow
+from kairos.engine.scheduler import Scheduler, SchedulerOutput
 from kairos.engine.sequence import SeqStatus, Sequence
 from kairos.loader.tokenizer import cache_dir
 
@@ -29,6 +29,19 @@ class SLOInfeasible(ValueError):
     """The request's SLO cannot be met as things stand (the server answers 429 slo_infeasible)."""
 
     code = "slo_infeasible"
+
+
+@dataclass
+class StepInFlight:
+    """A launched step (:meth:`EngineCore.launch`), waiting for :meth:`EngineCore.finish`."""
+
+    start: float  # engine clock at launch
+    sched: SchedulerOutput | None = None
+    outputs: list[SeqOutput] = field(default_factory=list)  # expiries, then the step's tokens
+    t0: float | None = None  # perf_counter when the forward pass was queued; None: nothing ran
+    seqs: list[Sequence] = field(default_factory=list)  # the sequences that sample, in row order
+    rows: list[SamplingRow] = field(default_factory=list)
+    sample: DeviceSample | None = None
 
 
 class EngineCore:
@@ -188,26 +201,23 @@ class EngineCore:
 
     # -- the step ----------------------------------------------------------------------------
     def step(self) -> list[SeqOutput]:
-        start = self.clock()
-        ran, outputs = self._step()
-        if ran:
-            end = self.clock()
-            last = self._last_step_end
-            self.intervals.observe(end, end - (start if last is None else last))
-            self._last_step_end = end if self.has_unfinished() else None
-        return outputs
+        """One schedule -> execute -> update round; returns its outputs."""
+        return self.finish(self.launch())
 
-    def _step(self) -> tuple[bool, list[SeqOutput]]:
-        """One schedule -> execute -> update round: (whether a forward pass ran, the outputs)."""
-        sched = self.scheduler.schedule()
-        expired = self._expired_outputs(sched.expired)
+    def launch(self) -> StepInFlight:
+        """Schedule a step and queue its forward pass and sampling on the device, without waiting
+        for them (on a GPU the host is free until :meth:`finish`). Until then the only calls
+        allowed are :meth:`finish_sequence` and :meth:`abort`; the step's token for a sequence
+        ended meanwhile is dropped."""
+        flight = StepInFlight(self.clock())
+        sched = flight.sched = self.scheduler.schedule()
+        flight.outputs = self._expired_outputs(sched.expired)
         if not sched.scheduled:
-            return False, expired
-        t0 = time.perf_counter()
+            return flight
+        flight.t0 = time.perf_counter()
         logits = self.runner.execute(sched.scheduled)  # [S, V], S = entries that sample
-        seqs: list[Sequence] = []
-        logit_rows: list[int] = []
         copies: list[tuple[int, int]] = []
+        logit_rows: list[int] = []
         samples = [s.samples for s in sched.scheduled]  # read before num_computed moves
         self.scheduler.update(sched)
         row = 0
@@ -216,37 +226,48 @@ class EngineCore:
                 # siblings of an n > 1 request are forked here and share the parent's logits row
                 group = [s.seq] + (self._fork(s.seq, copies) if s.seq.pending_forks else [])
                 logit_rows.extend([row] * len(group))
-                seqs.extend(group)
+                flight.seqs.extend(group)
                 row += 1
         if copies:
             self.runner.copy_blocks(copies)
-        if not seqs:  # only mid-prompt prefill chunks ran
-            self._observe(sched, t0)
-            return True, expired
-        if len(logit_rows) != logits.shape[0]:
-            logits = logits.index_select(0, h2d(logit_rows, logits.device, torch.long))
-        rows = [self._sampling_row(q) for q in seqs]
-        sampled = self.sampler(logits, rows)
-        self._observe(sched, t0)
-        now = self.clock()
-        outputs = expired
-        for seq, tok, lp in zip(seqs, sampled.token_ids, sampled.logprobs):
-            seq.token_ids.append(tok)
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-                if seq.predicted is not None and seq.slo.ttft_ms is not None:  # (a request without one may wait by design)
-                    self.calibration["ttft"].observe(now, seq.predicted[0], now - seq.arrival_time)
-            reason, stop = self._stop_reason(seq, tok)
-            if reason and seq.predicted is not None and seq.slo.deadline_ms is not None:
-                self.calibration["e2e"].observe(now, seq.predicted[1], now - seq.arrival_time)
-            outputs.append(SeqOutput(
-                seq.request_id, seq.index, [tok],
-                logprobs=None if lp is None else [TokenLogprob(lp[0], lp[1])],
-                finish_reason=reason, stop_reason=stop, num_prompt_tokens=seq.num_prompt_tokens,
-            ))
-            if reason:
-                self._finish(seq)
-        return True, outputs
+        if flight.seqs:
+            if len(logit_rows) != logits.shape[0]:
+                logits = logits.index_select(0, h2d(logit_rows, logits.device, torch.long))
+            flight.rows = [self._sampling_row(q) for q in flight.seqs]
+            flight.sample = self.sampler.sample(logits, flight.rows)
+        return flight
+
+    def finish(self, flight: StepInFlight) -> list[SeqOutput]:
+        """Wait for a launched step and apply it: new tokens, stops, the step's outputs."""
+        outputs = flight.outputs
+        if flight.t0 is None:  # nothing was scheduled
+            return outputs
+        sampled = self.sampler.to_host(flight.sample, flight.rows) if flight.sample is not None else None
+        self._observe(flight.sched, flight.t0)  # (the step's device work is done: to_host waited for it)
+        if sampled is not None:
+            now = self.clock()
+            for seq, tok, lp in zip(flight.seqs, sampled.token_ids, sampled.logprobs):
+                if seq.status is not SeqStatus.FINISHED:  # (ended by a stop string or abort meanwhile)
+                    outputs.append(self._apply_token(seq, tok, lp, now))
+        end = self.clock()
+        last = self._last_step_end
+        self.intervals.observe(end, end - (flight.start if last is None else last))
+        self._last_step_end = end if self.has_unfinished() else None
+        return outputs
+
+    def _apply_token(self, seq: Sequence, tok: int, lp, now: float) -> SeqOutput:
+        seq.token_ids.append(tok)
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+            if seq.predicted is not None and seq.slo.ttft_ms is not None:  # (a request without one may wait by design)
+                self.calibration["ttft"].observe(now, seq.predicted[0], now - seq.arrival_time)
+        reason, stop = self._stop_reason(seq, tok)
+        if reason and seq.predicted is not None and seq.slo.deadline_ms is not None:
+            self.calibration["e2e"].observe(now, seq.predicted[1], now - seq.arrival_time)
+        if reason:
+            self._finish(seq)
+        return SeqOutput(seq.request_id, seq.index, [tok], logprobs=None if lp is None else [TokenLogprob(lp[0], lp[1])],
+                         finish_reason=reason, stop_reason=stop, num_prompt_tokens=seq.num_prompt_tokens)
 
     # -- helpers -----------------------------------------------------------------------------
     def _observe(self, sched, t0: float) -> None:
