@@ -51,6 +51,16 @@ def test_chunked_prefill(references):
     _check(engine, prompts, refs)
 
 
+def test_chunked_prefill_with_kv_expanded_for_masked_gqa(references, monkeypatch):
+    # the CUDA path of masked grouped-query prefill (K/V repeated to the query heads), run here
+    from kairos.engine import attention
+
+    path, prompts, refs = references
+    monkeypatch.setattr(attention, "expand_masked_gqa", lambda device: True)
+    engine = make_engine(path, max_num_batched_tokens=7)
+    _check(engine, prompts, refs)
+
+
 def test_preemption(references):
     path, prompts, refs = references
     # 12 usable blocks of 8 tokens: the six sequences (up to 88 tokens each) cannot all fit
