@@ -82,3 +82,14 @@ def test_output_processor_cuts_stop_strings(default_tokenizer, stop, include, ex
         assert (out.finish_reason, out.stop_reason, stopped) == ("length", None, [])
     else:
         assert (out.finish_reason, out.stop_reason, stopped) == ("stop", stop, [("r", 0)])
+
+
+def test_several_outputs_of_one_sequence_in_one_call_add_up_in_delta(default_tokenizer):
+    # a stream that fell behind processes every output waiting for it at once (server.serving.follow)
+    proc = OutputProcessor(default_tokenizer)
+    ro = proc.add_request("r", None, [1, 2], SamplingParams())
+    ids = default_tokenizer("Hello world, this is", add_special_tokens=False).input_ids
+    proc.process([SeqOutput("r", 0, [ids[0]])])
+    assert ro.outputs[0].delta == "Hello"
+    proc.process([SeqOutput("r", 0, [t]) for t in ids[1:]])
+    assert ro.outputs[0].delta == " world, this is" and ro.outputs[0].text == "Hello world, this is"

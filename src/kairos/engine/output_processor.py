@@ -74,9 +74,12 @@ class OutputProcessor:
         return ro
 
     def process(self, outputs: list[SeqOutput]) -> tuple[list[RequestOutput], list[tuple[str, int]]]:
-        """Apply one step's outputs. Returns (updated requests, sequences ended by a stop string)."""
+        """Apply outputs (a step's, or several steps' of one request, in order). Returns (updated
+        requests, sequences ended by a stop string); each output's ``delta`` is the text these
+        outputs added to it."""
         updated: dict[str, RequestOutput] = {}
         stopped: list[tuple[str, int]] = []
+        touched: set[int] = set()
         for so in outputs:
             entry = self.states.get(so.request_id)
             if entry is None:
@@ -85,7 +88,9 @@ class OutputProcessor:
             st = seqs[so.index]
             if st.out.finished:
                 continue
-            st.out.delta = ""
+            if id(st) not in touched:
+                touched.add(id(st))
+                st.out.delta = ""
             self._apply(st, so)
             if st.out.finish_reason == "stop" and isinstance(st.out.stop_reason, str) and not so.finished:
                 stopped.append((so.request_id, so.index))

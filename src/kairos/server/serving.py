@@ -101,15 +101,30 @@ class Generator:
         outcome = "abort"
         try:
             while not tr.output.finished:
+                # a stream that fell behind takes every output waiting for it at once, so it sends
+                # one chunk for several tokens: under load, the per-chunk work (JSON, the socket
+                # write, the task switch) is paid per wake-up, not per token
+                items, error = [], None
                 item = await tr.queue.get()
-                if isinstance(item, Exception):
-                    outcome = "error"
-                    raise self._error(item)
-                tr.token_times.extend([time.monotonic()] * len(item.new_token_ids))
-                _, stopped = self.processor.process([item])
+                while True:
+                    if isinstance(item, Exception):
+                        error = item
+                        break
+                    items.append(item)
+                    if tr.queue.empty():
+                        break
+                    item = tr.queue.get_nowait()
+                now = time.monotonic()
+                for it in items:
+                    tr.token_times.extend([now] * len(it.new_token_ids))
+                _, stopped = self.processor.process(items)
                 for r, i in stopped:
                     self.client.finish_sequence(r, i)
-                yield tr, item.index
+                for index in dict.fromkeys(it.index for it in items):
+                    yield tr, index
+                if error is not None:
+                    outcome = "error"
+                    raise self._error(error)
             tr.end = time.monotonic()
             outcome = "expired" if any(o.finish_reason == "expired" for o in tr.output.outputs) else "finished"
         finally:
@@ -139,7 +154,11 @@ class Generator:
 
 
 async def merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
-    """Interleave several async iterators as (which, item); errors propagate; stops all on exit."""
+    """Interleave several async iterators as (which, item); errors propagate; stops all on exit.
+
+    An iterator resumes only once the consumer is done with its last item (the consumer asks
+    for the next): the items are live objects (a completion whose ``delta`` the next step
+    overwrites), so a pump that ran ahead would hand over text already replaced."""
     if len(gens) == 1:
         async for item in gens[0]:
             yield 0, item
@@ -150,16 +169,22 @@ async def merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
     async def pump(i, g):
         try:
             async for item in g:
-                await q.put((i, item))
-            await q.put((i, done))
+                taken = asyncio.Event()
+                await q.put((i, item, taken))
+                await taken.wait()
+            await q.put((i, done, None))
         except BaseException as e:
-            await q.put((i, e))
+            await q.put((i, e, None))
 
     tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+    taken: asyncio.Event | None = None
     try:
         remaining = len(gens)
         while remaining:
-            i, item = await q.get()
+            if taken is not None:
+                taken.set()  # the consumer is back for more: the last item's pump may go on
+                taken = None
+            i, item, taken = await q.get()
             if item is done:
                 remaining -= 1
             elif isinstance(item, BaseException):
