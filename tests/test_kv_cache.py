@@ -139,3 +139,28 @@ def test_a_sequence_ended_while_its_step_is_in_flight_gets_no_token(tiny_llama):
     while engine.has_unfinished():
         assert {o.request_id for o in engine.step()} == {"b"}
     assert_pool_whole(engine)
+
+
+def test_an_interrupted_generate_leaves_the_engine_whole(tiny_llama, monkeypatch):
+    from kairos import LLM
+
+    from conftest import hf_greedy
+
+    model, path = tiny_llama
+    llm = LLM(str(path))
+    prompts, params = prompts_of([5, 9]), SamplingParams(max_tokens=8, **GREEDY)
+    real, calls = llm.processor.process, []
+
+    def interrupted(outputs):  # Ctrl-C while the third step's outputs are detokenized (a step in flight)
+        calls.append(len(outputs))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(outputs)
+
+    monkeypatch.setattr(llm.processor, "process", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(prompts, params)
+    monkeypatch.undo()
+    assert not llm.engine.has_unfinished()
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == [hf_greedy(model, p, 8) for p in prompts]
+    assert_pool_whole(llm.engine)

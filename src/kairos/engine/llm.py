@@ -104,17 +104,25 @@ class LLM:
             raise
         results: dict[str, RequestOutput] = {}
         outputs = None
-        while True:
-            # the next step is queued on the device before this one's outputs are detokenized,
-            # so on a GPU the two overlap; a stop string found here ends its sequence in the
-            # engine before that step is applied (its token there is dropped)
-            flight = self.engine.launch() if self.engine.has_unfinished() else None
-            if outputs is not None:
-                updated, stopped = self.processor.process(outputs)
-                for rid, index in stopped:
-                    self.engine.finish_sequence(rid, index)
-                results.update((r.request_id, r) for r in updated if r.finished)
-            if flight is None:
-                break
-            outputs = self.engine.finish(flight)
+        try:
+            while True:
+                # the next step is queued on the device before this one's outputs are detokenized,
+                # so on a GPU the two overlap; a stop string found here ends its sequence in the
+                # engine before that step is applied (its token there is dropped)
+                flight = self.engine.launch() if self.engine.has_unfinished() else None
+                if outputs is not None:
+                    updated, stopped = self.processor.process(outputs)
+                    for rid, index in stopped:
+                        self.engine.finish_sequence(rid, index)
+                    results.update((r.request_id, r) for r in updated if r.finished)
+                if flight is None:
+                    break
+                outputs = self.engine.finish(flight)
+        except BaseException:
+            # interrupted (Ctrl-C, an error), perhaps with a step launched and not applied: end
+            # this call's requests so the engine is whole for the next one
+            for rid in order:
+                self.engine.abort(rid)
+                self.processor.abort(rid)
+            raise
         return [results[rid] for rid in order]

@@ -114,6 +114,9 @@ class Generator:
                     if tr.queue.empty():
                         break
                     item = tr.queue.get_nowait()
+                # (an output ended by a stop string may still get a token the engine made before
+                # it heard: the processor drops it, and nothing is yielded or counted for it)
+                items = [it for it in items if not tr.output.outputs[it.index].finished]
                 now = time.monotonic()
                 for it in items:
                     tr.token_times.extend([now] * len(it.new_token_ids))
@@ -173,8 +176,10 @@ async def merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
                 await q.put((i, item, taken))
                 await taken.wait()
             await q.put((i, done, None))
-        except BaseException as e:
+        except Exception as e:
             await q.put((i, e, None))
+        finally:  # (cancelled while its item waits: close the stream now, so it aborts its request)
+            await g.aclose()
 
     tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
     taken: asyncio.Event | None = None
@@ -194,6 +199,7 @@ async def merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
     finally:
         for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # every stream closed before we return
 
 
 def usage(prompt_tokens: int, outputs: list[CompletionOutput]) -> dict:

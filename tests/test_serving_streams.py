@@ -1,0 +1,142 @@
+"""Streaming in the API process: streams of several prompts are merged without one running ahead
+of the reader and are closed with it; a stream that fell behind sends one chunk for what waits;
+tokens made after a stop string are not sent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from kairos.engine.outputs import SeqOutput
+from kairos.engine.sampling_params import SamplingParams
+from kairos.server.serving import Generator, Tracked, merge
+
+
+def test_merge_hands_over_each_item_before_its_stream_moves_on():
+    async def stream(name: str, box: dict):
+        for k in range(3):
+            box["text"] = f"{name}{k}"  # one live object, rewritten per item (as a completion's delta)
+            yield box
+
+    async def read() -> list[str]:
+        seen = []
+        async for _, box in merge([stream("a", {}), stream("b", {})]):
+            seen.append(box["text"])
+            await asyncio.sleep(0)  # the reader yields to the loop while it writes the chunk out
+        return seen
+
+    seen = asyncio.run(read())
+    assert sorted(seen) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert [t for t in seen if t[0] == "a"] == ["a0", "a1", "a2"]
+
+
+def test_merge_propagates_an_error_and_stops_the_other_streams():
+    async def ok():
+        for k in range(100):
+            yield k
+            await asyncio.sleep(0)
+
+    async def broken():
+        yield "x"
+        raise RuntimeError("engine gone")
+
+    async def read():
+        async for _ in merge([ok(), broken()]):
+            pass
+
+    with pytest.raises(RuntimeError, match="engine gone"):
+        asyncio.run(read())
+
+
+def test_merge_closes_every_stream_when_its_reader_is_cancelled():
+    closed = []
+
+    async def stream(name: str):
+        try:
+            for k in range(100):
+                yield k
+                await asyncio.sleep(0)
+        finally:
+            closed.append(name)  # (follow aborts its engine request here)
+
+    async def main():
+        three = asyncio.Event()
+
+        async def reader():  # a streaming response whose client went away
+            try:
+                async for _, k in merge([stream("a"), stream("b"), stream("c")]):
+                    if k == 3:
+                        three.set()
+            finally:
+                closed.append("reader done")  # (the response ends here: the requests must be aborted by now)
+
+        task = asyncio.create_task(reader())
+        await three.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert sorted(closed[:3]) == ["a", "b", "c"] and closed[3:] == ["reader done"]
+
+
+class StubClient:
+    queues: dict = {}
+
+    def __init__(self):
+        self.calls = []
+
+    def finish_sequence(self, rid, index):
+        self.calls.append(("finish_sequence", rid, index))
+
+    def release(self, rid):
+        self.calls.append(("release", rid))
+
+    def abort(self, rid):
+        self.calls.append(("abort", rid))
+
+
+class StubMetrics:
+    def finished(self, outcome, *args):
+        pass
+
+
+def chunks(tok, params: SamplingParams, rounds: list[list[tuple[int, str, str | None]]]):
+    """Feed a Generator's follow ``rounds`` of engine outputs (index, text, finish reason), a
+    round at a time with the stream reading in between; returns the chunks a stream would send,
+    (index, delta, finish reason), and the calls made to the engine client."""
+    gen = Generator(StubClient(), tok, StubMetrics(), 10)
+    out = gen.processor.add_request("r", None, [1, 2], params)
+    q: asyncio.Queue = asyncio.Queue()
+    tr = Tracked("r", out, q, time.monotonic(), None)
+
+    async def feed():
+        for batch in rounds:
+            for index, text, finish in batch:
+                q.put_nowait(SeqOutput("r", index, tok(text, add_special_tokens=False).input_ids, finish_reason=finish))
+            await asyncio.sleep(0.01)
+
+    async def run():
+        feeder = asyncio.create_task(feed())
+        sent = []
+        async for _, (t, index) in merge([gen.follow(tr)]):
+            o = t.output.outputs[index]
+            sent.append((index, o.delta, o.finish_reason))
+        await feeder
+        return sent, gen.client.calls
+
+    return asyncio.run(run())
+
+
+def test_a_stream_that_fell_behind_sends_one_chunk_and_nothing_after_a_stop(default_tokenizer):
+    params = SamplingParams(n=2, stop=["."], max_tokens=5, include_stop_str_in_output=True)
+    sent, calls = chunks(default_tokenizer, params, [
+        [(0, "Hello", None), (1, "Hi", None), (0, " world", None)],  # waiting together: one chunk for index 0
+        [(0, ".", None)],
+        [(0, " more", None)],  # made before the engine heard of the stop string: not sent
+        [(1, " there", "length")],
+    ])
+    assert sent == [(0, "Hello world", None), (1, "Hi", None), (0, ".", "stop"), (1, " there", "length")]
+    assert ("finish_sequence", "r", 0) in calls and calls[-1] == ("release", "r")
