@@ -6,9 +6,10 @@ runner fills the same metadata on either device. One program per (sequence, KV h
 loads the query heads of that KV head's group once and walks its share of the sequence's blocks
 with an online softmax (running max and sum in float32), so K and V are read once per group,
 never expanded for grouped-query heads. When sequences x KV heads are too few to fill the GPU
-(batch 1: 3 programs for SmolLM2), each context is cut into splits whose partial softmax states
-a second kernel merges (flash-decoding). Scores use broadcast multiply + sum rather than ``tl.dot``: decode is
-bound by reading the cache, and this works for any group size (``tl.dot`` wants 16 rows).
+(batch 1: 3 programs for SmolLM2), each context is cut into up to 64 splits whose partial
+softmax states a second kernel merges (flash-decoding). Scores use broadcast multiply + sum
+rather than ``tl.dot``: decode is bound by reading the cache, and this works for any group size
+(``tl.dot`` wants 16 rows).
 
 Triton ships with the CUDA builds of torch; where it is missing :func:`available` is False and
 the runner keeps the torch path. Tests run the kernel on CPU tensors in Triton's interpreter
