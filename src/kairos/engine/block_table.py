@@ -2,8 +2,8 @@
 
 A step's decode attention needs ``[B, nblk]`` block ids. Building that from the Python lists
 costs a list copy and ``torch.tensor`` over every id of every context, each step: at 1,000
-tokens of context with 16-token blocks, 63 ids a sequence, the largest host cost of a step
-(benchmarks/host_step.py). Here each sequence owns a row of a numpy array that is written
+tokens of context with 16-token blocks, 63 ids a sequence, and the runner's preparation took
+9.1 us a sequence (3.1 with this; benchmarks/host_step.py's model, B=256). Here each sequence owns a row of a numpy array that is written
 only when its table grows — a table is made whole (allocate, match, fork) and then only
 extended until its sequence is freed — so a step writes the few new ids and gathers its rows
 with one fancy index.

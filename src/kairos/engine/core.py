@@ -36,7 +36,7 @@ class StepInFlight:
     """A launched step (:meth:`EngineCore.launch`), waiting for :meth:`EngineCore.finish`."""
 
     start: float  # engine clock at launch
-    sched: SchedulerOutput | None = None
+    sched: SchedulerOutput
     outputs: list[SeqOutput] = field(default_factory=list)  # expiries, then the step's tokens
     t0: float | None = None  # perf_counter when the forward pass was queued; None: nothing ran
     seqs: list[Sequence] = field(default_factory=list)  # the sequences that sample, in row order
@@ -209,8 +209,8 @@ class EngineCore:
         for them (on a GPU the host is free until :meth:`finish`). Until then the only calls
         allowed are :meth:`finish_sequence` and :meth:`abort`; the step's token for a sequence
         ended meanwhile is dropped."""
-        flight = StepInFlight(self.clock())
-        sched = flight.sched = self.scheduler.schedule()
+        flight = StepInFlight(self.clock(), self.scheduler.schedule())
+        sched = flight.sched
         flight.outputs = self._expired_outputs(sched.expired)
         if not sched.scheduled:
             return flight

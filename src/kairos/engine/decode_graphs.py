@@ -98,10 +98,10 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def capture(self, capture: Capture, budget_s: float, block_size: int, num_blocks: int,
-                trusted: frozenset[int] = frozenset()) -> float:
+                trusted: frozenset[int] = frozenset()) -> None:
         """Capture every size (largest first) until ``budget_s`` runs out, then check each not in
         ``trusted`` (sizes an earlier start on this stack checked: engine.capture_record) against
-        the eager forward; returns the seconds spent. Call before any request runs: the check
+        the eager forward; the time it took is left in ``seconds``. Call before any request runs: the check
         writes K/V into free blocks (row r into block r + 1, which it alone reads)."""
         t0 = time.perf_counter()
         self._pad(0)
@@ -133,7 +133,6 @@ class DecodeGraphs:
                 self.graphs.clear()
                 break
         self.seconds = time.perf_counter() - t0
-        return self.seconds
 
     def _pad(self, b: int) -> None:
         self.ids[b:].zero_()

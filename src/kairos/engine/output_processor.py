@@ -79,7 +79,7 @@ class OutputProcessor:
         outputs added to it."""
         updated: dict[str, RequestOutput] = {}
         stopped: list[tuple[str, int]] = []
-        touched: set[int] = set()
+        touched: set[_SeqState] = set()
         for so in outputs:
             entry = self.states.get(so.request_id)
             if entry is None:
@@ -88,8 +88,8 @@ class OutputProcessor:
             st = seqs[so.index]
             if st.out.finished:
                 continue
-            if id(st) not in touched:
-                touched.add(id(st))
+            if st not in touched:
+                touched.add(st)
                 st.out.delta = ""
             self._apply(st, so)
             if st.out.finish_reason == "stop" and isinstance(st.out.stop_reason, str) and not so.finished:

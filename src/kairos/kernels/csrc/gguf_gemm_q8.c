@@ -73,6 +73,17 @@ static inline void row_scales(const uint16_t *d, const float *dx, int64_t nb, in
 
 /* Weight row n against MT = 1..4 rows of x; each block is unpacked once for all of them. The FMA
  * into an accumulator is the loop-carried latency, so even and odd blocks go to two of them. */
+/* blocks alternate between two sets of accumulators (even, odd): two independent FMA chains
+   per row hide the FMA latency; declares even[MT], odd[MT] for the tile to sum */
+#define EVEN_ODD_BLOCKS(BLOCK, MT)                                                                 \
+    __m256 even[MT], odd[MT];                                                                      \
+    for (int i = 0; i < MT; i++) even[i] = odd[i] = _mm256_setzero_ps();                           \
+    int64_t b = 0;                                                                                 \
+    for (; b + 2 <= nb; b += 2) {                                                                  \
+        BLOCK(MT, b, even)                                                                         \
+        BLOCK(MT, b + 1, odd)                                                                      \
+    }                                                                                              \
+    if (b < nb) BLOCK(MT, b, even)
 #define Q4Q8_BLOCK(MT, b, A)                                                                           \
     {                                                                                              \
         __m256i w = Q4_1_BYTES(b);                                                                 \
@@ -88,14 +99,7 @@ static inline void row_scales(const uint16_t *d, const float *dx, int64_t nb, in
         row_scales(d, dx, nb, MT, sc);                                                             \
         const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);                    \
         const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);                           \
-        __m256 even[MT], odd[MT];                                                                  \
-        for (int i = 0; i < MT; i++) even[i] = odd[i] = _mm256_setzero_ps();                       \
-        int64_t b = 0;                                                                             \
-        for (; b + 2 <= nb; b += 2) {                                                              \
-            Q4Q8_BLOCK(MT, b, even)                                                                    \
-            Q4Q8_BLOCK(MT, b + 1, odd)                                                                 \
-        }                                                                                          \
-        if (b < nb) Q4Q8_BLOCK(MT, b, even)                                                            \
+        EVEN_ODD_BLOCKS(Q4Q8_BLOCK, MT)                                                            \
         for (int i = 0; i < MT; i++)                                                               \
             y[i * ldy] = hsum8(_mm256_add_ps(even[i], odd[i])) + dot_hn(m, sx + i * nb, nb);       \
     }
@@ -121,14 +125,7 @@ Q4Q8_TILE(4)
         float sc[MT * nb];                                                                         \
         row_scales(d, dx, nb, MT, sc);                                                             \
         const __m256i ones = _mm256_set1_epi16(1);                                                 \
-        __m256 even[MT], odd[MT];                                                                  \
-        for (int i = 0; i < MT; i++) even[i] = odd[i] = _mm256_setzero_ps();                       \
-        int64_t b = 0;                                                                             \
-        for (; b + 2 <= nb; b += 2) {                                                              \
-            Q8Q8_BLOCK(MT, b, even)                                                                    \
-            Q8Q8_BLOCK(MT, b + 1, odd)                                                                 \
-        }                                                                                          \
-        if (b < nb) Q8Q8_BLOCK(MT, b, even)                                                            \
+        EVEN_ODD_BLOCKS(Q8Q8_BLOCK, MT)                                                            \
         for (int i = 0; i < MT; i++) y[i * ldy] = hsum8(_mm256_add_ps(even[i], odd[i]));           \
     }
 Q8Q8_TILE(1)
