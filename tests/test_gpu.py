@@ -74,3 +74,30 @@ def test_sampling_queues_on_the_gpu_without_waiting_for_it():
         row = SamplingRow(rows[2].params, s.new_generator(7), [], [])
         draws.append([s(logits[2:3], [row]).token_ids[0] for _ in range(8)])
     assert draws[0] == draws[1]
+
+
+def test_async_steps_equal_transformers_and_read_their_tokens_without_waiting_for_the_next(tiny_llama):
+    from kairos.engine.outputs import EngineRequest
+
+    model, path = tiny_llama
+    prompts = prompts_of([5, 17, 33])
+    engine = make_engine(path, device="cuda", dtype="float32", kv_cache_memory="256MiB")
+    assert engine.config.scheduler.async_scheduling  # the default on GPUs
+    for i, p in enumerate(prompts):
+        engine.add_request(EngineRequest(str(i), p, SamplingParams(max_tokens=12, **GREEDY)))
+    tokens: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
+    flight, checked = engine.launch(), False
+    while flight is not None:
+        if not checked:
+            torch.cuda._sleep(1_000_000_000)  # ~0.5 s of device work between this step and the next
+        ahead = engine.launch() if engine.can_launch_ahead() else None
+        outs = engine.finish(flight)
+        if not checked and ahead is not None and ahead.sample is not None:
+            # step N's tokens came back while step N+1 (behind the sleep) is still queued
+            assert not ahead.sample.host.event.query()
+            checked = True
+        for o in outs:
+            tokens[o.request_id] += o.new_token_ids
+        flight = ahead if ahead is not None else (engine.launch() if engine.has_unfinished() else None)
+    assert checked
+    assert [tokens[str(i)] for i in range(len(prompts))] == [hf_greedy(model, p, 12) for p in prompts]

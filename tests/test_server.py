@@ -22,9 +22,12 @@ MODEL = "SmolLM2-135M-Instruct"
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = ServerProcess("--kv-cache-memory", "512MiB", "--max-num-seqs", "32", "--max-model-len", "2048")
+@pytest.fixture(scope="module", params=["sync", "async"])
+def server(request):
+    # async: the engine process launches step N+1 before it applies step N (a GPU's default; on
+    # a CPU it only delays tokens, but every answer must stay the same)
+    srv = ServerProcess("--kv-cache-memory", "512MiB", "--max-num-seqs", "32", "--max-model-len", "2048",
+                        "--async-scheduling" if request.param == "async" else "--no-async-scheduling")
     yield srv
     engine_pid = srv.stats()["engine_pid"] if srv.proc.poll() is None else None
     assert srv.stop(signal.SIGTERM) == 0

@@ -86,6 +86,9 @@ class SchedulerConfig:
     starve_steps: int = field(default=64, metadata={"help": "steps a request may be passed over before it goes first"})
     slo_confidence: float = field(default=0.9, metadata={"help": "admit an SLO request when its objectives hold at "
                                   "this quantile of the engine's own recent prediction errors"})
+    async_scheduling: bool | None = field(default=None, metadata={"help": "schedule and queue step N+1 while step N "
+                                          "runs on the device, its sampled tokens fed on the device (default: on "
+                                          "GPUs; a CPU computes while it launches, so there it would only delay tokens)"})
 
     def __post_init__(self) -> None:
         from kairos.engine.policies import get_policy
@@ -103,10 +106,12 @@ class SchedulerConfig:
     def for_device(self, device_type: str) -> SchedulerConfig:
         """This configuration with the limits left unset filled in for the device: a CPU step
         is slow per token, so small batches and chunks keep latency; a GPU's step costs about
-        the same from 1 to hundreds of sequences, so it batches wide (vLLM's defaults)."""
+        the same from 1 to hundreds of sequences, so it batches wide (vLLM's defaults); async
+        scheduling where launching a step does not compute it (GPUs)."""
         seqs, tokens = (256, 8192) if device_type == "cuda" else (64, 512)
         return replace(self, max_num_seqs=self.max_num_seqs or seqs,
-                       max_num_batched_tokens=self.max_num_batched_tokens or tokens)
+                       max_num_batched_tokens=self.max_num_batched_tokens or tokens,
+                       async_scheduling=device_type == "cuda" if self.async_scheduling is None else self.async_scheduling)
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,31 @@
-"""EngineCore: the synchronous step loop (schedule -> execute -> update); outputs are its only contract."""
+"""EngineCore: the step loop (schedule -> execute -> update), synchronous or one step ahead of the
+device (async scheduling); outputs are its only contract."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from kairos.config import EngineConfig
+from kairos.engine.admission import SLOInfeasible, predict, slo_misses
 from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
-from kairos.engine.h2d import h2d
+from kairos.engine.h2d import HostCopy, d2h, h2d
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
 from kairos.engine.sampler import DeviceSample, Sampler, SamplingRow
 from kairos.engine.scheduler import Scheduler, SchedulerOutput
-from kairos.engine.sequence import SeqStatus, Sequence
+from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
 from kairos.loader.tokenizer import cache_dir
 
 logger = logging.getLogger(__name__)
 CUDA_GRAPH_BUDGET_S = 60.0  # start-up time capture may take; sizes left over run eagerly
-
-
-class SLOInfeasible(ValueError):
-    """The request's SLO cannot be met as things stand (the server answers 429 slo_infeasible)."""
-
-    code = "slo_infeasible"
 
 
 @dataclass
@@ -42,6 +39,8 @@ class StepInFlight:
     seqs: list[Sequence] = field(default_factory=list)  # the sequences that sample, in row order
     rows: list[SamplingRow] = field(default_factory=list)
     sample: DeviceSample | None = None
+    row_of: dict[int, int] = field(default_factory=dict)  # seq id -> its row in ``sample``
+    done: HostCopy | None = None  # what finish waits for when the step samples nothing
 
 
 class EngineCore:
@@ -70,6 +69,7 @@ class EngineCore:
         self.calibration = {k: Calibration(config.scheduler.slo_confidence) for k in ("ttft", "e2e")}
         self.intervals = StepIntervals()
         self._last_step_end: float | None = None  # None: the engine idled since its last step
+        self._last_done = 0.0  # perf_counter when the last finished step's device work was seen done
         self.counters = {"requests_expired": 0, "requests_slo_refused": 0, "requests_slo_best_effort": 0}
         self.sampler = Sampler(self.device, config.model.seed)
         self.eos_token_ids = frozenset(arch.eos_token_ids) | generation_eos_ids(self.model_path)
@@ -91,6 +91,7 @@ class EngineCore:
                 logger.warning("decode graphs: capture failed (%s: %s); decode steps run eagerly", type(e).__name__, e)
         self.requests: dict[str, list[Sequence | None]] = {}  # None: a sibling not forked yet
         self._seq_ids = itertools.count()
+        self._in_flight: deque[StepInFlight] = deque()  # launched, not finished yet (oldest first)
         logger.info("engine: %s on %s/%s, %d KV blocks of %d tokens, max_model_len %d",
                     arch.architecture, self.device, str(self.dtype).removeprefix("torch."),
                     num_blocks, cc.block_size, self.max_model_len)
@@ -123,30 +124,6 @@ class EngineCore:
         self.requests[req.request_id] = [seq] + [None] * (p.n - 1)
         self.scheduler.add(seq)
 
-    def predict(self, seq: Sequence) -> tuple[float, float, float]:
-        """(first token, time per output token, last token) predicted if ``seq`` joined now, as
-        seconds after its arrival: work more urgent than it under the policy goes first, and it
-        waits for a place when the batch is full (``max_num_seqs``, or the cap of a TPOT promise)."""
-        sch = self.scheduler
-        ctx = sch.context()
-        key = sch.policy(seq, ctx)
-        keys = {s.seq_id: sch.policy(s, ctx) for s in sch.waiting + sch.running}
-        ahead = sorted((s for s in sch.waiting + sch.running if keys[s.seq_id] < key), key=lambda s: keys[s.seq_id])
-        ahead_prefill = sum(s.remaining_prefill for s in ahead if s.num_tokens - s.num_computed > 1)
-        cap = sch.seq_cap(ctx, seq)
-        batch = min(cap, len(sch.running) + len(sch.waiting) + 1)
-        ctx_per_seq = (ctx.decode_ctx + seq.num_tokens) / (ctx.decode_seqs + 1)
-        # per token: what steps have been taking lately (the prefill chunks of other arrivals in
-        # them), at most the pace a TPOT promise holds them to, never less than a decode-only step
-        # of the batch it joins. One rule at every load, so the calibration of these predictions
-        # learns one kind of error.
-        recent = self.intervals.mean(ctx.now)
-        pace = sch.decode_pace(seq)
-        tpot = max(self.cost.step_time(0, batch, batch * ctx_per_seq), min(recent, pace) if pace else recent)
-        first = ctx.now + sch.slot_wait(ahead, cap, tpot) + ctx.prefill_eta(seq, ahead_prefill)
-        last = first + (seq.params.max_tokens - 1) * tpot
-        return first - seq.arrival_time, tpot, last - seq.arrival_time
-
     def admission(self, request_id: str) -> tuple[float, float, float] | None:
         """What admission control predicted for an admitted SLO request: seconds from arrival to
         its first token and to its last (both scaled by the calibration), and per output token."""
@@ -154,24 +131,17 @@ class EngineCore:
         return seqs[0].promised if seqs and seqs[0] is not None else None
 
     def _admit_slo(self, seq: Sequence) -> None:
-        slo = seq.slo
-        first, tpot, last = self.predict(seq)
+        first, tpot, last = predict(self.scheduler, self.cost, self.intervals, seq)
         raw = (first, last)
         now = self.clock()
         first *= self.calibration["ttft"].factor(now)
         last *= self.calibration["e2e"].factor(now)
-        misses = []
-        if slo.ttft_ms is not None and first * 1000 > slo.ttft_ms:
-            misses.append(f"predicted TTFT {first * 1000:.0f} ms > ttft_ms {slo.ttft_ms:g}")
-        if slo.tpot_ms is not None and tpot * 1000 > slo.tpot_ms:
-            misses.append(f"predicted TPOT {tpot * 1000:.0f} ms > tpot_ms {slo.tpot_ms:g}")
-        if slo.deadline_ms is not None and last * 1000 > slo.deadline_ms:
-            misses.append(f"predicted completion {last * 1000:.0f} ms > deadline_ms {slo.deadline_ms:g}")
+        misses = slo_misses(seq.slo, first, tpot, last)
         if not misses:
             seq.predicted = raw  # judged against what happens: see ``calibration``
             seq.promised = (first, tpot, last)
             return
-        if slo.on_miss == "best_effort":
+        if seq.slo.on_miss == "best_effort":
             seq.best_effort = True
             self.counters["requests_slo_best_effort"] += 1
             return
@@ -186,6 +156,7 @@ class EngineCore:
         out = []
         for i, seq in enumerate(seqs):
             if seq is not None:
+                _drop_placeholders(seq)
                 self.scheduler.finish(seq)
             out.append(SeqOutput(request_id, i, [], finish_reason="abort"))
         return out
@@ -199,6 +170,13 @@ class EngineCore:
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 
+    def can_launch_ahead(self) -> bool:
+        """Whether :meth:`launch` may queue the next step before the one in flight finishes
+        (async scheduling): it is on, one step is in flight, and no request needs the host to
+        know its last token to sample the next (penalties count the tokens on the host)."""
+        return (self.config.scheduler.async_scheduling and len(self._in_flight) == 1 and bool(self.requests)
+                and not any(s.params.has_penalties for s in self.scheduler.running + self.scheduler.waiting))
+
     # -- the step ----------------------------------------------------------------------------
     def step(self) -> list[SeqOutput]:
         """One schedule -> execute -> update round; returns its outputs."""
@@ -206,16 +184,25 @@ class EngineCore:
 
     def launch(self) -> StepInFlight:
         """Schedule a step and queue its forward pass and sampling on the device, without waiting
-        for them (on a GPU the host is free until :meth:`finish`). Until then the only calls
-        allowed are :meth:`finish_sequence` and :meth:`abort`; the step's token for a sequence
-        ended meanwhile is dropped."""
+        for them (on a GPU the host is free until :meth:`finish`). Each sampled token holds its
+        place as a ``PLACEHOLDER`` until then. While a step is in flight the calls allowed are
+        :meth:`finish` (steps finish in launch order), :meth:`finish_sequence`, :meth:`abort`, and
+        :meth:`launch` when :meth:`can_launch_ahead`: that step reads the tokens of the one in
+        flight on the device. A token of a sequence ended meanwhile is dropped."""
+        if self._in_flight and not self.can_launch_ahead():
+            raise RuntimeError("a step is in flight: finish it first (or enable async scheduling)")
+        prev = self._in_flight[-1] if self._in_flight else None
         flight = StepInFlight(self.clock(), self.scheduler.schedule())
+        self._in_flight.append(flight)
         sched = flight.sched
         flight.outputs = self._expired_outputs(sched.expired)
         if not sched.scheduled:
             return flight
         flight.t0 = time.perf_counter()
-        logits = self.runner.execute(sched.scheduled)  # [S, V], S = entries that sample
+        if prev is not None and prev.sample is not None:  # inputs that are its placeholders come from its tokens
+            logits = self.runner.execute(sched.scheduled, prev.sample.token_ids, prev.row_of)  # [S, V]
+        else:
+            logits = self.runner.execute(sched.scheduled)  # [S, V], S = entries that sample
         copies: list[tuple[int, int]] = []
         logit_rows: list[int] = []
         samples = [s.samples for s in sched.scheduled]  # read before num_computed moves
@@ -235,15 +222,34 @@ class EngineCore:
                 logits = logits.index_select(0, h2d(logit_rows, logits.device, torch.long))
             flight.rows = [self._sampling_row(q) for q in flight.seqs]
             flight.sample = self.sampler.sample(logits, flight.rows)
+            for j, q in enumerate(flight.seqs):
+                q.token_ids.append(PLACEHOLDER)
+                q.num_pending += 1
+                flight.row_of[q.seq_id] = j
+        else:  # (a prompt chunk that does not reach the end: finish still waits for it, for the cost model)
+            flight.done = d2h([logits[:0]])
         return flight
+
+    def discard_in_flight(self) -> None:
+        """Forget launched steps without applying them (after an error); abort their requests."""
+        self._in_flight.clear()
 
     def finish(self, flight: StepInFlight) -> list[SeqOutput]:
         """Wait for a launched step and apply it: new tokens, stops, the step's outputs."""
+        if not self._in_flight or self._in_flight[0] is not flight:
+            raise RuntimeError("steps finish in the order they were launched")
+        self._in_flight.popleft()
         outputs = flight.outputs
         if flight.t0 is None:  # nothing was scheduled
             return outputs
         sampled = self.sampler.to_host(flight.sample, flight.rows) if flight.sample is not None else None
-        self._observe(flight.sched, flight.t0)  # (the step's device work is done: to_host waited for it)
+        if flight.done is not None:
+            flight.done.wait()
+        # the step's device work is done (to_host waited for it); queued while the step before it
+        # ran (async scheduling), its own work began when that one's ended
+        done = time.perf_counter()
+        self._observe(flight.sched, done - max(flight.t0, self._last_done))
+        self._last_done = done
         if sampled is not None:
             now = self.clock()
             for seq, tok, lp in zip(flight.seqs, sampled.token_ids, sampled.logprobs):
@@ -256,7 +262,10 @@ class EngineCore:
         return outputs
 
     def _apply_token(self, seq: Sequence, tok: int, lp, now: float) -> SeqOutput:
-        seq.token_ids.append(tok)
+        seq.token_ids[len(seq.token_ids) - seq.num_pending] = tok  # its oldest placeholder
+        seq.num_pending -= 1
+        if seq.cache_deferred:
+            self.scheduler.cache_known(seq)
         if seq.first_token_time is None:
             seq.first_token_time = now
             if seq.predicted is not None and seq.slo.ttft_ms is not None:  # (a request without one may wait by design)
@@ -270,11 +279,11 @@ class EngineCore:
                          finish_reason=reason, stop_reason=stop, num_prompt_tokens=seq.num_prompt_tokens)
 
     # -- helpers -----------------------------------------------------------------------------
-    def _observe(self, sched, t0: float) -> None:
+    def _observe(self, sched, seconds: float) -> None:
         """Feed the cost model this step's shape and duration."""
         decodes = [s for s in sched.scheduled if s.num_new_tokens == 1]
         prefill = sum(s.num_new_tokens for s in sched.scheduled if s.num_new_tokens > 1)
-        self.cost.observe(prefill, len(decodes), sum(s.seq.num_tokens for s in decodes), time.perf_counter() - t0)
+        self.cost.observe(prefill, len(decodes), sum(s.seq.num_tokens for s in decodes), seconds)
 
     def _expired_outputs(self, expired: list[Sequence]) -> list[SeqOutput]:
         out = []
@@ -318,11 +327,13 @@ class EngineCore:
             return "stop", tok
         if not p.ignore_eos and tok in self.eos_token_ids:
             return "stop", None
-        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+        known = len(seq.token_ids) - seq.num_pending  # (a placeholder after it: its next step is in flight)
+        if known - seq.num_prompt_tokens >= p.max_tokens or known >= self.max_model_len:
             return "length", None
         return None, None
 
     def _finish(self, seq: Sequence) -> None:
+        _drop_placeholders(seq)
         self.scheduler.finish(seq)
         seqs = self.requests.get(seq.request_id)
         if seqs is not None and all(s is not None and s.status is SeqStatus.FINISHED for s in seqs):
@@ -345,3 +356,10 @@ class EngineCore:
             "step_interval_s": self.intervals.mean(self.clock()),
             **self.counters,
         }
+
+
+def _drop_placeholders(seq: Sequence) -> None:
+    """An ended sequence keeps only known tokens (its steps still in flight are dropped)."""
+    if seq.num_pending:
+        del seq.token_ids[len(seq.token_ids) - seq.num_pending :]
+        seq.num_pending = 0

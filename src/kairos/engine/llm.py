@@ -103,26 +103,29 @@ class LLM:
                 self.processor.abort(rid)
             raise
         results: dict[str, RequestOutput] = {}
-        outputs = None
+        engine = self.engine
         try:
-            while True:
-                # the next step is queued on the device before this one's outputs are detokenized,
-                # so on a GPU the two overlap; a stop string found here ends its sequence in the
-                # engine before that step is applied (its token there is dropped)
-                flight = self.engine.launch() if self.engine.has_unfinished() else None
-                if outputs is not None:
-                    updated, stopped = self.processor.process(outputs)
-                    for rid, index in stopped:
-                        self.engine.finish_sequence(rid, index)
-                    results.update((r.request_id, r) for r in updated if r.finished)
-                if flight is None:
-                    break
-                outputs = self.engine.finish(flight)
+            flight = engine.launch() if engine.has_unfinished() else None
+            while flight is not None:
+                # async scheduling: step N+1 is queued behind step N on the device before N is
+                # applied; otherwise it is queued after N is applied and before N's outputs are
+                # detokenized. Either way, on a GPU the host's work overlaps the device's. A stop
+                # string found in N ends its sequence before N+1 is applied (its token is dropped).
+                ahead = engine.launch() if engine.can_launch_ahead() else None
+                outputs = engine.finish(flight)
+                if ahead is None and engine.has_unfinished():
+                    ahead = engine.launch()
+                updated, stopped = self.processor.process(outputs)
+                for rid, index in stopped:
+                    engine.finish_sequence(rid, index)
+                results.update((r.request_id, r) for r in updated if r.finished)
+                flight = ahead
         except BaseException:
-            # interrupted (Ctrl-C, an error), perhaps with a step launched and not applied: end
+            # interrupted (Ctrl-C, an error), perhaps with steps launched and not applied: end
             # this call's requests so the engine is whole for the next one
+            engine.discard_in_flight()
             for rid in order:
-                self.engine.abort(rid)
+                engine.abort(rid)
                 self.processor.abort(rid)
             raise
         return [results[rid] for rid in order]

@@ -95,7 +95,7 @@ class OutputProcessor:
             if st.out.finish_reason == "stop" and isinstance(st.out.stop_reason, str) and not so.finished:
                 stopped.append((so.request_id, so.index))
             updated[so.request_id] = ro
-            if ro.finished:
+            if st.out.finished and ro.finished:  # (the request ends with the last of its sequences)
                 del self.states[so.request_id]
         return list(updated.values()), stopped
 

@@ -92,9 +92,16 @@ class ModelRunner:
         return graphs
 
     @torch.inference_mode()
-    def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
-        """Run one step; returns float32 logits ``[S, vocab]`` for the entries that sample, in order."""
-        ids, pos, meta, logits_idx = self._prepare(batch)
+    def execute(self, batch: list[ScheduledSeq], prev_tokens: torch.Tensor | None = None,
+                prev_rows: dict[int, int] | None = None) -> torch.Tensor:
+        """Run one step; returns float32 logits ``[S, vocab]`` for the entries that sample, in order.
+        An input token that is a ``PLACEHOLDER`` (its step still in flight) is read on the device
+        from ``prev_tokens`` ``[R]``, that step's sampled ids, at row ``prev_rows[seq_id]``."""
+        ids, pos, meta, logits_idx, fill = self._prepare(batch, prev_rows)
+        if fill:
+            at, rows = zip(*fill)
+            ids.index_copy_(0, h2d(list(at), self.device, torch.long),
+                            prev_tokens.index_select(0, h2d(list(rows), self.device, torch.long)))
         if self.graphs is not None and logits_idx is None and not meta.prefills:  # a decode-only step
             logits = self.graphs.run(ids, pos, meta)
             if logits is not None:
@@ -111,7 +118,7 @@ class ModelRunner:
                 k[dst] = k[src]
                 v[dst] = v[src]
 
-    def _prepare(self, batch: list[ScheduledSeq]):
+    def _prepare(self, batch: list[ScheduledSeq], prev_rows: dict[int, int] | None = None):
         # Plain Python lists, one tensor each at the end: a step makes a handful of small tensors.
         bs = self.block_size
         ids: list[int] = []
@@ -123,11 +130,15 @@ class ModelRunner:
         decode_lens: list[int] = []
         prefills: list[PrefillChunk] = []
         decode_seq_ids: list[int] = []
+        fill: list[tuple[int, int]] = []  # (input index, row of prev_tokens): placeholders
         dev = self.device
         for s in batch:
             seq, n, table = s.seq, s.num_new_tokens, s.block_table
             start = seq.num_computed
             q0 = len(ids)
+            if seq.num_pending and start + n > len(seq.token_ids) - seq.num_pending:
+                # (only the last token can be one: the step that samples it is the one in flight)
+                fill.append((q0 + n - 1, prev_rows[seq.seq_id]))
             if n == 1:  # decode (most rows of most steps): no ranges, no generators
                 ids.append(seq.token_ids[start])
                 positions.append(start)
@@ -167,4 +178,4 @@ class ModelRunner:
                 meta.decode_mask = h2d(valid[:, None, None, :], dev)
         all_rows = len(logits_idx) == len(ids)  # pure decode: every row samples, in order
         return (h2d(ids, dev, torch.long), h2d(positions, dev, torch.long), meta,
-                None if all_rows else h2d(logits_idx, dev, torch.long))
+                None if all_rows else h2d(logits_idx, dev, torch.long), fill)

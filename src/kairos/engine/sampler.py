@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kairos.engine.h2d import h2d
+from kairos.engine.h2d import HostCopy, d2h, h2d
 from kairos.engine.sampling_params import SamplingParams
 
 
@@ -44,6 +44,7 @@ class DeviceSample:
     chosen: torch.Tensor | None  # [len(logprob_rows)] float32: logprob of the sampled token
     top_v: torch.Tensor | None  # [len(logprob_rows), k] float32, k = the largest top-N asked
     top_i: torch.Tensor | None  # [len(logprob_rows), k] long
+    host: HostCopy | None = None  # the above on their way to the host (set by Sampler.sample)
 
 
 class Sampler:
@@ -83,22 +84,25 @@ class Sampler:
             token_ids.index_copy_(0, idx, (probs / noise).argmax(dim=-1))
         want = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
         if not want:
-            return DeviceSample(token_ids, [], None, None, None)
-        widx = h2d(want, dev, torch.long)
-        lp = raw.index_select(0, widx).log_softmax(dim=-1)
-        chosen = lp.gather(1, token_ids.index_select(0, widx).unsqueeze(1)).squeeze(1)
-        k = max(rows[i].params.logprobs for i in want)
-        top_v, top_i = lp.topk(k, dim=-1) if k else (None, None)
-        return DeviceSample(token_ids, want, chosen, top_v, top_i)
+            out = DeviceSample(token_ids, [], None, None, None)
+        else:
+            widx = h2d(want, dev, torch.long)
+            lp = raw.index_select(0, widx).log_softmax(dim=-1)
+            chosen = lp.gather(1, token_ids.index_select(0, widx).unsqueeze(1)).squeeze(1)
+            k = max(rows[i].params.logprobs for i in want)
+            top_v, top_i = lp.topk(k, dim=-1) if k else (None, None)
+            out = DeviceSample(token_ids, want, chosen, top_v, top_i)
+        out.host = d2h([t for t in (out.token_ids, out.chosen, out.top_v, out.top_i) if t is not None])
+        return out
 
     @staticmethod
     def to_host(out: DeviceSample, rows: list[SamplingRow]) -> SamplerOutput:
-        ids = out.token_ids.tolist()  # the step's one wait for the device
+        ids, *rest = out.host.wait()  # the step's one wait for the device
+        ids = ids.tolist()
         logprobs: list[tuple[float, list[tuple[int, float]]] | None] = [None] * len(rows)
         if out.logprob_rows:
-            chosen = out.chosen.tolist()
-            top_i = out.top_i.tolist() if out.top_i is not None else None
-            top_v = out.top_v.tolist() if out.top_v is not None else None
+            chosen = rest[0].tolist()
+            top_v, top_i = (rest[1].tolist(), rest[2].tolist()) if out.top_v is not None else (None, None)
             for j, i in enumerate(out.logprob_rows):
                 n = rows[i].params.logprobs
                 top = list(zip(top_i[j][:n], top_v[j][:n])) if n else []

@@ -94,14 +94,16 @@ class Scheduler:
         out.budget = self._token_budget(ctx)
         keys = {s.seq_id: self.policy(s, ctx) for s in self.running + self.waiting}
         self.running.sort(key=lambda s: keys[s.seq_id])
-        # (1) decodes: one token each
-        for seq in [s for s in self.running if s.num_tokens - s.num_computed == 1]:
+        # (1) decodes: one token each (not for a sequence whose last token is already on its way:
+        # under async scheduling its previous step, still on the device, samples that one)
+        for seq in [s for s in self.running if s.num_tokens - s.num_computed == 1 and not s.all_sampled]:
             if out.budget <= 0:
                 break
             if seq.status is SeqStatus.RUNNING:
                 self._fit(seq, 1, out, keys)
         # (2) prefill chunks and admissions, in policy order
-        candidates = [s for s in self.running if s.num_tokens - s.num_computed > 1] + self.waiting
+        candidates = ([s for s in self.running if s.num_tokens - s.num_computed > 1]
+                      + [s for s in self.waiting if not s.all_sampled])
         candidates.sort(key=lambda s: keys[s.seq_id])
         for seq in candidates:
             if out.budget <= 0:
@@ -222,6 +224,7 @@ class Scheduler:
         self.running.remove(seq)
         self.kv.free(seq.seq_id)
         seq.num_computed = 0
+        seq.cache_deferred = False  # (its blocks are gone)
         seq.num_preemptions += 1
         seq.status = SeqStatus.WAITING
         self.waiting.append(seq)
@@ -245,10 +248,24 @@ class Scheduler:
         """Advance computed counts after a step; newly completed full blocks go to the prefix cache."""
         bs = self.kv.block_size
         for s in sched.scheduled:
-            before = s.seq.num_computed
-            s.seq.num_computed += s.num_new_tokens
-            if s.seq.num_computed // bs > before // bs:
-                self.kv.cache(s.seq.seq_id, s.seq.token_ids, s.seq.num_computed)
+            seq = s.seq
+            before = seq.num_computed
+            seq.num_computed += s.num_new_tokens
+            if seq.num_computed // bs > before // bs:
+                # a block holding a placeholder is keyed by a token not known yet: it is cached
+                # when its step finishes (``cache_known``)
+                known = min(seq.num_computed, len(seq.token_ids) - seq.num_pending)
+                if known // bs > before // bs:
+                    self.kv.cache(seq.seq_id, seq.token_ids, known)
+                seq.cache_deferred |= known // bs < seq.num_computed // bs
+
+    def cache_known(self, seq: Sequence) -> None:
+        """Offer a running sequence's blocks whose caching waited for a placeholder to be known."""
+        bs = self.kv.block_size
+        known = min(seq.num_computed, len(seq.token_ids) - seq.num_pending)
+        if seq.cache_deferred and seq.status is SeqStatus.RUNNING and known // bs == seq.num_computed // bs:
+            self.kv.cache(seq.seq_id, seq.token_ids, known)
+            seq.cache_deferred = False
 
     def add_running(self, seq: Sequence, after: Sequence) -> None:
         """Insert a forked sibling right after its parent in the running order."""

@@ -10,6 +10,10 @@ import torch
 from kairos.engine.sampling_params import SamplingParams
 from kairos.engine.slo import SLO
 
+# A token sampled by a step still on the device (async scheduling): it holds the token's place in
+# ``token_ids`` until the step finishes; the runner reads its value from the device meanwhile.
+PLACEHOLDER = -1
+
 
 class SeqStatus(enum.Enum):
     WAITING = "waiting"
@@ -21,7 +25,8 @@ class Sequence:
     """Token ids (prompt then output) and how many of them have KV in the cache.
 
     ``token_ids[num_computed:]`` still need a forward pass; when that pass reaches the
-    end, the step samples the next token. Block tables live in the KV cache manager.
+    end, the step samples the next token. The last ``num_pending`` ids are ``PLACEHOLDER``s:
+    tokens of launched steps not finished yet. Block tables live in the KV cache manager.
     """
 
     def __init__(self, seq_id: int, request_id: str, index: int, prompt_token_ids: list[int],
@@ -33,6 +38,8 @@ class Sequence:
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.num_computed = 0
+        self.num_pending = 0  # trailing PLACEHOLDERs
+        self.cache_deferred = False  # a full block held a placeholder when it was computed: cache it once known
         self.params = params
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
         self.status = SeqStatus.WAITING
@@ -57,6 +64,11 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def all_sampled(self) -> bool:
+        """Whether its ``max_tokens`` tokens have all been sampled (the last perhaps still on the device)."""
+        return len(self.token_ids) - self.num_prompt_tokens >= self.params.max_tokens
 
     @property
     def output_token_ids(self) -> list[int]:

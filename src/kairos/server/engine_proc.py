@@ -63,8 +63,9 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
         last_stats = 0.0
         poller = zmq.Poller()
         poller.register(inp, zmq.POLLIN)
+        flight = None  # async scheduling: the step queued on the device while the last one's outputs go out
         while True:
-            timeout = 0 if engine.has_unfinished() else IDLE_POLL_MS
+            timeout = 0 if engine.has_unfinished() or flight is not None else IDLE_POLL_MS
             aborted = []
             while poller.poll(timeout):
                 timeout = 0
@@ -88,7 +89,13 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
             if os.getppid() != parent:  # the API process died: do not linger as an orphan
                 logger.error("API process is gone; engine exiting")
                 return
-            outputs = engine.step() if engine.has_unfinished() else []
+            if flight is None and engine.has_unfinished():
+                flight = engine.launch()
+            outputs = []
+            if flight is not None:
+                ahead = engine.launch() if engine.can_launch_ahead() else None
+                outputs = engine.finish(flight)
+                flight = ahead
             if outputs or aborted:
                 # stats are gauges: refresh them a few times a second, and whenever the engine goes idle
                 now = time.monotonic()
