@@ -190,3 +190,16 @@ def test_default_model_async_equals_sync_with_stop_strings_and_eos(default_llm):
                    [(o.text, o.token_ids, o.finish_reason, o.stop_reason) for o in y.outputs]
     assert max(seen) == 1
     assert_pool_whole(llm.engine)
+
+
+def test_discarding_steps_in_flight_aborts_their_requests(tiny_llama):
+    engine = make_engine(tiny_llama[1], async_scheduling=True)
+    engine.add_request(EngineRequest("a", prompts_of([5])[0], SamplingParams(max_tokens=4, **GREEDY)))
+    engine.launch()
+    engine.launch()
+    assert [(o.request_id, o.finish_reason) for o in engine.discard_in_flight()] == [("a", "abort")]
+    assert not engine.has_unfinished()
+    assert_pool_whole(engine)
+    engine.add_request(EngineRequest("b", prompts_of([5])[0], SamplingParams(max_tokens=4, **GREEDY)))
+    while engine.has_unfinished():  # the engine runs on as new
+        engine.step()

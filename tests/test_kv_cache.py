@@ -164,3 +164,21 @@ def test_an_interrupted_generate_leaves_the_engine_whole(tiny_llama, monkeypatch
     assert not llm.engine.has_unfinished()
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == [hf_greedy(model, p, 8) for p in prompts]
     assert_pool_whole(llm.engine)
+
+
+def test_blocks_for_forks_are_held_from_later_allocations_of_the_same_step(tiny_llama):
+    """n=2 with a 5-token prompt in 3 usable blocks of 4: the prompt takes 2 and its sibling's copy
+    of the partial last block 1. A request admitted behind it in the same step must not take that
+    one (the fork at the end of the step would find the pool empty); it waits instead."""
+    from kairos import LLM
+
+    from conftest import hf_greedy
+
+    model, path = tiny_llama
+    llm = LLM(str(path), num_blocks=4, block_size=4)
+    a, b = llm.generate([[5, 6, 7, 8, 9], [10]], [SamplingParams(n=2, max_tokens=2, **GREEDY),
+                                                  SamplingParams(max_tokens=2, **GREEDY)])
+    ref = hf_greedy(model, [5, 6, 7, 8, 9], 2)
+    assert [o.token_ids for o in a.outputs] == [ref, ref]
+    assert b.outputs[0].token_ids == hf_greedy(model, [10], 2)
+    assert_pool_whole(llm.engine)

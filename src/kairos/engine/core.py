@@ -230,9 +230,12 @@ class EngineCore:
             flight.done = d2h([logits[:0]])
         return flight
 
-    def discard_in_flight(self) -> None:
-        """Forget launched steps without applying them (after an error); abort their requests."""
+    def discard_in_flight(self) -> list[SeqOutput]:
+        """Forget launched steps without applying them (after an error): the requests they ran
+        are aborted (their sequences' tokens and computed counts are past what is known)."""
+        rids = {s.seq.request_id for f in self._in_flight for s in f.sched.scheduled}
         self._in_flight.clear()
+        return [o for rid in sorted(rids) for o in self.abort(rid)]
 
     def finish(self, flight: StepInFlight) -> list[SeqOutput]:
         """Wait for a launched step and apply it: new tokens, stops, the step's outputs."""

@@ -34,6 +34,7 @@ class ScheduledSeq:
     seq: Sequence
     num_new_tokens: int  # token_ids[num_computed : num_computed + num_new_tokens] run this step
     block_table: list[int]
+    reserve: int = 0  # blocks held for the siblings forked when it samples (n > 1)
 
     @property
     def samples(self) -> bool:
@@ -47,6 +48,7 @@ class SchedulerOutput:
     preempted: list[Sequence] = field(default_factory=list)
     expired: list[Sequence] = field(default_factory=list)
     budget: int = 0  # tokens of the step's budget still free (while scheduling)
+    reserved: int = 0  # blocks held for forks after the step (the sum of the scheduled ``reserve``)
 
 
 class Scheduler:
@@ -139,19 +141,20 @@ class Scheduler:
         """Allocate ``n`` more tokens for a running sequence; when blocks run out, preempt the least
         urgent running sequence not yet scheduled (possibly ``seq`` itself)."""
         reserve = seq.pending_forks if seq.num_computed + n == seq.num_tokens else 0
-        while not self.kv.can_allocate(seq.seq_id, seq.num_computed + n, reserve):
+        while not self.kv.can_allocate(seq.seq_id, seq.num_computed + n, reserve + out.reserved):
             victim = self._victim(keys, than=None)
             if victim is None or victim is seq:
                 if victim is seq:
                     self._preempt(seq, out)
                 return False
             self._preempt(victim, out)
-        self._schedule(seq, n, out)
+        self._schedule(seq, n, out, reserve)
         return True
 
-    def _schedule(self, seq: Sequence, n: int, out: SchedulerOutput) -> None:
-        out.scheduled.append(ScheduledSeq(seq, n, self.kv.allocate(seq.seq_id, seq.num_computed + n)))
+    def _schedule(self, seq: Sequence, n: int, out: SchedulerOutput, reserve: int) -> None:
+        out.scheduled.append(ScheduledSeq(seq, n, self.kv.allocate(seq.seq_id, seq.num_computed + n), reserve))
         out.budget -= n
+        out.reserved += reserve  # (later allocations of this round leave these blocks to the forks)
 
     def _admit(self, seq: Sequence, out: SchedulerOutput, keys, ctx: SchedContext) -> bool:
         """Try to start a waiting sequence this step."""
@@ -162,7 +165,7 @@ class Scheduler:
         reserve = seq.pending_forks if seq.num_computed + n == seq.num_tokens else 0
         urgent = not seq.best_effort and ctx.slack(seq) < self._natural_wait(ctx)
         while len(self.running) >= self.seq_cap(ctx, seq) or not self.kv.can_allocate(
-                seq.seq_id, seq.num_computed + n, reserve):
+                seq.seq_id, seq.num_computed + n, reserve + out.reserved):
             victim = self._victim(keys, than=keys[seq.seq_id]) if urgent else None
             if victim is not None and not victim.best_effort and \
                     ctx.slack(victim) < ctx.prefill_eta(seq) + ctx.decode_eta(seq):
@@ -177,7 +180,7 @@ class Scheduler:
         self.waiting.remove(seq)
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
-        self._schedule(seq, n, out)
+        self._schedule(seq, n, out, reserve)
         return True
 
     def seq_cap(self, ctx: SchedContext, extra: Sequence | None = None) -> int:
@@ -217,8 +220,9 @@ class Scheduler:
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         # Recompute: drop its KV (full blocks stay in the prefix cache); it re-prefills when readmitted.
         for i, s in enumerate(out.scheduled):
-            if s.seq is seq:  # already in this step: take it back out, with its tokens
+            if s.seq is seq:  # already in this step: take it back out, with its tokens and reserve
                 out.budget += s.num_new_tokens
+                out.reserved -= s.reserve
                 del out.scheduled[i]
                 break
         self.running.remove(seq)
