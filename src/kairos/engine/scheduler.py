@@ -140,6 +140,13 @@ class Scheduler:
     def _fit(self, seq: Sequence, n: int, out: SchedulerOutput, keys) -> bool:
         """Allocate ``n`` more tokens for a running sequence; when blocks run out, preempt the least
         urgent running sequence not yet scheduled (possibly ``seq`` itself)."""
+        table = self.kv.block_tables.get(seq.seq_id)
+        if n == 1 and table is not None and len(table) * self.kv.block_size > seq.num_computed and not seq.pending_forks:
+            # a decode whose slot is in a block it holds (block_size - 1 steps in block_size):
+            # nothing to allocate, so no call into the KV manager (the host's work per step)
+            out.scheduled.append(ScheduledSeq(seq, 1, table))
+            out.budget -= 1
+            return True
         reserve = seq.pending_forks if seq.num_computed + n == seq.num_tokens else 0
         while not self.kv.can_allocate(seq.seq_id, seq.num_computed + n, reserve + out.reserved):
             victim = self._victim(keys, than=None)

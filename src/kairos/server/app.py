@@ -30,6 +30,26 @@ def error(status: int, message: str, type_: str = "invalid_request_error", param
     return JSONResponse(body, status_code=status)
 
 
+class BodyLimit:
+    """413 for a request whose Content-Length is over ``limit``. Plain ASGI, not
+    ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware relays every chunk of a streamed
+    response through a memory stream and a task of its own, which cost the API process ~a third
+    of its CPU time per streamed token (benchmarks/api_stream.py)."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    response = error(413, f"request body of {value.decode()} bytes exceeds the limit of {self.limit}")
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="Kairos", version=kairos.__version__)
     metrics = ServerMetrics(model_name)
@@ -52,12 +72,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
     async def _http(_: Request, e: StarletteHTTPException):
         return error(e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error")
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > config.max_body_bytes:
-            return error(413, f"request body of {size} bytes exceeds the limit of {config.max_body_bytes}")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
 
     def check_model(name: str | None) -> None:
         if name is not None and name not in aliases:
@@ -197,6 +212,7 @@ def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: b
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     async def body():
+        head = header(kind, rid, model)  # (one ``created`` for every chunk, as OpenAI's)
         sent_role: set[int] = set()
         sent_lp: dict[int, int] = {}
         try:
@@ -218,12 +234,12 @@ def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: b
                 choice["finish_reason"] = o.finish_reason
                 if o.finish_reason:
                     choice["stop_reason"] = o.stop_reason
-                yield sse({**header(kind, rid, model), "choices": [choice]})
+                yield sse({**head, "choices": [choice]})
         except APIError as e:
             yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
             return
         if include_usage:
-            yield sse({**header(kind, rid, model), "choices": [], "usage": total_usage(tracked)})
+            yield sse({**head, "choices": [], "usage": total_usage(tracked)})
         yield sse("[DONE]")
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

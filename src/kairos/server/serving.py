@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -229,8 +228,10 @@ def chat_logprobs(out: CompletionOutput, start: int = 0) -> dict | None:
     ]}
 
 
-def sse(obj: dict | str) -> str:
-    return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n"
+def sse(obj: dict | str) -> bytes:
+    """One server-sent event. msgspec encodes the JSON: a streamed token is a chunk, and the
+    stdlib's ``json.dumps`` was a tenth of the API process's time per token."""
+    return b"data: " + (obj.encode() if isinstance(obj, str) else msgspec.json.encode(obj)) + b"\n\n"
 
 
 def header(kind: str, rid: str, model: str) -> dict:
