@@ -13,6 +13,12 @@ from engine_helpers import GREEDY, make_engine, prompts_of, run
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
+@pytest.fixture(autouse=True)
+def _graph_records_in_tmp(tmp_path, monkeypatch):
+    """Capture records go to a test folder, not the user's ~/.cache/kairos/graphs."""
+    monkeypatch.setattr("kairos.engine.core.cache_dir", lambda: tmp_path)
+
+
 def test_greedy_equals_transformers_on_cuda(tiny_model):
     model, path = tiny_model
     prompts = prompts_of([5, 17, 33, 1])

@@ -34,8 +34,9 @@ class ServerMetrics:
         self.generation_tokens.labels(m).inc(len(token_times))
         if token_times:
             self.ttft.labels(m).observe(token_times[0] - arrival)
+            itl = self.itl.labels(m)  # (looked up once: this runs per token)
             for a, b in zip(token_times, token_times[1:]):
-                self.itl.labels(m).observe(b - a)
+                itl.observe(b - a)
             if len(token_times) > 1:
                 self.tpot.labels(m).observe((token_times[-1] - token_times[0]) / (len(token_times) - 1))
         self.e2e.labels(m).observe(end - arrival)
