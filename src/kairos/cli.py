@@ -89,7 +89,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server_cfg = ServerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)})
     from kairos.server.launch import serve
 
-    return asyncio.run(serve(engine_config_from_args(args), server_cfg))
+    try:  # (uvicorn[standard]) a faster event loop: less of the API process per streamed token
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    return run(serve(engine_config_from_args(args), server_cfg))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
