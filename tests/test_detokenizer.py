@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from kairos.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher, decoder
+from kairos.engine.detokenizer import (
+    ByteLevelDetokenizer,
+    IncrementalDetokenizer,
+    StopStringMatcher,
+    byte_table,
+    decoder,
+)
 from kairos.engine.output_processor import OutputProcessor
 from kairos.engine.outputs import SeqOutput
 from kairos.engine.sampling_params import SamplingParams
@@ -93,3 +99,60 @@ def test_several_outputs_of_one_sequence_in_one_call_add_up_in_delta(default_tok
     assert ro.outputs[0].delta == "Hello"
     proc.process([SeqOutput("r", 0, [t]) for t in ids[1:]])
     assert ro.outputs[0].delta == " world, this is" and ro.outputs[0].text == "Hello world, this is"
+
+
+def test_byte_level_text_is_the_decode_of_the_output_ids(default_tokenizer):
+    """Random ids (specials, bytes of characters cut anywhere, an id past the vocabulary): the
+    deltas add up to ``tokenizer.decode`` of the ids; a real text streams with no U+FFFD."""
+    import random
+
+    tok = default_tokenizer
+    table = byte_table(tok)
+    assert table is not None and len(table.ids) == len(tok)
+    rng = random.Random(1)
+    text_ids = tok("héllo wörld — 世界 🙂 ok, naïve café", add_special_tokens=False).input_ids
+    for _ in range(300):
+        cut = rng.randrange(len(text_ids))
+        ids = text_ids[cut:] + [rng.choice([0, 1, 2, len(tok) + 5]) if rng.random() < 0.2 else rng.randrange(len(tok))
+                                for _ in range(rng.randrange(6))]
+        for skip in (True, False):
+            d = ByteLevelDetokenizer(table, skip)
+            deltas = [d.add([t]) for t in ids] + [d.flush()]
+            assert "".join(deltas) == tok.decode(ids, skip_special_tokens=skip)
+    d = ByteLevelDetokenizer(table)
+    deltas = [d.add([t]) for t in text_ids] + [d.flush()]
+    assert "".join(deltas) == "héllo wörld — 世界 🙂 ok, naïve café" and not any("\ufffd" in x for x in deltas)
+
+
+def test_byte_table_only_where_the_tokenizer_decodes_bytes(default_tokenizer):
+    from tokenizers import decoders
+
+    tok = default_tokenizer
+    proc = OutputProcessor(tok)
+    proc.add_request("r", None, [5, 6], SamplingParams())
+    assert isinstance(proc.states["r"][1][0].detok, ByteLevelDetokenizer)
+
+    class Backend:  # the default tokenizer's, with another decoder or another decode
+        def __init__(self, decoder=None, upper=False):
+            self.decoder = decoder or tok.backend_tokenizer.decoder
+            self.upper = upper
+
+        def __getattr__(self, name):
+            return getattr(tok.backend_tokenizer, name)
+
+        def decode(self, ids, skip_special_tokens):
+            text = tok.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+            return text.upper() if self.upper else text
+
+    class Tok:
+        clean_up_tokenization_spaces = False
+
+        def __init__(self, backend):
+            self.backend_tokenizer = backend
+
+    assert byte_table(Tok(Backend())) is not None
+    assert byte_table(Tok(Backend(upper=True))) is None  # its decode is not the bytes: the check sees it
+    assert byte_table(Tok(Backend(decoders.Metaspace()))) is None  # a SentencePiece-style decoder
+    cleans = Tok(Backend())
+    cleans.clean_up_tokenization_spaces = True
+    assert byte_table(cleans) is None

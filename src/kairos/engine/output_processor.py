@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kairos.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher, decoder
+from kairos.engine.detokenizer import (
+    ByteLevelDetokenizer,
+    ByteTable,
+    IncrementalDetokenizer,
+    StopStringMatcher,
+    byte_table,
+    decoder,
+)
 from kairos.engine.outputs import SeqOutput
 from kairos.engine.sampling_params import SamplingParams
 
@@ -49,9 +56,13 @@ class RequestOutput:
 
 
 class _SeqState:
-    def __init__(self, out: CompletionOutput, tokenizer, prompt_ids: list[int], params: SamplingParams):
+    def __init__(self, out: CompletionOutput, tokenizer, table: ByteTable | None, prompt_ids: list[int],
+                 params: SamplingParams):
         self.out = out
-        self.detok = IncrementalDetokenizer(tokenizer, prompt_ids, params.skip_special_tokens) if tokenizer else None
+        if table is not None:
+            self.detok = ByteLevelDetokenizer(table, params.skip_special_tokens)
+        else:
+            self.detok = IncrementalDetokenizer(tokenizer, prompt_ids, params.skip_special_tokens) if tokenizer else None
         self.stops = StopStringMatcher(params.stop, params.include_stop_str_in_output)
 
 
@@ -59,6 +70,7 @@ class OutputProcessor:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self._decode_one = decoder(tokenizer, False) if tokenizer else None
+        self._bytes = byte_table(tokenizer) if tokenizer else None  # (None: not a byte-level tokenizer)
         self.states: dict[str, tuple[RequestOutput, list[_SeqState]]] = {}
 
     def add_request(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams) -> RequestOutput:
@@ -69,7 +81,7 @@ class OutputProcessor:
         for i in range(params.n):
             out = CompletionOutput(i, logprobs=[] if params.logprobs is not None else None)
             ro.outputs.append(out)
-            seqs.append(_SeqState(out, self.tokenizer, prompt_ids, params))
+            seqs.append(_SeqState(out, self.tokenizer, self._bytes, prompt_ids, params))
         self.states[request_id] = (ro, seqs)
         return ro
 
