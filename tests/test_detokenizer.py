@@ -156,3 +156,25 @@ def test_byte_table_only_where_the_tokenizer_decodes_bytes(default_tokenizer):
     cleans = Tok(Backend())
     cleans.clean_up_tokenization_spaces = True
     assert byte_table(cleans) is None
+
+
+def test_added_tokens_decode_by_the_byte_level_rule():
+    """Added tokens go through the ByteLevel decoder too: one made of byte-map characters stands
+    for those bytes ("ĠbarĊ" is " bar\\n", "é" alone is byte E9), any other for its text."""
+    from kairos.loader import load_tokenizer
+    from kairos.loader.default import default_model_path
+
+    tok = load_tokenizer(default_model_path())
+    tok.add_special_tokens({"additional_special_tokens": [f"<x{i}>" for i in range(50)]})
+    tok.add_tokens(["ĠbarĊ", "é", "wörld!", "世界!"])
+    table = byte_table(tok)
+    assert table is not None
+    new = tok.convert_tokens_to_ids(["ĠbarĊ", "é", "wörld!", "世界!", "<x7>"])
+    ids = tok("def f():", add_special_tokens=False).input_ids + new + tok("return 1", add_special_tokens=False).input_ids
+    for skip in (False, True):
+        d = ByteLevelDetokenizer(table, skip)
+        text = "".join(d.add([t]) for t in ids) + d.flush()
+        assert text == tok.decode(ids, skip_special_tokens=skip)
+        assert ("<x7>" in text) != skip
+    # ("wörld!" is all byte-map characters too: ö stands for byte F6, which is not UTF-8 alone)
+    assert text == "def f(): bar\n\ufffdw\ufffdrld!世界!return 1"

@@ -177,6 +177,12 @@ def test_malformed_json_empty_prompt_and_huge_body(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     r = _err(server, None, raw=b"x" * (9 << 20))
     assert r.status_code == 413
+    assert r.json()["error"]["message"] == f"request body of {9 << 20} bytes exceeds the limit of {8 << 20}"
+    chunks = (b"x" * (1 << 20) for _ in range(9))  # no Content-Length: chunked, counted as it is read
+    r = httpx.post(server.url + "/v1/chat/completions", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"] == {"message": f"request body of over {8 << 20} bytes exceeds the limit of {8 << 20}",
+                                 "type": "invalid_request_error", "param": None, "code": None}
     assert server.stats()["kv_blocks_active"] == 0
 
 

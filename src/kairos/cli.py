@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvloop
 
         run = uvloop.run
-    except ImportError:
+    except (ImportError, AttributeError):  # (uvloop.run came in 0.18)
         run = asyncio.run
     return run(serve(engine_config_from_args(args), server_cfg))
 

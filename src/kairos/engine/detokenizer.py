@@ -75,8 +75,8 @@ def _byte_chars() -> dict[str, int]:
 
 def byte_table(tokenizer, checks: int = 64) -> ByteTable | None:
     """The :class:`ByteTable` of ``tokenizer`` when its decode is a byte-level one (its Rust
-    decoder is ``ByteLevel``, no clean-up pass) and agrees with the table on ``checks`` random
-    sequences (special tokens among them); else None (``IncrementalDetokenizer`` serves it)."""
+    decoder is ``ByteLevel``, no clean-up pass) and agrees with the table on every added token
+    alone and on ``checks`` random sequences; else None (``IncrementalDetokenizer`` serves it)."""
     from tokenizers import decoders
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -84,27 +84,38 @@ def byte_table(tokenizer, checks: int = 64) -> ByteTable | None:
             or not isinstance(backend.decoder, decoders.ByteLevel)):
         return None
     chars = _byte_chars()
+
+    def token_bytes(token: str) -> bytes:
+        # the ByteLevel decoder's rule, token by token (added tokens too): its characters' bytes
+        # when every one is in the map, else the token's own text
+        try:
+            return bytes([chars[c] for c in token])
+        except KeyError:
+            return token.encode()
+
     added = backend.get_added_tokens_decoder()
     table: list[bytes | None] = [None] * backend.get_vocab_size(with_added_tokens=True)
     try:
         for token, i in backend.get_vocab(with_added_tokens=False).items():
-            table[i] = bytes([chars[c] for c in token])
+            table[i] = token_bytes(token)
         for i, tok in added.items():
-            table[i] = tok.content.encode()
-    except (KeyError, IndexError):  # a character outside the byte map, an id past the size
+            table[i] = token_bytes(tok.content)
+    except IndexError:  # an id past the size
         return None
     if None in table:  # an id with no token
         return None
     ids: list[bytes] = table  # type: ignore[assignment]
-    table = ByteTable(ids, [b"" if i in added and added[i].special else b for i, b in enumerate(ids)])
+    out = ByteTable(ids, [b"" if i in added and added[i].special else b for i, b in enumerate(ids)])
     rng = random.Random(0)
     specials = sorted(added) or [0]
-    for _ in range(checks):
-        seq = [rng.choice(specials) if rng.random() < 0.1 else rng.randrange(len(ids)) for _ in range(12)]
+    samples = [[i] for i in sorted(added)] + [
+        [rng.choice(specials) if rng.random() < 0.1 else rng.randrange(len(ids)) for _ in range(12)]
+        for _ in range(checks)]
+    for seq in samples:
         for skip in (True, False):
-            if table.decode(seq, skip) != backend.decode(seq, skip_special_tokens=skip):
+            if out.decode(seq, skip) != backend.decode(seq, skip_special_tokens=skip):
                 return None
-    return table
+    return out
 
 
 class ByteLevelDetokenizer:

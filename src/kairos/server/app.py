@@ -41,13 +41,28 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    response = error(413, f"request body of {value.decode()} bytes exceeds the limit of {self.limit}")
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.limit:
+                response = error(413, f"request body of {length.decode()} bytes exceeds the limit of {self.limit}")
+                await response(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def counted():  # a chunked body: counted as it is read (the route's error handler answers)
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise StarletteHTTPException(413, f"request body of over {self.limit} bytes exceeds the limit of {self.limit}")
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerConfig) -> FastAPI:
