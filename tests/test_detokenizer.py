@@ -178,3 +178,24 @@ def test_added_tokens_decode_by_the_byte_level_rule():
         assert ("<x7>" in text) != skip
     # ("wörld!" is all byte-map characters too: ö stands for byte F6, which is not UTF-8 alone)
     assert text == "def f(): bar\n\ufffdw\ufffdrld!世界!return 1"
+
+
+def test_logprob_bytes_are_the_tokens_own_bytes(default_tokenizer):
+    """A token holding part of a character reads as U+FFFD alone; its ``bytes`` (OpenAI's field
+    for rebuilding such text) are its own, so the tokens of "🙂" add up to its UTF-8."""
+    from kairos.engine.outputs import TokenLogprob
+    from kairos.server.serving import chat_logprobs
+
+    tok = default_tokenizer
+    ids = tok("🙂", add_special_tokens=False).input_ids
+    assert len(ids) > 1  # (split across tokens: the case this is for)
+    proc = OutputProcessor(tok)
+    proc.add_request("r", None, [5], SamplingParams(logprobs=1))
+    outs = [SeqOutput("r", 0, [t], logprobs=[TokenLogprob(-0.5, [(t, -0.5)])]) for t in ids]
+    proc.process(outs)
+    lps = proc.states["r"][0].outputs[0].logprobs
+    assert "\ufffd" in lps[0].token
+    assert bytes(b for lp in lps for b in lp.token_bytes) == "🙂".encode()
+    assert [lp.top[0][3] for lp in lps] == [lp.token_bytes for lp in lps]
+    content = chat_logprobs(proc.states["r"][0].outputs[0])["content"]
+    assert bytes(b for c in content for b in c["bytes"]) == "🙂".encode()

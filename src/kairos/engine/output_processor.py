@@ -25,7 +25,8 @@ class Logprob:
     token_id: int
     token: str
     logprob: float
-    top: list[tuple[int, str, float]]  # (token id, token text, logprob), best first
+    top: list[tuple[int, str, float, list[int]]]  # (token id, token text, logprob, token bytes), best first
+    token_bytes: list[int]  # the token's own bytes (its text alone is U+FFFD when it holds part of a character)
 
 
 @dataclass
@@ -117,7 +118,8 @@ class OutputProcessor:
         if out.logprobs is not None and so.logprobs:
             for tok, lp in zip(so.new_token_ids, so.logprobs):
                 out.logprobs.append(Logprob(tok, self._tok_str(tok), lp.logprob,
-                                            [(t, self._tok_str(t), v) for t, v in lp.top]))
+                                            [(t, self._tok_str(t), v, self._tok_bytes(t)) for t, v in lp.top],
+                                            self._tok_bytes(tok)))
         if st.detok is None:
             if so.finished:
                 out.finish_reason, out.stop_reason = so.finish_reason, so.stop_reason
@@ -137,6 +139,10 @@ class OutputProcessor:
 
     def _tok_str(self, token_id: int) -> str:
         return self._decode_one([token_id]) if self.tokenizer else str(token_id)
+
+    def _tok_bytes(self, token_id: int) -> list[int]:
+        table = self._bytes.ids if self._bytes is not None else ()
+        return list(table[token_id]) if token_id < len(table) else list(self._tok_str(token_id).encode())
 
     def abort(self, request_id: str) -> None:
         self.states.pop(request_id, None)

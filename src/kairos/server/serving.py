@@ -213,7 +213,7 @@ def completion_logprobs(out: CompletionOutput, start: int = 0) -> dict | None:
     return {
         "tokens": [lp.token for lp in lps],
         "token_logprobs": [lp.logprob for lp in lps],
-        "top_logprobs": [{t: v for _, t, v in lp.top} for lp in lps],
+        "top_logprobs": [{t: v for _, t, v, _ in lp.top} for lp in lps],
         "text_offset": [],
     }
 
@@ -222,8 +222,8 @@ def chat_logprobs(out: CompletionOutput, start: int = 0) -> dict | None:
     if out.logprobs is None:
         return None
     return {"content": [
-        {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.token.encode()),
-         "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for _, t, v in lp.top]}
+        {"token": lp.token, "logprob": lp.logprob, "bytes": lp.token_bytes,
+         "top_logprobs": [{"token": t, "logprob": v, "bytes": b} for _, t, v, b in lp.top]}
         for lp in out.logprobs[start:]
     ]}
 
