@@ -182,3 +182,30 @@ def test_blocks_for_forks_are_held_from_later_allocations_of_the_same_step(tiny_
     assert [o.token_ids for o in a.outputs] == [ref, ref]
     assert b.outputs[0].token_ids == hf_greedy(model, [10], 2)
     assert_pool_whole(llm.engine)
+
+
+def test_reclaimable_blocks_as_the_definition_with_running_and_finished_sequences():
+    """``can_allocate`` counts unlocked leaves from the eviction heap first, then walks; either
+    way its answer is the definition's: free blocks + unlocked cached blocks held by the tree alone."""
+    import random
+
+    from kairos.engine.kv_cache import PrefixCachingKVManager
+
+    rng = random.Random(0)
+    kv = PrefixCachingKVManager(40, 2)
+    running: list[int] = []
+    for sid in range(400):
+        if running and rng.random() < 0.45:  # a sequence ends (its full blocks stay cached)
+            kv.free(running.pop(rng.randrange(len(running))))
+        toks = [rng.randrange(3) for _ in range(2 * rng.randrange(1, 6))]  # few symbols: shared prefixes
+        free_then = kv.pool.num_free
+        reclaimable = sum(1 for n in kv.tree.nodes() if n.lock_ref == 0 and kv.pool.ref_counts[n.block] == 1)
+        for k in range(1, 8):
+            assert kv._reclaimable(k) == (reclaimable >= k), (sid, k)
+        if kv.can_allocate(sid, len(toks)):
+            assert kv.blocks_needed(sid, len(toks)) <= free_then + reclaimable
+            kv.allocate(sid, len(toks))
+            kv.cache(sid, toks, len(toks))
+            running.append(sid)
+        else:
+            assert kv.blocks_needed(sid, len(toks)) > free_then + reclaimable

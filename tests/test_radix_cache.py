@@ -87,6 +87,8 @@ def test_random_operations_evict_as_the_definition_and_count_unlocked_nodes():
             assert t.evict(n) == expected, step
         assert t.num_unlocked == sum(1 for x in t.nodes() if x.lock_ref == 0)
         assert t.num_cached_blocks == sum(1 for _ in t.nodes())
+        leaves = list(t.unlocked_leaves())  # (from the heap: each unlocked leaf once, no other node)
+        assert sorted(x.block for x in leaves) == sorted(x.block for x in t.nodes() if not x.children and x.lock_ref == 0)
     for node in locks:
         t.unlock(node)
     expected = reference_evict(t, 10_000)

@@ -126,6 +126,16 @@ class RadixCache:
                 self._offer(parent)
         return evicted
 
+    def unlocked_leaves(self):
+        """Each unlocked leaf once, from the eviction candidates (no walk of the tree): the
+        blocks :meth:`evict` would drop first."""
+        seen: set[Node] = set()
+        for access, _, node in self._leaves:
+            if node.parent is None or node.children or node.lock_ref or node.last_access != access or node in seen:
+                continue  # (stale, as in evict)
+            seen.add(node)
+            yield node
+
     def _offer(self, node: Node) -> None:
         if not node.children and node.lock_ref == 0:
             heapq.heappush(self._leaves, (node.last_access, next(self._pushes), node))
