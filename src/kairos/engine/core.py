@@ -156,7 +156,6 @@ class EngineCore:
         out = []
         for i, seq in enumerate(seqs):
             if seq is not None:
-                _drop_placeholders(seq)
                 self.scheduler.finish(seq)
             out.append(SeqOutput(request_id, i, [], finish_reason="abort"))
         return out
@@ -174,8 +173,10 @@ class EngineCore:
         """Whether :meth:`launch` may queue the next step before the one in flight finishes
         (async scheduling): it is on, one step is in flight, and no request needs the host to
         know its last token to sample the next (penalties count the tokens on the host)."""
+        sch = self.scheduler
         return (self.config.scheduler.async_scheduling and len(self._in_flight) == 1 and bool(self.requests)
-                and not any(s.params.has_penalties for s in self.scheduler.running + self.scheduler.waiting))
+                and not any(s.params.has_penalties for s in sch.running)
+                and not any(s.params.has_penalties for s in sch.waiting))
 
     # -- the step ----------------------------------------------------------------------------
     def step(self) -> list[SeqOutput]:
@@ -230,6 +231,12 @@ class EngineCore:
             flight.done = d2h([logits[:0]])
         return flight
 
+    def advance(self, flight: StepInFlight) -> tuple[list[SeqOutput], StepInFlight | None]:
+        """Finish ``flight``, launching the next step first when it may go ahead (async
+        scheduling). Returns the outputs and the step now in flight, if any."""
+        ahead = self.launch() if self.can_launch_ahead() else None
+        return self.finish(flight), ahead
+
     def discard_in_flight(self) -> list[SeqOutput]:
         """Forget launched steps without applying them (after an error): the requests they ran
         are aborted (their sequences' tokens and computed counts are past what is known)."""
@@ -265,10 +272,10 @@ class EngineCore:
         return outputs
 
     def _apply_token(self, seq: Sequence, tok: int, lp, now: float) -> SeqOutput:
-        seq.token_ids[len(seq.token_ids) - seq.num_pending] = tok  # its oldest placeholder
+        index = seq.num_known  # its oldest placeholder
+        seq.token_ids[index] = tok
         seq.num_pending -= 1
-        if seq.cache_deferred:
-            self.scheduler.cache_known(seq)
+        self.scheduler.cache_resolved(seq, index)
         if seq.first_token_time is None:
             seq.first_token_time = now
             if seq.predicted is not None and seq.slo.ttft_ms is not None:  # (a request without one may wait by design)
@@ -330,13 +337,12 @@ class EngineCore:
             return "stop", tok
         if not p.ignore_eos and tok in self.eos_token_ids:
             return "stop", None
-        known = len(seq.token_ids) - seq.num_pending  # (a placeholder after it: its next step is in flight)
+        known = seq.num_known  # (a placeholder after it: its next step is in flight)
         if known - seq.num_prompt_tokens >= p.max_tokens or known >= self.max_model_len:
             return "length", None
         return None, None
 
     def _finish(self, seq: Sequence) -> None:
-        _drop_placeholders(seq)
         self.scheduler.finish(seq)
         seqs = self.requests.get(seq.request_id)
         if seqs is not None and all(s is not None and s.status is SeqStatus.FINISHED for s in seqs):
@@ -360,9 +366,3 @@ class EngineCore:
             **self.counters,
         }
 
-
-def _drop_placeholders(seq: Sequence) -> None:
-    """An ended sequence keeps only known tokens (its steps still in flight are dropped)."""
-    if seq.num_pending:
-        del seq.token_ids[len(seq.token_ids) - seq.num_pending :]
-        seq.num_pending = 0

@@ -111,8 +111,7 @@ class LLM:
                 # applied; otherwise it is queued after N is applied and before N's outputs are
                 # detokenized. Either way, on a GPU the host's work overlaps the device's. A stop
                 # string found in N ends its sequence before N+1 is applied (its token is dropped).
-                ahead = engine.launch() if engine.can_launch_ahead() else None
-                outputs = engine.finish(flight)
+                outputs, ahead = engine.advance(flight)
                 if ahead is None and engine.has_unfinished():
                     ahead = engine.launch()
                 updated, stopped = self.processor.process(outputs)

@@ -136,7 +136,7 @@ class ModelRunner:
             seq, n, table = s.seq, s.num_new_tokens, s.block_table
             start = seq.num_computed
             q0 = len(ids)
-            if seq.num_pending and start + n > len(seq.token_ids) - seq.num_pending:
+            if seq.num_pending and start + n > seq.num_known:
                 # (only the last token can be one: the step that samples it is the one in flight)
                 fill.append((q0 + n - 1, prev_rows[seq.seq_id]))
             if n == 1:  # decode (most rows of most steps): no ranges, no generators

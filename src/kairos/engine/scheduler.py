@@ -235,7 +235,6 @@ class Scheduler:
         self.running.remove(seq)
         self.kv.free(seq.seq_id)
         seq.num_computed = 0
-        seq.cache_deferred = False  # (its blocks are gone)
         seq.num_preemptions += 1
         seq.status = SeqStatus.WAITING
         self.waiting.append(seq)
@@ -264,19 +263,17 @@ class Scheduler:
             seq.num_computed += s.num_new_tokens
             if seq.num_computed // bs > before // bs:
                 # a block holding a placeholder is keyed by a token not known yet: it is cached
-                # when its step finishes (``cache_known``)
-                known = min(seq.num_computed, len(seq.token_ids) - seq.num_pending)
+                # when its step finishes (``cache_resolved``)
+                known = min(seq.num_computed, seq.num_known)
                 if known // bs > before // bs:
                     self.kv.cache(seq.seq_id, seq.token_ids, known)
-                seq.cache_deferred |= known // bs < seq.num_computed // bs
 
-    def cache_known(self, seq: Sequence) -> None:
-        """Offer a running sequence's blocks whose caching waited for a placeholder to be known."""
+    def cache_resolved(self, seq: Sequence, index: int) -> None:
+        """``token_ids[index]`` was a placeholder and is known now: when it was the last token of
+        a block already computed, :meth:`update` left that block out of the cache; offer it."""
         bs = self.kv.block_size
-        known = min(seq.num_computed, len(seq.token_ids) - seq.num_pending)
-        if seq.cache_deferred and seq.status is SeqStatus.RUNNING and known // bs == seq.num_computed // bs:
-            self.kv.cache(seq.seq_id, seq.token_ids, known)
-            seq.cache_deferred = False
+        if (index + 1) % bs == 0 and seq.num_computed > index:  # (0 after a preemption: no blocks)
+            self.kv.cache(seq.seq_id, seq.token_ids, min(seq.num_computed, seq.num_known))
 
     def add_running(self, seq: Sequence, after: Sequence) -> None:
         """Insert a forked sibling right after its parent in the running order."""
@@ -289,5 +286,6 @@ class Scheduler:
         elif seq.status is SeqStatus.WAITING:
             self.waiting.remove(seq)
         seq.status = SeqStatus.FINISHED
+        seq.drop_placeholders()
         self.kv.free(seq.seq_id)
 

@@ -39,7 +39,6 @@ class Sequence:
         self.num_prompt_tokens = len(prompt_token_ids)
         self.num_computed = 0
         self.num_pending = 0  # trailing PLACEHOLDERs
-        self.cache_deferred = False  # a full block held a placeholder when it was computed: cache it once known
         self.params = params
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
         self.status = SeqStatus.WAITING
@@ -64,6 +63,17 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_known(self) -> int:
+        """Tokens whose ids are known (all but the trailing placeholders)."""
+        return len(self.token_ids) - self.num_pending
+
+    def drop_placeholders(self) -> None:
+        """Keep only known tokens (an ended sequence: the tokens of its steps in flight are dropped)."""
+        if self.num_pending:
+            del self.token_ids[self.num_known :]
+            self.num_pending = 0
 
     @property
     def all_sampled(self) -> bool:

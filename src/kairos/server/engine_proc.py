@@ -93,9 +93,7 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                 flight = engine.launch()
             outputs = []
             if flight is not None:
-                ahead = engine.launch() if engine.can_launch_ahead() else None
-                outputs = engine.finish(flight)
-                flight = ahead
+                outputs, flight = engine.advance(flight)
             if outputs or aborted:
                 # stats are gauges: refresh them a few times a second, and whenever the engine goes idle
                 now = time.monotonic()
