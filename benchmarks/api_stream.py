@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from server_helpers import ServerProcess  # noqa: E402
 
 
-def tiny_model(directory: Path) -> Path:
+def tiny_model(directory: Path, tokenizer: str = "default") -> Path:
     import torch
     import transformers as tf
 
     from kairos.loader import load_tokenizer
-    from kairos.loader.default import default_model_path
+    from kairos.loader.default import resolve_model_path
 
-    tok = load_tokenizer(default_model_path())
+    tok = load_tokenizer(resolve_model_path(tokenizer))
     torch.manual_seed(0)
     cfg = tf.LlamaConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
@@ -78,9 +78,10 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--tokenizer", default="default", help="where the tokenizer comes from (a model path)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        model = tiny_model(Path(d))
+        model = tiny_model(Path(d), args.tokenizer)
         server = ServerProcess("--model", str(model), "--max-num-seqs", str(args.streams), "--max-num-batched-tokens",
                                "16384", "--num-blocks", str(args.streams * 16 + 64))
         url = server.url

@@ -61,9 +61,10 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=100)
     ap.add_argument("--device-ms", default="0,2,5,10")
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--tokenizer", default="default", help="where the tokenizer comes from (a model path)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        path = tiny_model(Path(d))
+        path = tiny_model(Path(d), args.tokenizer)
         print(f"{'batch':>5} {'device ms':>9} {'sync tok/s':>11} {'async tok/s':>11} {'async/sync':>10}", flush=True)
         for b in map(int, args.batch.split(",")):
             for ms in map(float, args.device_ms.split(",")):

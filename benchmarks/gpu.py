@@ -2,13 +2,19 @@
 vs Hugging Face generate, start-up with and without CUDA graphs (and their record), the Triton
 decode attention with and without split contexts.
 
-    python benchmarks/gpu.py [--model default] [--num-prompts 256] [--hf-batch 16]
-                             [--parts startup,decode,attention,offline]
+    python benchmarks/gpu.py [--model default] [--load-format auto] [--num-prompts 256] [--hf-batch 16]
+                             [--parts startup,decode,attention,offline] [--lens 100,1024] [--out res.json]
+
+On a machine that cannot take the weight file (the lent GPU machines: nothing reaches a model
+hub, 64 MiB travel per call), ``--model DIR --load-format dummy`` with DIR from
+``benchmarks/gpu_kit.py``: the default model's config and tokenizer, random weights of its
+shapes (the same work per step; outputs meaningless, EOS ignored anyway). See
+benchmarks/gpu_session.sh.
 
 - roofline: the model's weight bytes (all parameters, read once per decode step) over the HBM
   bandwidth measured here (a 1 GiB device-to-device copy, read + write);
 - batch-1 decode: median step after a 128-token prompt, 128 tokens, CUDA graphs on and off;
-- offline: --num-prompts prompts of random token ids, 100-1024 in and 100-1024 out (EOS
+- offline: --num-prompts prompts of random token ids, 100-1024 in and 100-1024 out (--lens; EOS
   ignored), Kairos LLM.generate (async scheduling, then synchronous steps) vs transformers
   generate in batches of --hf-batch (left padding; only the requested tokens count);
 - start-up: a fresh process from launch to a ready engine: graphs off; graphs on without a
@@ -16,7 +22,9 @@ decode attention with and without split contexts.
   graphs on with the record the previous start left (checks skipped);
 - attention: one decode-attention call (bf16, SmolLM2's 9/3 heads of 64, 16-token blocks) at
   batch 1, 8, 64 and contexts of 512 and 4096 tokens, one split per context vs the default.
-Needs a CUDA device; exits with a message without one.
+Needs a CUDA device; exits with a message without one. ``--device cpu`` runs the same code on
+the CPU (no attention part, no graphs): a check that the script works before GPU time is spent
+on it, not a figure.
 """
 
 from __future__ import annotations
@@ -30,41 +38,61 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 
-def release() -> None:
-    """Give a deleted engine's GPU memory back (its KV cache takes most of the device): the
-    LLM froze the heap at start-up (engine.heap), so collect with it unfrozen first."""
+@dataclass(frozen=True)
+class Setup:
+    model: str
+    load_format: str
+    device: str
+
+    def llm(self, **kw):
+        from kairos import LLM
+
+        return LLM(self.model, device=self.device, load_format=self.load_format, **kw)
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
+def release(s: Setup) -> None:
+    """Give a deleted engine's memory back (its KV cache takes most of the device): the LLM froze
+    the heap at start-up (engine.heap), so collect with it unfrozen first."""
     gc.unfreeze()
     gc.collect()
-    torch.cuda.empty_cache()
+    if s.device == "cuda":
+        torch.cuda.empty_cache()
 
 
-def hbm_bandwidth() -> float:
-    """Bytes per second of a device-to-device copy (each byte read once and written once)."""
-    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")  # 1 GiB
+def mem_bandwidth(s: Setup) -> float:
+    """Bytes per second of a copy on the device (each byte read once and written once)."""
+    src = torch.empty(1 << 28 if s.device == "cuda" else 1 << 24, dtype=torch.float32, device=s.device)
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
-    torch.cuda.synchronize()
+    s.sync()
     t0 = time.perf_counter()
     for _ in range(10):
         dst.copy_(src)
-    torch.cuda.synchronize()
+    s.sync()
     return 2 * src.numel() * 4 * 10 / (time.perf_counter() - t0)
 
 
-def decode_step_ms(model: str, graphs: bool) -> tuple[float, int]:
+def decode_step_ms(s: Setup, graphs: bool) -> tuple[float, int]:
     """(median decode step in ms at batch 1, weight bytes)."""
-    from kairos import LLM, SamplingParams
+    from kairos import SamplingParams
     from kairos.engine.outputs import EngineRequest
 
-    llm = LLM(model, device="cuda", cuda_graphs=graphs, max_num_seqs=64)
+    llm = s.llm(cuda_graphs=graphs, max_num_seqs=64)
     eng = llm.engine
     weights = sum(p.numel() * p.element_size() for p in eng.runner.model.parameters())
-    prompt = [random.Random(0).randrange(100, 10_000) for _ in range(128)]
+    rng = random.Random(0)
+    prompt = [rng.randrange(min(100, eng.arch.vocab_size // 2), min(10_000, eng.arch.vocab_size)) for _ in range(128)]
     times = []
     for r in range(2):  # the first run warms up
         eng.add_request(EngineRequest(f"d{r}", prompt, SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)))
@@ -75,20 +103,32 @@ def decode_step_ms(model: str, graphs: bool) -> tuple[float, int]:
             if r:
                 times.append(time.perf_counter() - t0)
     del llm, eng
-    release()
+    release(s)
     return statistics.median(times) * 1e3, weights
 
 
-def offline(model: str, n: int, hf_batch: int) -> dict[str, float]:
-    from kairos import LLM, SamplingParams
+def hf_model(s: Setup, path: Path):
+    """The transformers model of ``path`` in bfloat16 on the device; random weights with dummy."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = {"gguf_file": path.name} if path.is_file() else {}
+    where = str(path.parent if path.is_file() else path)
+    if s.load_format == "dummy":
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(where, **kw), dtype=torch.bfloat16)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.bfloat16, **kw)
+    return model.to(s.device).eval()
+
+
+def offline(s: Setup, n: int, hf_batch: int, lo: int, hi: int) -> dict[str, float]:
+    from kairos import SamplingParams
 
     rng = random.Random(0)
-    lens = [(rng.randint(100, 1024), rng.randint(100, 1024)) for _ in range(n)]
+    lens = [(rng.randint(lo, hi), rng.randint(lo, hi)) for _ in range(n)]
     prompts = params = None
     res: dict[str, float] = {}
     for on in (True, False):  # async scheduling (the default on GPUs), then synchronous steps
-        llm = LLM(model, device="cuda", max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=2048,
-                  async_scheduling=on)
+        llm = s.llm(max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=2 * hi, async_scheduling=on)
         if prompts is None:
             vocab = llm.engine.arch.vocab_size
             prompts = [[rng.randrange(100, vocab - 100) for _ in range(i)] for i, _ in lens]
@@ -98,39 +138,39 @@ def offline(model: str, n: int, hf_batch: int) -> dict[str, float]:
         outs = llm.generate(prompts, params)
         k_s = time.perf_counter() - t0
         k_tok = sum(len(o.outputs[0].token_ids) for o in outs)
+        assert k_tok == sum(o for _, o in lens), "every request runs to its max_tokens (EOS ignored)"
         res["kairos_tok_s" if on else "kairos_sync_tok_s"] = k_tok / k_s
         res["kairos_s" if on else "kairos_sync_s"] = k_s
         path = llm.engine.model_path
         del llm, outs
-        release()
+        release(s)
 
-    from transformers import AutoModelForCausalLM
-
-    kw = {"gguf_file": path.name} if path.is_file() else {}
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent if path.is_file() else path), dtype=torch.bfloat16,
-                                              **kw).cuda().eval()
+    hf = hf_model(s, path)
     order = sorted(range(n), key=lambda i: lens[i][0])
     t0 = time.perf_counter()
     hf_tok = 0
     with torch.inference_mode():
-        for s in range(0, n, hf_batch):
-            idx = order[s : s + hf_batch]
+        for b in range(0, n, hf_batch):
+            idx = order[b : b + hf_batch]
             width = max(lens[i][0] for i in idx)
-            ids = torch.tensor([[0] * (width - lens[i][0]) + prompts[i] for i in idx], device="cuda")
-            mask = torch.tensor([[0] * (width - lens[i][0]) + [1] * lens[i][0] for i in idx], device="cuda")
+            ids = torch.tensor([[0] * (width - lens[i][0]) + prompts[i] for i in idx], device=s.device)
+            mask = torch.tensor([[0] * (width - lens[i][0]) + [1] * lens[i][0] for i in idx], device=s.device)
             new = max(lens[i][1] for i in idx)
             hf.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                         eos_token_id=None, pad_token_id=0)
             hf_tok += sum(lens[i][1] for i in idx)  # what was asked for; the rest is padding work
-    torch.cuda.synchronize()
+    s.sync()
     h_s = time.perf_counter() - t0
+    del hf
+    release(s)
     return {**res, "hf_tok_s": hf_tok / h_s, "hf_s": h_s}
 
 
-def startup_s(model: str, graphs: bool) -> tuple[float, float]:
+def startup_s(s: Setup, graphs: bool) -> tuple[float, float]:
     """(seconds from launch to a ready engine, of which capturing graphs)."""
     code = ("import time; t0 = time.perf_counter(); from kairos import LLM; "
-            f"g = LLM({model!r}, device='cuda', cuda_graphs={graphs}).engine.runner.graphs; "
+            f"g = LLM({s.model!r}, device={s.device!r}, load_format={s.load_format!r}, "
+            f"cuda_graphs={graphs}).engine.runner.graphs; "
             "print(time.perf_counter() - t0, g.seconds if g else 0.0)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     total, capture = map(float, out.split()[-2:])
@@ -156,53 +196,71 @@ def attention_us(batch: int, ctx: int, splits: int | None) -> float:
     return (time.perf_counter() - t0) / 50 * 1e6
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--num-prompts", type=int, default=256)
-    ap.add_argument("--hf-batch", type=int, default=16)
-    ap.add_argument("--parts", default="startup,decode,attention,offline")
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks/gpu.py needs a CUDA device")
-    parts = set(args.parts.split(","))
-    res: dict[str, object] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+def measure(s: Setup, parts: set[str], num_prompts: int, hf_batch: int, lens: tuple[int, int]) -> dict[str, object]:
+    name = torch.cuda.get_device_name() if s.device == "cuda" else "cpu"
+    res: dict[str, object] = {"device": name, "torch": torch.__version__, "load_format": s.load_format}
     if "startup" in parts:
         from kairos.loader.tokenizer import cache_dir
 
-        startup_s(args.model, False)  # converts the GGUF into the cache once: not part of any start below
-        res["startup_eager_s"] = startup_s(args.model, False)[0]
+        startup_s(s, False)  # converts a GGUF into the cache once: not part of any start below
+        res["startup_eager_s"] = startup_s(s, False)[0]
         shutil.rmtree(cache_dir() / "graphs", ignore_errors=True)
-        res["startup_graphs_s"], res["capture_checked_s"] = startup_s(args.model, True)
-        res["startup_graphs_record_s"], res["capture_record_s"] = startup_s(args.model, True)
+        res["startup_graphs_s"], res["capture_checked_s"] = startup_s(s, True)
+        res["startup_graphs_record_s"], res["capture_record_s"] = startup_s(s, True)
     if "decode" in parts:
-        bw = hbm_bandwidth()
-        g, weights = decode_step_ms(args.model, True)
-        e, _ = decode_step_ms(args.model, False)
+        bw = mem_bandwidth(s)
+        g, weights = decode_step_ms(s, True)
+        e, _ = decode_step_ms(s, False)
         res.update(hbm_gb_s=bw / 1e9, weight_mb=weights / 1e6, roofline_ms=weights / bw * 1e3,
                    step_graphs_ms=g, step_eager_ms=e)
     if "attention" in parts:
         res["attention_us"] = {f"b{b}_ctx{c}": {"one_split": attention_us(b, c, 1), "default": attention_us(b, c, None)}
                                for b in (1, 8, 64) for c in (512, 4096)}
     if "offline" in parts:
-        res.update(offline(args.model, args.num_prompts, args.hf_batch))
-    print(json.dumps(res, indent=1))
-    if "decode" in parts:
+        res.update(offline(s, num_prompts, hf_batch, *lens))
+    return res
+
+
+def report(res: dict[str, object]) -> None:
+    if "step_graphs_ms" in res:
         print(f"batch-1 step: {res['step_graphs_ms']:.2f} ms with graphs, {res['step_eager_ms']:.2f} eager; "
               f"roofline {res['roofline_ms']:.3f} ms ({res['weight_mb']:.0f} MB at {res['hbm_gb_s']:.0f} GB/s): "
               f"{res['roofline_ms'] / res['step_graphs_ms']:.1%} of it")
-    if "startup" in parts:
+    if "startup_eager_s" in res:
         print(f"start-up: {res['startup_eager_s']:.1f} s eager; graphs {res['startup_graphs_s']:.1f} s "
               f"(capture {res['capture_checked_s']:.1f} s), with the record {res['startup_graphs_record_s']:.1f} s "
               f"(capture {res['capture_record_s']:.1f} s)")
-    if "attention" in parts:
-        for name, t in res["attention_us"].items():
-            print(f"attention {name}: {t['one_split']:.1f} us one split, {t['default']:.1f} us split "
-                  f"({t['one_split'] / t['default']:.2f}x)")
-    if "offline" in parts:
+    for name, t in res.get("attention_us", {}).items():
+        print(f"attention {name}: {t['one_split']:.1f} us one split, {t['default']:.1f} us split "
+              f"({t['one_split'] / t['default']:.2f}x)")
+    if "kairos_tok_s" in res:
         print(f"offline: Kairos {res['kairos_tok_s']:.0f} tok/s vs HF {res['hf_tok_s']:.0f} tok/s "
               f"({res['kairos_tok_s'] / res['hf_tok_s']:.2f}x); synchronous steps {res['kairos_sync_tok_s']:.0f} tok/s "
               f"(async/sync {res['kairos_tok_s'] / res['kairos_sync_tok_s']:.2f}x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--load-format", default="auto", choices=("auto", "dummy"))
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--num-prompts", type=int, default=256)
+    ap.add_argument("--hf-batch", type=int, default=16)
+    ap.add_argument("--lens", default="100,1024", help="lo,hi: prompt and output lengths drawn in [lo, hi]")
+    ap.add_argument("--parts", default="startup,decode,attention,offline")
+    ap.add_argument("--out", help="also write the results here as JSON")
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("benchmarks/gpu.py needs a CUDA device (--device cpu checks the script on the CPU)")
+    parts = set(args.parts.split(","))
+    if args.device == "cpu":
+        parts.discard("attention")  # Triton's interpreter: no figure worth its minutes
+    lo, hi = map(int, args.lens.split(","))
+    res = measure(Setup(args.model, args.load_format, args.device), parts, args.num_prompts, args.hf_batch, (lo, hi))
+    print(json.dumps(res, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    report(res)
 
 
 if __name__ == "__main__":

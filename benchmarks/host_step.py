@@ -24,19 +24,19 @@ import time
 from pathlib import Path
 
 
-def tiny_model(directory: Path) -> Path:
+def tiny_model(directory: Path, tokenizer: str = "default") -> Path:
     import torch
     import transformers as tf
 
     from kairos.loader import load_tokenizer
-    from kairos.loader.default import default_model_path
+    from kairos.loader.default import resolve_model_path
 
     torch.manual_seed(0)
     cfg = tf.LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
                          tie_word_embeddings=True)
     tf.LlamaForCausalLM(cfg).save_pretrained(directory)
-    load_tokenizer(default_model_path()).save_pretrained(directory)  # ids < 512 are bytes and merges
+    load_tokenizer(resolve_model_path(tokenizer)).save_pretrained(directory)  # ids < 512 are bytes and merges
     return directory
 
 
@@ -98,10 +98,11 @@ def main() -> None:
     ap.add_argument("--prompt-len", default="100,1000")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--heap", default="frozen,walked")
+    ap.add_argument("--tokenizer", default="default", help="where the tokenizer comes from (a model path)")
     args = ap.parse_args()
     cols = ("loop", "step", "execute", "sample", "rest", "outputs", "p50_ms", "max_ms")
     with tempfile.TemporaryDirectory() as d:
-        path = tiny_model(Path(d))
+        path = tiny_model(Path(d), args.tokenizer)
         print(f"{'batch':>5} {'prompt':>6} {'heap':>8} " + " ".join(f"{c:>8}" for c in cols), flush=True)
         for b in map(int, args.batch.split(",")):
             for n in map(int, args.prompt_len.split(",")):

@@ -30,7 +30,8 @@ def start(path, directory, capture=eager_capture, calls=None):
             calls.append("capture")
         return capture(fn)
 
-    enable_decode_graphs(engine.runner, capture_sizes(8), engine.max_model_len, counted, 60, path, directory)
+    enable_decode_graphs(engine.runner, capture_sizes(8), engine.max_model_len, counted, 60, model_key(path),
+                         directory)
     return engine
 
 
@@ -80,8 +81,9 @@ def test_the_key_follows_the_stack(tiny_llama, tmp_path):
     others = {stack_key(model_key(path), cpu_dev, torch.bfloat16, [1, 2, 4], 64, 16),
               stack_key(model_key(path), cpu_dev, torch.float32, [1, 2, 4, 8], 64, 16),
               stack_key(model_key(path), cpu_dev, torch.float32, [1, 2, 4], 128, 16),
-              stack_key(model_key(path), cpu_dev, torch.float32, [1, 2, 4], 64, 8)}
-    assert base not in others and len(others) == 4
+              stack_key(model_key(path), cpu_dev, torch.float32, [1, 2, 4], 64, 8),
+              stack_key(model_key(path, "dummy"), cpu_dev, torch.float32, [1, 2, 4], 64, 16)}
+    assert base not in others and len(others) == 5
     weights = next(f for f in sorted(path.iterdir()) if f.suffix == ".safetensors")
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # new weights, same name

@@ -15,6 +15,8 @@ from kairos.engine.output_processor import OutputProcessor
 from kairos.engine.outputs import SeqOutput
 from kairos.engine.sampling_params import SamplingParams
 
+from conftest import needs_default_model
+
 
 def stream(tok, text: str) -> list[str]:
     ids = tok(text, add_special_tokens=False).input_ids
@@ -158,6 +160,7 @@ def test_byte_table_only_where_the_tokenizer_decodes_bytes(default_tokenizer):
     assert byte_table(cleans) is None
 
 
+@needs_default_model
 def test_added_tokens_decode_by_the_byte_level_rule():
     """Added tokens go through the ByteLevel decoder too: one made of byte-map characters stands
     for those bytes ("ĠbarĊ" is " bar\\n", "é" alone is byte E9), any other for its text."""

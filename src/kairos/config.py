@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICES = ("auto", "cpu", "cuda")
 _ACTIVATION_QUANT = ("none", "int8")
+_LOAD_FORMATS = ("auto", "dummy")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 
 
@@ -39,6 +40,7 @@ class ModelConfig:
     cpu_kernels: bool = field(default=True, metadata={"help": "on x86 CPUs in float32, use Kairos' C kernels: decode attention over the paged cache, and matmuls straight from a GGUF's Q4_1/Q8_0 blocks (no float32 copy of them)"})
     cuda_graphs: bool = field(default=True, metadata={"help": "on GPUs, replay decode steps from CUDA graphs captured at start-up at padded batch sizes up to max_num_seqs (needs Triton)"})
     activation_quant: str = field(default="none", metadata={"help": "none, or int8: the decoder layers' matmuls of up to 8 rows (decode steps) over GGUF blocks quantize their inputs to int8 per 32 values, as llama.cpp does (faster batch-1 decode on CPUs; outputs no longer equal a float32 model's)"})
+    load_format: str = field(default="auto", metadata={"help": "auto: the weights in the model path; dummy: random weights of the model's shapes, seeded by --seed, read from its config alone (a directory with config.json and no weights will do): for benchmarks where the weight files are not at hand, as vLLM's --load-format dummy; outputs are meaningless"})
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -51,6 +53,10 @@ class ModelConfig:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if self.activation_quant not in _ACTIVATION_QUANT:
             raise ValueError(f"activation_quant must be one of {_ACTIVATION_QUANT}, got {self.activation_quant!r}")
+        if self.load_format not in _LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {_LOAD_FORMATS}, got {self.load_format!r}")
+        if self.activation_quant != "none" and self.load_format == "dummy":
+            raise ValueError("activation_quant needs a GGUF's quantized blocks, which load_format='dummy' does not read")
         if self.activation_quant != "none" and not self.cpu_kernels:
             raise ValueError("activation_quant needs cpu_kernels (it is a mode of Kairos' CPU kernels)")
 

@@ -44,13 +44,16 @@ def _sources_digest() -> str:
     return h.hexdigest()
 
 
-def model_key(path: Path) -> str:
-    """A model file's cache key, or for a directory the keys of the files in it."""
+def model_key(path: Path, load_format: str = "auto") -> str:
+    """A model file's cache key, or for a directory the keys of the files in it; dummy weights
+    apart (a replay checked against near-zero weights says little of the real ones)."""
     from kairos.loader.tokenizer import file_key
 
     if path.is_file():
-        return file_key(path)
-    return hashlib.sha256("".join(file_key(f) for f in sorted(path.iterdir()) if f.is_file()).encode()).hexdigest()
+        key = file_key(path)
+    else:
+        key = hashlib.sha256("".join(file_key(f) for f in sorted(path.iterdir()) if f.is_file()).encode()).hexdigest()
+    return key if load_format == "auto" else f"{key}:{load_format}"
 
 
 def stack_key(model: str, device: torch.device, dtype: torch.dtype, sizes: list[int], max_blocks: int,
@@ -90,11 +93,12 @@ def save(directory: Path, key: str, record: CaptureRecord) -> None:
 
 
 def enable_decode_graphs(runner, sizes: list[int], max_model_len: int, capture, budget_s: float,
-                         model_path: Path, directory: Path) -> None:
+                         model: str, directory: Path) -> None:
     """``runner.enable_decode_graphs`` guided by the record of an earlier start on this stack
-    (``runner``: an ``engine.runner.ModelRunner``), and the record of this one kept for the next."""
+    (``runner``: an ``engine.runner.ModelRunner``; ``model``: its ``model_key``), and the record of
+    this one kept for the next."""
     max_blocks = -(-max_model_len // runner.block_size)
-    key = stack_key(model_key(model_path), runner.device, runner.kv_caches[0][0].dtype, sizes, max_blocks,
+    key = stack_key(model, runner.device, runner.kv_caches[0][0].dtype, sizes, max_blocks,
                     runner.block_size)
     record = load(directory, key)
     if record is not None and record.bad is not None:

@@ -80,12 +80,13 @@ class EngineCore:
             limits.append(arch.sliding_window)
         self.max_model_len = min(limits)
         if config.model.cuda_graphs and self.device.type == "cuda" and self.runner.decode_kernel:
-            from kairos.engine.capture_record import enable_decode_graphs
+            from kairos.engine.capture_record import enable_decode_graphs, model_key
             from kairos.engine.decode_graphs import capture_sizes, cuda_capture
 
             try:
                 enable_decode_graphs(self.runner, capture_sizes(config.scheduler.max_num_seqs), self.max_model_len,
-                                     cuda_capture(), CUDA_GRAPH_BUDGET_S, self.model_path, cache_dir() / "graphs")
+                                     cuda_capture(), CUDA_GRAPH_BUDGET_S,
+                                     model_key(self.model_path, config.model.load_format), cache_dir() / "graphs")
             except Exception as e:  # noqa: BLE001 - a capture that fails leaves eager steps, which work
                 self.runner.graphs = None
                 logger.warning("decode graphs: capture failed (%s: %s); decode steps run eagerly", type(e).__name__, e)

@@ -11,6 +11,7 @@ from typing import Any
 _EXPORTS = {
     "load_model": "model", "read_arch": "model", "resolve_device": "model", "resolve_dtype": "model",
     "cpu_has_bf16": "model", "load_tokenizer": "tokenizer", "resolve_model_path": "default",
+    "save_config_dir": "export",
 }
 
 

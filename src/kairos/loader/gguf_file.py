@@ -64,6 +64,7 @@ class GGUFModel:
         vocab = self.field(f"{a}.vocab_size") or len(self.field("tokenizer.ggml.tokens", []))
         cfg: dict[str, Any] = {
             "architectures": [_ARCHS[a][0]],
+            "model_type": a,  # GGUF's architecture names are transformers' model types
             "vocab_size": vocab,
             "hidden_size": hidden,
             "intermediate_size": self.field(f"{a}.feed_forward_length"),

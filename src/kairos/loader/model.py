@@ -43,8 +43,8 @@ def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
         return _DTYPES[cfg.dtype]
     if device.type == "cuda":
         return torch.bfloat16
-    if cpu_has_bf16() and not (cfg.cpu_kernels and resolve_model_path(cfg.model).suffix == ".gguf"
-                               and _kernels_available()):
+    if cpu_has_bf16() and not (cfg.cpu_kernels and cfg.load_format == "auto"
+                               and resolve_model_path(cfg.model).suffix == ".gguf" and _kernels_available()):
         return torch.bfloat16
     return torch.float32
 
@@ -66,24 +66,21 @@ def load_model(cfg: ModelConfig) -> tuple[nn.Module, ArchConfig, Path]:
     path = resolve_model_path(cfg.model)
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
+    if cfg.load_format == "dummy":
+        arch = read_arch(path)
+        model = _build(arch, device, dtype, cfg)
+        _fill_random(model, device, cfg.seed)
+        return _finish(model), arch, path
     source = path if path.is_dir() else cached_hf_dir(path)
     if source is not None:
         arch = ArchConfig.from_hf(read_hf_config(source))
     else:
         gg = GGUFModel(path)
         arch = ArchConfig.from_hf(gg.hf_config())
-    cls = model_class(arch)
-    with torch.device("meta"):
-        model = cls(arch)
-    _materialize(model, device, dtype)
-    model.tie_weights()
+    model = _build(arch, device, dtype, cfg)
     wanted = model.checkpoint_names()
-    if cfg.cpu_kernels and device.type == "cpu" and dtype == torch.float32:
-        from kairos.models.cpu_layers import use_cpu_kernels
-
-        use_cpu_kernels(model)
-        if not path.is_dir():  # before loading: layers that drop their dense copy are not filled at all
-            _attach_gguf_kernels(model, arch, path)
+    if _kernel_layers(cfg, device, dtype) and not path.is_dir():
+        _attach_gguf_kernels(model, arch, path)  # before loading: layers that drop their dense copy are not filled
     if cfg.activation_quant == "int8":
         from kairos.models.cpu_layers import use_int8_activations
 
@@ -100,9 +97,40 @@ def load_model(cfg: ModelConfig) -> tuple[nn.Module, ArchConfig, Path]:
     missing = sorted(served - loaded)
     if missing:
         raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return _finish(model), arch, path
+
+
+def _kernel_layers(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> bool:
+    return cfg.cpu_kernels and device.type == "cpu" and dtype == torch.float32
+
+
+def _build(arch: ArchConfig, device: torch.device, dtype: torch.dtype, cfg: ModelConfig) -> nn.Module:
+    """The model with uninitialised weights on ``device``, its layers switched to Kairos' CPU
+    kernels where they run."""
+    with torch.device("meta"):
+        model = model_class(arch)(arch)
+    _materialize(model, device, dtype)
+    model.tie_weights()
+    if _kernel_layers(cfg, device, dtype):
+        from kairos.models.cpu_layers import use_cpu_kernels
+
+        use_cpu_kernels(model)
+    return model
+
+
+def _fill_random(model: nn.Module, device: torch.device, seed: int) -> None:
+    """Dummy weights (``load_format='dummy'``): the same shapes, so the same work per step,
+    without reading a weight file. Uniform in [-1e-3, 1e-3] as vLLM's: small enough that no
+    activation overflows in half precision through any depth."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.uniform_(-1e-3, 1e-3, generator=gen)
+
+
+def _finish(model: nn.Module) -> nn.Module:
     model.reset_buffers()  # RoPE tables: computed in float32 whatever the weights' dtype
-    model.eval().requires_grad_(False)
-    return model, arch, path
+    return model.eval().requires_grad_(False)
 
 
 def _materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
