@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -86,7 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kairos.server.config import ServerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server_cfg = ServerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)}
+    if values["api_key"] is None and os.environ.get("KAIROS_API_KEY"):  # (a key on the command line shows in ps)
+        values["api_key"] = os.environ["KAIROS_API_KEY"]
+    server_cfg = ServerConfig(**values)
     from kairos.server.launch import serve
 
     try:  # (uvicorn[standard]) a faster event loop: less of the API process per streamed token
@@ -112,6 +116,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return 0
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)}
         values["slo"] = tuple(values["slo"] or ())
+        if values["api_key"] is None and os.environ.get("OPENAI_API_KEY"):  # as vLLM's benchmark client
+            values["api_key"] = os.environ["OPENAI_API_KEY"]
         run_bench(BenchConfig(**values), console)
     except (BenchError, OSError) as e:
         console.print(f"[red]kairos bench: {e}[/red]")

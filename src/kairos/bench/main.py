@@ -25,9 +25,12 @@ class BenchError(Exception):
 
 def resolve_model(cfg: BenchConfig) -> str:
     try:
-        r = httpx.get(cfg.base_url.rstrip("/") + "/v1/models", timeout=10)
+        auth = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+        r = httpx.get(cfg.base_url.rstrip("/") + "/v1/models", headers=auth, timeout=10)
     except httpx.HTTPError as e:
         raise BenchError(f"cannot reach the server at {cfg.base_url}: {e}") from None
+    if r.status_code == 401:
+        raise BenchError(f"{cfg.base_url} wants an API key: pass --api-key KEY or set $OPENAI_API_KEY")
     if r.status_code != 200:
         raise BenchError(f"{cfg.base_url}/v1/models answered HTTP {r.status_code}; is this an OpenAI-compatible server?")
     served = [m["id"] for m in r.json().get("data", [])]
@@ -49,7 +52,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
     tok = load_tokenizer(resolve_model_path(cfg.tokenizer))
     if tok is None:
         raise BenchError(f"{cfg.tokenizer} has no tokenizer")
-    target = Target(cfg.base_url.rstrip("/"), model, cfg.endpoint, cfg.send_slo, cfg.timeout)
+    target = Target(cfg.base_url.rstrip("/"), model, cfg.endpoint, cfg.send_slo, cfg.timeout, cfg.api_key)
     slos = {s.name: s for s in cfg.slo_classes()}
     runs, all_records = [], []
     for rate in cfg.rates():

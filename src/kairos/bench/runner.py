@@ -40,17 +40,21 @@ class Target:
     endpoint: str = "chat"  # chat | completions
     send_slo: bool = True  # Kairos extension: `slo` body field and X-Kairos-* headers
     timeout_s: float = 600.0
+    api_key: str | None = field(default=None, repr=False)
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 def _body(spec: RequestSpec, target: Target, history: list[dict]) -> tuple[str, dict, dict]:
     body: dict = {"model": target.model, "max_tokens": spec.max_tokens, "stream": True, "temperature": 0.0,
                   "ignore_eos": True, "stream_options": {"include_usage": True}}
-    headers = {}
+    headers = target.auth()
     slo = {k: v for k, v in (("ttft_ms", spec.slo.ttft_ms), ("tpot_ms", spec.slo.tpot_ms),
                              ("deadline_ms", spec.slo.deadline_ms)) if v is not None}
     if target.send_slo and slo:
         body["slo"] = slo
-        headers = {f"X-Kairos-{k.removesuffix('_ms').upper()}-Ms": str(v) for k, v in slo.items()}
+        headers.update({f"X-Kairos-{k.removesuffix('_ms').upper()}-Ms": str(v) for k, v in slo.items()})
     if target.endpoint == "chat":
         body["messages"] = history + [{"role": "user", "content": spec.prompt}]
         return "/v1/chat/completions", body, headers

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kairos
 from kairos.server.client import EngineClient
 from kairos.server.config import ServerConfig
 from kairos.server.metrics import ServerMetrics
+from kairos.server.middleware import ApiKey, BodyLimit, error
 from kairos.server.protocol import ChatCompletionRequest, CompletionRequest, now, slo_from
 from kairos.server.serving import (
     APIError,
@@ -23,46 +24,6 @@ from kairos.server.serving import (
     sse,
     usage,
 )
-
-
-def error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None):
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
-
-
-class BodyLimit:
-    """413 for a request whose Content-Length is over ``limit``. Plain ASGI, not
-    ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware relays every chunk of a streamed
-    response through a memory stream and a task of its own, which cost the API process ~a third
-    of its CPU time per streamed token (benchmarks/api_stream.py)."""
-
-    def __init__(self, app, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            if length.isdigit() and int(length) > self.limit:
-                response = error(413, f"request body of {length.decode()} bytes exceeds the limit of {self.limit}")
-                await response(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
-        received = 0
-
-        async def counted():  # a chunked body: counted as it is read (the route's error handler answers)
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise StarletteHTTPException(413, f"request body of over {self.limit} bytes exceeds the limit of {self.limit}")
-            return message
-
-        await self.app(scope, counted, send)
 
 
 def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerConfig) -> FastAPI:
@@ -88,6 +49,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         return error(e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error")
 
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    if config.api_key:
+        app.add_middleware(ApiKey, key=config.api_key)  # (added last: runs first, before a body is read)
 
     def check_model(name: str | None) -> None:
         if name is not None and name not in aliases:

@@ -1,0 +1,64 @@
+"""--api-key / $KAIROS_API_KEY: the /v1 routes want 'Authorization: Bearer KEY' (401 in OpenAI's
+format otherwise); health, metrics and version stay open."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from kairos.bench.config import BenchConfig
+from kairos.bench.main import BenchError, resolve_model
+from kairos.bench.runner import Target, _body
+from kairos.bench.workloads import SLO, RequestSpec
+from kairos.cli import build_parser
+from kairos.server.config import ServerConfig
+from server_helpers import ServerProcess
+
+KEY = "sk-kairos-test-0123"
+MISSING = {"error": {"message": "You didn't provide an API key. Pass it as 'Authorization: Bearer YOUR_KEY'.",
+                     "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+WRONG = {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "param": None,
+                   "code": "invalid_api_key"}}
+
+
+def test_the_key_is_a_flag_checked_and_never_printed():
+    args = build_parser().parse_args(["serve", "--api-key", KEY])
+    assert args.api_key == KEY
+    assert KEY not in repr(ServerConfig(api_key=KEY))
+    for bad in ("", "two words", "tab\there"):
+        with pytest.raises(ValueError, match="api_key must be a non-empty printable string without spaces"):
+            ServerConfig(api_key=bad)
+
+
+def test_v1_routes_need_the_key_from_the_environment(tiny_llama, monkeypatch):
+    monkeypatch.setenv("KAIROS_API_KEY", KEY)
+    srv = ServerProcess("--model", str(tiny_llama[1]), "--num-blocks", "64", "--max-model-len", "128")
+    try:
+        url = srv.url
+        body = {"model": "default", "prompt": [5, 6, 7], "max_tokens": 4, "temperature": 0}
+        r = httpx.post(url + "/v1/completions", json=body, timeout=30)
+        assert (r.status_code, r.json()) == (401, MISSING)
+        r = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer sk-wrong"}, timeout=30)
+        assert (r.status_code, r.json()) == (401, WRONG)
+        r = httpx.get(url + "/v1/models", headers={"Authorization": KEY}, timeout=30)  # no "Bearer "
+        assert (r.status_code, r.json()) == (401, WRONG)
+        auth = {"Authorization": f"Bearer {KEY}"}
+        r = httpx.post(url + "/v1/completions", json=body, headers=auth, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        assert httpx.get(url + "/v1/models", headers=auth, timeout=30).status_code == 200
+        for open_path in ("/health", "/version", "/metrics"):
+            assert httpx.get(url + open_path, timeout=30).status_code == 200, open_path
+        # kairos bench against it: refused without the key, by name; served with it
+        with pytest.raises(BenchError, match="wants an API key: pass --api-key KEY or set \\$OPENAI_API_KEY"):
+            resolve_model(BenchConfig(base_url=url))
+        assert resolve_model(BenchConfig(base_url=url, api_key=KEY)) == tiny_llama[1].name
+    finally:
+        assert srv.stop() == 0
+
+
+def test_the_load_generator_sends_the_key_beside_the_slo_headers():
+    spec = RequestSpec(0, 0.0, "hi", 1, 4, SLO("i", ttft_ms=500))
+    _, _, headers = _body(spec, Target("http://x", "m", "completions", True, api_key=KEY), [])
+    assert headers == {"Authorization": f"Bearer {KEY}", "X-Kairos-TTFT-Ms": "500"}
+    assert "Authorization" not in _body(spec, Target("http://x", "m", "completions", True), [])[2]
+    assert KEY not in repr(BenchConfig(api_key=KEY))
