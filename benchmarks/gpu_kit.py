@@ -25,6 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 
 ROOTS = ("kairos", "openai", "pytest", "accelerate")  # the package and what its tests import
@@ -44,6 +45,7 @@ ENV = {"sys_platform": "linux",
        "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
 PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{n}_x86_64" for n in range(17, 40)]
 LIMIT = 64 << 20  # what one device call carries, the repository included
+REPO = Path(__file__).resolve().parent.parent
 
 
 def norm(name: str) -> str:
@@ -61,21 +63,28 @@ def needed(python: str) -> dict[str, str]:
         if (name, extra) in seen or (name in IMAGE and name not in ALWAYS):
             continue
         seen.add((name, extra))
-        dist = md.distribution(name)
-        if name != "kairos":
+        if name == "kairos":  # from the source tree: where it is not installed (a lent machine) too
+            requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+        else:
+            dist = md.distribution(name)
             out[name] = dist.version
-        for text in dist.requires or []:
+            requires = dist.requires or []
+        for text in requires:
             req = Requirement(text)
-            env = {**ENV, "python_version": python, "python_full_version": f"{python}.0", "extra": extra}
+            env = {**ENV, "python_version": minor(python), "python_full_version": python, "extra": extra}
             if req.marker is None or req.marker.evaluate(env):
                 todo += [(req.name, e) for e in sorted(req.extras) or [""]]
     return out
 
 
+def minor(python: str) -> str:
+    return ".".join(python.split(".")[:2])
+
+
 def download(pins: dict[str, str], dest: Path, python: str) -> None:
-    cp = "cp" + python.replace(".", "")
+    cp = "cp" + minor(python).replace(".", "")
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-           python, "--implementation", "cp", "--abi", cp, "--abi", "abi3", "--abi", "none", "-d", str(dest)]
+           minor(python), "--implementation", "cp", "--abi", cp, "--abi", "abi3", "--abi", "none", "-d", str(dest)]
     for p in PLATFORMS:
         cmd += ["--platform", p]
     subprocess.run(cmd + [f"{n}=={v}" for n, v in sorted(pins.items())], check=True)
@@ -92,9 +101,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=".gpukit")
     ap.add_argument("--model", default="default")
-    ap.add_argument("--python", default="3.12", help="the machine's Python (3.12 on the lent GPU machines)")
+    ap.add_argument("--python", default="3.12.3", help="the machine's Python (3.12.3 on the lent GPU machines)")
     args = ap.parse_args()
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     out = repo / args.out
     shutil.rmtree(out, ignore_errors=True)
     from kairos.loader import save_config_dir

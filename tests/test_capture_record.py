@@ -41,15 +41,15 @@ def test_a_restart_trusts_the_sizes_an_earlier_start_checked(tiny_llama, tmp_pat
     real = DecodeGraphs._eager
     monkeypatch.setattr(DecodeGraphs, "_eager", lambda self, n: eager_runs.append(n) or real(self, n))
     start(path, tmp_path)
-    # captures (largest first), then per size a check: its replay (with eager_capture, an eager
-    # run too) and the eager step it must match
-    assert eager_runs == [8, 4, 2, 1] + [1, 1, 2, 2, 4, 4, 8, 8]
+    # a probe of the logits' width, captures (largest first), then per size a check: its replay
+    # (with eager_capture, an eager run too) and the eager step it must match
+    assert eager_runs == [1] + [8, 4, 2, 1] + [1, 1, 2, 2, 4, 4, 8, 8]
     (record_file,) = tmp_path.glob("*.json")
     assert capture_record.load(tmp_path, record_file.stem) == CaptureRecord([1, 2, 4, 8], None,
                                                                             pytest.approx(0.0, abs=60))
     eager_runs.clear()
     engine = start(path, tmp_path)
-    assert eager_runs == [8, 4, 2, 1]  # the captures alone
+    assert eager_runs == [1, 8, 4, 2, 1]  # the probe and the captures alone
     assert sorted(engine.runner.graphs.graphs) == [1, 2, 4, 8]
     prompts = prompts_of([5, 17, 33])
     done = run(engine, {0: [(str(i), p, SamplingParams(max_tokens=8, **GREEDY)) for i, p in enumerate(prompts)]})

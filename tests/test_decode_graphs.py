@@ -31,6 +31,9 @@ def test_graph_steps_equal_transformers_and_pad_to_the_next_size(tiny_llama, mon
     runner = engine.runner
     runner.enable_decode_graphs(capture_sizes(8), engine.max_model_len, eager_capture, budget_s=60)
     assert sorted(runner.graphs.graphs) == [1, 2, 4, 8]
+    # every size's output is a view of one [8, vocab] buffer (not a pool allocation per size)
+    outs = [out for _, out in runner.graphs.graphs.values()]
+    assert {o.data_ptr() for o in outs} == {runner.graphs.out.data_ptr()} and runner.graphs.out.shape == (8, 320)
     used = []
     real = runner.graphs.run
     monkeypatch.setattr(runner.graphs, "run", lambda *a: used.append(len(a[0])) or real(*a))

@@ -90,6 +90,8 @@ def test_splits_fill_the_gpu_only_when_the_batch_does_not(monkeypatch):
 def test_self_check_accepts_the_kernel_and_falls_back_when_it_fails(monkeypatch, caplog):
     check = triton_attention.self_check.__wrapped__  # uncached
     assert check(torch.device(DEVICE), torch.float32)
+    assert check(torch.device(DEVICE), torch.float32, 9, 3, 64, 16)  # SmolLM2's heads: a group of 3 in a tile of 4
+    assert check(torch.device(DEVICE), torch.float32, 4, 4, 32, 1)  # no grouping, one-token blocks
 
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel image for this GPU")

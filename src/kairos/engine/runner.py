@@ -56,7 +56,8 @@ class ModelRunner:
         # decode attention by a kernel that reads the paged cache in place instead of gathering it:
         # the C one on float32 CPUs, the Triton one on GPUs (after a check against the torch path)
         if device.type == "cuda":
-            self.decode_kernel = triton_attention.available() and triton_attention.self_check(device, dtype)
+            self.decode_kernel = triton_attention.available() and triton_attention.self_check(
+                device, dtype, arch.num_heads, arch.num_kv_heads, arch.head_dim, block_size)
         else:
             self.decode_kernel = (cpu_kernels and device.type == "cpu" and dtype == torch.float32
                                   and decode_attention_supported(arch.num_heads, arch.num_kv_heads, arch.head_dim))
@@ -160,9 +161,10 @@ class ModelRunner:
             else:
                 ctx = start + n
                 nblk = -(-ctx // bs)
-                # query i (position start + i) sees keys 0 .. start + i
-                mask = torch.arange(nblk * bs)[None, :] <= torch.arange(start, ctx)[:, None]
-                prefills.append(PrefillChunk(q0, q0 + n, h2d(table[:nblk], dev, torch.long), h2d(mask, dev)))
+                # query i (position start + i) sees keys 0 .. start + i; made where it is used (an
+                # [n, L] mask built on the host and copied would be 1 GiB at 8k x 128k)
+                mask = torch.arange(nblk * bs, device=dev)[None, :] <= torch.arange(start, ctx, device=dev)[:, None]
+                prefills.append(PrefillChunk(q0, q0 + n, h2d(table[:nblk], dev, torch.long), mask))
         meta = AttentionMetadata(slot_mapping=h2d(slots, dev, torch.long), decode_idx=None,
                                  decode_blocks=None, decode_mask=None, prefills=prefills)
         if decode_idx:

@@ -95,18 +95,19 @@ def _sm_count(device: torch.device) -> int:
 
 
 @functools.cache
-def self_check(device: torch.device, dtype: torch.dtype) -> bool:
+def self_check(device: torch.device, dtype: torch.dtype, hq: int = 8, hkv: int = 2, d: int = 64,
+               bs: int = 16) -> bool:
     """Whether the kernel compiles and agrees with the engine's torch decode path (gathered
-    blocks + SDPA) on this device and dtype, on a small case (grouped heads, a partial block, a
-    one-token context). The runner keeps the torch path when not: a GPU stack where Triton fails
-    costs speed, not answers."""
+    blocks + SDPA) on this device and dtype, for the model's heads (``hq`` query, ``hkv`` KV, of
+    ``d``) and KV block size ``bs`` (the variant its steps compile), on a small case (a partial
+    block, a one-token context). The runner keeps the torch path when not: a GPU stack where
+    Triton fails costs speed, not answers."""
     from kairos.engine.attention import AttentionMetadata, _decode
 
     gen = torch.Generator().manual_seed(0)
-    hq, hkv, d, bs = 8, 2, 64, 16
     k_cache, v_cache = (torch.randn(7, bs, hkv, d, generator=gen) for _ in range(2))
     tables = torch.tensor([[1, 0, 0], [2, 3, 0], [4, 5, 6]], dtype=torch.int32)
-    lens = torch.tensor([1, 20, 33], dtype=torch.int32)
+    lens = torch.tensor([1, bs + min(4, bs - 1), 2 * bs + 1], dtype=torch.int32)
     q = torch.randn(3, hq, d, generator=gen)
     mask = (torch.arange(tables.shape[1] * bs)[None, :] < lens[:, None])[:, None, None, :]  # [B, 1, 1, L]
     ref = _decode(q, k_cache, v_cache, AttentionMetadata(None, None, tables.flatten().long(), mask, []), d**-0.5)

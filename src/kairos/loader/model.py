@@ -38,7 +38,7 @@ def cpu_has_bf16() -> bool:
 def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 on GPUs and on CPUs with bfloat16 matmul units, float32 otherwise; and
     float32 for a GGUF on a CPU that runs Kairos' kernels (they read the quantized blocks, a
-    quarter of bfloat16's bytes, and need float32 activations)."""
+    quarter of bfloat16's bytes, and need float32 activations; dummy weights have no blocks)."""
     if cfg.dtype != "auto":
         return _DTYPES[cfg.dtype]
     if device.type == "cuda":
