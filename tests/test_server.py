@@ -231,3 +231,36 @@ def test_engine_crash_ends_streams_with_503_and_exits_nonzero():
         assert srv.proc.wait(15) == 1
     finally:
         srv.stop()
+
+
+def test_tokenize_and_detokenize_as_vllm(server):
+    from kairos.loader import load_tokenizer, resolve_model_path
+
+    tok = load_tokenizer(resolve_model_path("default"))
+    text = "Hello world, déjà vu"
+    r = httpx.post(server.url + "/tokenize", json={"model": MODEL, "prompt": text, "return_token_strs": True})
+    ids = tok(text).input_ids
+    assert r.status_code == 200
+    assert r.json() == {"count": len(ids), "max_model_len": 2048, "tokens": ids,
+                        "token_strs": tok.convert_ids_to_tokens(ids)}
+    chat = tok(tok.apply_chat_template(ASK, tokenize=False, add_generation_prompt=True), add_special_tokens=False)
+    r = httpx.post(server.url + "/tokenize", json={"messages": ASK})
+    assert r.json() == {"count": len(chat.input_ids), "max_model_len": 2048, "tokens": chat.input_ids,
+                        "token_strs": None}
+    assert httpx.post(server.url + "/detokenize", json={"tokens": ids}).json() == {"prompt": text}
+    assert httpx.post(server.url + "/detokenize", json={"tokens": []}).json() == {"prompt": ""}
+    for path, body, err in [
+        ("/tokenize", {"prompt": "a", "messages": ASK},
+         {"message": "give exactly one of prompt and messages", "type": "invalid_request_error", "param": "prompt",
+          "code": None}),
+        ("/tokenize", {}, {"message": "give exactly one of prompt and messages", "type": "invalid_request_error",
+                           "param": "prompt", "code": None}),
+        ("/detokenize", {"tokens": [1, 49152]},
+         {"message": "token ids must be in [0, 49152)", "type": "invalid_request_error", "param": "tokens",
+          "code": None}),
+        ("/tokenize", {"model": "gpt-9", "prompt": "a"},
+         {"message": f"The model `gpt-9` does not exist. Served: `{MODEL}`.", "type": "not_found_error",
+          "param": "model", "code": "model_not_found"}),
+    ]:
+        r = httpx.post(server.url + path, json=body)
+        assert (r.status_code, r.json()["error"]) == (404 if "gpt-9" in str(body) else 400, err), body

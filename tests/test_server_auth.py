@@ -46,6 +46,12 @@ def test_v1_routes_need_the_key_from_the_environment(tiny_llama, monkeypatch):
         r = httpx.post(url + "/v1/completions", json=body, headers=auth, timeout=30)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
         assert httpx.get(url + "/v1/models", headers=auth, timeout=30).status_code == 200
+        # a model directory without a tokenizer: text is a 400, not a crash (ids work, above)
+        r = httpx.post(url + "/v1/completions", json={**body, "prompt": "hello"}, headers=auth, timeout=30)
+        assert (r.status_code, r.json()["error"]["message"]) == (
+            400, "this model has no tokenizer: send the prompt as token ids")
+        r = httpx.post(url + "/tokenize", json={"prompt": "hello"}, timeout=30)  # (not a /v1 route: open, as vLLM's)
+        assert (r.status_code, r.json()["error"]["param"]) == (400, "prompt")
         for open_path in ("/health", "/version", "/metrics"):
             assert httpx.get(url + open_path, timeout=30).status_code == 200, open_path
         # kairos bench against it: refused without the key, by name; served with it

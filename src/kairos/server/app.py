@@ -12,7 +12,15 @@ from kairos.server.client import EngineClient
 from kairos.server.config import ServerConfig
 from kairos.server.metrics import ServerMetrics
 from kairos.server.middleware import ApiKey, BodyLimit, error
-from kairos.server.protocol import ChatCompletionRequest, CompletionRequest, now, slo_from
+from kairos.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    conversation,
+    now,
+    slo_from,
+)
 from kairos.server.serving import (
     APIError,
     Generator,
@@ -76,16 +84,29 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
                            param="max_tokens", code="context_length_exceeded")
         return params
 
+    def need_tokenizer(param: str) -> None:
+        if tokenizer is None:  # (a model directory without one: token ids in and out only)
+            raise APIError(400, "this model has no tokenizer: send the prompt as token ids", param=param)
+
     def encode(prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             if not prompt:
                 raise APIError(400, "prompt must not be empty", param="prompt")
+            need_tokenizer("prompt")
             return prompt, tokenizer(prompt).input_ids
         if not prompt:
             raise APIError(400, "prompt must not be empty", param="prompt")
         if min(prompt) < 0 or max(prompt) >= client.ready.vocab_size:
             raise APIError(400, f"prompt token ids must be in [0, {client.ready.vocab_size})", param="prompt")
         return None, list(prompt)
+
+    def render(messages: list[dict], add_generation_prompt: bool) -> str:
+        if not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "this model has no chat template; use /v1/completions", param="messages")
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        except Exception as e:  # template errors are the caller's messages' fault
+            raise APIError(400, f"messages could not be rendered by the chat template: {e}", param="messages") from None
 
     def request_slo(req, request: Request):
         try:
@@ -124,13 +145,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
     async def chat(req: ChatCompletionRequest, request: Request):
         check_model(req.model)
         check_alive()
-        if not getattr(tokenizer, "chat_template", None):
-            raise APIError(400, "this model has no chat template; use /v1/completions", param="messages")
-        try:
-            text = tokenizer.apply_chat_template(req.conversation(), tokenize=False,
-                                                 add_generation_prompt=req.add_generation_prompt)
-        except Exception as e:  # template errors are the caller's messages' fault
-            raise APIError(400, f"messages could not be rendered by the chat template: {e}", param="messages") from None
+        text = render(req.conversation(), req.add_generation_prompt)
         ids = tokenizer(text, add_special_tokens=False).input_ids
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
         params = sampling(req, len(ids), max_default)
@@ -147,6 +162,29 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
                     "logprobs": chat_logprobs(o), "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
                    for o in final.outputs]
         return {**header("chat.completion", rid, model_name), "choices": choices, "usage": total_usage(tracked)}
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest):
+        check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise APIError(400, "give exactly one of prompt and messages", param="prompt")
+        need_tokenizer("prompt" if req.messages is None else "messages")
+        if req.messages is not None:
+            text, special = render(conversation(req.messages), req.add_generation_prompt), False
+        else:
+            text, special = req.prompt, True
+        ids = tokenizer(text, add_special_tokens=special if req.add_special_tokens is None else req.add_special_tokens
+                        ).input_ids
+        strs = tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
+        return {"count": len(ids), "max_model_len": client.ready.max_model_len, "tokens": ids, "token_strs": strs}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest):
+        check_model(req.model)
+        need_tokenizer("tokens")
+        if req.tokens and (min(req.tokens) < 0 or max(req.tokens) >= client.ready.vocab_size):
+            raise APIError(400, f"token ids must be in [0, {client.ready.vocab_size})", param="tokens")
+        return {"prompt": tokenizer.decode(req.tokens)}
 
     @app.get("/v1/models")
     async def models():
