@@ -88,7 +88,7 @@ def test_real_run_counts_refusals_and_writes_outputs(tmp_path):
     srv = ServerProcess("--max-pending", "2", "--kv-cache-memory", "256MiB")
     try:
         cfg = BenchConfig(base_url=srv.url, num_requests=8, rate=float("inf"), input_len="16", output_len="8",
-                          slo=("fast:ttft_ms=60000",), out=str(tmp_path / "run"))
+                          slo=("fast:ttft_ms=60000",), out=str(tmp_path / "run"), api_key="sk-secret-42")
         result = run_bench(cfg)
         s = result["runs"][0]["summary"]
         assert s["requests"] == 8 and s["completed"] + s["refused"] == 8
@@ -96,7 +96,9 @@ def test_real_run_counts_refusals_and_writes_outputs(tmp_path):
         records = result["runs"][0]["records"]
         assert all(r["output_tokens"] == 8 for r in records if r["outcome"] == "ok")
         assert all(r["first_token_s"] is None and r["status"] == 503 for r in records if r["outcome"] == "refused")
-        assert json.loads((tmp_path / "run.json").read_text())["runs"][0]["summary"]["refused"] == s["refused"]
+        written = (tmp_path / "run.json").read_text()
+        assert json.loads(written)["runs"][0]["summary"]["refused"] == s["refused"]
+        assert "sk-secret-42" not in written and json.loads(written)["config"]["api_key"] == "(sent)"  # (shared files)
         assert (tmp_path / "run_latency_cdf.png").stat().st_size > 1000
         with pytest.raises(BenchError, match="model 'gpt-9' is not served"):
             run_bench(BenchConfig(base_url=srv.url, model="gpt-9", out=str(tmp_path / "x")))

@@ -25,9 +25,21 @@ def test_the_key_is_a_flag_checked_and_never_printed():
     args = build_parser().parse_args(["serve", "--api-key", KEY])
     assert args.api_key == KEY
     assert KEY not in repr(ServerConfig(api_key=KEY))
-    for bad in ("", "two words", "tab\there"):
-        with pytest.raises(ValueError, match="api_key must be a non-empty printable string without spaces"):
+    for bad in ("", "two words", "tab\there", "ключ"):
+        with pytest.raises(ValueError, match="api_key must be non-empty printable ASCII without spaces"):
             ServerConfig(api_key=bad)
+
+
+def test_an_empty_key_in_the_environment_is_refused_not_an_open_server(monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("KAIROS_API_KEY", "")
+    r = subprocess.run([sys.executable, "-m", "kairos.cli", "serve", "--port", "1"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("kairos serve: api_key must be non-empty printable ASCII without spaces "
+                                "(it travels in a header)")
 
 
 def test_v1_routes_need_the_key_from_the_environment(tiny_llama, monkeypatch):

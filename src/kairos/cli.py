@@ -88,9 +88,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)}
-    if values["api_key"] is None and os.environ.get("KAIROS_API_KEY"):  # (a key on the command line shows in ps)
-        values["api_key"] = os.environ["KAIROS_API_KEY"]
-    server_cfg = ServerConfig(**values)
+    if values["api_key"] is None and "KAIROS_API_KEY" in os.environ:  # (a key on the command line shows in ps;
+        values["api_key"] = os.environ["KAIROS_API_KEY"]  # set but empty is refused below, not an open server)
+    try:
+        server_cfg = ServerConfig(**values)
+    except ValueError as e:
+        print(f"kairos serve: {e}", file=sys.stderr)
+        return 2
     from kairos.server.launch import serve
 
     try:  # (uvicorn[standard]) a faster event loop: less of the API process per streamed token

@@ -28,7 +28,7 @@ class BenchConfig:
     target_attainment: float = field(default=0.9, metadata={"help": "attainment that defines capacity in a sweep"})
     send_slo: bool = field(default=True, metadata={"help": "send SLOs as Kairos body fields and headers"})
     timeout: float = field(default=600.0, metadata={"help": "client timeout per request, seconds"})
-    api_key: str | None = field(default=None, repr=False, metadata={"help": "sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY if set)"})
+    api_key: str | None = field(default=None, repr=False, metadata={"help": "sent as 'Authorization: Bearer KEY' to --base-url (default: $OPENAI_API_KEY if set, as vLLM's client; never written to the results)"})
     seed: int = field(default=0, metadata={"help": "workload seed"})
     out: str = field(default="results/bench", metadata={"help": "path prefix of the JSON and PNG outputs"})
     plots: bool = field(default=True, metadata={"help": "write PNG plots"})

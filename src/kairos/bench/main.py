@@ -93,7 +93,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
         console.print(f"capacity at {cfg.target_attainment:.0%} SLO attainment: "
                       + (f"{cap} req/s" if cap is not None else "below the lowest swept rate"))
     out = Path(cfg.out)
-    config = {**dataclasses.asdict(cfg), **result}
+    config = {**dataclasses.asdict(cfg), "api_key": "(sent)" if cfg.api_key else None, **result}  # (results get shared)
     write_json(out.with_suffix(".json"), config, runs)
     written = [out.with_suffix(".json")]
     if cfg.plots:

@@ -135,10 +135,13 @@ class DecodeGraphs:
             self.ids[:n] = rows % 97 + 1
             self.slots[:n] = (rows + 1) * block_size
             self.tables[:n, 0] = (rows + 1).to(torch.int32)
+            self.out.fill_(float("nan"))  # (the shared buffer holds the last size's rows: a replay must write its own)
             replay()
-            # float32 logits of a bf16/fp16 model carry its rounding (a step of 0.125 at 20)
+            eager = self._eager(n)
+            # float32 logits of a bf16/fp16 model carry its rounding (a step of 0.125 at 20); the
+            # absolute part shrinks with logits far below 1 (dummy weights: ~1e-5), where it would pass anything
             tol = 1e-3 if self.forward_dtype == torch.float32 else 2e-2
-            ok = torch.allclose(out, self._eager(n), rtol=tol, atol=10 * tol)
+            ok = torch.allclose(out, eager, rtol=tol, atol=10 * tol * min(1.0, eager.abs().max().item()))
             self._pad(0)
             if not ok:
                 logger.warning("decode graphs: replay at batch %d disagrees with the eager step; not using graphs", n)

@@ -161,8 +161,8 @@ class ModelRunner:
             else:
                 ctx = start + n
                 nblk = -(-ctx // bs)
-                # query i (position start + i) sees keys 0 .. start + i; made where it is used (an
-                # [n, L] mask built on the host and copied would be 1 GiB at 8k x 128k)
+                # query i (position start + i) sees keys 0 .. start + i; made where it is used, not
+                # built on the host and copied (1 GiB of pinned memory at 8k x 128k)
                 mask = torch.arange(nblk * bs, device=dev)[None, :] <= torch.arange(start, ctx, device=dev)[:, None]
                 prefills.append(PrefillChunk(q0, q0 + n, h2d(table[:nblk], dev, torch.long), mask))
         meta = AttentionMetadata(slot_mapping=h2d(slots, dev, torch.long), decode_idx=None,

@@ -63,7 +63,8 @@ async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
     async def watch() -> None:
         while not server.started:
             await asyncio.sleep(0.05)
-        logger.info("serving %s (max_model_len %d) on http://%s:%d", name, ready.max_model_len, cfg.host, cfg.port)
+        logger.info("serving %s (max_model_len %d) on http://%s:%d%s", name, ready.max_model_len, cfg.host, cfg.port,
+                    "; /v1 routes need the API key" if cfg.api_key else "")
         while not client.dead:
             await asyncio.sleep(0.2)
         server.should_exit = True  # engine gone: requests already get 503; stop instead of hanging

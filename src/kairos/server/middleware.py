@@ -52,7 +52,8 @@ class BodyLimit:
 
 class ApiKey:
     """401 for a request to an OpenAI route (``/v1/...``) without ``Authorization: Bearer <key>``,
-    as vLLM's ``--api-key``; health, metrics and version stay open to probes and scrapers."""
+    as vLLM's ``--api-key``; the others (health, metrics, version, stats, tokenize) stay open to
+    probes and scrapers, as there. A CORS middleware, if one comes, must wrap this one."""
 
     def __init__(self, app, key: str):
         self.app = app
