@@ -25,6 +25,10 @@ def test_the_key_is_a_flag_checked_and_never_printed():
     args = build_parser().parse_args(["serve", "--api-key", KEY])
     assert args.api_key == KEY
     assert KEY not in repr(ServerConfig(api_key=KEY))
+    with pytest.raises(ValueError, match="allowed_origins: 'ui.example' is not"):
+        ServerConfig(allowed_origins=("ui.example",))
+    assert build_parser().parse_args(["serve", "--allowed-origins", "*", "--allowed-origins", "https://a.b"]
+                                     ).allowed_origins == ["*", "https://a.b"]
     for bad in ("", "two words", "tab\there", "ключ"):
         with pytest.raises(ValueError, match="api_key must be non-empty printable ASCII without spaces"):
             ServerConfig(api_key=bad)
@@ -44,7 +48,8 @@ def test_an_empty_key_in_the_environment_is_refused_not_an_open_server(monkeypat
 
 def test_v1_routes_need_the_key_from_the_environment(tiny_llama, monkeypatch):
     monkeypatch.setenv("KAIROS_API_KEY", KEY)
-    srv = ServerProcess("--model", str(tiny_llama[1]), "--num-blocks", "64", "--max-model-len", "128")
+    srv = ServerProcess("--model", str(tiny_llama[1]), "--num-blocks", "64", "--max-model-len", "128",
+                        "--allowed-origins", "http://ui.example")
     try:
         url = srv.url
         body = {"model": "default", "prompt": [5, 6, 7], "max_tokens": 4, "temperature": 0}
@@ -64,6 +69,15 @@ def test_v1_routes_need_the_key_from_the_environment(tiny_llama, monkeypatch):
             400, "this model has no tokenizer: send the prompt as token ids")
         r = httpx.post(url + "/tokenize", json={"prompt": "hello"}, timeout=30)  # (not a /v1 route: open, as vLLM's)
         assert (r.status_code, r.json()["error"]["param"]) == (400, "prompt")
+        # CORS: a preflight needs no key; a 401 still tells the page's origin it may read it
+        pre = httpx.options(url + "/v1/completions", timeout=30, headers={
+            "Origin": "http://ui.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://ui.example"
+        r = httpx.post(url + "/v1/completions", json=body, headers={"Origin": "http://ui.example"}, timeout=30)
+        assert (r.status_code, r.headers["access-control-allow-origin"]) == (401, "http://ui.example")
+        r = httpx.post(url + "/v1/completions", json=body, headers={"Origin": "http://evil.example", **auth}, timeout=30)
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
         for open_path in ("/health", "/version", "/metrics"):
             assert httpx.get(url + open_path, timeout=30).status_code == 200, open_path
         # kairos bench against it: refused without the key, by name; served with it

@@ -88,6 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)}
+    values["allowed_origins"] = tuple(values["allowed_origins"] or ())
     if values["api_key"] is None and "KAIROS_API_KEY" in os.environ:  # (a key on the command line shows in ps;
         values["api_key"] = os.environ["KAIROS_API_KEY"]  # set but empty is refused below, not an open server)
     try:

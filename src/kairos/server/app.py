@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -58,7 +59,10 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
 
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     if config.api_key:
-        app.add_middleware(ApiKey, key=config.api_key)  # (added last: runs first, before a body is read)
+        app.add_middleware(ApiKey, key=config.api_key)  # (added after: runs before, ahead of any body read)
+    if config.allowed_origins:  # outermost: its headers go on every answer, a 401 or 413 too
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["*"],
+                           allow_headers=["*"])
 
     def check_model(name: str | None) -> None:
         if name is not None and name not in aliases:

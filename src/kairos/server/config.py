@@ -13,6 +13,7 @@ class ServerConfig:
     max_pending: int = field(default=1024, metadata={"help": "requests in flight before new ones get 503"})
     max_body_bytes: int = field(default=8 << 20, metadata={"help": "largest request body accepted"})
     default_max_tokens: int = field(default=1024, metadata={"help": "chat max_tokens when the request sets none (capped by the context)"})
+    allowed_origins: tuple[str, ...] = field(default=(), metadata={"help": "a web origin whose pages may call this server from a browser (CORS; repeatable, '*' for any): none by default, since a page on any site could otherwise read a local server's answers"})
     api_key: str | None = field(default=None, repr=False, metadata={"help": "require 'Authorization: Bearer KEY' on the /v1 routes, as vLLM's (health, metrics, version, stats, tokenize stay open; default: $KAIROS_API_KEY if set, else none)"})
 
     def __post_init__(self) -> None:
@@ -20,6 +21,9 @@ class ServerConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.max_pending < 1 or self.max_body_bytes < 1 or self.default_max_tokens < 1:
             raise ValueError("max_pending, max_body_bytes and default_max_tokens must be >= 1")
+        for origin in self.allowed_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"allowed_origins: {origin!r} is not '*' or an http(s):// origin")
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
                                              and self.api_key and " " not in self.api_key):
             raise ValueError("api_key must be non-empty printable ASCII without spaces (it travels in a header)")
