@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from kairos.engine.outputs import EngineRequest
 from kairos.engine.runner import kv_cache_bytes
 from kairos.engine.sampling_params import SamplingParams
 
-from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of
+from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of, run
 
 
 def test_pool_allocates_lowest_first_and_reuses_freed_first():
@@ -209,3 +211,29 @@ def test_reclaimable_blocks_as_the_definition_with_running_and_finished_sequence
             running.append(sid)
         else:
             assert kv.blocks_needed(sid, len(toks)) > free_then + reclaimable
+
+
+@pytest.mark.parametrize("seed", [43, 173, 248, 288])
+def test_random_workloads_under_memory_pressure_end_whole(tiny_llama, seed):
+    """Workloads from a fuzzer (shared prompt prefixes, n of 1-3, 12-40 blocks) that broke the
+    engine: 173, 248 and 288 crashed it ("out of KV blocks" at a fork: the blocks counted for the
+    forks were cached blocks that a cache insert of the same step locked; they are now held), 43
+    stopped it (see test_slo_scheduler's running prompts behind a request that cannot start)."""
+    rng = random.Random(seed)
+    bs, nb = rng.choice([4, 8, 16]), rng.randint(12, 40)
+    engine = make_engine(tiny_llama[1], block_size=bs, num_blocks=nb, max_num_seqs=rng.choice([4, 8, 16]),
+                         max_num_batched_tokens=rng.choice([32, 64, 128]), max_model_len=min(512, (nb - 1) * bs))
+    base = [[rng.randrange(1, 300) for _ in range(rng.randint(5, 60))] for _ in range(6)]
+    arrivals: dict[int, list] = {}
+    for i in range(rng.randint(4, 20)):
+        p = list(rng.choice(base))
+        if rng.random() < 0.5:
+            p = p + [rng.randrange(1, 300) for _ in range(rng.randint(0, 10))]
+        sp = SamplingParams(max_tokens=rng.randint(1, 24), temperature=0, ignore_eos=True, n=rng.choice([1, 1, 2, 3]))
+        if len(p) + sp.max_tokens <= engine.max_model_len:
+            arrivals.setdefault(rng.choice([0, 0, 1, 2, 5]), []).append((f"r{i}", p, sp))
+    done = run(engine, arrivals)
+    assert sorted(done) == sorted((rid, k) for reqs in arrivals.values() for rid, _, sp in reqs for k in range(sp.n))
+    assert all(len(done[(rid, k)][0]) == sp.max_tokens for reqs in arrivals.values() for rid, _, sp in reqs
+               for k in range(sp.n))
+    assert_pool_whole(engine)

@@ -381,3 +381,18 @@ def test_step_intervals_forget_old_steps_as_they_go():
     for i in range(1000):  # a step every 0.1 s for 100 s, no one asking for the mean
         si.observe(100.0 + i * 0.1, 0.1 if i < 900 else 0.3)
     assert len(si.intervals) <= 102 and si.mean(200.05) == pytest.approx(0.3)  # the last 10 s: all 0.3
+
+
+def test_running_prompts_go_on_behind_a_request_that_cannot_start():
+    """A waiting request ahead in the order (priority 5) that cannot start (2 blocks free, its
+    first chunk needs 3) keeps later waiting requests out, but not a running prompt: that one
+    holds the blocks, and only its progress (to its end) frees them. Stopping it too was a
+    deadlock: neither ever ran again."""
+    sim = Sim(policy="priority", num_blocks=9, block_size=4, budget=12)
+    sim.add("a", 28, max_tokens=4)  # 7 blocks of prompt, 8 with its answer: all there is
+    sim.step()
+    sim.step()
+    assert sim.sched.kv.pool.num_free == 2
+    sim.add("b", 12, priority=5)
+    sim.run(max_steps=50)
+    assert sim.finished == ["a", "b"]

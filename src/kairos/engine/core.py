@@ -213,10 +213,12 @@ class EngineCore:
         for s, does_sample in zip(sched.scheduled, samples):
             if does_sample:
                 # siblings of an n > 1 request are forked here and share the parent's logits row
-                group = [s.seq] + (self._fork(s.seq, copies) if s.seq.pending_forks else [])
+                group = [s.seq] + (self._fork(s.seq, copies, s.fork_blocks) if s.seq.pending_forks else [])
                 logit_rows.extend([row] * len(group))
                 flight.seqs.extend(group)
                 row += 1
+            self.kv.give_back(s.fork_blocks)  # what the forks did not need (a full last block is shared)
+            s.fork_blocks = []
         if copies:
             self.runner.copy_blocks(copies)
         if flight.seqs:
@@ -311,11 +313,11 @@ class EngineCore:
             self._finish(seq)
         return out
 
-    def _fork(self, parent: Sequence, copies: list[tuple[int, int]]) -> list[Sequence]:
+    def _fork(self, parent: Sequence, copies: list[tuple[int, int]], held: list[int]) -> list[Sequence]:
         children, prev = [], parent
         for index in range(1, parent.pending_forks + 1):
             child = parent.fork(next(self._seq_ids), index)
-            copy = self.kv.fork(parent.seq_id, child.seq_id, parent.num_computed)
+            copy = self.kv.fork(parent.seq_id, child.seq_id, parent.num_computed, held)
             if copy:
                 copies.append(copy)
             self.scheduler.add_running(child, after=prev)

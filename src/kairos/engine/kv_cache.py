@@ -79,6 +79,15 @@ class KVCacheManager:
     def free(self, seq_id: int) -> None:
         self.pool.release(self.block_tables.pop(seq_id, []))
 
+    def take(self, n: int) -> list[int]:
+        """``n`` blocks held outside any table (for forks: :meth:`fork` takes one, :meth:`give_back`
+        returns the rest). Held, not merely counted: what a count leans on (cached blocks no one
+        uses) can be locked by a cache insert before the fork comes."""
+        return self.pool.allocate(n) if n else []
+
+    def give_back(self, blocks: list[int]) -> None:
+        self.pool.release(blocks)
+
     # Prefix-cache hooks; without a cache nothing is shared between sequences.
     def peek(self, token_ids: list[int]) -> int:
         """Tokens of ``token_ids`` whose KV is cached (nothing is locked)."""
@@ -94,8 +103,10 @@ class KVCacheManager:
     def stats(self) -> dict[str, float]:
         return {}
 
-    def fork(self, parent_id: int, child_id: int, num_tokens: int) -> tuple[int, int] | None:
-        """Share the parent's full blocks with a child; copy a partly filled last block.
+    def fork(self, parent_id: int, child_id: int, num_tokens: int, held: list[int] | None = None
+             ) -> tuple[int, int] | None:
+        """Share the parent's full blocks with a child; copy a partly filled last block (into one
+        of the ``held`` blocks from :meth:`take` when given).
 
         Returns ``(src, dst)`` when the last block must be copied by the runner, else None.
         """
@@ -106,7 +117,7 @@ class KVCacheManager:
         child = list(shared)
         copy = None
         if num_tokens % self.block_size:
-            (dst,) = self.pool.allocate(1)
+            (dst,) = [held.pop()] if held else self.pool.allocate(1)
             child.append(dst)
             copy = (table[full], dst)
         self.block_tables[child_id] = child
@@ -159,9 +170,15 @@ class PrefixCachingKVManager(KVCacheManager):
             self._ensure_free(need)
         return super().allocate(seq_id, num_tokens)
 
-    def fork(self, parent_id: int, child_id: int, num_tokens: int) -> tuple[int, int] | None:
-        self._ensure_free(1)
-        copy = super().fork(parent_id, child_id, num_tokens)
+    def take(self, n: int) -> list[int]:
+        self._ensure_free(n)
+        return super().take(n)
+
+    def fork(self, parent_id: int, child_id: int, num_tokens: int, held: list[int] | None = None
+             ) -> tuple[int, int] | None:
+        if not held:
+            self._ensure_free(1)
+        copy = super().fork(parent_id, child_id, num_tokens, held)
         if parent_id in self.locked:
             self._relock(child_id, self.locked[parent_id])
         return copy

@@ -34,7 +34,7 @@ class ScheduledSeq:
     seq: Sequence
     num_new_tokens: int  # token_ids[num_computed : num_computed + num_new_tokens] run this step
     block_table: list[int]
-    reserve: int = 0  # blocks held for the siblings forked when it samples (n > 1)
+    fork_blocks: list[int] = field(default_factory=list)  # held for the siblings forked when it samples (n > 1)
 
     @property
     def samples(self) -> bool:
@@ -48,7 +48,6 @@ class SchedulerOutput:
     preempted: list[Sequence] = field(default_factory=list)
     expired: list[Sequence] = field(default_factory=list)
     budget: int = 0  # tokens of the step's budget still free (while scheduling)
-    reserved: int = 0  # blocks held for forks after the step (the sum of the scheduled ``reserve``)
 
 
 class Scheduler:
@@ -107,16 +106,19 @@ class Scheduler:
         candidates = ([s for s in self.running if s.num_tokens - s.num_computed > 1]
                       + [s for s in self.waiting if not s.all_sampled])
         candidates.sort(key=lambda s: keys[s.seq_id])
+        admitting = True
         for seq in candidates:
             if out.budget <= 0:
                 break
             if seq.status is SeqStatus.RUNNING:  # mid-prompt: phase (1) took only decodes
                 self._fit(seq, min(seq.num_tokens - seq.num_computed, out.budget), out, keys)
                 continue
-            if seq.status is not SeqStatus.WAITING or seq in out.preempted:
+            if not admitting or seq.status is not SeqStatus.WAITING or seq in out.preempted:
                 continue  # finished, or preempted in this very round
-            if not self._admit(seq, out, keys, ctx):
-                break  # strict order: nothing behind it jumps the queue
+            # strict order: nothing behind a request that cannot start jumps the queue; running
+            # prompts behind it still go on (they hold blocks: stopping them could leave it
+            # waiting for blocks that only their progress would free, for ever)
+            admitting = self._admit(seq, out, keys, ctx)
         for seq in self.waiting:
             seq.waited_steps += 1
         return out
@@ -148,7 +150,7 @@ class Scheduler:
             out.budget -= 1
             return True
         reserve = seq.pending_forks if seq.num_computed + n == seq.num_tokens else 0
-        while not self.kv.can_allocate(seq.seq_id, seq.num_computed + n, reserve + out.reserved):
+        while not self.kv.can_allocate(seq.seq_id, seq.num_computed + n, reserve):
             victim = self._victim(keys, than=None)
             if victim is None or victim is seq:
                 if victim is seq:
@@ -159,9 +161,9 @@ class Scheduler:
         return True
 
     def _schedule(self, seq: Sequence, n: int, out: SchedulerOutput, reserve: int) -> None:
-        out.scheduled.append(ScheduledSeq(seq, n, self.kv.allocate(seq.seq_id, seq.num_computed + n), reserve))
+        table = self.kv.allocate(seq.seq_id, seq.num_computed + n)
+        out.scheduled.append(ScheduledSeq(seq, n, table, self.kv.take(reserve)))
         out.budget -= n
-        out.reserved += reserve  # (later allocations of this round leave these blocks to the forks)
 
     def _admit(self, seq: Sequence, out: SchedulerOutput, keys, ctx: SchedContext) -> bool:
         """Try to start a waiting sequence this step."""
@@ -172,7 +174,7 @@ class Scheduler:
         reserve = seq.pending_forks if seq.num_computed + n == seq.num_tokens else 0
         urgent = not seq.best_effort and ctx.slack(seq) < self._natural_wait(ctx)
         while len(self.running) >= self.seq_cap(ctx, seq) or not self.kv.can_allocate(
-                seq.seq_id, seq.num_computed + n, reserve + out.reserved):
+                seq.seq_id, seq.num_computed + n, reserve):
             victim = self._victim(keys, than=keys[seq.seq_id]) if urgent else None
             if victim is not None and not victim.best_effort and \
                     ctx.slack(victim) < ctx.prefill_eta(seq) + ctx.decode_eta(seq):
@@ -227,9 +229,9 @@ class Scheduler:
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         # Recompute: drop its KV (full blocks stay in the prefix cache); it re-prefills when readmitted.
         for i, s in enumerate(out.scheduled):
-            if s.seq is seq:  # already in this step: take it back out, with its tokens and reserve
+            if s.seq is seq:  # already in this step: take it back out, with its tokens and fork blocks
                 out.budget += s.num_new_tokens
-                out.reserved -= s.reserve
+                self.kv.give_back(s.fork_blocks)
                 del out.scheduled[i]
                 break
         self.running.remove(seq)
