@@ -91,3 +91,12 @@ def test_unsupported_gguf_architecture(tmp_path):
 def test_unknown_engine_option():
     with pytest.raises(TypeError, match="unknown engine option"):
         LLM("default", max_num_seq=3)
+
+
+def test_a_temperature_too_small_to_divide_by_samples_greedily(llm):
+    """As vLLM: under 1e-5 greedy (logits over 1e-38 overflow float32, and argmax of inf/NaN is token 0)."""
+    assert SamplingParams(temperature=1e-38).greedy and not SamplingParams(temperature=1e-4).greedy
+    prompts = prompts_of([7, 12])
+    tiny = llm.generate(prompts, SamplingParams(temperature=1e-38, max_tokens=8, ignore_eos=True))
+    greedy = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    assert [o.outputs[0].token_ids for o in tiny] == [o.outputs[0].token_ids for o in greedy]

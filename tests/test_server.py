@@ -140,7 +140,8 @@ def test_disconnect_frees_blocks(server):
 def _err(server, body, path="/v1/chat/completions", raw=None):
     if raw is not None:
         return httpx.post(server.url + path, content=raw, headers={"content-type": "application/json"})
-    return httpx.post(server.url + path, json=body)
+    # (json.dumps escapes non-ASCII, so a lone surrogate travels as the JSON escape a client would send)
+    return httpx.post(server.url + path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
 
 
 @pytest.mark.parametrize("body,status,expected", [
@@ -150,7 +151,28 @@ def _err(server, body, path="/v1/chat/completions", raw=None):
     ({"model": MODEL, "messages": ASK, "temperature": -1}, 400,
      {"message": "temperature must be >= 0, got -1.0", "type": "invalid_request_error", "param": "temperature", "code": None}),
     ({"model": MODEL, "messages": ASK, "n": 0}, 400,
-     {"message": "n must be >= 1, got 0", "type": "invalid_request_error", "param": "n", "code": None}),
+     {"message": "n must be in [1, 128], got 0", "type": "invalid_request_error", "param": "n", "code": None}),
+    ({"model": MODEL, "messages": ASK, "n": 2**70}, 400, None),  # (int64: a validation error naming n)
+    ({"model": MODEL, "messages": ASK, "n": 1_000_000}, 400,
+     {"message": "n must be in [1, 128], got 1000000", "type": "invalid_request_error", "param": "n", "code": None}),
+    ({"model": MODEL, "messages": ASK, "seed": 2**64}, 400, None),
+    ({"model": MODEL, "messages": ASK, "max_tokens": 0}, 400,
+     {"message": "max_tokens must be >= 1, got 0", "type": "invalid_request_error", "param": "max_tokens", "code": None}),
+    ({"model": MODEL, "messages": ASK, "repetition_penalty": 0}, 400,
+     {"message": "repetition_penalty must be > 0, got 0.0", "type": "invalid_request_error",
+      "param": "repetition_penalty", "code": None}),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, 400,
+     {"message": "messages.0.content: a text part's text must be a string", "type": "invalid_request_error",
+      "param": "messages", "code": None}),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "\ud800"}]}, 400,
+     {"message": "messages is not valid Unicode text (it holds a lone surrogate)", "type": "invalid_request_error",
+      "param": "messages", "code": None}),
+    ({"model": MODEL, "messages": ASK, "stop": ["\ud800"]}, 400,
+     {"message": "stop is not valid Unicode text (it holds a lone surrogate)", "type": "invalid_request_error",
+      "param": "stop", "code": None}),
+    ({"model": "\ud800", "messages": ASK}, 404,
+     {"message": f"The model `\\ud800` does not exist. Served: `{MODEL}`.", "type": "not_found_error",
+      "param": "model", "code": "model_not_found"}),
     ({"model": MODEL, "messages": ASK, "max_tokens": 5000}, 400, None),
     ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, None),
     ({"model": MODEL, "messages": ASK, "max_tokens": "many"}, 400, None),

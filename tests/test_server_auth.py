@@ -63,6 +63,9 @@ def test_v1_routes_need_the_key_from_the_environment(tiny_llama, monkeypatch):
         r = httpx.post(url + "/v1/completions", json=body, headers=auth, timeout=30)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
         assert httpx.get(url + "/v1/models", headers=auth, timeout=30).status_code == 200
+        r = httpx.post(url + "/v1/completions", json={**body, "prompt": [[5]] * 1025}, headers=auth, timeout=30)
+        assert (r.status_code, r.json()["error"]["message"]) == (
+            400, "at most 1024 prompts in one request (--max-pending), got 1025")
         # a model directory without a tokenizer: text is a 400, not a crash (ids work, above)
         r = httpx.post(url + "/v1/completions", json={**body, "prompt": "hello"}, headers=auth, timeout=30)
         assert (r.status_code, r.json()["error"]["message"]) == (

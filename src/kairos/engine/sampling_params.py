@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 _MAX_LOGPROBS = 20
+_GREEDY_BELOW = 1e-5  # a temperature under this samples greedily
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -60,7 +61,8 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # (as vLLM: logits over a temperature of 1e-38 overflow float32, and argmax of inf/NaN is token 0)
+        return self.temperature < _GREEDY_BELOW
 
     @property
     def has_penalties(self) -> bool:

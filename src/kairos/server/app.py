@@ -34,6 +34,8 @@ from kairos.server.serving import (
     usage,
 )
 
+MAX_N = 128  # completions per prompt (OpenAI's bound): n sequences' state is built before the engine sees them
+
 
 def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="Kairos", version=kairos.__version__)
@@ -66,16 +68,26 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
 
     def check_model(name: str | None) -> None:
         if name is not None and name not in aliases:
-            raise APIError(404, f"The model `{name}` does not exist. Served: `{model_name}`.", "not_found_error",
+            shown = name.encode("utf-8", "backslashreplace").decode()  # (a lone surrogate cannot go in a body)
+            raise APIError(404, f"The model `{shown}` does not exist. Served: `{model_name}`.", "not_found_error",
                            param="model", code="model_not_found")
+
+    def unicode(text: str, param: str) -> str:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, f"{param} is not valid Unicode text (it holds a lone surrogate)", param=param) from None
+        return text
 
     def check_alive() -> None:
         if client.dead:
             raise APIError(503, f"engine unavailable: {client.dead}", "server_error", code="engine_dead")
 
     def sampling(req, prompt_len: int, default_max: int):
-        if req.n < 1:
-            raise APIError(400, f"n must be >= 1, got {req.n}", param="n")
+        if not 1 <= req.n <= MAX_N:  # (checked before n of anything is built)
+            raise APIError(400, f"n must be in [1, {MAX_N}], got {req.n}", param="n")
+        for s in [req.stop] if isinstance(req.stop, str) else req.stop or ():
+            unicode(s, "stop")
         try:
             params = req.sampling_params(default_max)
         except ValueError as e:
@@ -97,20 +109,25 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             if not prompt:
                 raise APIError(400, "prompt must not be empty", param="prompt")
             need_tokenizer("prompt")
-            return prompt, tokenizer(prompt).input_ids
+            return prompt, tokenizer(unicode(prompt, "prompt")).input_ids
         if not prompt:
             raise APIError(400, "prompt must not be empty", param="prompt")
         if min(prompt) < 0 or max(prompt) >= client.ready.vocab_size:
             raise APIError(400, f"prompt token ids must be in [0, {client.ready.vocab_size})", param="prompt")
         return None, list(prompt)
 
-    def render(messages: list[dict], add_generation_prompt: bool) -> str:
+    def render(messages: list, add_generation_prompt: bool) -> str:
         if not getattr(tokenizer, "chat_template", None):
             raise APIError(400, "this model has no chat template; use /v1/completions", param="messages")
         try:
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            turns = conversation(messages)
+        except ValueError as e:
+            raise APIError(400, str(e), param="messages") from None
+        try:
+            text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt)
         except Exception as e:  # template errors are the caller's messages' fault
             raise APIError(400, f"messages could not be rendered by the chat template: {e}", param="messages") from None
+        return unicode(text, "messages")
 
     def request_slo(req, request: Request):
         try:
@@ -126,6 +143,9 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         prompts = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
         if not prompts:
             raise APIError(400, "prompt must not be empty", param="prompt")
+        if len(prompts) > config.max_pending:
+            raise APIError(400, f"at most {config.max_pending} prompts in one request (--max-pending), got "
+                                f"{len(prompts)}", param="prompt")
         encoded = [encode(x) for x in prompts]
         params = [sampling(req, len(ids), 16) for _, ids in encoded]
         slo, priority = request_slo(req, request)
@@ -149,7 +169,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
     async def chat(req: ChatCompletionRequest, request: Request):
         check_model(req.model)
         check_alive()
-        text = render(req.conversation(), req.add_generation_prompt)
+        text = render(req.messages, req.add_generation_prompt)
         ids = tokenizer(text, add_special_tokens=False).input_ids
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
         params = sampling(req, len(ids), max_default)
@@ -174,9 +194,9 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, "give exactly one of prompt and messages", param="prompt")
         need_tokenizer("prompt" if req.messages is None else "messages")
         if req.messages is not None:
-            text, special = render(conversation(req.messages), req.add_generation_prompt), False
+            text, special = render(req.messages, req.add_generation_prompt), False
         else:
-            text, special = req.prompt, True
+            text, special = unicode(req.prompt, "prompt"), True
         ids = tokenizer(text, add_special_tokens=special if req.add_special_tokens is None else req.add_special_tokens
                         ).input_ids
         strs = tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None

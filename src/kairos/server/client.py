@@ -89,7 +89,11 @@ class EngineClient:
             raise EngineDeadError(self.dead)
         q: asyncio.Queue = asyncio.Queue()
         self.queues[request.request_id] = q
-        self._send(AddRequest(request))
+        try:
+            self._send(AddRequest(request))
+        except BaseException:
+            del self.queues[request.request_id]  # (a slot held for ever would count against max_pending)
+            raise
         return q
 
     def abort(self, request_id: str) -> None:

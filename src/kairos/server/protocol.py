@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kairos.engine.sampling_params import SamplingParams
 from kairos.engine.slo import SLO
+
+# integers travel to the engine as msgpack int64: a larger one is a 400 here, not a failure to send
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class ErrorInfo(BaseModel):
@@ -55,8 +58,10 @@ def slo_from(body_slo: SLOBody | None, body_priority: int | None, headers) -> tu
     if priority is None and "x-kairos-priority" in headers:
         try:
             priority = int(headers["x-kairos-priority"])
+            if not -(2**63) <= priority < 2**63:
+                raise ValueError
         except ValueError:
-            raise ValueError("priority (X-Kairos-Priority) must be an integer") from None
+            raise ValueError("priority (X-Kairos-Priority) must be a 64-bit integer") from None
     if not fields:
         return None, priority or 0
     try:
@@ -71,27 +76,27 @@ class _SamplingFields(BaseModel):
     model_config = ConfigDict(extra="allow")  # unknown OpenAI fields (user, metadata, ...) are accepted and ignored
 
     model: str | None = None
-    max_tokens: int | None = None
-    n: int = 1
+    max_tokens: Int64 | None = None
+    n: Int64 = 1
     temperature: float | None = None
     top_p: float | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     stream: bool = False
     stream_options: StreamOptions | None = None
     # vLLM extensions
-    top_k: int | None = None
+    top_k: Int64 | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Int64] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     # Kairos extensions
     slo: SLOBody | None = None
-    priority: int | None = None
+    priority: Int64 | None = None
 
     def _sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -100,7 +105,7 @@ class _SamplingFields(BaseModel):
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=self.top_k or 0, min_p=self.min_p or 0.0, seed=self.seed,
-            repetition_penalty=self.repetition_penalty or 1.0,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos,
             logprobs=logprobs, include_stop_str_in_output=self.include_stop_str_in_output,
@@ -110,7 +115,7 @@ class _SamplingFields(BaseModel):
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = None
+    logprobs: Int64 | None = None
     echo: bool = False
 
     def sampling_params(self, default_max_tokens: int) -> SamplingParams:
@@ -126,26 +131,26 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Int64 | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Int64 | None = None
     add_generation_prompt: bool = True
 
     def sampling_params(self, default_max_tokens: int) -> SamplingParams:
-        max_tokens = self.max_completion_tokens or self.max_tokens or default_max_tokens
+        max_tokens = next((m for m in (self.max_completion_tokens, self.max_tokens) if m is not None), default_max_tokens)
         return self._sampling(max_tokens, (self.top_logprobs or 0) if self.logprobs else None)
-
-    def conversation(self) -> list[dict[str, Any]]:
-        return conversation(self.messages)
 
 
 def conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     """Messages as a chat template takes them."""
     out = []
-    for m in messages:
+    for i, m in enumerate(messages):
         content = m.content
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+            texts = [p.get("text") for p in content if p.get("type") == "text"]
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError(f"messages.{i}.content: a text part's text must be a string")
+            content = "".join(texts)
         out.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
     return out
 

@@ -69,7 +69,11 @@ class Generator:
         rid = new_id("req")
         arrival = time.monotonic()
         out = self.processor.add_request(rid, text, ids, params)
-        q = self.client.add(EngineRequest(rid, ids, params, arrival, slo, priority))
+        try:
+            q = self.client.add(EngineRequest(rid, ids, params, arrival, slo, priority))
+        except (OverflowError, UnicodeEncodeError, msgspec.EncodeError) as e:  # a value the wire cannot carry
+            self.processor.abort(rid)
+            raise APIError(400, f"the request cannot be sent to the engine: {e}") from None
         tr = Tracked(rid, out, q, arrival, slo)
         if slo is not None:
             try:
