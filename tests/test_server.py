@@ -286,3 +286,15 @@ def test_tokenize_and_detokenize_as_vllm(server):
     ]:
         r = httpx.post(server.url + path, json=body)
         assert (r.status_code, r.json()["error"]) == (404 if "gpt-9" in str(body) else 400, err), body
+
+
+def test_a_client_that_leaves_before_a_whole_answer_is_aborted(server):
+    """Not streamed: 1800 tokens would take this CPU many seconds; the client gives up after 0.5."""
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1800, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (server.stats()["num_running"] or server.stats()["kv_blocks_active"]):
+        time.sleep(0.05)
+    stats = server.stats()
+    assert stats["num_running"] == 0 and stats["kv_blocks_active"] == 0 and stats["num_requests_in_flight"] == 0

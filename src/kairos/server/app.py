@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -33,6 +37,35 @@ from kairos.server.serving import (
     sse,
     usage,
 )
+
+
+def cancel_on_disconnect(handler):
+    """Run a route beside a watch on its connection: a client that goes away before a
+    non-streamed answer is ready has its requests aborted (cancelling the route runs the
+    ``finally`` that aborts them), as vLLM's ``with_cancellation``. Streams watch for themselves."""
+
+    @functools.wraps(handler)
+    async def route(*args, **kwargs):
+        work = asyncio.ensure_future(handler(*args, **kwargs))
+        gone = asyncio.ensure_future(_disconnected(kwargs["request"]))
+        try:
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if work not in done:
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            return Response(status_code=499)  # (nobody reads it)
+        return work.result()
+
+    return route
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":  # (the body was read: what comes is the end)
+        pass
+
 
 MAX_N = 128  # completions per prompt (OpenAI's bound): n sequences' state is built before the engine sees them
 
@@ -136,6 +169,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, str(e), param="slo") from None
 
     @app.post("/v1/completions")
+    @cancel_on_disconnect
     async def completions(req: CompletionRequest, request: Request):
         check_model(req.model)
         check_alive()
@@ -166,6 +200,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         return {**header("text_completion", rid, model_name), "choices": choices, "usage": total_usage(tracked)}
 
     @app.post("/v1/chat/completions")
+    @cancel_on_disconnect
     async def chat(req: ChatCompletionRequest, request: Request):
         check_model(req.model)
         check_alive()
