@@ -66,6 +66,10 @@ def test_v1_routes_need_the_key_from_the_environment(tiny_llama, monkeypatch):
         r = httpx.post(url + "/v1/completions", json={**body, "prompt": [[5]] * 1025}, headers=auth, timeout=30)
         assert (r.status_code, r.json()["error"]["message"]) == (
             400, "at most 1024 prompts in one request (--max-pending), got 1025")
+        # refused by the engine (n copies cannot fit in 63 blocks): a 400 before any stream starts
+        r = httpx.post(url + "/v1/completions", json={**body, "n": 100, "stream": True}, headers=auth, timeout=30)
+        assert (r.status_code, r.json()["error"]["message"]) == (
+            400, "n=100 with a 3-token prompt does not fit in the KV cache")
         # a model directory without a tokenizer: text is a 400, not a crash (ids work, above)
         r = httpx.post(url + "/v1/completions", json={**body, "prompt": "hello"}, headers=auth, timeout=30)
         assert (r.status_code, r.json()["error"]["message"]) == (

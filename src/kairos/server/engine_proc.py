@@ -75,11 +75,10 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                         engine.add_request(msg.request)
                     except ValueError as e:
                         send(RequestRejected(msg.request.request_id, str(e), getattr(e, "code", None)))
-                    else:
-                        if msg.request.slo is not None:
-                            rid = msg.request.request_id
-                            promised = engine.admission(rid)
-                            send(Admitted(rid, *(() if promised is None else (x * 1000 for x in promised))))
+                    else:  # every request gets a verdict: a refused stream is a 4xx, not a 200 with an error in it
+                        rid = msg.request.request_id
+                        promised = engine.admission(rid) if msg.request.slo is not None else None
+                        send(Admitted(rid, *(() if promised is None else (x * 1000 for x in promised))))
                 elif isinstance(msg, AbortRequest):
                     aborted.extend(engine.abort(msg.request_id))
                 elif isinstance(msg, FinishSequence):

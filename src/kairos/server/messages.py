@@ -48,8 +48,9 @@ class RequestRejected(msgspec.Struct, tag=True):
 
 
 class Admitted(msgspec.Struct, tag=True):
-    """Sent for requests with an SLO once admission control has accepted them, with what it
-    predicted (ms; None when the request was admitted best-effort)."""
+    """Sent for every request the engine took (the API answers only then, so a refusal is a
+    4xx before any stream starts), with what SLO admission control predicted (ms; None without
+    an SLO, or when admitted best-effort)."""
 
     request_id: str
     predicted_ttft_ms: float | None = None

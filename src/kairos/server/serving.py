@@ -65,7 +65,7 @@ class Generator:
 
     async def submit(self, text: str | None, ids: list[int], params: SamplingParams,
                      slo: SLO | None = None, priority: int = 0) -> Tracked:
-        """Hand a request to the engine; with an SLO, wait for admission control's verdict."""
+        """Hand a request to the engine and wait for its verdict (with an SLO, admission control's)."""
         rid = new_id("req")
         arrival = time.monotonic()
         out = self.processor.add_request(rid, text, ids, params)
@@ -75,20 +75,19 @@ class Generator:
             self.processor.abort(rid)
             raise APIError(400, f"the request cannot be sent to the engine: {e}") from None
         tr = Tracked(rid, out, q, arrival, slo)
-        if slo is not None:
-            try:
-                first = await q.get()
-            except BaseException:  # the client went away while admission was pending
-                self.client.abort(rid)
-                self.processor.abort(rid)
-                raise
-            if not isinstance(first, Admitted):
-                self.processor.abort(rid)
-                self.client.release(rid)
-                outcome = "refused" if getattr(first, "code", None) == "slo_infeasible" else "rejected"
-                self.metrics.finished(outcome, len(ids), [], arrival, time.monotonic(), slo, None)
-                raise self._error(first)
-            tr.admitted = first
+        try:
+            first = await q.get()
+        except BaseException:  # the client went away while the verdict was pending
+            self.client.abort(rid)
+            self.processor.abort(rid)
+            raise
+        if not isinstance(first, Admitted):
+            self.processor.abort(rid)
+            self.client.release(rid)
+            outcome = "refused" if getattr(first, "code", None) == "slo_infeasible" else "rejected"
+            self.metrics.finished(outcome, len(ids), [], arrival, time.monotonic(), slo, None)
+            raise self._error(first)
+        tr.admitted = first
         return tr
 
     @staticmethod
