@@ -298,3 +298,20 @@ def test_a_client_that_leaves_before_a_whole_answer_is_aborted(server):
         time.sleep(0.05)
     stats = server.stats()
     assert stats["num_running"] == 0 and stats["kv_blocks_active"] == 0 and stats["num_requests_in_flight"] == 0
+
+
+def test_echo_puts_the_prompt_ahead_streamed_or_not(server):
+    from kairos.loader import load_tokenizer, resolve_model_path
+
+    body = {"model": MODEL, "prompt": "hello there", "echo": True, "max_tokens": 3, "temperature": 0}
+    whole = httpx.post(server.url + "/v1/completions", json=body).json()["choices"][0]["text"]
+    assert whole.startswith("hello there") and len(whole) > len("hello there")
+    chunks = []
+    with httpx.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[6:])["choices"][0]["text"])
+    assert "".join(chunks) == whole and chunks[0].startswith("hello there")
+    ids = load_tokenizer(resolve_model_path("default"))("hello there").input_ids
+    by_ids = httpx.post(server.url + "/v1/completions", json={**body, "prompt": ids}).json()["choices"][0]["text"]
+    assert by_ids == whole

@@ -187,14 +187,17 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         tracked = await gen.start_all([(t, ids, sp) for (t, ids), sp in zip(encoded, params)], slo, priority)
         runs = [gen.follow(tr) for tr in tracked]
         n = req.n
+        # echo: the prompt's text ahead of each choice's (token ids: as the tokenizer decodes them)
+        echo = [(t if t is not None else tokenizer.decode(ids) if tokenizer is not None else "") if req.echo else ""
+                for t, ids in encoded]
         if req.stream:
-            return _stream(rid, "text_completion", model_name, runs, tracked, n, req, chat=False)
+            return _stream(rid, "text_completion", model_name, runs, tracked, n, req, chat=False, echo=echo)
         async for _ in merge(runs):
             pass
         choices = []
         for i, tr in enumerate(tracked):
             for o in tr.output.outputs:
-                choices.append({"index": i * n + o.index, "text": (prompts[i] if req.echo and isinstance(prompts[i], str) else "") + o.text,
+                choices.append({"index": i * n + o.index, "text": echo[i] + o.text,
                                 "logprobs": completion_logprobs(o), "finish_reason": o.finish_reason,
                                 "stop_reason": o.stop_reason})
         return {**header("text_completion", rid, model_name), "choices": choices, "usage": total_usage(tracked)}
@@ -283,7 +286,8 @@ def total_usage(tracked) -> dict:
     return tot
 
 
-def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bool) -> StreamingResponse:
+def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bool,
+            echo: list[str] | None = None) -> StreamingResponse:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     async def body():
@@ -305,7 +309,11 @@ def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: b
                         sent_role.add(idx)
                     choice = {"index": idx, "delta": delta, "logprobs": chat_logprobs(o, start)}
                 else:
-                    choice = {"index": idx, "text": o.delta, "logprobs": completion_logprobs(o, start)}
+                    text = o.delta
+                    if echo and echo[i] and idx not in sent_role:  # (the prompt goes out with a choice's first chunk)
+                        text = echo[i] + text
+                        sent_role.add(idx)
+                    choice = {"index": idx, "text": text, "logprobs": completion_logprobs(o, start)}
                 choice["finish_reason"] = o.finish_reason
                 if o.finish_reason:
                     choice["stop_reason"] = o.stop_reason
