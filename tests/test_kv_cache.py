@@ -237,3 +237,17 @@ def test_random_workloads_under_memory_pressure_end_whole(tiny_llama, seed):
     assert all(len(done[(rid, k)][0]) == sp.max_tokens for reqs in arrivals.values() for rid, _, sp in reqs
                for k in range(sp.n))
     assert_pool_whole(engine)
+
+
+def test_a_launch_that_fails_before_its_forks_gives_their_blocks_back(tiny_llama, monkeypatch):
+    engine = make_engine(tiny_llama[1], block_size=4, num_blocks=16)
+    engine.add_request(EngineRequest("r", prompts_of([5])[0], SamplingParams(n=3, max_tokens=2, **GREEDY)))
+
+    def broken(*args):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(engine.runner, "execute", broken)
+    with pytest.raises(RuntimeError, match="device lost"):
+        engine.launch()  # the prompt's step holds 2 blocks for its siblings' partial last blocks
+    assert [o.finish_reason for o in engine.discard_in_flight()] == ["abort"] * 3
+    assert_pool_whole(engine)

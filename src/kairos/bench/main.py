@@ -15,7 +15,7 @@ from rich.progress import Progress
 from kairos.bench.config import BenchConfig
 from kairos.bench.metrics import capacity, summarize
 from kairos.bench.report import plot, print_summary, write_json
-from kairos.bench.runner import Target, run_load
+from kairos.bench.runner import Target, auth_headers, run_load
 from kairos.bench.workloads import Length, build_workload, load_trace
 
 
@@ -25,8 +25,7 @@ class BenchError(Exception):
 
 def resolve_model(cfg: BenchConfig) -> str:
     try:
-        auth = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
-        r = httpx.get(cfg.base_url.rstrip("/") + "/v1/models", headers=auth, timeout=10)
+        r = httpx.get(cfg.base_url.rstrip("/") + "/v1/models", headers=auth_headers(cfg.api_key), timeout=10)
     except httpx.HTTPError as e:
         raise BenchError(f"cannot reach the server at {cfg.base_url}: {e}") from None
     if r.status_code == 401:

@@ -43,7 +43,11 @@ class Target:
     api_key: str | None = field(default=None, repr=False)
 
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return auth_headers(self.api_key)
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _body(spec: RequestSpec, target: Target, history: list[dict]) -> tuple[str, dict, dict]:

@@ -217,8 +217,9 @@ class EngineCore:
                 logit_rows.extend([row] * len(group))
                 flight.seqs.extend(group)
                 row += 1
-            self.kv.give_back(s.fork_blocks)  # what the forks did not need (a full last block is shared)
-            s.fork_blocks = []
+            if s.fork_blocks:  # what the forks did not need (a full last block is shared)
+                self.kv.give_back(s.fork_blocks)
+                s.fork_blocks = []
         if copies:
             self.runner.copy_blocks(copies)
         if flight.seqs:
@@ -244,6 +245,9 @@ class EngineCore:
         """Forget launched steps without applying them (after an error): the requests they ran
         are aborted (their sequences' tokens and computed counts are past what is known)."""
         rids = {s.seq.request_id for f in self._in_flight for s in f.sched.scheduled}
+        for s in (s for f in self._in_flight for s in f.sched.scheduled if s.fork_blocks):
+            self.kv.give_back(s.fork_blocks)  # (a launch that failed before its forks)
+            s.fork_blocks = []
         self._in_flight.clear()
         return [o for rid in sorted(rids) for o in self.abort(rid)]
 

@@ -83,7 +83,7 @@ class KVCacheManager:
         """``n`` blocks held outside any table (for forks: :meth:`fork` takes one, :meth:`give_back`
         returns the rest). Held, not merely counted: what a count leans on (cached blocks no one
         uses) can be locked by a cache insert before the fork comes."""
-        return self.pool.allocate(n) if n else []
+        return self.pool.allocate(n)
 
     def give_back(self, blocks: list[int]) -> None:
         self.pool.release(blocks)
@@ -209,17 +209,16 @@ class PrefixCachingKVManager(KVCacheManager):
         (evicting them frees memory). The unlocked leaves come first, from the eviction heap:
         a walk of the tree from its root passes every running sequence's locked blocks before it
         reaches them (34 ms a block at 160,000 blocks, benchmarks/prefix_evict.py). Only when
-        they are too few (unlocked blocks behind them count too) does it walk, stopping at the
-        ``k``-th."""
+        they are too few (unlocked blocks behind them count too) does it walk the inner nodes
+        (the leaves are counted), stopping at the ``k``-th."""
         found = 0
         for n in self.tree.unlocked_leaves():
             if self.pool.ref_counts[n.block] == 1:
                 found += 1
                 if found >= k:
                     return True
-        found = 0
         for n in self.tree.nodes():
-            if n.lock_ref == 0 and self.pool.ref_counts[n.block] == 1:
+            if n.children and n.lock_ref == 0 and self.pool.ref_counts[n.block] == 1:
                 found += 1
                 if found >= k:
                     return True

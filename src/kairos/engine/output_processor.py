@@ -117,9 +117,9 @@ class OutputProcessor:
         out.token_ids.extend(so.new_token_ids)
         if out.logprobs is not None and so.logprobs:
             for tok, lp in zip(so.new_token_ids, so.logprobs):
-                out.logprobs.append(Logprob(tok, self._tok_str(tok), lp.logprob,
-                                            [(t, self._tok_str(t), v, self._tok_bytes(t)) for t, v in lp.top],
-                                            self._tok_bytes(tok)))
+                s = self._tok_str(tok)
+                top = [(t, st, v, self._tok_bytes(t, st)) for t, v in lp.top for st in (self._tok_str(t),)]
+                out.logprobs.append(Logprob(tok, s, lp.logprob, top, self._tok_bytes(tok, s)))
         if st.detok is None:
             if so.finished:
                 out.finish_reason, out.stop_reason = so.finish_reason, so.stop_reason
@@ -140,9 +140,10 @@ class OutputProcessor:
     def _tok_str(self, token_id: int) -> str:
         return self._decode_one([token_id]) if self.tokenizer else str(token_id)
 
-    def _tok_bytes(self, token_id: int) -> list[int]:
+    def _tok_bytes(self, token_id: int, text: str) -> list[int]:
+        """The token's own bytes; ``text`` (its ``_tok_str``) where no byte table has them."""
         table = self._bytes.ids if self._bytes is not None else ()
-        return list(table[token_id]) if token_id < len(table) else list(self._tok_str(token_id).encode())
+        return list(table[token_id]) if token_id < len(table) else list(text.encode())
 
     def abort(self, request_id: str) -> None:
         self.states.pop(request_id, None)

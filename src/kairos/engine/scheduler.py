@@ -162,7 +162,7 @@ class Scheduler:
 
     def _schedule(self, seq: Sequence, n: int, out: SchedulerOutput, reserve: int) -> None:
         table = self.kv.allocate(seq.seq_id, seq.num_computed + n)
-        out.scheduled.append(ScheduledSeq(seq, n, table, self.kv.take(reserve)))
+        out.scheduled.append(ScheduledSeq(seq, n, table, self.kv.take(reserve) if reserve else []))
         out.budget -= n
 
     def _admit(self, seq: Sequence, out: SchedulerOutput, keys, ctx: SchedContext) -> bool:

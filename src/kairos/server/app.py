@@ -191,7 +191,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         echo = [(t if t is not None else tokenizer.decode(ids) if tokenizer is not None else "") if req.echo else ""
                 for t, ids in encoded]
         if req.stream:
-            return _stream(rid, "text_completion", model_name, runs, tracked, n, req, chat=False, echo=echo)
+            return _stream(rid, "text_completion", model_name, runs, tracked, n, req, chat=False,
+                           echo=echo if req.echo else None)
         async for _ in merge(runs):
             pass
         choices = []
@@ -293,6 +294,7 @@ def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: b
     async def body():
         head = header(kind, rid, model)  # (one ``created`` for every chunk, as OpenAI's)
         sent_role: set[int] = set()
+        echoed: set[int] = set()
         sent_lp: dict[int, int] = {}
         try:
             async for i, (tr, index) in merge(runs):
@@ -310,9 +312,9 @@ def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: b
                     choice = {"index": idx, "delta": delta, "logprobs": chat_logprobs(o, start)}
                 else:
                     text = o.delta
-                    if echo and echo[i] and idx not in sent_role:  # (the prompt goes out with a choice's first chunk)
+                    if echo is not None and idx not in echoed:  # (the prompt goes out with a choice's first chunk)
                         text = echo[i] + text
-                        sent_role.add(idx)
+                        echoed.add(idx)
                     choice = {"index": idx, "text": text, "logprobs": completion_logprobs(o, start)}
                 choice["finish_reason"] = o.finish_reason
                 if o.finish_reason:
