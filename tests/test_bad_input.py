@@ -28,6 +28,10 @@ def llm(tiny_llama):
     ({"presence_penalty": 3.0}, "presence_penalty"),
     ({"logprobs": 21}, "logprobs"),
     ({"stop": ("",)}, "stop"),
+    ({"logit_bias": {3: 100.5}}, "logit_bias"),
+    ({"logit_bias": {-3: 1.0}}, "logit_bias"),
+    ({"min_tokens": 17}, "min_tokens"),
+    ({"min_tokens": -1}, "min_tokens"),
 ])
 def test_sampling_params_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"^{field} "):
@@ -62,6 +66,12 @@ def test_prompt_too_long_leaves_nothing_behind(llm):
     assert_pool_whole(llm.engine)
     with pytest.raises(ValueError, match="prompt token ids must be in"):
         llm.generate([[1, 2, 10_000]])
+
+
+def test_logit_bias_past_the_vocabulary(llm):
+    with pytest.raises(ValueError, match=r"^logit_bias keys must be token ids in \[0, 320\)$"):
+        llm.generate([prompts_of([5])[0]], SamplingParams(logit_bias={319: 1.0, 320: 1.0}))
+    assert_pool_whole(llm.engine)
 
 
 def test_text_prompt_without_tokenizer(llm):

@@ -92,6 +92,23 @@ def test_output_processor_cuts_stop_strings(default_tokenizer, stop, include, ex
         assert (out.finish_reason, out.stop_reason, stopped) == ("stop", stop, [("r", 0)])
 
 
+@pytest.mark.parametrize("min_tokens,expected,reason", [
+    (0, "Hell", "stop"),  # the "o" of "Hello"
+    (1, "Hello w", "stop"),  # "Hello" (one token) is not searched; " world" is
+    (2, "Hello world, this is a test.", "length"),  # no "o" after " world"
+])
+def test_stop_strings_count_only_after_min_tokens(default_tokenizer, min_tokens, expected, reason):
+    proc = OutputProcessor(default_tokenizer)
+    ro = proc.add_request("r", None, [1, 2], SamplingParams(stop=("o",), min_tokens=min_tokens))
+    ids = default_tokenizer("Hello world, this is a test.", add_special_tokens=False).input_ids
+    assert default_tokenizer.decode(ids[:2]) == "Hello world"
+    for i, t in enumerate(ids):
+        proc.process([SeqOutput("r", 0, [t], finish_reason="length" if i == len(ids) - 1 else None)])
+        if ro.finished:
+            break
+    assert (ro.outputs[0].text, ro.outputs[0].finish_reason) == (expected, reason)
+
+
 def test_several_outputs_of_one_sequence_in_one_call_add_up_in_delta(default_tokenizer):
     # a stream that fell behind processes every output waiting for it at once (server.serving.follow)
     proc = OutputProcessor(default_tokenizer)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from kairos.engine.sampler import Sampler, SamplingRow, apply_penalties
+from kairos import LLM
+from kairos.engine.sampler import Sampler, SamplingRow, apply_bias, apply_penalties
 from kairos.engine.sampling_params import SamplingParams
 
 from engine_helpers import make_engine, prompts_of, run
@@ -76,3 +77,83 @@ def test_seeded_requests_reproducible_across_batches(tiny_llama):
     n3 = run(engine, {0: [("n", p[0], SamplingParams(max_tokens=12, temperature=1.0, seed=1234, n=3, ignore_eos=True))]})
     assert n3[("n", 0)] == alone
     assert len({tuple(n3[("n", i)][0]) for i in range(3)}) == 3
+
+
+def test_bias_adds_and_suppress_bans_exact_values():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    rows = [SamplingRow(SamplingParams(logit_bias={3: -4.0, 1: 100.0}), None, [], []),
+            SamplingRow(SamplingParams(), None, [], []),  # untouched in a batch with biased rows
+            SamplingRow(SamplingParams(logit_bias={0: 7.5}), None, [], [], suppress=(0, 2))]
+    out = apply_bias(logits.clone(), rows).tolist()
+    inf = float("inf")
+    assert out == [[2.0, 99.0, 0.5, -1.0], [1.0, 1.0, 1.0, 1.0], [-inf, 0.0, -inf, 0.0]]
+
+
+def test_biased_logprobs_stay_raw_and_the_draw_moves():
+    logits = torch.tensor([[1.0, 2.0, 0.5, -1.0]])
+    out = Sampler(torch.device("cpu"), 0)(
+        logits, [SamplingRow(SamplingParams(temperature=0.0, logprobs=1, logit_bias={2: 3.0}), None, [], [])])
+    assert out.token_ids == [2]  # 0.5 + 3 beats 2.0
+    assert out.logprobs[0][0] == pytest.approx(logits.log_softmax(-1)[0, 2].item())
+    assert draw(SamplingParams(logit_bias={3: -100.0, 0: -100.0}), PROBS.log()) == {1, 2}
+
+
+def hf_biased(model, prompt: list[int], bias: dict[int, float], max_new_tokens: int, **kw) -> list[int]:
+    """Reference: HF greedy generate with ``sequence_bias`` (single tokens: OpenAI's logit_bias)."""
+    ids = torch.tensor([prompt])
+    kw.setdefault("eos_token_id", None)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=0, sequence_bias={(t,): b for t, b in bias.items()} or None, **kw)
+    return out[0, len(prompt):].tolist()
+
+
+def tiny_llm(path, async_scheduling: bool) -> tuple[LLM, list[int]]:
+    """An LLM on the tiny model, and per launch how many steps were already in flight."""
+    llm = LLM(str(path), device="cpu", async_scheduling=async_scheduling)
+    seen: list[int] = []
+    launch = llm.engine.launch
+    llm.engine.launch = lambda: seen.append(len(llm.engine._in_flight)) or launch()
+    return llm, seen
+
+
+def outs(llm: LLM, prompts, params) -> list[tuple[list[int], str]]:
+    return [(o.token_ids, o.finish_reason) for r in llm.generate(prompts, params) for o in r.outputs]
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_logit_bias_greedy_equals_hf_per_row(tiny_llama, async_scheduling):
+    model, path = tiny_llama
+    llm, seen = tiny_llm(path, async_scheduling)
+    p = prompts_of([9, 14, 5])
+    free = [t for t, _ in outs(llm, p, SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))]
+    biases = [{free[0][0]: -100.0, free[0][1]: -100.0}, {}, {7: 4.0, 11: 6.0, free[2][3]: -2.5}]
+    refs = [hf_biased(model, q, b, 10) for q, b in zip(p, biases)]
+    assert refs[0] != free[0] and refs[2] != free[2] and refs[1] == free[1]  # the biases move the output
+    got = outs(llm, p, [SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True, logit_bias=b) for b in biases])
+    assert [t for t, _ in got] == refs
+    assert (max(seen) == 1) is async_scheduling
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_min_tokens_holds_back_eos_and_stop_token_ids(tiny_llama, async_scheduling):
+    model, path = tiny_llama
+    llm, seen = tiny_llm(path, async_scheduling)
+    eos = 2  # the tiny Llama's EOS; a +100 bias makes it the greedy choice whenever it is allowed
+    q = prompts_of([8])[0]
+    params = dict(max_tokens=10, temperature=0.0, logit_bias={eos: 100.0})
+    assert outs(llm, [q], SamplingParams(**params)) == [([eos], "stop")]
+    held = outs(llm, [q, q], [SamplingParams(min_tokens=4, **params),
+                              SamplingParams(min_tokens=4, n=2, seed=3, **params | {"temperature": 1.0})])
+    ref = hf_biased(model, q, {eos: 100.0}, 10, min_new_tokens=4, eos_token_id=eos)
+    assert len(ref) == 5 and ref[-1] == eos and eos not in ref[:4]
+    assert held[0] == (ref, "stop")
+    for toks, why in held[1:]:  # sampled siblings too: EOS exactly at token 5
+        assert (len(toks), toks[-1], eos in toks[:4], why) == (5, eos, False, "stop")
+    # a stop token id, and min_tokens == max_tokens: the length limit ends it
+    stop = ref[0]
+    d, e = outs(llm, [q, q], [SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, min_tokens=2,
+                                             stop_token_ids=(stop,), logit_bias={stop: 100.0}),
+                              SamplingParams(min_tokens=10, **params)])
+    assert d[0][2] == stop and stop not in d[0][:2] and len(d[0]) == 3
+    assert (len(e[0]), eos in e[0], e[1]) == (10, False, "length")
+    assert (max(seen) == 1) is async_scheduling

@@ -82,6 +82,19 @@ def test_completion_n_stop_seed_logprobs(client):
     assert len(lp) == 3 and all(len(x.top_logprobs) == 2 and x.logprob <= 0 for x in lp)
 
 
+def test_logit_bias_and_min_tokens(server, client):
+    banana = httpx.post(server.url + "/tokenize", json={"prompt": " banana", "add_special_tokens": False}).json()["tokens"]
+    assert len(banana) == 1
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=3, temperature=0,
+                                  logit_bias={str(banana[0]): 100})
+    assert r.choices[0].text == " banana banana banana"
+    # the plain answer ends with <|im_end|> at its 8th token (test_chat_and_stream_agree); EOS is held back
+    held = client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=40,
+                                          extra_body={"min_tokens": 12})
+    assert held.choices[0].message.content.startswith("The capital of France is Paris.")
+    assert held.usage.completion_tokens >= 12
+
+
 def test_32_concurrent_streams_none_lost(server):
     async def one(http: httpx.AsyncClient, i: int):
         body = {"model": MODEL, "prompt": f"Count to {i}:", "max_tokens": 16, "temperature": 0, "ignore_eos": True,
@@ -173,6 +186,16 @@ def _err(server, body, path="/v1/chat/completions", raw=None):
     ({"model": "\ud800", "messages": ASK}, 404,
      {"message": f"The model `\\ud800` does not exist. Served: `{MODEL}`.", "type": "not_found_error",
       "param": "model", "code": "model_not_found"}),
+    ({"model": MODEL, "messages": ASK, "logit_bias": {"49152": 5}}, 400,
+     {"message": "logit_bias keys must be token ids in [0, 49152)", "type": "invalid_request_error",
+      "param": "logit_bias", "code": None}),
+    ({"model": MODEL, "messages": ASK, "logit_bias": {"-1": 5}}, 400,
+     {"message": "logit_bias keys must be non-negative token ids, got ((-1, 5.0),)", "type": "invalid_request_error",
+      "param": "logit_bias", "code": None}),
+    ({"model": MODEL, "messages": ASK, "logit_bias": {"7": 100.5}}, 400, None),
+    ({"model": MODEL, "messages": ASK, "max_tokens": 5, "min_tokens": 6}, 400,
+     {"message": "min_tokens must be in [0, max_tokens], got 6", "type": "invalid_request_error",
+      "param": "min_tokens", "code": None}),
     ({"model": MODEL, "messages": ASK, "max_tokens": 5000}, 400, None),
     ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, None),
     ({"model": MODEL, "messages": ASK, "max_tokens": "many"}, 400, None),

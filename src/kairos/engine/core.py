@@ -20,6 +20,7 @@ from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
 from kairos.engine.sampler import DeviceSample, Sampler, SamplingRow
+from kairos.engine.sampling_params import SamplingParams
 from kairos.engine.scheduler import Scheduler, SchedulerOutput
 from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
 from kairos.loader.tokenizer import cache_dir
@@ -107,6 +108,8 @@ class EngineCore:
             raise ValueError("prompt must not be empty")
         if min(prompt) < 0 or max(prompt) >= self.arch.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.arch.vocab_size})")
+        if p.logit_bias and p.logit_bias[-1][0] >= self.arch.vocab_size:
+            raise ValueError(f"logit_bias keys must be token ids in [0, {self.arch.vocab_size})")
         if len(prompt) + p.max_tokens > self.max_model_len:
             raise ValueError(
                 f"this model's maximum context length is {self.max_model_len} tokens, but "
@@ -334,9 +337,18 @@ class EngineCore:
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
         if seq.seed is not None and seq.generator is None:
             seq.generator = self.sampler.new_generator(seq.seed)
-        if seq.params.has_penalties:
-            return SamplingRow(seq.params, seq.generator, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids)
-        return SamplingRow(seq.params, seq.generator, [], [])
+        p = seq.params
+        # (the output count includes tokens still in flight: it is known without their ids)
+        suppress = self._min_tokens_suppress(p) if len(seq.token_ids) - seq.num_prompt_tokens < p.min_tokens else ()
+        if p.has_penalties:
+            return SamplingRow(p, seq.generator, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids, suppress)
+        return SamplingRow(p, seq.generator, [], [], suppress)
+
+    def _min_tokens_suppress(self, p: SamplingParams) -> tuple[int, ...]:
+        """What cannot end a sequence before ``min_tokens``: its stop token ids and, unless
+        ``ignore_eos``, EOS (ids past the vocabulary are left out: nothing samples them)."""
+        ids = set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_token_ids)
+        return tuple(sorted(t for t in ids if t < self.arch.vocab_size))
 
     def _stop_reason(self, seq: Sequence, tok: int) -> tuple[str | None, int | None]:
         p = seq.params

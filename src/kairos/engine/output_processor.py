@@ -65,6 +65,7 @@ class _SeqState:
         else:
             self.detok = IncrementalDetokenizer(tokenizer, prompt_ids, params.skip_special_tokens) if tokenizer else None
         self.stops = StopStringMatcher(params.stop, params.include_stop_str_in_output)
+        self.min_tokens = params.min_tokens
 
 
 class OutputProcessor:
@@ -127,7 +128,10 @@ class OutputProcessor:
         delta = st.detok.add(so.new_token_ids)
         if so.finished:
             delta += st.detok.flush()
-        emit, matched = st.stops.feed(delta)
+        if len(out.token_ids) > st.min_tokens:
+            emit, matched = st.stops.feed(delta)
+        else:  # (as vLLM: stop strings count only after min_tokens; a string across that point is missed)
+            emit, matched = st.stops.flush() + delta, None
         if matched is None and so.finished:
             emit += st.stops.flush()
         out.text += emit

@@ -1,4 +1,4 @@
-"""Sampler: penalties -> temperature -> top-k / top-p / min-p -> draw, with per-request seeds.
+"""Sampler: logit bias and min_tokens -> penalties -> temperature -> top-k / top-p / min-p -> draw, with per-request seeds.
 
 Draws use the exponential race (``argmax(p / E)``, ``E ~ Exp(1)``), an exact sample from ``p``,
 so a seeded row needs only its own noise vector and is independent of the rest of the batch.
@@ -26,6 +26,11 @@ class SamplingRow:
     generator: torch.Generator | None
     prompt_token_ids: list[int]
     output_token_ids: list[int]
+    suppress: tuple[int, ...] = ()  # token ids this row must not sample (min_tokens not reached)
+
+    @property
+    def biased(self) -> bool:
+        return bool(self.params.logit_bias or self.suppress)
 
 
 @dataclass
@@ -64,8 +69,10 @@ class Sampler:
         """Token ids (and logprobs) of a step, left on the logits' device: no host sync."""
         raw = logits
         dev = logits.device
+        if any(r.biased for r in rows):
+            logits = apply_bias(logits.clone(), rows)
         if any(r.params.has_penalties for r in rows):
-            logits = apply_penalties(logits.clone(), rows)
+            logits = apply_penalties(logits if logits is not raw else logits.clone(), rows)
         token_ids = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
         if random_rows:
@@ -108,6 +115,16 @@ class Sampler:
                 top = list(zip(top_i[j][:n], top_v[j][:n])) if n else []
                 logprobs[i] = (chosen[j], top)
         return SamplerOutput(ids, logprobs)
+
+
+def apply_bias(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """Add each row's logit_bias and set its suppressed tokens to -inf, in one scatter."""
+    entries = [(i, t, b) for i, r in enumerate(rows)
+               for t, b in r.params.logit_bias + tuple((t, float("-inf")) for t in r.suppress)]
+    r_idx, t_idx, vals = zip(*entries)
+    dev = logits.device
+    index = (h2d(list(r_idx), dev, torch.long), h2d(list(t_idx), dev, torch.long))
+    return logits.index_put_(index, h2d(list(vals), dev, logits.dtype), accumulate=True)
 
 
 def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

@@ -1,10 +1,12 @@
-"""Per-request sampling options (OpenAI names, plus vLLM's top_k, min_p, repetition_penalty, ignore_eos)."""
+"""Per-request sampling options (OpenAI names, plus vLLM's top_k, min_p, repetition_penalty, ignore_eos,
+min_tokens)."""
 
 from __future__ import annotations
 
 import msgspec
 
 _MAX_LOGPROBS = 20
+_MAX_BIAS = 100.0  # OpenAI's logit_bias range
 _GREEDY_BELOW = 1e-5  # a temperature under this samples greedily
 
 
@@ -27,6 +29,10 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     logprobs: int | None = None  # also return the top-N logprobs of each sampled token
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # OpenAI's logit_bias: (token id, value added to its logit before sampling), sorted by id
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0  # EOS and stop_token_ids cannot end a sequence before this many output tokens
+
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str):
@@ -58,6 +64,14 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
             bad("stop", "must not contain empty strings")
         if any(t < 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "must be non-negative token ids")
+        if isinstance(self.logit_bias, dict):  # as OpenAI sends it
+            msgspec.structs.force_setattr(self, "logit_bias", tuple(sorted(self.logit_bias.items())))
+        if any(t < 0 for t, _ in self.logit_bias):
+            bad("logit_bias", "keys must be non-negative token ids")
+        if not all(-_MAX_BIAS <= b <= _MAX_BIAS for _, b in self.logit_bias):
+            bad("logit_bias", f"values must be in [{-_MAX_BIAS:g}, {_MAX_BIAS:g}]")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            bad("min_tokens", "must be in [0, max_tokens]")
 
     @property
     def greedy(self) -> bool:

@@ -125,6 +125,9 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             params = req.sampling_params(default_max)
         except ValueError as e:
             raise APIError(400, str(e), param=str(e).split(" ", 1)[0]) from None
+        vocab = client.ready.vocab_size
+        if params.logit_bias and not (params.logit_bias[0][0] >= 0 and params.logit_bias[-1][0] < vocab):
+            raise APIError(400, f"logit_bias keys must be token ids in [0, {vocab})", param="logit_bias")
         limit = client.ready.max_model_len
         if prompt_len + params.max_tokens > limit:
             raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you requested "

@@ -84,6 +84,7 @@ class _SamplingFields(BaseModel):
     seed: Int64 | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: dict[Int64, Annotated[float, Field(ge=-100, le=100)]] | None = None  # keys: token ids
     stream: bool = False
     stream_options: StreamOptions | None = None
     # vLLM extensions
@@ -91,6 +92,7 @@ class _SamplingFields(BaseModel):
     min_p: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool = False
+    min_tokens: Int64 = 0
     stop_token_ids: list[Int64] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
@@ -109,7 +111,8 @@ class _SamplingFields(BaseModel):
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos,
             logprobs=logprobs, include_stop_str_in_output=self.include_stop_str_in_output,
-            skip_special_tokens=self.skip_special_tokens,
+            skip_special_tokens=self.skip_special_tokens, logit_bias=self.logit_bias or {},
+            min_tokens=self.min_tokens,
         )
 
 
