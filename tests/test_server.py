@@ -95,6 +95,24 @@ def test_logit_bias_and_min_tokens(server, client):
     assert held.usage.completion_tokens >= 12
 
 
+def test_structured_output(server, client):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Invent a person."}], temperature=0, max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
+    person = json.loads(r.choices[0].message.content)
+    assert set(person) == {"name", "age"} and isinstance(person["name"], str) and isinstance(person["age"], int)
+    assert r.choices[0].finish_reason == "stop"
+    pick = client.completions.create(model=MODEL, prompt="Is the sky blue? Answer:", max_tokens=5, temperature=0,
+                                     extra_body={"structured_outputs": {"choice": [" yes", " no"]}})
+    assert pick.choices[0].text in (" yes", " no") and pick.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, temperature=0.7, seed=3, max_tokens=100,
+                                                 stream=True, response_format={"type": "json_object"}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert isinstance(json.loads(streamed), dict) and chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_32_concurrent_streams_none_lost(server):
     async def one(http: httpx.AsyncClient, i: int):
         body = {"model": MODEL, "prompt": f"Count to {i}:", "max_tokens": 16, "temperature": 0, "ignore_eos": True,
@@ -196,6 +214,21 @@ def _err(server, body, path="/v1/chat/completions", raw=None):
     ({"model": MODEL, "messages": ASK, "max_tokens": 5, "min_tokens": 6}, 400,
      {"message": "min_tokens must be in [0, max_tokens], got 6", "type": "invalid_request_error",
       "param": "min_tokens", "code": None}),
+    ({"model": MODEL, "messages": ASK, "response_format": {"type": "json_schema"}}, 400,
+     {"message": 'response_format.json_schema.schema is required when type is "json_schema"',
+      "type": "invalid_request_error", "param": "response_format.json_schema.schema", "code": None}),
+    ({"model": MODEL, "messages": ASK, "response_format": {"type": "json_object"}, "guided_regex": "a"}, 400,
+     {"message": "response_format and guided_regex: give at most one way to constrain the output",
+      "type": "invalid_request_error", "param": "response_format", "code": None}),
+    ({"model": MODEL, "messages": ASK, "structured_outputs": {"choice": []}}, 400,
+     {"message": "structured_outputs: structured output choice must be a non-empty list of non-empty strings",
+      "type": "invalid_request_error", "param": "structured_outputs", "code": None}),
+    ({"model": MODEL, "messages": ASK, "guided_json": {"type": "foo"}}, 400,
+     {"message": "guided_json: structured output does not compile: Invalid type: foo",
+      "type": "invalid_request_error", "param": "guided_json", "code": None}),
+    ({"model": MODEL, "messages": ASK, "guided_regex": "\ud800"}, 400,
+     {"message": "guided_regex is not valid Unicode text (it holds a lone surrogate)",
+      "type": "invalid_request_error", "param": "guided_regex", "code": None}),
     ({"model": MODEL, "messages": ASK, "max_tokens": 5000}, 400, None),
     ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, None),
     ({"model": MODEL, "messages": ASK, "max_tokens": "many"}, 400, None),

@@ -23,6 +23,7 @@ from kairos.engine.sampler import DeviceSample, Sampler, SamplingRow
 from kairos.engine.sampling_params import SamplingParams
 from kairos.engine.scheduler import Scheduler, SchedulerOutput
 from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
+from kairos.engine.structured import StructuredOutputs
 from kairos.loader.tokenizer import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class EngineCore:
         self.counters = {"requests_expired": 0, "requests_slo_refused": 0, "requests_slo_best_effort": 0}
         self.sampler = Sampler(self.device, config.model.seed)
         self.eos_token_ids = frozenset(arch.eos_token_ids) | generation_eos_ids(self.model_path)
+        self.structured = StructuredOutputs(self._load_tokenizer, arch.vocab_size, list(self.eos_token_ids))
         limits = [arch.max_position_embeddings, self.kv.pool.num_usable * cc.block_size]
         if config.model.max_model_len:
             limits.append(config.model.max_model_len)
@@ -118,9 +120,11 @@ class EngineCore:
             )
         if self.kv.blocks_needed(-1, len(prompt)) + p.n - 1 > self.kv.pool.num_usable:
             raise ValueError(f"n={p.n} with a {len(prompt)}-token prompt does not fit in the KV cache")
+        matcher = self.structured.matcher(p.structured) if p.structured is not None else None
         arrival = self.clock() if req.arrival_time is None else req.arrival_time
         seq = Sequence(next(self._seq_ids), req.request_id, 0, prompt, p, arrival, pending_forks=p.n - 1,
                        slo=req.slo, priority=req.priority)
+        seq.matcher = matcher
         if req.slo is not None:
             self._admit_slo(seq)
         if not self.requests:  # work after idling (however the last requests ended): no interval spans the gap
@@ -176,11 +180,12 @@ class EngineCore:
     def can_launch_ahead(self) -> bool:
         """Whether :meth:`launch` may queue the next step before the one in flight finishes
         (async scheduling): it is on, one step is in flight, and no request needs the host to
-        know its last token to sample the next (penalties count the tokens on the host)."""
+        know its last token to sample the next (penalties count the tokens on the host, a grammar
+        advances by them)."""
         sch = self.scheduler
         return (self.config.scheduler.async_scheduling and len(self._in_flight) == 1 and bool(self.requests)
-                and not any(s.params.has_penalties for s in sch.running)
-                and not any(s.params.has_penalties for s in sch.waiting))
+                and not any(s.params.needs_last_token for s in sch.running)
+                and not any(s.params.needs_last_token for s in sch.waiting))
 
     # -- the step ----------------------------------------------------------------------------
     def step(self) -> list[SeqOutput]:
@@ -341,8 +346,9 @@ class EngineCore:
         # (the output count includes tokens still in flight: it is known without their ids)
         suppress = self._min_tokens_suppress(p) if len(seq.token_ids) - seq.num_prompt_tokens < p.min_tokens else ()
         if p.has_penalties:
-            return SamplingRow(p, seq.generator, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids, suppress)
-        return SamplingRow(p, seq.generator, [], [], suppress)
+            return SamplingRow(p, seq.generator, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids,
+                               suppress, seq.matcher)
+        return SamplingRow(p, seq.generator, [], [], suppress, seq.matcher)
 
     def _min_tokens_suppress(self, p: SamplingParams) -> tuple[int, ...]:
         """What cannot end a sequence before ``min_tokens``: its stop token ids and, unless
@@ -350,12 +356,24 @@ class EngineCore:
         ids = set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_token_ids)
         return tuple(sorted(t for t in ids if t < self.arch.vocab_size))
 
+    def _load_tokenizer(self):
+        from kairos.loader import load_tokenizer
+
+        return load_tokenizer(self.model_path)
+
     def _stop_reason(self, seq: Sequence, tok: int) -> tuple[str | None, int | None]:
         p = seq.params
+        # the mask let only tokens of the language through: a refusal here is a defect, and the
+        # sequence ends rather than go on outside its grammar
+        if seq.matcher is not None and not seq.matcher.consume_token(tok):
+            logger.error("structured output: %s refused token %d (%s)", seq, tok, seq.matcher.get_error())
+            return "stop", None
         if tok in p.stop_token_ids:
             return "stop", tok
         if not p.ignore_eos and tok in self.eos_token_ids:
             return "stop", None
+        if seq.matcher is not None and seq.matcher.is_stopped():
+            return "stop", None  # the output is complete: nothing but EOS could follow
         known = seq.num_known  # (a placeholder after it: its next step is in flight)
         if known - seq.num_prompt_tokens >= p.max_tokens or known >= self.max_model_len:
             return "length", None

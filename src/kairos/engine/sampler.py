@@ -1,4 +1,4 @@
-"""Sampler: logit bias and min_tokens -> penalties -> temperature -> top-k / top-p / min-p -> draw, with per-request seeds.
+"""Sampler: grammar mask -> logit bias and min_tokens -> penalties -> temperature -> top-k / top-p / min-p -> draw, with per-request seeds.
 
 Draws use the exponential race (``argmax(p / E)``, ``E ~ Exp(1)``), an exact sample from ``p``,
 so a seeded row needs only its own noise vector and is independent of the rest of the batch.
@@ -13,11 +13,15 @@ token ids (then the logprobs, already computed, in the same wait).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from kairos.engine.h2d import HostCopy, d2h, h2d
 from kairos.engine.sampling_params import SamplingParams
+
+_WORD = 32  # tokens per int32 word of a grammar's bitmask
 
 
 @dataclass
@@ -27,6 +31,7 @@ class SamplingRow:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     suppress: tuple[int, ...] = ()  # token ids this row must not sample (min_tokens not reached)
+    matcher: Any = None  # structured output: the sequence's llguidance matcher, at its last token
 
     @property
     def biased(self) -> bool:
@@ -69,8 +74,10 @@ class Sampler:
         """Token ids (and logprobs) of a step, left on the logits' device: no host sync."""
         raw = logits
         dev = logits.device
+        if any(r.matcher is not None for r in rows):
+            logits = apply_grammar(logits, [r.matcher for r in rows])
         if any(r.biased for r in rows):
-            logits = apply_bias(logits.clone(), rows)
+            logits = apply_bias(logits if logits is not raw else logits.clone(), rows)
         if any(r.params.has_penalties for r in rows):
             logits = apply_penalties(logits if logits is not raw else logits.clone(), rows)
         token_ids = logits.argmax(dim=-1)
@@ -115,6 +122,35 @@ class Sampler:
                 top = list(zip(top_i[j][:n], top_v[j][:n])) if n else []
                 logprobs[i] = (chosen[j], top)
         return SamplerOutput(ids, logprobs)
+
+
+def apply_grammar(logits: torch.Tensor, matchers: list[Any]) -> torch.Tensor:
+    """``logits`` [S, V] with every token a row's matcher does not allow now set to -inf, as a new
+    tensor. ``matchers``: one per row, None for an unconstrained row."""
+    rows = [i for i, m in enumerate(matchers) if m is not None]
+    words = (logits.shape[1] + _WORD - 1) // _WORD
+    bitmask = torch.empty((len(rows), words), dtype=torch.int32)  # [R, W], bit b of word w: token 32w + b
+    for j, i in enumerate(rows):
+        # (what llguidance.torch.fill_next_token_bitmask does; importing that module costs 2 s of torch.compile set-up)
+        matchers[i].unsafe_compute_mask_ptr(bitmask[j].data_ptr(), words * 4)
+    dev, vocab = logits.device, logits.shape[1]
+    allowed = unpack_bits(bitmask, vocab) if dev.type == "cpu" else unpack_bits_on(h2d(bitmask, dev), vocab)
+    if len(rows) == logits.shape[0]:
+        return torch.where(allowed, logits, float("-inf"))
+    idx = h2d(rows, dev, torch.long)
+    return logits.index_copy(0, idx, torch.where(allowed, logits.index_select(0, idx), float("-inf")))
+
+
+def unpack_bits(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[R, W] int32 on the CPU -> [R, vocab] bool (numpy's unpackbits: 3x the shifts' speed there)."""
+    bytes_ = bitmask.numpy().view(np.uint8)  # (little-endian words: byte k of word w holds tokens 32w + 8k ...)
+    return torch.from_numpy(np.unpackbits(bytes_, axis=1, bitorder="little")[:, :vocab]).bool()
+
+
+def unpack_bits_on(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[R, W] int32 on any device -> [R, vocab] bool, on that device."""
+    bits = torch.arange(_WORD, device=bitmask.device, dtype=torch.int32)
+    return ((bitmask.unsqueeze(-1) >> bits) & 1).reshape(bitmask.shape[0], -1)[:, :vocab].bool()
 
 
 def apply_bias(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

@@ -3,11 +3,41 @@ min_tokens)."""
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 
 _MAX_LOGPROBS = 20
 _MAX_BIAS = 100.0  # OpenAI's logit_bias range
 _GREEDY_BELOW = 1e-5  # a temperature under this samples greedily
+
+
+class StructuredOutput(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Constrain the output to a language (vLLM's ``structured_outputs``): exactly one field is set.
+    Validated on construction (its form; the grammar compiles when the engine takes the request)."""
+
+    json: str | None = None  # a JSON schema, as JSON text
+    json_object: bool = False  # any JSON object
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None  # exactly one of these strings
+    grammar: str | None = None  # a Lark grammar (llguidance's dialect) or a GBNF one
+
+    def __post_init__(self) -> None:
+        given = [f for f in ("json", "regex", "choice", "grammar") if getattr(self, f) is not None]
+        given += ["json_object"] if self.json_object else []
+        if len(given) != 1:
+            raise ValueError(f"structured output takes exactly one of json, json_object, regex, choice, grammar; got {given or 'none'}")
+        if self.json is not None:
+            try:
+                schema = json.loads(self.json)
+            except ValueError as e:
+                raise ValueError(f"structured output json is not valid JSON: {e}") from None
+            if not isinstance(schema, (dict, bool)):
+                raise ValueError("structured output json must be a JSON schema (an object)")
+        if self.choice is not None:
+            if not self.choice or not all(isinstance(c, str) and c for c in self.choice):
+                raise ValueError("structured output choice must be a non-empty list of non-empty strings")
+            msgspec.structs.force_setattr(self, "choice", tuple(self.choice))
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -32,6 +62,7 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     # OpenAI's logit_bias: (token id, value added to its logit before sampling), sorted by id
     logit_bias: tuple[tuple[int, float], ...] = ()
     min_tokens: int = 0  # EOS and stop_token_ids cannot end a sequence before this many output tokens
+    structured: StructuredOutput | None = None
 
 
     def __post_init__(self) -> None:
@@ -81,3 +112,9 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     @property
     def has_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    @property
+    def needs_last_token(self) -> bool:
+        """Whether sampling needs the host to know the previous token (no launching ahead):
+        penalties count tokens, a grammar advances by them."""
+        return self.has_penalties or self.structured is not None

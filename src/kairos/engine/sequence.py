@@ -55,6 +55,7 @@ class Sequence:
         self.promised: tuple[float, float, float] | None = None
         self.seed = None if params.seed is None else params.seed + index  # sibling i draws from seed + i
         self.generator: torch.Generator | None = None  # on the sampling device, made at the first draw
+        self.matcher = None  # structured output: llguidance's parse state of the output so far
 
     @property
     def num_tokens(self) -> int:
@@ -127,6 +128,7 @@ class Sequence:
         child.token_ids = list(self.token_ids)
         child.num_computed = self.num_computed
         child.status = self.status
+        child.matcher = self.matcher.deep_copy() if self.matcher is not None else None
         return child
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kairos
+from kairos.engine import structured
 from kairos.server.client import EngineClient
 from kairos.server.config import ServerConfig
 from kairos.server.metrics import ServerMetrics
@@ -112,6 +113,15 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, f"{param} is not valid Unicode text (it holds a lone surrogate)", param=param) from None
         return text
 
+    def check_structured(source: str, spec) -> None:
+        for text in (spec.json, spec.regex, spec.grammar, *(spec.choice or ())):
+            if text is not None:
+                unicode(text, source)
+        try:
+            structured.validate(spec)
+        except ValueError as e:
+            raise APIError(400, f"{source}: {e}", param=source) from None
+
     def check_alive() -> None:
         if client.dead:
             raise APIError(503, f"engine unavailable: {client.dead}", "server_error", code="engine_dead")
@@ -124,7 +134,9 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         try:
             params = req.sampling_params(default_max)
         except ValueError as e:
-            raise APIError(400, str(e), param=str(e).split(" ", 1)[0]) from None
+            raise APIError(400, str(e), param=str(e).split(" ", 1)[0].rstrip(":")) from None
+        if params.structured is not None:
+            check_structured(req.structured_output()[0], params.structured)
         vocab = client.ready.vocab_size
         if params.logit_bias and not (params.logit_bias[0][0] >= 0 and params.logit_bias[-1][0] < vocab):
             raise APIError(400, f"logit_bias keys must be token ids in [0, {vocab})", param="logit_bias")

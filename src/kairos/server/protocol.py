@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kairos.engine.sampling_params import SamplingParams
+from kairos.engine.sampling_params import SamplingParams, StructuredOutput
 from kairos.engine.slo import SLO
 
 # integers travel to the engine as msgpack int64: a larger one is a 400 here, not a failure to send
@@ -72,6 +73,36 @@ def slo_from(body_slo: SLOBody | None, body_priority: int | None, headers) -> tu
     return SLO(checked.ttft_ms, checked.tpot_ms, checked.deadline_ms, checked.on_miss, checked.name), priority or 0
 
 
+class JsonSchemaFormat(BaseModel):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None  # (always strict here: the output follows the schema)
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsBody(BaseModel):
+    """vLLM's ``structured_outputs``: exactly one field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: dict[str, Any] | bool | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
+def _schema_text(schema: Any) -> str:
+    return schema if isinstance(schema, str) else json.dumps(schema)
+
+
 class _SamplingFields(BaseModel):
     model_config = ConfigDict(extra="allow")  # unknown OpenAI fields (user, metadata, ...) are accepted and ignored
 
@@ -96,12 +127,52 @@ class _SamplingFields(BaseModel):
     stop_token_ids: list[Int64] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsBody | None = None  # vLLM
+    guided_json: dict[str, Any] | bool | str | None = None  # vLLM's older names
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
     # Kairos extensions
     slo: SLOBody | None = None
     priority: Int64 | None = None
 
+    def structured_output(self) -> tuple[str, StructuredOutput] | None:
+        """(the field it came from, the constraint) of the request, if it asks for one; raises
+        ``ValueError`` naming the field first."""
+        given = {}
+        rf = self.response_format
+        if rf is not None and rf.type != "text":
+            if rf.type == "json_object":
+                given["response_format"] = dict(json_object=True)
+            elif rf.json_schema is None or rf.json_schema.schema_ is None:
+                raise ValueError("response_format.json_schema.schema is required when type is \"json_schema\"")
+            else:
+                given["response_format"] = dict(json=_schema_text(rf.json_schema.schema_))
+        so = self.structured_outputs
+        if so is not None:
+            fields = so.model_dump(exclude_none=True, by_alias=True)
+            if "json" in fields:
+                fields["json"] = _schema_text(fields["json"])
+            given["structured_outputs"] = fields
+        for name, key in (("guided_json", "json"), ("guided_regex", "regex"), ("guided_choice", "choice"),
+                          ("guided_grammar", "grammar")):
+            value = getattr(self, name)
+            if value is not None:
+                given[name] = {key: _schema_text(value) if key == "json" else value}
+        if not given:
+            return None
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)}: give at most one way to constrain the output")
+        (source, fields), = given.items()
+        try:
+            return source, StructuredOutput(**fields)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+
     def _sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        structured = self.structured_output()
         return SamplingParams(
             n=self.n, max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
@@ -112,7 +183,7 @@ class _SamplingFields(BaseModel):
             stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos,
             logprobs=logprobs, include_stop_str_in_output=self.include_stop_str_in_output,
             skip_special_tokens=self.skip_special_tokens, logit_bias=self.logit_bias or {},
-            min_tokens=self.min_tokens,
+            min_tokens=self.min_tokens, structured=structured[1] if structured else None,
         )
 
 

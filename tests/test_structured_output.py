@@ -1,0 +1,175 @@
+"""Structured output: constrained greedy decoding equals a plain reference loop, every output is in
+its language, a complete output ends without EOS, and bad grammars are refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import llguidance
+import llguidance.hf
+import pytest
+import torch
+
+from kairos import LLM, SamplingParams, StructuredOutput
+from kairos.engine.sampler import unpack_bits, unpack_bits_on
+from kairos.engine.structured import grammar_of, validate
+
+from engine_helpers import assert_pool_whole, prompts_of
+
+EOS = 2  # the tiny Llama's EOS (its config's default), the tokenizer's "</s>"
+SCHEMA = {"type": "object", "properties": {"a": {"enum": ["yes", "no"]}, "b": {"type": "integer", "maximum": 99}},
+          "required": ["a", "b"], "additionalProperties": False}
+SPECS = {
+    "json": StructuredOutput(json=json.dumps(SCHEMA)),
+    "choice": StructuredOutput(choice=("yes", "no", "maybe")),
+    "regex": StructuredOutput(regex=r"[0-9]{2}-[a-z]{1,3}"),
+    "lark": StructuredOutput(grammar='start: "n" "=" NUM\nNUM: /[0-9]+/'),
+    "gbnf": StructuredOutput(grammar='root ::= "x" [a-c] [a-c]'),
+    # (llguidance's JSON takes any whitespace between tokens, and a random model loops on it)
+    "compact": StructuredOutput(json=json.dumps(SCHEMA | {"x-guidance": {"whitespace_flexible": False}})),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_tok(tiny_llama, tmp_path_factory):
+    """The tiny Llama with a byte-level BPE tokenizer of its own (290 of the model's 320 ids)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    model, path = tiny_llama
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(['{"a": "yes", "b": 31}', "yes no maybe", "n=12 x-ab"] * 10, vocab_size=300,
+                            min_frequency=1, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    assert tok.eos_token_id == EOS
+    d = tmp_path_factory.mktemp("tiny-llama-tok")
+    shutil.copytree(path, d, dirs_exist_ok=True)
+    tok.save_pretrained(d)
+    return model, d, tok
+
+
+def reference(model, tok, prompt: list[int], spec: StructuredOutput, max_tokens: int) -> tuple[list[int], str]:
+    """Constrained greedy decoding the plain way: the whole sequence through HF each step, the
+    matcher's byte mask (a path of llguidance's the engine does not use), argmax."""
+    m = llguidance.LLMatcher(llguidance.hf.from_tokenizer(tok, n_vocab=320, eos_token=[EOS]), grammar_of(spec))
+    ids, out = list(prompt), []
+    while len(out) < max_tokens:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        allowed = torch.frombuffer(bytearray(m.compute_logit_bias()), dtype=torch.uint8)[:320] > 0
+        t = int(logits.masked_fill(~allowed, float("-inf")).argmax())
+        assert m.consume_token(t)
+        out.append(t)
+        ids.append(t)
+        if t == EOS or m.is_stopped():
+            return out, "stop"
+    return out, "length"
+
+
+def accepts(tok, spec: StructuredOutput, tokens: list[int], whole: bool = True) -> bool:
+    """Whether ``tokens`` are a whole sentence of the language (EOS allowed at its end), or when
+    not ``whole``, the start of one."""
+    m = llguidance.LLMatcher(llguidance.hf.from_tokenizer(tok, n_vocab=320, eos_token=[EOS]), grammar_of(spec))
+    return all(m.consume_token(t) for t in tokens) and (not whole or m.is_accepting() or m.is_stopped())
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_constrained_greedy_equals_reference_in_a_mixed_batch(tiny_tok, async_scheduling):
+    model, path, tok = tiny_tok
+    llm = LLM(str(path), device="cpu", async_scheduling=async_scheduling, max_model_len=128)
+    prompts = prompts_of([5, 11, 8, 3, 9, 6, 5], vocab=280)
+    specs = [SPECS["json"], SPECS["choice"], None, SPECS["regex"], SPECS["lark"], SPECS["gbnf"], SPECS["compact"]]
+    params = [SamplingParams(max_tokens=24, temperature=0.0, structured=s) for s in specs]
+    outs = [r.outputs[0] for r in llm.generate(prompts, params)]
+    free = llm.generate([prompts[2]], SamplingParams(max_tokens=24, temperature=0.0))[0].outputs[0]
+    for prompt, spec, o in zip(prompts, specs, outs):
+        if spec is None:  # an unconstrained row in the batch is left alone
+            assert o.token_ids == free.token_ids
+            continue
+        assert (o.token_ids, o.finish_reason) == reference(model, tok, prompt, spec, 24), spec
+        assert accepts(tok, spec, o.token_ids, whole=o.finish_reason == "stop")
+    assert [o.finish_reason for o in outs] == ["length", "stop", "length", "stop", "length", "stop", "stop"]
+    assert outs[6].finish_reason == "stop" and json.loads(outs[6].text).keys() == {"a", "b"}
+    # the short languages end when complete, without an EOS
+    assert outs[1].text in ("yes", "no", "maybe") and outs[1].token_ids[-1] != EOS
+    assert re.fullmatch(r"[0-9]{2}-[a-z]{1,3}", outs[3].text) and re.fullmatch(r"x[a-c]{2}", outs[5].text)
+    assert_pool_whole(llm.engine)
+
+
+def test_sampled_siblings_stay_in_the_language(tiny_tok):
+    _, path, tok = tiny_tok
+    llm = LLM(str(path), device="cpu", max_model_len=128)
+    spec = SPECS["regex"]
+    out = llm.generate(prompts_of([7], vocab=280), SamplingParams(n=4, temperature=1.5, seed=5, max_tokens=24,
+                                                                 structured=spec))[0]
+    texts = [o.text for o in out.outputs]
+    assert all(re.fullmatch(r"[0-9]{2}-[a-z]{1,3}", t) for t in texts), texts
+    assert len(set(texts)) > 1  # the siblings' matchers are their own (deep copies at the fork)
+    assert all(accepts(tok, spec, o.token_ids) for o in out.outputs)
+
+
+def test_constrained_requests_do_not_launch_ahead(tiny_tok):
+    _, path, _ = tiny_tok
+    llm = LLM(str(path), device="cpu", async_scheduling=True, max_model_len=128)
+    seen: list[tuple[int, bool]] = []  # per launch: steps in flight, whether a constrained request is live
+    launch, sch = llm.engine.launch, llm.engine.scheduler
+
+    def wrapper():
+        seen.append((len(llm.engine._in_flight), any(s.params.structured for s in sch.running + list(sch.waiting))))
+        return launch()
+
+    llm.engine.launch = wrapper
+    llm.generate(prompts_of([5, 6]), [SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+                                      SamplingParams(max_tokens=6, temperature=0.0, structured=SPECS["lark"])])
+    assert (1, True) not in seen and (0, True) in seen and (1, False) in seen
+
+
+@pytest.mark.parametrize("spec,message", [
+    (StructuredOutput(regex="[a-"), "structured output does not compile: at 1(8): invalid regex"),
+    (StructuredOutput(json='{"type": "foo"}'), "structured output does not compile: Invalid type: foo"),
+    (StructuredOutput(grammar="start: x"), 'structured output does not compile: at 1(8): unknown name: "x"'),
+    (StructuredOutput(grammar='root ::= "a" | ('), "structured output grammar is neither Lark"),
+])
+def test_a_grammar_that_does_not_compile_is_refused(tiny_tok, spec, message):
+    _, path, _ = tiny_tok
+    llm = LLM(str(path), device="cpu", max_model_len=128)
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        validate(spec)
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        llm.generate(prompts_of([5, 6]), [SamplingParams(), SamplingParams(structured=spec)])
+    assert not llm.engine.has_unfinished()
+    assert_pool_whole(llm.engine)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({}, "structured output takes exactly one of json, json_object, regex, choice, grammar; got none"),
+    ({"regex": "a", "choice": ("a",)}, "structured output takes exactly one of json, json_object, regex, choice, "
+                                        "grammar; got ['regex', 'choice']"),
+    ({"json": "{bad"}, "structured output json is not valid JSON"),
+    ({"json": "[1]"}, "structured output json must be a JSON schema (an object)"),
+    ({"choice": ()}, "structured output choice must be a non-empty list of non-empty strings"),
+    ({"choice": ("a", "")}, "structured output choice must be a non-empty list of non-empty strings"),
+])
+def test_structured_output_form(kwargs, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        StructuredOutput(**kwargs)
+
+
+def test_a_model_without_a_tokenizer_refuses(tiny_llama):
+    llm = LLM(str(tiny_llama[1]), device="cpu", max_model_len=64)
+    with pytest.raises(ValueError, match="^structured output needs a tokenizer; this model has none$"):
+        llm.generate(prompts_of([5]), SamplingParams(structured=SPECS["choice"]))
+    assert_pool_whole(llm.engine)
+
+
+def test_both_bit_unpackings_agree_with_the_plain_rule():
+    g = torch.Generator().manual_seed(0)
+    bitmask = torch.randint(-(2**31), 2**31, (3, 4), generator=g, dtype=torch.int64).to(torch.int32)
+    bitmask[0, 0] = -(2**31)  # bit 31 alone: token 31
+    vocab = 100  # not a multiple of 32: the last word is cut
+    plain = torch.tensor([[bool((int(bitmask[r, t // 32]) >> (t % 32)) & 1) for t in range(vocab)] for r in range(3)])
+    assert plain[0, :32].tolist() == [False] * 31 + [True]
+    assert torch.equal(unpack_bits(bitmask, vocab), plain)
+    assert torch.equal(unpack_bits_on(bitmask, vocab), plain)  # (the GPU's path, run here on the CPU)
