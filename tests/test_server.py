@@ -113,6 +113,42 @@ def test_structured_output(server, client):
     assert isinstance(json.loads(streamed), dict) and chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_tool_calls(server, client):
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+        "additionalProperties": False}}}
+    clock = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"tz": {"enum": ["UTC", "CET"]}}, "required": ["tz"], "additionalProperties": False}}}
+    ask = [{"role": "user", "content": "What's the weather in Paris?"}]
+    kw = dict(model=MODEL, messages=ask, tools=[weather, clock], temperature=0, max_tokens=60)
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    r = client.chat.completions.create(**kw, tool_choice=forced)
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "stop" and msg.content is None and len(msg.tool_calls) == 1
+    call = msg.tool_calls[0]
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
+    chunks = list(client.chat.completions.create(**kw, tool_choice=forced, stream=True))
+    deltas = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert deltas[0].id.startswith("call_") and deltas[0].function.name == "get_weather"
+    assert "".join(d.function.arguments for d in deltas) == call.function.arguments
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    one = client.chat.completions.create(**kw, tool_choice="required", parallel_tool_calls=False)
+    assert one.choices[0].finish_reason == "tool_calls" and len(one.choices[0].message.tool_calls) == 1
+    assert one.choices[0].message.tool_calls[0].function.name in ("get_weather", "get_time")
+    streamed = list(client.chat.completions.create(**kw, tool_choice="required", parallel_tool_calls=False, stream=True))
+    last = streamed[-1].choices[0]
+    assert last.finish_reason == "tool_calls"
+    assert last.delta.tool_calls[0].function.arguments == one.choices[0].message.tool_calls[0].function.arguments
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": ask, "tools": [weather]})
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "tool_choice")
+    # a call and its result go back to the model; "none" answers in text
+    follow = ask + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    text = client.chat.completions.create(**kw | {"messages": follow}, tool_choice="none")
+    assert text.choices[0].message.content and text.choices[0].message.tool_calls is None
+
+
 def test_32_concurrent_streams_none_lost(server):
     async def one(http: httpx.AsyncClient, i: int):
         body = {"model": MODEL, "prompt": f"Count to {i}:", "max_tokens": 16, "temperature": 0, "ignore_eos": True,

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kairos
 from kairos.engine import structured
+from kairos.server import tools as tool_calls
 from kairos.server.client import EngineClient
 from kairos.server.config import ServerConfig
 from kairos.server.metrics import ServerMetrics
@@ -164,7 +165,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, f"prompt token ids must be in [0, {client.ready.vocab_size})", param="prompt")
         return None, list(prompt)
 
-    def render(messages: list, add_generation_prompt: bool) -> str:
+    def render(messages: list, add_generation_prompt: bool, tools: list | None = None) -> str:
         if not getattr(tokenizer, "chat_template", None):
             raise APIError(400, "this model has no chat template; use /v1/completions", param="messages")
         try:
@@ -172,7 +173,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
         try:
-            text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt)
+            text = tokenizer.apply_chat_template(turns, tools=tools, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
         except Exception as e:  # template errors are the caller's messages' fault
             raise APIError(400, f"messages could not be rendered by the chat template: {e}", param="messages") from None
         return unicode(text, "messages")
@@ -223,22 +225,24 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
     async def chat(req: ChatCompletionRequest, request: Request):
         check_model(req.model)
         check_alive()
-        text = render(req.messages, req.add_generation_prompt)
+        text = render(req.messages, req.add_generation_prompt,
+                      [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None)
         ids = tokenizer(text, add_special_tokens=False).input_ids
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
         params = sampling(req, len(ids), max_default)
+        tp = req.tool_plan()  # (checked by ``sampling``)
         slo, priority = request_slo(req, request)
         rid = new_id("chatcmpl")
         tracked = await gen.start_all([(text, ids, params)], slo, priority)
         runs = [gen.follow(tr) for tr in tracked]
         if req.stream:
-            return _stream(rid, "chat.completion.chunk", model_name, runs, tracked, req.n, req, chat=True)
+            return _stream(rid, "chat.completion.chunk", model_name, runs, tracked, req.n, req, chat=True, tools=tp)
         async for _ in merge(runs):
             pass
         final = tracked[0].output
-        choices = [{"index": o.index, "message": {"role": "assistant", "content": o.text},
-                    "logprobs": chat_logprobs(o), "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
-                   for o in final.outputs]
+        choices = [{"index": o.index, "message": msg, "logprobs": chat_logprobs(o), "finish_reason": why,
+                    "stop_reason": o.stop_reason}
+                   for o in final.outputs for msg, why in [tool_calls.message(tp, o.text, o.finish_reason)]]
         return {**header("chat.completion", rid, model_name), "choices": choices, "usage": total_usage(tracked)}
 
     @app.post("/tokenize")
@@ -303,7 +307,7 @@ def total_usage(tracked) -> dict:
 
 
 def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bool,
-            echo: list[str] | None = None) -> StreamingResponse:
+            echo: list[str] | None = None, tools: tool_calls.ToolPlan | None = None) -> StreamingResponse:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     async def body():
@@ -311,6 +315,7 @@ def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: b
         sent_role: set[int] = set()
         echoed: set[int] = set()
         sent_lp: dict[int, int] = {}
+        calls: dict[int, tool_calls.ToolStream] = {}
         try:
             async for i, (tr, index) in merge(runs):
                 o = tr.output.outputs[index]
@@ -319,8 +324,14 @@ def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: b
                 idx = i * n + index
                 start = sent_lp.get(idx, 0)
                 sent_lp[idx] = len(o.logprobs) if o.logprobs is not None else 0
+                why = o.finish_reason
                 if chat:
-                    delta = {"content": o.delta}
+                    if tools is not None:
+                        delta, why = calls.setdefault(idx, tool_calls.ToolStream(tools)).delta(o.delta, o.text, why)
+                        if not delta and not why and idx in sent_role and o.logprobs is None:
+                            continue  # ("required" calls are held until they are whole)
+                    else:
+                        delta = {"content": o.delta}
                     if idx not in sent_role:
                         delta["role"] = "assistant"
                         sent_role.add(idx)
@@ -331,7 +342,7 @@ def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: b
                         text = echo[i] + text
                         echoed.add(idx)
                     choice = {"index": idx, "text": text, "logprobs": completion_logprobs(o, start)}
-                choice["finish_reason"] = o.finish_reason
+                choice["finish_reason"] = why
                 if o.finish_reason:
                     choice["stop_reason"] = o.stop_reason
                 yield sse({**head, "choices": [choice]})

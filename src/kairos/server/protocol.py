@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kairos.engine.sampling_params import SamplingParams, StructuredOutput
 from kairos.engine.slo import SLO
+from kairos.server import tools as tool_calls
 
 # integers travel to the engine as msgpack int64: a larger one is a 400 here, not a failure to send
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -209,6 +210,21 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: Int64 | None = None
     add_generation_prompt: bool = True
+    tools: list[tool_calls.Tool] | None = None
+    tool_choice: tool_calls.ToolChoice | None = None
+    parallel_tool_calls: bool = True
+
+    def tool_plan(self) -> tool_calls.ToolPlan | None:
+        return tool_calls.plan(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    def structured_output(self) -> tuple[str, StructuredOutput] | None:
+        given = super().structured_output()
+        tp = self.tool_plan()
+        if tp is None:
+            return given
+        if given is not None:
+            raise ValueError(f"tool_choice and {given[0]}: give at most one way to constrain the output")
+        return "tool_choice", tp.structured
 
     def sampling_params(self, default_max_tokens: int) -> SamplingParams:
         max_tokens = next((m for m in (self.max_completion_tokens, self.max_tokens) if m is not None), default_max_tokens)
@@ -216,7 +232,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 def conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as a chat template takes them."""
+    """Messages as a chat template takes them (tool calls and results included)."""
     out = []
     for i, m in enumerate(messages):
         content = m.content
@@ -226,7 +242,10 @@ def conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
                 raise ValueError(f"messages.{i}.content: a text part's text must be a string")
             content = "".join(texts)
         out.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
-    return out
+    try:
+        return tool_calls.template_messages(out, [m.model_extra or {} for m in messages])
+    except ValueError as e:
+        raise ValueError(f"messages: {e}") from None
 
 
 class TokenizeRequest(BaseModel):

@@ -1,0 +1,165 @@
+"""Tool calls in chat completions: ``tool_choice`` "required" or a named function, as vLLM does
+them without a model-specific parser: the output is constrained to the tools' JSON (structured
+output), then read back into OpenAI ``tool_calls``.
+
+- a named function: the output is that function's arguments (its ``parameters`` schema);
+  ``finish_reason`` stays "stop", as OpenAI's for a forced function.
+- "required": the output is a JSON array of ``{"name", "parameters"}`` (one item at most when
+  ``parallel_tool_calls`` is false); ``finish_reason`` is "tool_calls".
+- "none": the tools go to the chat template and the output is plain text.
+- "auto" (OpenAI's default when tools are given) needs a parser for the model's own tool-call
+  format; there is none yet, so it is a 400 that says what works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from kairos.engine.sampling_params import StructuredOutput
+
+_NO_PARAMETERS = {"type": "object", "properties": {}}
+
+
+class FunctionDef(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a request's tools ask of its output: ``structured`` constrains it, ``name`` is the
+    forced function (None for "required")."""
+
+    structured: StructuredOutput
+    name: str | None
+
+
+def plan(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool) -> ToolPlan | None:
+    """The constraint of a request's tools, or None for plain text; raises ``ValueError`` that
+    names ``tool_choice`` or ``tools`` first."""
+    if choice is None:
+        choice = "auto" if tools else "none"
+    if choice == "none":
+        return None
+    if not tools:
+        raise ValueError(f"tool_choice {_shown(choice)} needs tools")
+    if choice == "auto":
+        raise ValueError('tool_choice "auto" needs a parser of this model\'s tool-call format, which this '
+                         'server does not have: use "required", a named function, or "none"')
+    by_name = {t.function.name: t.function for t in tools}
+    if len(by_name) != len(tools):
+        raise ValueError("tools must have distinct function names")
+    if choice == "required":
+        items = [{"type": "object", "properties": {"name": {"type": "string", "enum": [f.name]},
+                                                   "parameters": f.parameters or _NO_PARAMETERS},
+                  "required": ["name", "parameters"], "additionalProperties": False} for f in by_name.values()]
+        schema = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
+        if not parallel:
+            schema["maxItems"] = 1
+        return ToolPlan(StructuredOutput(json=json.dumps(schema)), None)
+    f = by_name.get(choice.function.name)
+    if f is None:
+        raise ValueError(f"tool_choice names function {choice.function.name!r}, which is not among the tools")
+    return ToolPlan(StructuredOutput(json=json.dumps(f.parameters or _NO_PARAMETERS)), f.name)
+
+
+def _shown(choice: ToolChoice) -> str:
+    return json.dumps(choice) if isinstance(choice, str) else f"function {choice.function.name!r}"
+
+
+def call(name: str, arguments: str) -> dict:
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def read_calls(tp: ToolPlan, text: str) -> list[dict] | None:
+    """The tool calls in a finished output, or None when it is not whole (cut by max_tokens)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if tp.name is not None:
+        return [call(tp.name, text)]
+    return [call(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in value]
+
+
+def message(tp: ToolPlan | None, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
+    """A finished choice's ``message`` and ``finish_reason``."""
+    calls = read_calls(tp, text) if tp is not None else None
+    if calls is None:
+        return {"role": "assistant", "content": text}, finish_reason
+    return ({"role": "assistant", "content": None, "tool_calls": calls},
+            finish_reason if tp.name is not None else "tool_calls")
+
+
+class ToolStream:
+    """Deltas of one streamed choice: a named function's arguments go out as they come (the
+    first delta with the call's id and name); "required" calls go out whole at the end."""
+
+    def __init__(self, tp: ToolPlan):
+        self.tp = tp
+        self.id = call("", "")["id"]
+        self.started = False
+
+    def delta(self, piece: str, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
+        """(the delta, the finish_reason) for new text ``piece``; ``text`` is all of it so far."""
+        if self.tp.name is not None:
+            out: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
+            if not self.started:
+                out.update(id=self.id, type="function")
+                out["function"] = {"name": self.tp.name, "arguments": piece}
+                self.started = True
+            return {"tool_calls": [out]}, finish_reason
+        if finish_reason is None:
+            return {}, None
+        calls = read_calls(self.tp, text)
+        if calls is None:  # (cut short: what there is, as text)
+            return {"content": text}, finish_reason
+        return {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}, "tool_calls"
+
+
+def template_messages(turns: list[dict[str, Any]], extras: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Carry the tool fields of OpenAI messages to the chat template: an assistant's
+    ``tool_calls`` (with ``arguments`` as objects, as templates read them, like vLLM) and a tool
+    result's ``tool_call_id``."""
+    for turn, extra in zip(turns, extras):
+        calls = extra.get("tool_calls")
+        if calls:
+            turn["tool_calls"] = [_with_object_arguments(c) for c in calls]
+        if extra.get("tool_call_id") is not None:
+            turn["tool_call_id"] = extra["tool_call_id"]
+    return turns
+
+
+def _with_object_arguments(c: Any) -> Any:
+    if not isinstance(c, dict) or not isinstance(c.get("function"), dict):
+        raise ValueError("tool_calls entries must be objects with a function")
+    args = c["function"].get("arguments")
+    if isinstance(args, str):
+        with contextlib.suppress(ValueError):  # (not JSON: left as the string it is)
+            args = json.loads(args)
+    return {**c, "function": {**c["function"], "arguments": args}}

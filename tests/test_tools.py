@@ -1,0 +1,107 @@
+"""Tool calls without a model parser: the constraint each tool_choice makes, and the tool_calls read back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kairos.server.protocol import ChatCompletionRequest, conversation
+from kairos.server.tools import ToolStream, message
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {"name": "get_time"}}  # no parameters
+ASK = [{"role": "user", "content": "hi"}]
+
+
+def req(**kw) -> ChatCompletionRequest:
+    return ChatCompletionRequest(messages=ASK, **kw)
+
+
+def test_each_tool_choice_constrains_as_vllm():
+    assert req(tools=[WEATHER], tool_choice="none").tool_plan() is None
+    assert req().tool_plan() is None
+    named = req(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_weather"}}).tool_plan()
+    assert named.name == "get_weather" and json.loads(named.structured.json) == WEATHER["function"]["parameters"]
+    timed = req(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_time"}}).tool_plan()
+    assert json.loads(timed.structured.json) == {"type": "object", "properties": {}}
+    required = req(tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False).tool_plan()
+    assert required.name is None
+    assert json.loads(required.structured.json) == {"type": "array", "minItems": 1, "maxItems": 1, "items": {"anyOf": [
+        {"type": "object", "properties": {"name": {"type": "string", "enum": ["get_weather"]},
+                                          "parameters": WEATHER["function"]["parameters"]},
+         "required": ["name", "parameters"], "additionalProperties": False},
+        {"type": "object", "properties": {"name": {"type": "string", "enum": ["get_time"]},
+                                          "parameters": {"type": "object", "properties": {}}},
+         "required": ["name", "parameters"], "additionalProperties": False}]}}
+    assert "maxItems" not in json.loads(req(tools=[WEATHER], tool_choice="required").tool_plan().structured.json)
+    # the tool constraint is the request's structured output
+    r = req(tools=[WEATHER], tool_choice="required")
+    assert r.sampling_params(16).structured == r.tool_plan().structured
+
+
+@pytest.mark.parametrize("kw,message_", [
+    ({"tools": [WEATHER]}, 'tool_choice "auto" needs a parser of this model\'s tool-call format, which this server '
+                           'does not have: use "required", a named function, or "none"'),
+    ({"tool_choice": "required"}, 'tool_choice "required" needs tools'),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "tool_choice names function 'nope', which is not among the tools"),
+    ({"tools": [WEATHER, WEATHER], "tool_choice": "required"}, "tools must have distinct function names"),
+    ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
+     "tool_choice and response_format: give at most one way to constrain the output"),
+])
+def test_tool_choice_errors(kw, message_):
+    with pytest.raises(ValueError) as e:
+        req(**kw).sampling_params(16)
+    assert str(e.value) == message_
+
+
+def test_calls_read_back_and_cut_outputs_stay_text():
+    named = req(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}).tool_plan()
+    msg, why = message(named, '{"city": "Oslo"}', "stop")
+    assert why == "stop" and msg["content"] is None and msg["role"] == "assistant"
+    [c] = msg["tool_calls"]
+    assert c["id"].startswith("call_") and c["type"] == "function"
+    assert c["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    required = req(tools=[WEATHER, TIME], tool_choice="required").tool_plan()
+    msg, why = message(required, '[{"name": "get_time", "parameters": {}}, {"name": "get_weather", '
+                                 '"parameters": {"city": "Zürich"}}]', "stop")
+    assert why == "tool_calls"
+    assert [c["function"] for c in msg["tool_calls"]] == [{"name": "get_time", "arguments": "{}"},
+                                                         {"name": "get_weather", "arguments": '{"city": "Zürich"}'}]
+    assert message(required, '[{"name": "get_ti', "length") == ({"role": "assistant", "content": '[{"name": "get_ti'},
+                                                                "length")
+    assert message(None, "plain", "stop") == ({"role": "assistant", "content": "plain"}, "stop")
+
+
+def test_streamed_calls():
+    named = ToolStream(req(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}
+                           ).tool_plan())
+    first, why = named.delta('{"ci', '{"ci', None)
+    [c] = first["tool_calls"]
+    assert why is None and c == {"index": 0, "id": named.id, "type": "function",
+                                 "function": {"name": "get_weather", "arguments": '{"ci'}}
+    assert named.delta('ty": "A"}', '{"city": "A"}', "stop") == (
+        {"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "A"}'}}]}, "stop")
+    held = ToolStream(req(tools=[TIME], tool_choice="required").tool_plan())
+    assert held.delta('[{"name"', '[{"name"', None) == ({}, None)
+    last, why = held.delta("}]", '[{"name": "get_time", "parameters": {}}]', "stop")
+    assert why == "tool_calls" and [(c["index"], c["function"]) for c in last["tool_calls"]] == [
+        (0, {"name": "get_time", "arguments": "{}"})]
+    cut = ToolStream(req(tools=[TIME], tool_choice="required").tool_plan())
+    assert cut.delta("[{", "[{", "length") == ({"content": "[{"}, "length")
+
+
+def test_tool_messages_reach_the_template():
+    msgs = ChatCompletionRequest(messages=ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "rain"}]).messages
+    turns = conversation(msgs)
+    assert turns[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}
+    assert turns[2] == {"role": "tool", "content": "rain", "tool_call_id": "call_1"}
+    bad = ChatCompletionRequest(messages=[{"role": "assistant", "tool_calls": ["x"]}]).messages
+    with pytest.raises(ValueError, match="^messages: tool_calls entries must be objects with a function$"):
+        conversation(bad)
