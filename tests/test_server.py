@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 
@@ -27,6 +28,7 @@ def server(request):
     # async: the engine process launches step N+1 before it applies step N (a GPU's default; on
     # a CPU it only delays tokens, but every answer must stay the same)
     srv = ServerProcess("--kv-cache-memory", "512MiB", "--max-num-seqs", "32", "--max-model-len", "2048",
+                        "--tool-call-parser", "hermes",
                         "--async-scheduling" if request.param == "async" else "--no-async-scheduling")
     yield srv
     engine_pid = srv.stats()["engine_pid"] if srv.proc.poll() is None else None
@@ -139,8 +141,18 @@ def test_tool_calls(server, client):
     last = streamed[-1].choices[0]
     assert last.finish_reason == "tool_calls"
     assert last.delta.tool_calls[0].function.arguments == one.choices[0].message.tool_calls[0].function.arguments
-    r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": ask, "tools": [weather]})
-    assert (r.status_code, r.json()["error"]["param"]) == (400, "tool_choice")
+    # "auto" (the default with tools): the hermes parser finds a call in the text (made one here by a regex)
+    said = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    auto = client.chat.completions.create(**kw, extra_body={"structured_outputs": {"regex": re.escape(said)}})
+    assert auto.choices[0].finish_reason == "tool_calls" and auto.choices[0].message.content is None
+    assert [(c.function.name, c.function.arguments) for c in auto.choices[0].message.tool_calls] == [
+        ("get_weather", '{"city": "Paris"}')]
+    streamed = list(client.chat.completions.create(**kw, stream=True, extra_body={"structured_outputs": {
+        "regex": re.escape("Sure. " + said)}}))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "Sure. "
+    assert streamed[-1].choices[0].delta.tool_calls[0].function.name == "get_weather"
+    plain = client.chat.completions.create(**kw)  # this model answers in text: it stays text
+    assert plain.choices[0].message.tool_calls is None and plain.choices[0].message.content
     # a call and its result go back to the model; "none" answers in text
     follow = ask + [{"role": "assistant", "content": None, "tool_calls": [
         {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}]},

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from kairos.server.protocol import ChatCompletionRequest, conversation
+from kairos.server.tool_parsers import Hermes, Llama3Json
 from kairos.server.tools import ToolStream, message
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -42,8 +43,9 @@ def test_each_tool_choice_constrains_as_vllm():
 
 
 @pytest.mark.parametrize("kw,message_", [
-    ({"tools": [WEATHER]}, 'tool_choice "auto" needs a parser of this model\'s tool-call format, which this server '
-                           'does not have: use "required", a named function, or "none"'),
+    ({"tools": [WEATHER]}, 'tool_choice "auto" needs a parser of this model\'s tool-call format: start the server '
+                           'with --tool-call-parser (hermes, llama3_json), or use "required", a named function, or '
+                           '"none"'),
     ({"tool_choice": "required"}, 'tool_choice "required" needs tools'),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "tool_choice names function 'nope', which is not among the tools"),
@@ -52,8 +54,10 @@ def test_each_tool_choice_constrains_as_vllm():
      "tool_choice and response_format: give at most one way to constrain the output"),
 ])
 def test_tool_choice_errors(kw, message_):
+    r = req(**kw)
     with pytest.raises(ValueError) as e:
-        req(**kw).sampling_params(16)
+        r.tool_plan()  # (the API server's check, with its --tool-call-parser)
+        r.sampling_params(16)
     assert str(e.value) == message_
 
 
@@ -105,3 +109,57 @@ def test_tool_messages_reach_the_template():
     bad = ChatCompletionRequest(messages=[{"role": "assistant", "tool_calls": ["x"]}]).messages
     with pytest.raises(ValueError, match="^messages: tool_calls entries must be objects with a function$"):
         conversation(bad)
+
+
+CALL = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+
+
+@pytest.mark.parametrize("text,content,calls", [
+    ("no calls here", "no calls here", []),
+    (f"<tool_call>\n{CALL}\n</tool_call>", None, [("get_weather", '{"city": "Oslo"}')]),
+    (f"Let me look.\n<tool_call>{CALL}</tool_call>\n<tool_call>{{\"name\": \"get_time\", \"arguments\": {{}}}}</tool_call>",
+     "Let me look.\n", [("get_weather", '{"city": "Oslo"}'), ("get_time", "{}")]),
+    (f"<tool_call>{CALL}", None, [("get_weather", '{"city": "Oslo"}')]),  # cut before its closing tag
+    ("<tool_call>not json</tool_call>", "<tool_call>not json</tool_call>", []),
+])
+def test_hermes_parser(text, content, calls):
+    assert Hermes().parse(text) == (content, calls)
+
+
+@pytest.mark.parametrize("text,content,calls", [
+    ("The weather is fine.", "The weather is fine.", []),
+    ('{"name": "get_weather", "parameters": {"city": "Oslo"}}', None, [("get_weather", '{"city": "Oslo"}')]),
+    ('<|python_tag|>{"name": "a", "parameters": {}}; {"name": "b", "parameters": {"x": 1}}', None,
+     [("a", "{}"), ("b", '{"x": 1}')]),
+    ('{"name": "a", "param', '{"name": "a", "param', []),
+])
+def test_llama3_json_parser(text, content, calls):
+    assert Llama3Json().parse(text) == (content, calls)
+
+
+def stream_through(ts: ToolStream, pieces: list[str], finish: str = "stop") -> tuple[str, list, str | None]:
+    text, content, calls, why = "", "", [], None
+    for k, piece in enumerate(pieces):
+        text += piece
+        delta, why = ts.delta(piece, text, finish if k == len(pieces) - 1 else None)
+        content += delta.get("content", "")
+        calls += delta.get("tool_calls", [])
+    return content, calls, why
+
+
+def test_auto_streams_text_and_holds_calls():
+    hermes = req(tools=[WEATHER]).tool_plan("hermes")
+    assert hermes.structured is None and isinstance(hermes.parser, Hermes)
+    # text goes out as it comes, except what may begin a tag; the call goes out whole at the end
+    content, calls, why = stream_through(ToolStream(hermes), ["Let me ", "look.<tool", "_call>", CALL, "</tool_call>"])
+    assert (content, why) == ("Let me look.", "tool_calls")
+    assert [(c["index"], c["function"]) for c in calls] == [(0, {"name": "get_weather", "arguments": '{"city": "Oslo"}'})]
+    assert stream_through(ToolStream(hermes), ["a <tool", " b"]) == ("a <tool b", [], "stop")  # not a tag after all
+    llama = req(tools=[WEATHER]).tool_plan("llama3_json")
+    content, calls, why = stream_through(ToolStream(llama), ['  {"name": "get_weather", ', '"parameters": {"city": "Oslo"}}'])
+    assert (content, why, calls[0]["function"]["arguments"]) == ("", "tool_calls", '{"city": "Oslo"}')
+    assert stream_through(ToolStream(llama), ["Sunny ", "today."]) == ("Sunny today.", [], "stop")
+    assert stream_through(ToolStream(llama), ['{"oops'], "length") == ('{"oops', [], "length")
+    msg, why = message(hermes, f"<tool_call>{CALL}</tool_call>", "stop")
+    assert why == "tool_calls" and msg["content"] is None and msg["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert message(hermes, "just text", "stop") == ({"role": "assistant", "content": "just text"}, "stop")

@@ -225,12 +225,15 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
     async def chat(req: ChatCompletionRequest, request: Request):
         check_model(req.model)
         check_alive()
+        try:
+            tp = req.tool_plan(config.tool_call_parser)
+        except ValueError as e:
+            raise APIError(400, str(e), param=str(e).split(" ", 1)[0]) from None
         text = render(req.messages, req.add_generation_prompt,
                       [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None)
         ids = tokenizer(text, add_special_tokens=False).input_ids
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
         params = sampling(req, len(ids), max_default)
-        tp = req.tool_plan()  # (checked by ``sampling``)
         slo, priority = request_slo(req, request)
         rid = new_id("chatcmpl")
         tracked = await gen.start_all([(text, ids, params)], slo, priority)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kairos.server.tool_parsers import PARSERS
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -14,6 +16,7 @@ class ServerConfig:
     max_body_bytes: int = field(default=8 << 20, metadata={"help": "largest request body accepted"})
     default_max_tokens: int = field(default=1024, metadata={"help": "chat max_tokens when the request sets none (capped by the context)"})
     allowed_origins: tuple[str, ...] = field(default=(), metadata={"help": "a web origin whose pages may call this server from a browser (CORS; repeatable, '*' for any): none by default, since a page on any site could otherwise read a local server's answers"})
+    tool_call_parser: str | None = field(default=None, metadata={"help": "the model's tool-call format, for tool_choice \"auto\": hermes (Hermes, Qwen2.5, Qwen3) or llama3_json (Llama 3.x); without one, \"auto\" is a 400 (\"required\" and named functions need none)"})
     api_key: str | None = field(default=None, repr=False, metadata={"help": "require 'Authorization: Bearer KEY' on the /v1 routes, as vLLM's (health, metrics, version, stats, tokenize stay open; default: $KAIROS_API_KEY if set, else none)"})
 
     def __post_init__(self) -> None:
@@ -21,6 +24,8 @@ class ServerConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.max_pending < 1 or self.max_body_bytes < 1 or self.default_max_tokens < 1:
             raise ValueError("max_pending, max_body_bytes and default_max_tokens must be >= 1")
+        if self.tool_call_parser is not None and self.tool_call_parser not in PARSERS:
+            raise ValueError(f"tool_call_parser must be one of {', '.join(PARSERS)}, got {self.tool_call_parser!r}")
         for origin in self.allowed_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"allowed_origins: {origin!r} is not '*' or an http(s):// origin")

@@ -214,12 +214,13 @@ class ChatCompletionRequest(_SamplingFields):
     tool_choice: tool_calls.ToolChoice | None = None
     parallel_tool_calls: bool = True
 
-    def tool_plan(self) -> tool_calls.ToolPlan | None:
-        return tool_calls.plan(self.tools, self.tool_choice, self.parallel_tool_calls)
+    def tool_plan(self, parser: str | None = None) -> tool_calls.ToolPlan | None:
+        """What the tools ask of the output; ``parser``: the server's ``--tool-call-parser``."""
+        return tool_calls.plan(self.tools, self.tool_choice, self.parallel_tool_calls, parser)
 
     def structured_output(self) -> tuple[str, StructuredOutput] | None:
         given = super().structured_output()
-        tp = self.tool_plan()
+        tp = tool_calls.constraint(self.tools, self.tool_choice, self.parallel_tool_calls)
         if tp is None:
             return given
         if given is not None:

@@ -7,8 +7,9 @@ output), then read back into OpenAI ``tool_calls``.
 - "required": the output is a JSON array of ``{"name", "parameters"}`` (one item at most when
   ``parallel_tool_calls`` is false); ``finish_reason`` is "tool_calls".
 - "none": the tools go to the chat template and the output is plain text.
-- "auto" (OpenAI's default when tools are given) needs a parser for the model's own tool-call
-  format; there is none yet, so it is a 400 that says what works.
+- "auto" (OpenAI's default when tools are given): the output is free, and the parser of the
+  model's own tool-call format named by ``--tool-call-parser`` (``tool_parsers``) finds the calls
+  in it; without one, "auto" is a 400 that says what works.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from kairos.engine.sampling_params import StructuredOutput
+from kairos.server.tool_parsers import PARSERS, AutoStream, Llama3Json, ToolParser
 
 _NO_PARAMETERS = {"type": "object", "properties": {}}
 
@@ -52,25 +54,35 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 @dataclass(frozen=True)
 class ToolPlan:
-    """What a request's tools ask of its output: ``structured`` constrains it, ``name`` is the
-    forced function (None for "required")."""
+    """What a request's tools ask of its output: ``structured`` constrains it and ``name`` is the
+    forced function (None for "required"), or ``parser`` finds the calls ("auto")."""
 
-    structured: StructuredOutput
+    structured: StructuredOutput | None
     name: str | None
+    parser: ToolParser | None = None
 
 
-def plan(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool) -> ToolPlan | None:
-    """The constraint of a request's tools, or None for plain text; raises ``ValueError`` that
-    names ``tool_choice`` or ``tools`` first."""
+def plan(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool,
+         parser: str | None = None) -> ToolPlan | None:
+    """What a request's tools ask, or None for plain text; raises ``ValueError`` that names
+    ``tool_choice`` or ``tools`` first. ``parser``: the server's ``--tool-call-parser``."""
     if choice is None:
         choice = "auto" if tools else "none"
-    if choice == "none":
+    if choice == "auto" and tools:
+        if parser is None:
+            raise ValueError('tool_choice "auto" needs a parser of this model\'s tool-call format: start the '
+                             'server with --tool-call-parser (' + ", ".join(PARSERS) + '), or use "required", '
+                             'a named function, or "none"')
+        return ToolPlan(None, None, PARSERS[parser]())
+    return constraint(tools, choice, parallel)
+
+
+def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool) -> ToolPlan | None:
+    """The constrained plan of "required" or a named function; None otherwise."""
+    if choice is None or choice in ("none", "auto"):
         return None
     if not tools:
         raise ValueError(f"tool_choice {_shown(choice)} needs tools")
-    if choice == "auto":
-        raise ValueError('tool_choice "auto" needs a parser of this model\'s tool-call format, which this '
-                         'server does not have: use "required", a named function, or "none"')
     by_name = {t.function.name: t.function for t in tools}
     if len(by_name) != len(tools):
         raise ValueError("tools must have distinct function names")
@@ -109,6 +121,11 @@ def read_calls(tp: ToolPlan, text: str) -> list[dict] | None:
 
 def message(tp: ToolPlan | None, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
     """A finished choice's ``message`` and ``finish_reason``."""
+    if tp is not None and tp.parser is not None:
+        content, found = tp.parser.parse(text)
+        if not found:
+            return {"role": "assistant", "content": text}, finish_reason
+        return {"role": "assistant", "content": content, "tool_calls": [call(n, a) for n, a in found]}, "tool_calls"
     calls = read_calls(tp, text) if tp is not None else None
     if calls is None:
         return {"role": "assistant", "content": text}, finish_reason
@@ -124,9 +141,20 @@ class ToolStream:
         self.tp = tp
         self.id = call("", "")["id"]
         self.started = False
+        self.auto = AutoStream(tp.parser, isinstance(tp.parser, Llama3Json)) if tp.parser is not None else None
 
     def delta(self, piece: str, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
         """(the delta, the finish_reason) for new text ``piece``; ``text`` is all of it so far."""
+        if self.auto is not None:
+            content = self.auto.feed(text)
+            if finish_reason is None:
+                return ({"content": content} if content else {}), None
+            rest, found = self.auto.finish(text)
+            out: dict[str, Any] = {"content": content + rest} if content + rest else {}
+            if not found:
+                return out, finish_reason
+            out["tool_calls"] = [{"index": i, **call(n, a)} for i, (n, a) in enumerate(found)]
+            return out, "tool_calls"
         if self.tp.name is not None:
             out: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
             if not self.started:
