@@ -30,6 +30,7 @@ def llm(tiny_llama):
     ({"stop": ("",)}, "stop"),
     ({"logit_bias": {3: 100.5}}, "logit_bias"),
     ({"logit_bias": {-3: 1.0}}, "logit_bias"),
+    ({"logit_bias": {"5": 1.0}}, "logit_bias"),
     ({"min_tokens": 17}, "min_tokens"),
     ({"min_tokens": -1}, "min_tokens"),
 ])
@@ -71,6 +72,8 @@ def test_prompt_too_long_leaves_nothing_behind(llm):
 def test_logit_bias_past_the_vocabulary(llm):
     with pytest.raises(ValueError, match=r"^logit_bias keys must be token ids in \[0, 320\)$"):
         llm.generate([prompts_of([5])[0]], SamplingParams(logit_bias={319: 1.0, 320: 1.0}))
+    with pytest.raises(ValueError, match=r"^logit_bias keys must be token ids in \[0, 320\)$"):  # (in any order)
+        llm.generate([prompts_of([5])[0]], SamplingParams(logit_bias=((400, 1.0), (1, 1.0))))
     assert_pool_whole(llm.engine)
 
 

@@ -274,6 +274,14 @@ def _err(server, body, path="/v1/chat/completions", raw=None):
     ({"model": MODEL, "messages": ASK, "guided_json": {"type": "foo"}}, 400,
      {"message": "guided_json: structured output does not compile: Invalid type: foo",
       "type": "invalid_request_error", "param": "guided_json", "code": None}),
+    ({"model": MODEL, "messages": ASK, "guided_grammar": "a ::= b\nb ::= a"}, 400,
+     {"message": "guided_grammar: structured output grammar is neither Lark (no start rule) nor valid GBNF: No 'root' "
+                 "rule found", "type": "invalid_request_error", "param": "guided_grammar", "code": None}),
+    ({"model": MODEL, "messages": ASK, "guided_json": "[" * 100_000}, 400,
+     {"message": "guided_json: structured output json is not valid JSON: maximum recursion depth exceeded while "
+                 "decoding a JSON array from a unicode string", "type": "invalid_request_error",
+      "param": "guided_json", "code": None}),
+    ({"model": MODEL, "messages": ASK, "guided_regex": "(" * 3000 + "a" + ")" * 3000}, 400, None),
     ({"model": MODEL, "messages": ASK, "guided_regex": "\ud800"}, 400,
      {"message": "guided_regex is not valid Unicode text (it holds a lone surrogate)",
       "type": "invalid_request_error", "param": "guided_regex", "code": None}),
@@ -292,6 +300,9 @@ def test_bad_input_gets_openai_errors(server, body, status, expected):
         assert err == expected
     if body.get("max_tokens") == 5000:
         assert err["code"] == "context_length_exceeded" and "maximum context length is 2048" in err["message"]
+    if "guided_regex" in body and len(body["guided_regex"]) > 100:  # (the grammar is not echoed whole)
+        assert err["message"].startswith('guided_regex: structured output does not compile: at 1(8): invalid regex "((')
+        assert err["message"].endswith("more characters)") and len(err["message"]) < 400
     if body.get("messages") and body["messages"][0]["role"] == "wizard":
         assert err["param"] == "messages.0.role"
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import llguidance
 import llguidance.hf
@@ -14,7 +16,7 @@ import torch
 
 from kairos import LLM, SamplingParams, StructuredOutput
 from kairos.engine.sampler import unpack_bits, unpack_bits_on
-from kairos.engine.structured import grammar_of, validate
+from kairos.engine.structured import grammar_of, prepare
 
 from engine_helpers import assert_pool_whole, prompts_of
 
@@ -136,7 +138,7 @@ def test_a_grammar_that_does_not_compile_is_refused(tiny_tok, spec, message):
     _, path, _ = tiny_tok
     llm = LLM(str(path), device="cpu", max_model_len=128)
     with pytest.raises(ValueError, match="^" + re.escape(message)):
-        validate(spec)
+        prepare(spec)
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         llm.generate(prompts_of([5, 6]), [SamplingParams(), SamplingParams(structured=spec)])
     assert not llm.engine.has_unfinished()
@@ -173,3 +175,41 @@ def test_both_bit_unpackings_agree_with_the_plain_rule():
     assert plain[0, :32].tolist() == [False] * 31 + [True]
     assert torch.equal(unpack_bits(bitmask, vocab), plain)
     assert torch.equal(unpack_bits_on(bitmask, vocab), plain)  # (the GPU's path, run here on the CPU)
+
+
+DEEP = """
+import json, sys
+from transformers import AutoTokenizer
+from kairos import StructuredOutput
+from kairos.engine.structured import Compiler, StructuredOutputs, prepare
+defs = {f"d{i}": {"type": "array", "items": {"$ref": f"#/$defs/d{i + 1}"}} for i in range(1500)}
+defs["d1500"] = {"type": "integer"}
+spec = StructuredOutput(json=json.dumps({"$defs": defs, "$ref": "#/$defs/d0"}))  # 94 KB
+Compiler().submit(prepare, spec).result()  # the API server's check
+m = StructuredOutputs(lambda: AutoTokenizer.from_pretrained(sys.argv[1]), 320, [2]).matcher(spec)  # the engine's
+print(m.consume_token(AutoTokenizer.from_pretrained(sys.argv[1])("[", add_special_tokens=False).input_ids[0]))
+"""
+
+
+def test_a_deep_grammar_compiles_on_a_deep_stack(tiny_tok):
+    # llguidance recurses per $ref: on a thread's usual 8 MiB stack this segfaults the process
+    out = subprocess.run([sys.executable, "-c", DEEP, str(tiny_tok[1])], capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout.strip()) == (0, "True"), out.stderr[-2000:]
+
+
+def test_min_tokens_gives_way_to_the_grammar(tiny_tok):
+    _, path, tok = tiny_tok
+    llm = LLM(str(path), device="cpu", max_model_len=128)
+    x = tok("x", add_special_tokens=False).input_ids
+    assert len(x) == 1
+    # "x" is the only sentence; min_tokens would take it out (a stop token id): the grammar wins
+    out = llm.generate(prompts_of([5], vocab=280), SamplingParams(max_tokens=8, min_tokens=1, stop_token_ids=(x[0],),
+                                                                  structured=StructuredOutput(regex="x")))[0].outputs[0]
+    assert (out.token_ids, out.text, out.finish_reason) == (x, "x", "stop")
+    # where the grammar leaves a choice, min_tokens still holds EOS back: "ab?" may end after "a"
+    a, b = (tok(c, add_special_tokens=False).input_ids[0] for c in "ab")
+    kw = dict(max_tokens=8, temperature=0.0, logit_bias={EOS: 100.0, a: 50.0}, structured=StructuredOutput(regex="ab?"))
+    free, held = (llm.generate(prompts_of([5], vocab=280), SamplingParams(min_tokens=m, **kw))[0].outputs[0]
+                  for m in (0, 2))
+    assert (free.token_ids, free.text) == ([a, EOS], "a")
+    assert (held.token_ids, held.text, held.finish_reason) == ([a, b], "ab", "stop")

@@ -288,6 +288,15 @@ class EngineCore:
 
     def _apply_token(self, seq: Sequence, tok: int, lp, now: float) -> SeqOutput:
         index = seq.num_known  # its oldest placeholder
+        if seq.matcher is not None and not seq.matcher.consume_token(tok):
+            # the mask let only tokens of the language through, so only a matcher in error (a
+            # grammar past llguidance's limits) refuses one: the token is dropped and the output
+            # ends where the language did (no step ran past it: constrained steps wait)
+            logger.error("structured output: %s refused token %d (%s)", seq, tok, seq.matcher.get_error())
+            del seq.token_ids[index]
+            seq.num_pending -= 1
+            self._finish(seq)
+            return SeqOutput(seq.request_id, seq.index, [], finish_reason="stop", num_prompt_tokens=seq.num_prompt_tokens)
         seq.token_ids[index] = tok
         seq.num_pending -= 1
         self.scheduler.cache_resolved(seq, index)
@@ -363,11 +372,6 @@ class EngineCore:
 
     def _stop_reason(self, seq: Sequence, tok: int) -> tuple[str | None, int | None]:
         p = seq.params
-        # the mask let only tokens of the language through: a refusal here is a defect, and the
-        # sequence ends rather than go on outside its grammar
-        if seq.matcher is not None and not seq.matcher.consume_token(tok):
-            logger.error("structured output: %s refused token %d (%s)", seq, tok, seq.matcher.get_error())
-            return "stop", None
         if tok in p.stop_token_ids:
             return "stop", tok
         if not p.ignore_eos and tok in self.eos_token_ids:

@@ -130,7 +130,7 @@ class OutputProcessor:
             delta += st.detok.flush()
         if len(out.token_ids) > st.min_tokens:
             emit, matched = st.stops.feed(delta)
-        else:  # (as vLLM: stop strings count only after min_tokens; a string across that point is missed)
+        else:  # stop strings count only after min_tokens, as vLLM's (which also finds one across that point)
             emit, matched = st.stops.flush() + delta, None
         if matched is None and so.finished:
             emit += st.stops.flush()

@@ -35,7 +35,8 @@ class SamplingRow:
 
     @property
     def biased(self) -> bool:
-        return bool(self.params.logit_bias or self.suppress)
+        # (a constrained row's suppressed tokens are taken out of its grammar mask: apply_grammar)
+        return bool(self.params.logit_bias or (self.suppress and self.matcher is None))
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Sampler:
         raw = logits
         dev = logits.device
         if any(r.matcher is not None for r in rows):
-            logits = apply_grammar(logits, [r.matcher for r in rows])
+            logits = apply_grammar(logits, [r.matcher for r in rows], [r.suppress for r in rows])
         if any(r.biased for r in rows):
             logits = apply_bias(logits if logits is not raw else logits.clone(), rows)
         if any(r.params.has_penalties for r in rows):
@@ -124,21 +125,35 @@ class Sampler:
         return SamplerOutput(ids, logprobs)
 
 
-def apply_grammar(logits: torch.Tensor, matchers: list[Any]) -> torch.Tensor:
+def apply_grammar(logits: torch.Tensor, matchers: list[Any], suppress: list[tuple[int, ...]] | None = None
+                  ) -> torch.Tensor:
     """``logits`` [S, V] with every token a row's matcher does not allow now set to -inf, as a new
-    tensor. ``matchers``: one per row, None for an unconstrained row."""
+    tensor. ``matchers``: one per row, None for an unconstrained row. ``suppress``: per row, tokens
+    to take out too (``min_tokens``), unless that leaves none: then the grammar wins."""
     rows = [i for i, m in enumerate(matchers) if m is not None]
     words = (logits.shape[1] + _WORD - 1) // _WORD
     bitmask = torch.empty((len(rows), words), dtype=torch.int32)  # [R, W], bit b of word w: token 32w + b
     for j, i in enumerate(rows):
         # (what llguidance.torch.fill_next_token_bitmask does; importing that module costs 2 s of torch.compile set-up)
         matchers[i].unsafe_compute_mask_ptr(bitmask[j].data_ptr(), words * 4)
+        if suppress and suppress[i]:
+            _take_out(bitmask[j], suppress[i])
     dev, vocab = logits.device, logits.shape[1]
     allowed = unpack_bits(bitmask, vocab) if dev.type == "cpu" else unpack_bits_on(h2d(bitmask, dev), vocab)
     if len(rows) == logits.shape[0]:
         return torch.where(allowed, logits, float("-inf"))
     idx = h2d(rows, dev, torch.long)
     return logits.index_copy(0, idx, torch.where(allowed, logits.index_select(0, idx), float("-inf")))
+
+
+def _take_out(row: torch.Tensor, tokens: tuple[int, ...]) -> None:
+    """Clear ``tokens``' bits in one bitmask row [W] int32, unless no bit would be left."""
+    kept = row.clone()
+    for t in tokens:
+        if t < _WORD * row.shape[0]:
+            kept[t // _WORD] &= ~(1 << (t % _WORD)) if t % _WORD < 31 else 0x7FFFFFFF
+    if bool(kept.any()):
+        row.copy_(kept)
 
 
 def unpack_bits(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -148,15 +163,17 @@ def unpack_bits(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def unpack_bits_on(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[R, W] int32 on any device -> [R, vocab] bool, on that device."""
-    bits = torch.arange(_WORD, device=bitmask.device, dtype=torch.int32)
-    return ((bitmask.unsqueeze(-1) >> bits) & 1).reshape(bitmask.shape[0], -1)[:, :vocab].bool()
+    """[R, W] int32 on any device -> [R, vocab] bool, on that device (by bytes: a [R, 4W, 8] uint8
+    intermediate, a byte per token)."""
+    bits = torch.arange(8, device=bitmask.device, dtype=torch.uint8)
+    by_byte = bitmask.view(torch.uint8)  # [R, 4W] (little-endian words, as on every CUDA host)
+    return ((by_byte.unsqueeze(-1) >> bits) & 1).reshape(bitmask.shape[0], -1)[:, :vocab].bool()
 
 
 def apply_bias(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """Add each row's logit_bias and set its suppressed tokens to -inf, in one scatter."""
     entries = [(i, t, b) for i, r in enumerate(rows)
-               for t, b in r.params.logit_bias + tuple((t, float("-inf")) for t in r.suppress)]
+               for t, b in r.params.logit_bias + tuple((t, float("-inf")) for t in r.suppress if r.matcher is None)]
     r_idx, t_idx, vals = zip(*entries)
     dev = logits.device
     index = (h2d(list(r_idx), dev, torch.long), h2d(list(t_idx), dev, torch.long))

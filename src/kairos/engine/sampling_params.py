@@ -9,6 +9,7 @@ import msgspec
 
 _MAX_LOGPROBS = 20
 _MAX_BIAS = 100.0  # OpenAI's logit_bias range
+_MAX_SPEC_CHARS = 256 << 10  # a structured output's schema, regex, grammar or choices (compiling is not free)
 _GREEDY_BELOW = 1e-5  # a temperature under this samples greedily
 
 
@@ -27,10 +28,13 @@ class StructuredOutput(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
         given += ["json_object"] if self.json_object else []
         if len(given) != 1:
             raise ValueError(f"structured output takes exactly one of json, json_object, regex, choice, grammar; got {given or 'none'}")
+        size = sum(len(t) for t in (self.json, self.regex, self.grammar, *(self.choice or ())) if isinstance(t, str))
+        if size > _MAX_SPEC_CHARS:
+            raise ValueError(f"structured output {given[0]} may have at most {_MAX_SPEC_CHARS} characters, got {size}")
         if self.json is not None:
             try:
                 schema = json.loads(self.json)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 raise ValueError(f"structured output json is not valid JSON: {e}") from None
             if not isinstance(schema, (dict, bool)):
                 raise ValueError("structured output json must be a JSON schema (an object)")
@@ -95,8 +99,10 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
             bad("stop", "must not contain empty strings")
         if any(t < 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "must be non-negative token ids")
-        if isinstance(self.logit_bias, dict):  # as OpenAI sends it
-            msgspec.structs.force_setattr(self, "logit_bias", tuple(sorted(self.logit_bias.items())))
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias  # (a dict as OpenAI's)
+        if not all(isinstance(t, int) and isinstance(b, (int, float)) for t, b in bias):
+            bad("logit_bias", "must map integer token ids to numbers")
+        msgspec.structs.force_setattr(self, "logit_bias", tuple(sorted((t, float(b)) for t, b in bias)))
         if any(t < 0 for t, _ in self.logit_bias):
             bad("logit_bias", "keys must be non-negative token ids")
         if not all(-_MAX_BIAS <= b <= _MAX_BIAS for _, b in self.logit_bias):

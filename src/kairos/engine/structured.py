@@ -5,43 +5,97 @@ the matcher fills a bitmask of the tokens that keep the output in the language; 
 the sampled token (``sampler.apply_grammar`` applies the mask). The matcher is advanced on the
 host, so a step with a constrained sequence cannot be launched before the previous one's tokens
 are known (``SamplingParams.needs_last_token``). No torch here: the API process checks requests
-with :func:`validate`.
+with :func:`prepare`.
+
+llguidance compiles grammars recursively, and a deep one (a chain of 1,000 ``$ref``s is a 94 KB
+schema) overflows a thread's usual 8 MiB stack: a segfault, not an exception. Every compile runs
+on a :class:`Compiler` thread with a deep stack.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
+from queue import SimpleQueue
 from typing import Any
 
 from kairos.engine.sampling_params import StructuredOutput
+
+_STACK_BYTES = 256 << 20  # (reserved, not committed: the pages a compile touches)
+_MAX_GBNF_CHARS = 32 << 10  # GBNF converts to Lark in Python, in time quadratic in its rules
+_CACHED = 64  # compiled grammars kept (requests often share a schema)
+
+
+class Compiler:
+    """One thread with a deep stack that runs compiles, in submission order."""
+
+    def __init__(self):
+        self._jobs: SimpleQueue = SimpleQueue()
+        old = threading.stack_size(_STACK_BYTES)  # (a process setting: put back at once, the thread keeps its own)
+        try:
+            threading.Thread(target=self._run, name="kairos-grammar", daemon=True).start()
+        finally:
+            threading.stack_size(old)
+
+    def submit(self, fn: Callable, *args) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fn, args, fut))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            fn, args, fut = self._jobs.get()
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(e)
+
+
+def _limits():
+    from llguidance import LLParserLimits
+
+    return LLParserLimits(verbose_errors=False)  # (verbose errors hold the whole grammar)
 
 
 class StructuredOutputs:
     """Compiles a request's :class:`StructuredOutput` into a matcher for this model's tokenizer.
 
     The tokenizer is loaded at the first constrained request (``load_tokenizer``), so an engine
-    that never sees one pays nothing for it."""
+    that never sees one pays nothing for it (that request waits for it: ~0.5 s for SmolLM2)."""
 
     def __init__(self, load_tokenizer: Callable[[], Any], vocab_size: int, eos_token_ids: list[int]):
         self._load_tokenizer = load_tokenizer
         self.vocab_size = vocab_size
         self.eos_token_ids = [t for t in sorted(eos_token_ids) if t < vocab_size]
         self._ll = None  # llguidance.LLTokenizer
+        self._compiler: Compiler | None = None
+        self._cache: OrderedDict[StructuredOutput, Any] = OrderedDict()  # spec -> a matcher at its start
 
     def matcher(self, spec: StructuredOutput):
         """A fresh matcher for ``spec``; raises ``ValueError`` when the grammar does not compile."""
+        template = self._cache.get(spec)
+        if template is None:
+            if self._compiler is None:
+                self._compiler = Compiler()
+            template = self._compiler.submit(self._compile, spec).result()
+            self._cache[spec] = template
+            if len(self._cache) > _CACHED:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(spec)
+        return template.deep_copy()
+
+    def _compile(self, spec: StructuredOutput):
         from llguidance import LLMatcher
 
-        grammar = grammar_of(spec)
-        tok = self._tokenizer()
-        error = LLMatcher.validate_grammar(grammar, tok)
-        if error:
-            raise ValueError(f"structured output does not compile: {error.strip()}")
-        m = LLMatcher(tok, grammar, log_level=0)
+        m = LLMatcher(self._tokenizer(), grammar_of(spec), log_level=0, limits=_limits())
         if m.is_error():
-            raise ValueError(f"structured output does not compile: {m.get_error()}")
+            raise ValueError(f"structured output does not compile: {_short(m.get_error())}")
         return m
 
     def _tokenizer(self):
@@ -58,30 +112,56 @@ class StructuredOutputs:
 
 
 def grammar_of(spec: StructuredOutput) -> str:
-    """The llguidance grammar (its JSON form) of a request's constraint."""
+    """The llguidance grammar (its JSON form) of a request's constraint; ``ValueError`` if it has
+    none. Run it on a :class:`Compiler` (a deep GBNF grammar recurses in Python too)."""
     from llguidance import LLMatcher
-    from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
+    from llguidance.gbnf_to_lark import is_lark_syntax
 
-    if spec.json is not None:
-        return LLMatcher.grammar_from_json_schema(spec.json)
-    if spec.json_object:
-        return LLMatcher.grammar_from_json_schema(json.dumps({"type": "object"}))
-    if spec.regex is not None:
-        return LLMatcher.grammar_from_regex(spec.regex)
-    if spec.choice is not None:
-        return LLMatcher.grammar_from_regex("|".join(re.escape(c) for c in spec.choice))
-    try:  # Lark as it is; GBNF (llama.cpp's, as vLLM's xgrammar takes it) converted to Lark
-        lark = any_to_lark(spec.grammar)
-    except GbnfToLarkError as e:
-        raise ValueError(f"structured output grammar is neither Lark (no start rule) nor valid GBNF: {e}") from None
-    return LLMatcher.grammar_from_lark(lark)
+    try:
+        if spec.json is not None:
+            return LLMatcher.grammar_from_json_schema(spec.json)
+        if spec.json_object:
+            return LLMatcher.grammar_from_json_schema(json.dumps({"type": "object"}))
+        if spec.regex is not None:
+            return LLMatcher.grammar_from_regex(spec.regex)
+        if spec.choice is not None:
+            return LLMatcher.grammar_from_regex("|".join(re.escape(c) for c in spec.choice))
+        return LLMatcher.grammar_from_lark(spec.grammar if is_lark_syntax(spec.grammar) else _gbnf_to_lark(spec.grammar))
+    except ValueError:
+        raise
+    except Exception as e:  # (llguidance's and the converter's errors are plain exceptions, RecursionError too)
+        raise ValueError(f"structured output does not compile: {_short(f'{type(e).__name__}: {e}')}") from None
 
 
-def validate(spec: StructuredOutput) -> None:
-    """Raise ``ValueError`` if ``spec`` does not compile (no tokenizer needed: the API checks
-    requests with it before they reach the engine)."""
+def _gbnf_to_lark(grammar: str) -> str:
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    if len(grammar) > _MAX_GBNF_CHARS:
+        raise ValueError(f"structured output grammar: a GBNF grammar may have at most {_MAX_GBNF_CHARS} characters "
+                         f"(a Lark one more), got {len(grammar)}")
+    try:
+        return gbnf_to_lark(grammar)
+    except Exception as e:  # noqa: BLE001 - its parse errors are GbnfToLarkError or plain Exception
+        raise ValueError(f"structured output grammar is neither Lark (no start rule) nor valid GBNF: {_short(str(e))}"
+                         ) from None
+
+
+def prepare(spec: StructuredOutput) -> StructuredOutput:
+    """``spec`` checked (``ValueError`` if it does not compile), a GBNF grammar as Lark, so that
+    the engine compiles it without converting it again (no tokenizer needed: the API process
+    runs it, on a :class:`Compiler`)."""
     from llguidance import LLMatcher
+    from llguidance.gbnf_to_lark import is_lark_syntax
 
-    error = LLMatcher.validate_grammar(grammar_of(spec))
+    if spec.grammar is not None and not is_lark_syntax(spec.grammar):
+        spec = StructuredOutput(grammar=_gbnf_to_lark(spec.grammar))
+    error = LLMatcher.validate_grammar(grammar_of(spec), limits=_limits())
     if error:
-        raise ValueError(f"structured output does not compile: {error.strip()}")
+        raise ValueError(f"structured output does not compile: {_short(error)}")
+    return spec
+
+
+def _short(error: str, limit: int = 300) -> str:
+    """An error for a 400 body: llguidance's quote the grammar, which may be 256 KiB."""
+    error = error.strip()
+    return error if len(error) <= limit else error[:limit] + f"... ({len(error) - limit} more characters)"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 
+import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -114,12 +115,25 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, f"{param} is not valid Unicode text (it holds a lone surrogate)", param=param) from None
         return text
 
-    def check_structured(source: str, spec) -> None:
+    compilers: list[structured.Compiler] = []  # (one, made at the first constrained request)
+
+    async def structured_spec(req):
+        """The request's output constraint, checked once (on a compiler thread: a deep grammar
+        needs its stack, a big one its time), in the form the engine compiles without converting."""
+        try:
+            given = req.structured_output()
+        except ValueError as e:
+            raise APIError(400, str(e), param=str(e).split(" ", 1)[0].rstrip(":")) from None
+        if given is None:
+            return None
+        source, spec = given
         for text in (spec.json, spec.regex, spec.grammar, *(spec.choice or ())):
             if text is not None:
                 unicode(text, source)
+        if not compilers:
+            compilers.append(structured.Compiler())
         try:
-            structured.validate(spec)
+            return await asyncio.wrap_future(compilers[0].submit(structured.prepare, spec))
         except ValueError as e:
             raise APIError(400, f"{source}: {e}", param=source) from None
 
@@ -127,7 +141,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         if client.dead:
             raise APIError(503, f"engine unavailable: {client.dead}", "server_error", code="engine_dead")
 
-    def sampling(req, prompt_len: int, default_max: int):
+    def sampling(req, prompt_len: int, default_max: int, spec=None):
         if not 1 <= req.n <= MAX_N:  # (checked before n of anything is built)
             raise APIError(400, f"n must be in [1, {MAX_N}], got {req.n}", param="n")
         for s in [req.stop] if isinstance(req.stop, str) else req.stop or ():
@@ -136,8 +150,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             params = req.sampling_params(default_max)
         except ValueError as e:
             raise APIError(400, str(e), param=str(e).split(" ", 1)[0].rstrip(":")) from None
-        if params.structured is not None:
-            check_structured(req.structured_output()[0], params.structured)
+        if spec is not None:  # (as structured_spec made it)
+            params = msgspec.structs.replace(params, structured=spec)
         vocab = client.ready.vocab_size
         if params.logit_bias and not (params.logit_bias[0][0] >= 0 and params.logit_bias[-1][0] < vocab):
             raise APIError(400, f"logit_bias keys must be token ids in [0, {vocab})", param="logit_bias")
@@ -198,7 +212,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, f"at most {config.max_pending} prompts in one request (--max-pending), got "
                                 f"{len(prompts)}", param="prompt")
         encoded = [encode(x) for x in prompts]
-        params = [sampling(req, len(ids), 16) for _, ids in encoded]
+        spec = await structured_spec(req)
+        params = [sampling(req, len(ids), 16, spec) for _, ids in encoded]
         slo, priority = request_slo(req, request)
         rid = new_id("cmpl")
         tracked = await gen.start_all([(t, ids, sp) for (t, ids), sp in zip(encoded, params)], slo, priority)
@@ -233,7 +248,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
                       [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None)
         ids = tokenizer(text, add_special_tokens=False).input_ids
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
-        params = sampling(req, len(ids), max_default)
+        params = sampling(req, len(ids), max_default, await structured_spec(req))
         slo, priority = request_slo(req, request)
         rid = new_id("chatcmpl")
         tracked = await gen.start_all([(text, ids, params)], slo, priority)
