@@ -113,6 +113,17 @@ def test_structured_output(server, client):
                                                  stream=True, response_format={"type": "json_object"}))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert isinstance(json.loads(streamed), dict) and chunks[-1].choices[0].finish_reason == "stop"
+    # a schema past llguidance's parser limits at its first step: 400, streamed or not
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(3000)}}
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 8, "guided_json": wide}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith(
+        "structured output failed while generating: Parser Error: Current row has 12007 items; max is 2000")
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body | {"stream": True}, timeout=60) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert r.status_code == 200 and json.loads(events[-1][6:])["error"]["message"].startswith(
+        "structured output failed while generating: Parser Error")
+    assert httpx.get(server.url + "/stats").json()["num_requests_in_flight"] == 0
 
 
 def test_tool_calls(server, client):
@@ -285,6 +296,7 @@ def _err(server, body, path="/v1/chat/completions", raw=None):
     ({"model": MODEL, "messages": ASK, "guided_regex": "\ud800"}, 400,
      {"message": "guided_regex is not valid Unicode text (it holds a lone surrogate)",
       "type": "invalid_request_error", "param": "guided_regex", "code": None}),
+    ({"model": MODEL, "messages": [{"role": "assistant", "tool_calls": 5}]}, 400, None),
     ({"model": MODEL, "messages": ASK, "max_tokens": 5000}, 400, None),
     ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, None),
     ({"model": MODEL, "messages": ASK, "max_tokens": "many"}, 400, None),

@@ -213,3 +213,15 @@ def test_min_tokens_gives_way_to_the_grammar(tiny_tok):
                   for m in (0, 2))
     assert (free.token_ids, free.text) == ([a, EOS], "a")
     assert (held.token_ids, held.text, held.finish_reason) == ([a, b], "ab", "stop")
+
+
+def test_a_grammar_past_the_parsers_limits_mid_way_ends_in_error(tiny_tok):
+    # it compiles and its first mask is fine; taking "{" (where 3,000 keys open) is past llguidance's rows
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(3000)}}
+    llm = LLM(str(tiny_tok[1]), device="cpu", max_model_len=128)
+    out = llm.generate(prompts_of([5], vocab=280), SamplingParams(max_tokens=8, temperature=0.0, structured=StructuredOutput(
+        json=json.dumps(schema))))[0].outputs[0]
+    assert out.finish_reason == "error"
+    assert out.stop_reason.startswith("Parser Error: Current row has 12007 items; max is 2000")
+    assert (out.token_ids, out.text) == ([], "")  # (the refused "{" is not emitted)
+    assert_pool_whole(llm.engine)

@@ -106,9 +106,6 @@ def test_tool_messages_reach_the_template():
     assert turns[1] == {"role": "assistant", "content": "", "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}
     assert turns[2] == {"role": "tool", "content": "rain", "tool_call_id": "call_1"}
-    bad = ChatCompletionRequest(messages=[{"role": "assistant", "tool_calls": ["x"]}]).messages
-    with pytest.raises(ValueError, match="^messages: tool_calls entries must be objects with a function$"):
-        conversation(bad)
 
 
 CALL = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
@@ -121,6 +118,12 @@ CALL = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
      "Let me look.\n", [("get_weather", '{"city": "Oslo"}'), ("get_time", "{}")]),
     (f"<tool_call>{CALL}", None, [("get_weather", '{"city": "Oslo"}')]),  # cut before its closing tag
     ("<tool_call>not json</tool_call>", "<tool_call>not json</tool_call>", []),
+    # what a client could not take stays text: a name that is not a string, arguments not an object
+    ('<tool_call>{"name": 5, "arguments": {}}</tool_call>', '<tool_call>{"name": 5, "arguments": {}}</tool_call>', []),
+    ('<tool_call>{"name": "f", "arguments": "x"}</tool_call>', '<tool_call>{"name": "f", "arguments": "x"}</tool_call>',
+     []),
+    ("<tool_call>" + "[" * 3000 + "]" * 3000 + "</tool_call>", "<tool_call>" + "[" * 3000 + "]" * 3000 + "</tool_call>",
+     []),  # (json.loads recurses: RecursionError)
 ])
 def test_hermes_parser(text, content, calls):
     assert Hermes().parse(text) == (content, calls)
@@ -132,6 +135,8 @@ def test_hermes_parser(text, content, calls):
     ('<|python_tag|>{"name": "a", "parameters": {}}; {"name": "b", "parameters": {"x": 1}}', None,
      [("a", "{}"), ("b", '{"x": 1}')]),
     ('{"name": "a", "param', '{"name": "a", "param', []),
+    ('{"name": ["a"], "parameters": {}}', '{"name": ["a"], "parameters": {}}', []),
+    ("{" * 3000, "{" * 3000, []),
 ])
 def test_llama3_json_parser(text, content, calls):
     assert Llama3Json().parse(text) == (content, calls)
@@ -159,7 +164,39 @@ def test_auto_streams_text_and_holds_calls():
     content, calls, why = stream_through(ToolStream(llama), ['  {"name": "get_weather", ', '"parameters": {"city": "Oslo"}}'])
     assert (content, why, calls[0]["function"]["arguments"]) == ("", "tool_calls", '{"city": "Oslo"}')
     assert stream_through(ToolStream(llama), ["Sunny ", "today."]) == ("Sunny today.", [], "stop")
+    assert stream_through(ToolStream(llama), ["<", "b>bold", "</b>"])[0] == "<b>bold</b>"
+    # (a "<" may begin <|python_tag|>: held until it is not one, then sent as it comes)
+    ts = ToolStream(llama)
+    assert [ts.delta(p, t, None)[0].get("content", "") for p, t in [("<", "<"), ("b>", "<b>"), ("x", "<b>x")]] == [
+        "", "<b>", "x"]
     assert stream_through(ToolStream(llama), ['{"oops'], "length") == ('{"oops', [], "length")
     msg, why = message(hermes, f"<tool_call>{CALL}</tool_call>", "stop")
     assert why == "tool_calls" and msg["content"] is None and msg["tool_calls"][0]["function"]["name"] == "get_weather"
     assert message(hermes, "just text", "stop") == ({"role": "assistant", "content": "just text"}, "stop")
+
+
+def test_auto_keeps_to_the_tools_and_to_parallel_tool_calls():
+    two = '<tool_call>{"name": "get_weather", "arguments": {"city": "A"}}</tool_call>' \
+          '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    both = req(tools=[WEATHER, TIME]).tool_plan("hermes")
+    assert [c["function"]["name"] for c in message(both, two, "stop")[0]["tool_calls"]] == ["get_weather", "get_time"]
+    first = req(tools=[WEATHER, TIME], parallel_tool_calls=False).tool_plan("hermes")
+    assert [c["function"]["name"] for c in message(first, two, "stop")[0]["tool_calls"]] == ["get_weather"]
+    other = req(tools=[WEATHER]).tool_plan("hermes")  # get_time is not among its tools: all text
+    assert message(other, two, "stop") == ({"role": "assistant", "content": two}, "stop")
+    with pytest.raises(ValueError, match="^tools must have distinct function names$"):
+        req(tools=[WEATHER, WEATHER]).tool_plan("hermes")
+
+
+def test_tool_fields_are_typed():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="messages.0.tool_calls"):
+        ChatCompletionRequest(messages=[{"role": "assistant", "tool_calls": 5}])
+    with pytest.raises(ValidationError, match="tools.0.function.parameters"):
+        req(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}])
+    deep = "[" * 3000 + "]" * 3000  # (arguments that are not JSON the template can take stay a string)
+    msgs = ChatCompletionRequest(messages=[{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": deep}}]}]).messages
+    assert conversation(msgs)[0]["tool_calls"] == [{"id": "c", "type": "function", "function": {"name": "f",
+                                                                                               "arguments": deep}}]

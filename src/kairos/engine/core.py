@@ -290,13 +290,15 @@ class EngineCore:
         index = seq.num_known  # its oldest placeholder
         if seq.matcher is not None and not seq.matcher.consume_token(tok):
             # the mask let only tokens of the language through, so only a matcher in error (a
-            # grammar past llguidance's limits) refuses one: the token is dropped and the output
-            # ends where the language did (no step ran past it: constrained steps wait)
-            logger.error("structured output: %s refused token %d (%s)", seq, tok, seq.matcher.get_error())
+            # grammar past llguidance's limits mid-way) refuses one: the token is dropped and the
+            # sequence ends in "error" (no step ran past it: constrained steps wait)
+            error = " ".join(seq.matcher.get_error().split())[:300]
+            logger.warning("structured output: %s refused token %d (%s)", seq, tok, error)
             del seq.token_ids[index]
             seq.num_pending -= 1
             self._finish(seq)
-            return SeqOutput(seq.request_id, seq.index, [], finish_reason="stop", num_prompt_tokens=seq.num_prompt_tokens)
+            return SeqOutput(seq.request_id, seq.index, [], finish_reason="error", stop_reason=error,
+                             num_prompt_tokens=seq.num_prompt_tokens)
         seq.token_ids[index] = tok
         seq.num_pending -= 1
         self.scheduler.cache_resolved(seq, index)

@@ -29,7 +29,7 @@ class SeqOutput(msgspec.Struct):
     index: int
     new_token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "expired"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "expired" | "error" (stop_reason: why)
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     num_prompt_tokens: int = 0
 

@@ -94,6 +94,8 @@ class StructuredOutputs:
         from llguidance import LLMatcher
 
         m = LLMatcher(self._tokenizer(), grammar_of(spec), log_level=0, limits=_limits())
+        if not m.is_error():
+            m.compute_bitmask()  # (the first step's mask: a grammar past the parser's limits fails here, not mid-way)
         if m.is_error():
             raise ValueError(f"structured output does not compile: {_short(m.get_error())}")
         return m

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 
 import msgspec
 from fastapi import FastAPI, Request
@@ -70,6 +71,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+logger = logging.getLogger(__name__)
 MAX_N = 128  # completions per prompt (OpenAI's bound): n sequences' state is built before the engine sees them
 
 
@@ -334,8 +336,9 @@ def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: b
         echoed: set[int] = set()
         sent_lp: dict[int, int] = {}
         calls: dict[int, tool_calls.ToolStream] = {}
+        chunks = merge(runs)
         try:
-            async for i, (tr, index) in merge(runs):
+            async for i, (tr, index) in chunks:
                 o = tr.output.outputs[index]
                 if not o.delta and not o.finish_reason and o.logprobs is None:
                     continue  # text held back (partial character or possible stop string)
@@ -367,6 +370,13 @@ def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: b
         except APIError as e:
             yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
             return
+        except Exception as e:  # (a defect: the stream still ends with an error, not a cut connection)
+            logger.exception("stream %s failed", rid)
+            yield sse({"error": {"message": f"internal error: {type(e).__name__}", "type": "server_error",
+                                 "param": None, "code": None}})
+            return
+        finally:  # (closed here, not by the collector: each request's end, and its slot, now)
+            await chunks.aclose()
         if include_usage:
             yield sse({**head, "choices": [], "usage": total_usage(tracked)})
         yield sse("[DONE]")

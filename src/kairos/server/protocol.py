@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kairos.engine.sampling_params import SamplingParams, StructuredOutput
 from kairos.engine.slo import SLO
-from kairos.server import tools as tool_calls
+from kairos.server.tools import Tool, ToolCallIn, ToolChoice, ToolPlan, constraint, template_call
+from kairos.server.tools import plan as plan_tools
 
 # integers travel to the engine as msgpack int64: a larger one is a 400 here, not a failure to send
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -202,6 +203,8 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant's
+    tool_call_id: str | None = None  # a tool result's
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -210,17 +213,17 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: Int64 | None = None
     add_generation_prompt: bool = True
-    tools: list[tool_calls.Tool] | None = None
-    tool_choice: tool_calls.ToolChoice | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
 
-    def tool_plan(self, parser: str | None = None) -> tool_calls.ToolPlan | None:
+    def tool_plan(self, parser: str | None = None) -> ToolPlan | None:
         """What the tools ask of the output; ``parser``: the server's ``--tool-call-parser``."""
-        return tool_calls.plan(self.tools, self.tool_choice, self.parallel_tool_calls, parser)
+        return plan_tools(self.tools, self.tool_choice, self.parallel_tool_calls, parser)
 
     def structured_output(self) -> tuple[str, StructuredOutput] | None:
         given = super().structured_output()
-        tp = tool_calls.constraint(self.tools, self.tool_choice, self.parallel_tool_calls)
+        tp = constraint(self.tools, self.tool_choice, self.parallel_tool_calls)
         if tp is None:
             return given
         if given is not None:
@@ -242,11 +245,13 @@ def conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             if not all(isinstance(t, str) for t in texts):
                 raise ValueError(f"messages.{i}.content: a text part's text must be a string")
             content = "".join(texts)
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
-    try:
-        return tool_calls.template_messages(out, [m.model_extra or {} for m in messages])
-    except ValueError as e:
-        raise ValueError(f"messages: {e}") from None
+        turn = {"role": "system" if m.role == "developer" else m.role, "content": content or ""}
+        if m.tool_calls:
+            turn["tool_calls"] = [template_call(c) for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            turn["tool_call_id"] = m.tool_call_id
+        out.append(turn)
+    return out
 
 
 class TokenizeRequest(BaseModel):

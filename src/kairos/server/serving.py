@@ -125,6 +125,10 @@ class Generator:
                 _, stopped = self.processor.process(items)
                 for r, i in stopped:
                     self.client.finish_sequence(r, i)
+                failed = next((o for o in tr.output.outputs if o.finish_reason == "error"), None)
+                if failed is not None:  # (its grammar went past llguidance's limits mid-way)
+                    outcome = "error"
+                    raise APIError(400, f"structured output failed while generating: {failed.stop_reason}")
                 for index in dict.fromkeys(it.index for it in items):
                     yield tr, index
                 if error is not None:

@@ -1,6 +1,7 @@
 """Parsers of models' own tool-call formats, for ``tool_choice: "auto"`` (``--tool-call-parser``).
 
-A parser reads a finished output into (content, calls), each call a ``(name, arguments JSON)``.
+A parser reads a finished output into (content, calls), each call a ``(name, arguments JSON)``
+whose name is a string and whose arguments are an object; anything else leaves the output text.
 While streaming, :class:`AutoStream` sends text as content until it may be the start of a tool
 call, then holds the rest and parses it at the end (vLLM streams the arguments as they come; this
 sends each call whole, which every OpenAI client accepts).
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Protocol
+
+_PYTHON_TAG = "<|python_tag|>"
 
 
 class ToolParser(Protocol):
@@ -20,8 +24,15 @@ class ToolParser(Protocol):
     def parse(self, text: str) -> tuple[str | None, list[tuple[str, str]]]: ...
 
 
-def _arguments(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+_NOT_CALLS = (ValueError, KeyError, TypeError, RecursionError)  # (json.loads of a 3,000-deep array recurses)
+
+
+def _call(c, key: str) -> tuple[str, str]:
+    """(name, arguments as JSON) of a parsed call; TypeError if it is not one."""
+    args = c.get(key, {}) if isinstance(c, dict) else None
+    if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not isinstance(args, dict):
+        raise TypeError("not a call")
+    return c["name"], json.dumps(args, ensure_ascii=False)
 
 
 class Hermes:
@@ -37,9 +48,8 @@ class Hermes:
         calls = []
         for body in self._CALL.findall(text):
             try:
-                c = json.loads(body)
-                calls.append((c["name"], _arguments(c.get("arguments", {}))))
-            except (ValueError, KeyError, TypeError):
+                calls.append(_call(json.loads(body), "arguments"))
+            except _NOT_CALLS:
                 return text, []  # (not the format after all: all of it is text)
         content = text[: text.index(self.start)]
         return (content if content.strip() else None), calls
@@ -52,7 +62,7 @@ class Llama3Json:
     start = "{"
 
     def parse(self, text: str) -> tuple[str | None, list[tuple[str, str]]]:
-        body = text.strip().removeprefix("<|python_tag|>").strip()
+        body = text.strip().removeprefix(_PYTHON_TAG).strip()
         if not body.startswith("{"):
             return text, []
         calls = []
@@ -61,9 +71,9 @@ class Llama3Json:
         try:
             while i < len(body):
                 c, i = decoder.raw_decode(body, i)
-                calls.append((c["name"], _arguments(c.get("parameters", c.get("arguments", {})))))
+                calls.append(_call(c, "parameters" if isinstance(c, dict) and "parameters" in c else "arguments"))
                 i = len(body) - len(body[i:].lstrip().removeprefix(";").lstrip())
-        except (ValueError, KeyError, TypeError):
+        except _NOT_CALLS:
             return text, []
         return None, calls
 
@@ -73,12 +83,13 @@ PARSERS: dict[str, type] = {"hermes": Hermes, "llama3_json": Llama3Json}
 
 class AutoStream:
     """Streamed content of an output that may hold tool calls: ``feed`` returns the content that
-    is safe to send; ``finish`` parses what was held."""
+    is safe to send; ``finish`` parses what was held (``parse``: the parser's, checked)."""
 
-    def __init__(self, parser: ToolParser, leading_only: bool):
+    def __init__(self, parser: ToolParser, parse: Callable[[str], tuple[str | None, list[tuple[str, str]]]]):
         self.parser = parser
+        self.parse = parse
         # llama3_json: calls are the whole output, so only a start at the beginning counts
-        self.leading_only = leading_only
+        self.leading_only = isinstance(parser, Llama3Json)
         self.sent = 0  # characters of the text sent as content
         self.holding = False
 
@@ -87,14 +98,16 @@ class AutoStream:
             return ""
         start = self.parser.start
         if self.leading_only:
+            if self.sent:  # (the output began as text: it stays text)
+                out, self.sent = text[self.sent:], len(text)
+                return out
             stripped = text.lstrip()
-            if not stripped:
-                return ""
-            if stripped.startswith(start) or start.startswith(stripped) or "<|python_tag|>".startswith(stripped) \
-                    or stripped.startswith("<|python_tag|>"):
+            if not stripped or _PYTHON_TAG.startswith(stripped):
+                return ""  # (undecided yet)
+            if stripped.startswith((start, _PYTHON_TAG)):
                 self.holding = True
                 return ""
-            out, self.sent = text[self.sent:], len(text)
+            out, self.sent = text, len(text)
             return out
         i = text.find(start, self.sent)
         if i >= 0:
@@ -109,7 +122,7 @@ class AutoStream:
 
     def finish(self, text: str) -> tuple[str, list[tuple[str, str]]]:
         """(the content not sent yet, the calls) at the end of the output."""
-        content, calls = self.parser.parse(text)
+        content, calls = self.parse(text)
         if not calls:
             return text[self.sent:], []
         return (content or "")[self.sent:], calls

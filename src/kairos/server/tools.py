@@ -20,10 +20,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from kairos.engine.sampling_params import StructuredOutput
-from kairos.server.tool_parsers import PARSERS, AutoStream, Llama3Json, ToolParser
+from kairos.server.tool_parsers import PARSERS, AutoStream, ToolParser
 
 _NO_PARAMETERS = {"type": "object", "properties": {}}
 
@@ -34,10 +34,30 @@ class FunctionDef(BaseModel):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _an_object(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and v.get("type", "object") != "object":  # (OpenAI's arguments are an object)
+            raise ValueError("must be the JSON schema of an object")
+        return v
+
 
 class Tool(BaseModel):
     type: Literal["function"]
     function: FunctionDef
+
+
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCallIn(BaseModel):
+    """A call in an assistant message of the history."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
 
 
 class NamedFunction(BaseModel):
@@ -60,6 +80,8 @@ class ToolPlan:
     structured: StructuredOutput | None
     name: str | None
     parser: ToolParser | None = None
+    names: frozenset[str] = frozenset()  # the tools' ("auto": a call to another is text)
+    parallel: bool = True  # ("auto": without it, the first call only, as vLLM)
 
 
 def plan(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool,
@@ -68,12 +90,14 @@ def plan(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool,
     ``tool_choice`` or ``tools`` first. ``parser``: the server's ``--tool-call-parser``."""
     if choice is None:
         choice = "auto" if tools else "none"
+    if tools and len({t.function.name for t in tools}) != len(tools):
+        raise ValueError("tools must have distinct function names")
     if choice == "auto" and tools:
         if parser is None:
             raise ValueError('tool_choice "auto" needs a parser of this model\'s tool-call format: start the '
                              'server with --tool-call-parser (' + ", ".join(PARSERS) + '), or use "required", '
                              'a named function, or "none"')
-        return ToolPlan(None, None, PARSERS[parser]())
+        return ToolPlan(None, None, PARSERS[parser](), frozenset(t.function.name for t in tools), parallel)
     return constraint(tools, choice, parallel)
 
 
@@ -112,17 +136,26 @@ def read_calls(tp: ToolPlan, text: str) -> list[dict] | None:
     """The tool calls in a finished output, or None when it is not whole (cut by max_tokens)."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if tp.name is not None:
         return [call(tp.name, text)]
     return [call(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in value]
 
 
+def parsed(tp: ToolPlan, text: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """("auto") The parser's (content, calls), where every call names one of the tools; else the
+    output is text."""
+    content, found = tp.parser.parse(text)
+    if not all(name in tp.names for name, _ in found):
+        return text, []
+    return content, found if tp.parallel else found[:1]
+
+
 def message(tp: ToolPlan | None, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
     """A finished choice's ``message`` and ``finish_reason``."""
     if tp is not None and tp.parser is not None:
-        content, found = tp.parser.parse(text)
+        content, found = parsed(tp, text)
         if not found:
             return {"role": "assistant", "content": text}, finish_reason
         return {"role": "assistant", "content": content, "tool_calls": [call(n, a) for n, a in found]}, "tool_calls"
@@ -141,7 +174,7 @@ class ToolStream:
         self.tp = tp
         self.id = call("", "")["id"]
         self.started = False
-        self.auto = AutoStream(tp.parser, isinstance(tp.parser, Llama3Json)) if tp.parser is not None else None
+        self.auto = AutoStream(tp.parser, lambda text: parsed(tp, text)) if tp.parser is not None else None
 
     def delta(self, piece: str, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
         """(the delta, the finish_reason) for new text ``piece``; ``text`` is all of it so far."""
@@ -170,24 +203,12 @@ class ToolStream:
         return {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}, "tool_calls"
 
 
-def template_messages(turns: list[dict[str, Any]], extras: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Carry the tool fields of OpenAI messages to the chat template: an assistant's
-    ``tool_calls`` (with ``arguments`` as objects, as templates read them, like vLLM) and a tool
-    result's ``tool_call_id``."""
-    for turn, extra in zip(turns, extras):
-        calls = extra.get("tool_calls")
-        if calls:
-            turn["tool_calls"] = [_with_object_arguments(c) for c in calls]
-        if extra.get("tool_call_id") is not None:
-            turn["tool_call_id"] = extra["tool_call_id"]
-    return turns
-
-
-def _with_object_arguments(c: Any) -> Any:
-    if not isinstance(c, dict) or not isinstance(c.get("function"), dict):
-        raise ValueError("tool_calls entries must be objects with a function")
-    args = c["function"].get("arguments")
+def template_call(c: ToolCallIn) -> dict[str, Any]:
+    """A call of the history as chat templates read it: ``arguments`` as an object when it is
+    JSON (as vLLM passes it), else the string it is."""
+    args = c.function.arguments
     if isinstance(args, str):
-        with contextlib.suppress(ValueError):  # (not JSON: left as the string it is)
+        with contextlib.suppress(ValueError, RecursionError):
             args = json.loads(args)
-    return {**c, "function": {**c["function"], "arguments": args}}
+    out = {"type": "function", "function": {"name": c.function.name, "arguments": args}}
+    return out if c.id is None else {"id": c.id, **out}
