@@ -200,3 +200,35 @@ def test_tool_fields_are_typed():
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": deep}}]}]).messages
     assert conversation(msgs)[0]["tool_calls"] == [{"id": "c", "type": "function", "function": {"name": "f",
                                                                                                "arguments": deep}}]
+
+
+TOOL_TEMPLATE = ("{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}{% endif %}"
+                 "{% for m in messages %}|{{ m.role }}:{{ m.content }}{% for c in m.tool_calls or [] %}"
+                 "CALL {{ c.id }} {{ c.function.name }} {{ c.function.arguments | tojson }}{% endfor %}"
+                 "{% if m.tool_call_id %} FOR {{ m.tool_call_id }}{% endif %}{% endfor %}")
+
+
+def test_tools_and_calls_reach_a_tool_aware_template():
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from kairos.server.app import build_app
+    from kairos.server.config import ServerConfig
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["TOOLS: CALL FOR user assistant tool"], vocab_size=300, show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+    tok.chat_template = TOOL_TEMPLATE
+    client = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(model="m")), dead=None,
+                             ready=SimpleNamespace(max_model_len=4096, vocab_size=300))  # (/tokenize needs no engine)
+    http = TestClient(build_app(client, tok, "m", ServerConfig()))
+    messages = ASK + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "rain"}]
+    r = http.post("/tokenize", json={"messages": messages, "tools": [WEATHER, TIME], "add_generation_prompt": False})
+    assert r.status_code == 200, r.text
+    assert tok.decode(r.json()["tokens"]) == ('TOOLS:get_weather;get_time;|user:hi'
+                                              '|assistant:CALL call_1 get_weather {"city": "Oslo"}|tool:rain FOR call_1')

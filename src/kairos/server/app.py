@@ -246,8 +246,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             tp = req.tool_plan(config.tool_call_parser)
         except ValueError as e:
             raise APIError(400, str(e), param=str(e).split(" ", 1)[0]) from None
-        text = render(req.messages, req.add_generation_prompt,
-                      [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None)
+        text = render(req.messages, req.add_generation_prompt, template_tools(req.tools))
         ids = tokenizer(text, add_special_tokens=False).input_ids
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
         params = sampling(req, len(ids), max_default, await structured_spec(req))
@@ -272,7 +271,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, "give exactly one of prompt and messages", param="prompt")
         need_tokenizer("prompt" if req.messages is None else "messages")
         if req.messages is not None:
-            text, special = render(req.messages, req.add_generation_prompt), False
+            text, special = render(req.messages, req.add_generation_prompt, template_tools(req.tools)), False
         else:
             text, special = unicode(req.prompt, "prompt"), True
         ids = tokenizer(text, add_special_tokens=special if req.add_special_tokens is None else req.add_special_tokens
@@ -313,6 +312,10 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         return Response(metrics.render(client.stats), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def template_tools(tools) -> list[dict] | None:
+    return [t.model_dump(exclude_none=True) for t in tools] if tools else None
 
 
 def total_usage(tracked) -> dict:

@@ -263,6 +263,7 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool | None = None  # default: True for a prompt, False for messages (the template adds them)
     add_generation_prompt: bool = True
     return_token_strs: bool = False
+    tools: list[Tool] | None = None  # (to the chat template, as a chat request's)
 
 
 class DetokenizeRequest(BaseModel):
