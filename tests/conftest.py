@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 
 import pytest
 import torch
@@ -62,6 +63,24 @@ def tiny_model(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     return make_tiny(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_tok(tiny_llama, tmp_path_factory):
+    """The tiny Llama with a byte-level BPE tokenizer of its own (290 of the model's 320 ids)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    model, path = tiny_llama
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(['{"a": "yes", "b": 31}', "yes no maybe", "n=12 x-ab"] * 10, vocab_size=300,
+                            min_frequency=1, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    assert tok.eos_token_id == 2  # the tiny Llama's EOS (its config's default)
+    d = tmp_path_factory.mktemp("tiny-llama-tok")
+    shutil.copytree(path, d, dirs_exist_ok=True)
+    tok.save_pretrained(d)
+    return model, d, tok
 
 
 def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:

@@ -107,3 +107,24 @@ def test_async_steps_equal_transformers_and_read_their_tokens_without_waiting_fo
         flight = ahead if ahead is not None else (engine.launch() if engine.has_unfinished() else None)
     assert checked
     assert [tokens[str(i)] for i in range(len(prompts))] == [hf_greedy(model, p, 12) for p in prompts]
+
+
+def test_constrained_biased_sampling_on_cuda_equals_the_cpu(tiny_tok):
+    import json
+
+    from kairos import LLM, StructuredOutput
+
+    _, path, _ = tiny_tok
+    schema = {"type": "object", "properties": {"a": {"enum": ["yes", "no"]}, "b": {"type": "integer", "maximum": 99}},
+              "required": ["a", "b"], "additionalProperties": False, "x-guidance": {"whitespace_flexible": False}}
+    specs = [StructuredOutput(json=json.dumps(schema)), StructuredOutput(regex=r"[0-9]{2}-[a-z]{1,3}"), None,
+             StructuredOutput(choice=("yes", "no", "maybe"))]
+    params = [SamplingParams(max_tokens=16, temperature=0.0, structured=s, min_tokens=2, logit_bias={7: 3.0, 2: 1.0})
+              for s in specs]
+    prompts = prompts_of([5, 11, 8, 3], vocab=280)
+    outs = {}
+    for device in ("cpu", "cuda"):  # (the GPU unpacks the grammar's bitmask on the device)
+        llm = LLM(str(path), device=device, dtype="float32", kv_cache_memory="256MiB", max_model_len=128)
+        outs[device] = [(r.outputs[0].token_ids, r.outputs[0].finish_reason) for r in llm.generate(prompts, params)]
+    assert outs["cuda"] == outs["cpu"]
+    assert [why for _, why in outs["cpu"]] == ["stop", "stop", "length", "stop"]

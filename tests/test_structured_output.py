@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 
@@ -32,24 +31,6 @@ SPECS = {
     # (llguidance's JSON takes any whitespace between tokens, and a random model loops on it)
     "compact": StructuredOutput(json=json.dumps(SCHEMA | {"x-guidance": {"whitespace_flexible": False}})),
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_tok(tiny_llama, tmp_path_factory):
-    """The tiny Llama with a byte-level BPE tokenizer of its own (290 of the model's 320 ids)."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    model, path = tiny_llama
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(['{"a": "yes", "b": 31}', "yes no maybe", "n=12 x-ab"] * 10, vocab_size=300,
-                            min_frequency=1, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    assert tok.eos_token_id == EOS
-    d = tmp_path_factory.mktemp("tiny-llama-tok")
-    shutil.copytree(path, d, dirs_exist_ok=True)
-    tok.save_pretrained(d)
-    return model, d, tok
 
 
 def reference(model, tok, prompt: list[int], spec: StructuredOutput, max_tokens: int) -> tuple[list[int], str]:
