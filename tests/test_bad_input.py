@@ -31,6 +31,8 @@ def llm(tiny_llama):
     ({"logit_bias": {3: 100.5}}, "logit_bias"),
     ({"logit_bias": {-3: 1.0}}, "logit_bias"),
     ({"logit_bias": {"5": 1.0}}, "logit_bias"),
+    ({"logit_bias": {True: 1.0}}, "logit_bias"),
+    ({"logit_bias": ((5, 60.0), (5, 60.0))}, "logit_bias"),
     ({"min_tokens": 17}, "min_tokens"),
     ({"min_tokens": -1}, "min_tokens"),
 ])

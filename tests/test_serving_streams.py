@@ -32,6 +32,27 @@ def test_merge_hands_over_each_item_before_its_stream_moves_on():
     assert [t for t in seen if t[0] == "a"] == ["a0", "a1", "a2"]
 
 
+@pytest.mark.parametrize("streams", [1, 2])
+def test_closing_the_merge_closes_every_stream_at_once(streams):
+    closed: list[str] = []
+
+    async def stream(name: str):
+        try:
+            for k in range(5):
+                yield k
+        finally:  # (follow's finally: where a request is aborted and its slot freed)
+            closed.append(name)
+
+    async def read():
+        chunks = merge([stream(str(i)) for i in range(streams)])
+        async for _ in chunks:
+            break  # (a stream body that failed after its first chunk)
+        await chunks.aclose()
+        assert sorted(closed) == [str(i) for i in range(streams)]  # before anything is collected
+
+    asyncio.run(read())
+
+
 def test_merge_propagates_an_error_and_stops_the_other_streams():
     async def ok():
         for k in range(100):

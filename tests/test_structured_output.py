@@ -196,7 +196,7 @@ def test_min_tokens_gives_way_to_the_grammar(tiny_tok):
     assert (held.token_ids, held.text, held.finish_reason) == ([a, b], "ab", "stop")
 
 
-def test_a_grammar_past_the_parsers_limits_mid_way_ends_in_error(tiny_tok):
+def test_a_grammar_past_the_parsers_limits_at_its_first_token_ends_in_error(tiny_tok):
     # it compiles and its first mask is fine; taking "{" (where 3,000 keys open) is past llguidance's rows
     schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(3000)}}
     llm = LLM(str(tiny_tok[1]), device="cpu", max_model_len=128)
@@ -205,4 +205,31 @@ def test_a_grammar_past_the_parsers_limits_mid_way_ends_in_error(tiny_tok):
     assert out.finish_reason == "error"
     assert out.stop_reason.startswith("Parser Error: Current row has 12007 items; max is 2000")
     assert (out.token_ids, out.text) == ([], "")  # (the refused "{" is not emitted)
+    assert_pool_whole(llm.engine)
+
+
+# three-letter words, then one of 3,000 rules: past llguidance's rows once the words are out
+_RULES = "\n".join(f'r{i}: "q" "{i}" "z"' for i in range(3000))
+LATE_FAILURE = StructuredOutput(grammar='start: W "-" W "=" W "+" W "-" big\nW: /[a-z0-9]{3}/\nbig: '
+                                + " | ".join(f"r{i}" for i in range(3000)) + "\n" + _RULES)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+@pytest.mark.parametrize("prompt_len", [11, 16])
+def test_a_grammar_failing_after_some_tokens_leaves_cache_and_pool_right(tiny_tok, async_scheduling, prompt_len):
+    _, path, tok = tiny_tok
+    llm = LLM(str(path), device="cpu", max_model_len=128, async_scheduling=async_scheduling, block_size=4)
+    p = prompts_of([prompt_len], vocab=280)[0]
+    failing, other = llm.generate([p, p], [SamplingParams(max_tokens=30, temperature=0.0, n=2, structured=LATE_FAILURE),
+                                           SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)])
+    for o in failing.outputs:  # both siblings: the words, then "error" where the refused token was dropped
+        assert o.finish_reason == "error" and o.stop_reason.startswith("Parser Error")
+        assert re.fullmatch(r"[a-z0-9]{3}-[a-z0-9]{3}=[a-z0-9]{3}\+[a-z0-9]{3}", o.text), o.text  # ("-" refused)
+    assert other.outputs[0].finish_reason == "length"
+    assert_pool_whole(llm.engine)
+    # the blocks it cached hold what their tokens say: a prompt through its output reads them back
+    q = p + failing.outputs[0].token_ids
+    greedy = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    fresh = LLM(str(path), device="cpu", max_model_len=128, prefix_cache=False)
+    assert llm.generate([q], greedy)[0].outputs[0].token_ids == fresh.generate([q], greedy)[0].outputs[0].token_ids
     assert_pool_whole(llm.engine)

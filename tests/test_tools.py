@@ -42,23 +42,28 @@ def test_each_tool_choice_constrains_as_vllm():
     assert r.sampling_params(16).structured == r.tool_plan().structured
 
 
-@pytest.mark.parametrize("kw,message_", [
+@pytest.mark.parametrize("kw,message_,raised_by", [
     ({"tools": [WEATHER]}, 'tool_choice "auto" needs a parser of this model\'s tool-call format: start the server '
                            'with --tool-call-parser (hermes, llama3_json), or use "required", a named function, or '
-                           '"none"'),
-    ({"tool_choice": "required"}, 'tool_choice "required" needs tools'),
+                           '"none"', ["plan"]),  # (no constraint for "auto": it samples freely)
+    ({"tool_choice": "required"}, 'tool_choice "required" needs tools', ["plan", "sampling"]),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
-     "tool_choice names function 'nope', which is not among the tools"),
-    ({"tools": [WEATHER, WEATHER], "tool_choice": "required"}, "tools must have distinct function names"),
+     "tool_choice names function 'nope', which is not among the tools", ["plan", "sampling"]),
+    ({"tools": [WEATHER, WEATHER], "tool_choice": "required"}, "tools must have distinct function names",
+     ["plan", "sampling"]),
     ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
-     "tool_choice and response_format: give at most one way to constrain the output"),
+     "tool_choice and response_format: give at most one way to constrain the output", ["sampling"]),
 ])
-def test_tool_choice_errors(kw, message_):
+def test_tool_choice_errors(kw, message_, raised_by):
     r = req(**kw)
-    with pytest.raises(ValueError) as e:
-        r.tool_plan()  # (the API server's check, with its --tool-call-parser)
-        r.sampling_params(16)
-    assert str(e.value) == message_
+    errors = {}
+    # the API server's checks: the tool plan (with its --tool-call-parser), then the sampling parameters
+    for name, check in (("plan", r.tool_plan), ("sampling", lambda: r.sampling_params(16))):
+        try:
+            check()
+        except ValueError as e:
+            errors[name] = str(e)
+    assert errors == {name: message_ for name in raised_by}
 
 
 def test_calls_read_back_and_cut_outputs_stay_text():
@@ -68,6 +73,9 @@ def test_calls_read_back_and_cut_outputs_stay_text():
     [c] = msg["tool_calls"]
     assert c["id"].startswith("call_") and c["type"] == "function"
     assert c["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    # cut by max_tokens: the call as far as it got, as its stream sends it
+    msg, why = message(named, '{"ci', "length")
+    assert why == "length" and msg["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"ci'}
     required = req(tools=[WEATHER, TIME], tool_choice="required").tool_plan()
     msg, why = message(required, '[{"name": "get_time", "parameters": {}}, {"name": "get_weather", '
                                  '"parameters": {"city": "Zürich"}}]', "stop")

@@ -20,10 +20,10 @@ from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
 from kairos.engine.sampler import DeviceSample, Sampler, SamplingRow
-from kairos.engine.sampling_params import SamplingParams
 from kairos.engine.scheduler import Scheduler, SchedulerOutput
 from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
-from kairos.engine.structured import StructuredOutputs
+from kairos.engine.stopping import StopRules
+from kairos.engine.structured import StructuredOutputs, short_error
 from kairos.loader.tokenizer import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class EngineCore:
         if arch.sliding_window:  # full attention is exact only inside the window
             limits.append(arch.sliding_window)
         self.max_model_len = min(limits)
+        self.stops = StopRules(self.eos_token_ids, arch.vocab_size, self.max_model_len)
         if config.model.cuda_graphs and self.device.type == "cuda" and self.runner.decode_kernel:
             from kairos.engine.capture_record import enable_decode_graphs, model_key
             from kairos.engine.decode_graphs import capture_sizes, cuda_capture
@@ -292,7 +293,7 @@ class EngineCore:
             # the mask let only tokens of the language through, so only a matcher in error (a
             # grammar past llguidance's limits mid-way) refuses one: the token is dropped and the
             # sequence ends in "error" (no step ran past it: constrained steps wait)
-            error = " ".join(seq.matcher.get_error().split())[:300]
+            error = short_error(" ".join(seq.matcher.get_error().split()))
             logger.warning("structured output: %s refused token %d (%s)", seq, tok, error)
             del seq.token_ids[index]
             seq.num_pending -= 1
@@ -306,7 +307,7 @@ class EngineCore:
             seq.first_token_time = now
             if seq.predicted is not None and seq.slo.ttft_ms is not None:  # (a request without one may wait by design)
                 self.calibration["ttft"].observe(now, seq.predicted[0], now - seq.arrival_time)
-        reason, stop = self._stop_reason(seq, tok)
+        reason, stop = self.stops.reason(seq, tok)
         if reason and seq.predicted is not None and seq.slo.deadline_ms is not None:
             self.calibration["e2e"].observe(now, seq.predicted[1], now - seq.arrival_time)
         if reason:
@@ -353,37 +354,16 @@ class EngineCore:
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
         if seq.seed is not None and seq.generator is None:
             seq.generator = self.sampler.new_generator(seq.seed)
-        p = seq.params
-        # (the output count includes tokens still in flight: it is known without their ids)
-        suppress = self._min_tokens_suppress(p) if len(seq.token_ids) - seq.num_prompt_tokens < p.min_tokens else ()
+        p, suppress = seq.params, self.stops.held_back(seq)
         if p.has_penalties:
             return SamplingRow(p, seq.generator, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids,
                                suppress, seq.matcher)
         return SamplingRow(p, seq.generator, [], [], suppress, seq.matcher)
 
-    def _min_tokens_suppress(self, p: SamplingParams) -> tuple[int, ...]:
-        """What cannot end a sequence before ``min_tokens``: its stop token ids and, unless
-        ``ignore_eos``, EOS (ids past the vocabulary are left out: nothing samples them)."""
-        ids = set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_token_ids)
-        return tuple(sorted(t for t in ids if t < self.arch.vocab_size))
-
-    def _load_tokenizer(self):
+    def _load_tokenizer(self):  # -> a transformers tokenizer, or None
         from kairos.loader import load_tokenizer
 
         return load_tokenizer(self.model_path)
-
-    def _stop_reason(self, seq: Sequence, tok: int) -> tuple[str | None, int | None]:
-        p = seq.params
-        if tok in p.stop_token_ids:
-            return "stop", tok
-        if not p.ignore_eos and tok in self.eos_token_ids:
-            return "stop", None
-        if seq.matcher is not None and seq.matcher.is_stopped():
-            return "stop", None  # the output is complete: nothing but EOS could follow
-        known = seq.num_known  # (a placeholder after it: its next step is in flight)
-        if known - seq.num_prompt_tokens >= p.max_tokens or known >= self.max_model_len:
-            return "length", None
-        return None, None
 
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)

@@ -100,9 +100,11 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
         if any(t < 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "must be non-negative token ids")
         bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias  # (a dict as OpenAI's)
-        if not all(isinstance(t, int) and isinstance(b, (int, float)) for t, b in bias):
+        if not all(type(t) is int and type(b) in (int, float) for t, b in bias):  # (not bools)
             bad("logit_bias", "must map integer token ids to numbers")
         msgspec.structs.force_setattr(self, "logit_bias", tuple(sorted((t, float(b)) for t, b in bias)))
+        if len({t for t, _ in self.logit_bias}) != len(self.logit_bias):  # (a tuple could: their sum passes 100)
+            bad("logit_bias", "must name each token id once")
         if any(t < 0 for t, _ in self.logit_bias):
             bad("logit_bias", "keys must be non-negative token ids")
         if not all(-_MAX_BIAS <= b <= _MAX_BIAS for _, b in self.logit_bias):

@@ -17,11 +17,15 @@ from __future__ import annotations
 import json
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from queue import SimpleQueue
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 
 from kairos.engine.sampling_params import StructuredOutput
 
@@ -31,11 +35,12 @@ _CACHED = 64  # compiled grammars kept (requests often share a schema)
 
 
 class Compiler:
-    """One thread with a deep stack that runs compiles, in submission order."""
+    """One thread with a deep stack that runs compiles, in submission order, until :meth:`close`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._jobs: SimpleQueue = SimpleQueue()
-        old = threading.stack_size(_STACK_BYTES)  # (a process setting: put back at once, the thread keeps its own)
+        # (a process setting, for threads started while it holds: put back at once; this one keeps its stack)
+        old = threading.stack_size(_STACK_BYTES)
         try:
             threading.Thread(target=self._run, name="kairos-grammar", daemon=True).start()
         finally:
@@ -46,9 +51,13 @@ class Compiler:
         self._jobs.put((fn, args, fut))
         return fut
 
+    def close(self) -> None:
+        """End the thread once the compiles queued before are done."""
+        self._jobs.put(None)
+
     def _run(self) -> None:
-        while True:
-            fn, args, fut = self._jobs.get()
+        while (job := self._jobs.get()) is not None:
+            fn, args, fut = job
             if fut.set_running_or_notify_cancel():
                 try:
                     fut.set_result(fn(*args))
@@ -56,7 +65,7 @@ class Compiler:
                     fut.set_exception(e)
 
 
-def _limits():
+def _limits() -> LLParserLimits:
     from llguidance import LLParserLimits
 
     return LLParserLimits(verbose_errors=False)  # (verbose errors hold the whole grammar)
@@ -65,10 +74,12 @@ def _limits():
 class StructuredOutputs:
     """Compiles a request's :class:`StructuredOutput` into a matcher for this model's tokenizer.
 
-    The tokenizer is loaded at the first constrained request (``load_tokenizer``), so an engine
-    that never sees one pays nothing for it (that request waits for it: ~0.5 s for SmolLM2)."""
+    A grammar not compiled yet is compiled when its request is added, and the engine loop waits
+    for it: every running request stalls for that time (up to ~1 s for the largest grammars; vLLM
+    parks such a request instead). The tokenizer is loaded at the first constrained request
+    (``load_tokenizer``; ~0.5 s more for SmolLM2), so an engine that never sees one pays nothing."""
 
-    def __init__(self, load_tokenizer: Callable[[], Any], vocab_size: int, eos_token_ids: list[int]):
+    def __init__(self, load_tokenizer: Callable[[], Any], vocab_size: int, eos_token_ids: list[int]) -> None:
         self._load_tokenizer = load_tokenizer
         self.vocab_size = vocab_size
         self.eos_token_ids = [t for t in sorted(eos_token_ids) if t < vocab_size]
@@ -76,12 +87,13 @@ class StructuredOutputs:
         self._compiler: Compiler | None = None
         self._cache: OrderedDict[StructuredOutput, Any] = OrderedDict()  # spec -> a matcher at its start
 
-    def matcher(self, spec: StructuredOutput):
+    def matcher(self, spec: StructuredOutput) -> LLMatcher:
         """A fresh matcher for ``spec``; raises ``ValueError`` when the grammar does not compile."""
         template = self._cache.get(spec)
         if template is None:
             if self._compiler is None:
                 self._compiler = Compiler()
+                weakref.finalize(self, self._compiler.close)  # (engines come and go in tests)
             template = self._compiler.submit(self._compile, spec).result()
             self._cache[spec] = template
             if len(self._cache) > _CACHED:
@@ -90,17 +102,17 @@ class StructuredOutputs:
             self._cache.move_to_end(spec)
         return template.deep_copy()
 
-    def _compile(self, spec: StructuredOutput):
+    def _compile(self, spec: StructuredOutput) -> LLMatcher:
         from llguidance import LLMatcher
 
         m = LLMatcher(self._tokenizer(), grammar_of(spec), log_level=0, limits=_limits())
         if not m.is_error():
             m.compute_bitmask()  # (the first step's mask: a grammar past the parser's limits fails here, not mid-way)
         if m.is_error():
-            raise ValueError(f"structured output does not compile: {_short(m.get_error())}")
+            raise ValueError(f"structured output does not compile: {short_error(m.get_error())}")
         return m
 
-    def _tokenizer(self):
+    def _tokenizer(self) -> LLTokenizer:
         if self._ll is None:
             import llguidance.hf
 
@@ -132,7 +144,7 @@ def grammar_of(spec: StructuredOutput) -> str:
     except ValueError:
         raise
     except Exception as e:  # (llguidance's and the converter's errors are plain exceptions, RecursionError too)
-        raise ValueError(f"structured output does not compile: {_short(f'{type(e).__name__}: {e}')}") from None
+        raise ValueError(f"structured output does not compile: {short_error(f'{type(e).__name__}: {e}')}") from None
 
 
 def _gbnf_to_lark(grammar: str) -> str:
@@ -144,7 +156,7 @@ def _gbnf_to_lark(grammar: str) -> str:
     try:
         return gbnf_to_lark(grammar)
     except Exception as e:  # noqa: BLE001 - its parse errors are GbnfToLarkError or plain Exception
-        raise ValueError(f"structured output grammar is neither Lark (no start rule) nor valid GBNF: {_short(str(e))}"
+        raise ValueError(f"structured output grammar is neither Lark (no start rule) nor valid GBNF: {short_error(str(e))}"
                          ) from None
 
 
@@ -159,11 +171,11 @@ def prepare(spec: StructuredOutput) -> StructuredOutput:
         spec = StructuredOutput(grammar=_gbnf_to_lark(spec.grammar))
     error = LLMatcher.validate_grammar(grammar_of(spec), limits=_limits())
     if error:
-        raise ValueError(f"structured output does not compile: {_short(error)}")
+        raise ValueError(f"structured output does not compile: {short_error(error)}")
     return spec
 
 
-def _short(error: str, limit: int = 300) -> str:
+def short_error(error: str, limit: int = 300) -> str:
     """An error for a 400 body: llguidance's quote the grammar, which may be 256 KiB."""
     error = error.strip()
     return error if len(error) <= limit else error[:limit] + f"... ({len(error) - limit} more characters)"

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 
-import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kairos
 from kairos.engine import structured
+from kairos.engine.sampling_params import SamplingParams, StructuredOutput
 from kairos.server import tools as tool_calls
 from kairos.server.client import EngineClient
 from kairos.server.config import ServerConfig
@@ -30,6 +29,7 @@ from kairos.server.protocol import (
     now,
     slo_from,
 )
+from kairos.server.responses import stream, total_usage
 from kairos.server.serving import (
     APIError,
     Generator,
@@ -38,8 +38,6 @@ from kairos.server.serving import (
     header,
     merge,
     new_id,
-    sse,
-    usage,
 )
 
 
@@ -71,7 +69,6 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-logger = logging.getLogger(__name__)
 MAX_N = 128  # completions per prompt (OpenAI's bound): n sequences' state is built before the engine sees them
 
 
@@ -119,7 +116,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
 
     compilers: list[structured.Compiler] = []  # (one, made at the first constrained request)
 
-    async def structured_spec(req):
+    async def structured_spec(req: CompletionRequest | ChatCompletionRequest) -> StructuredOutput | None:
         """The request's output constraint, checked once (on a compiler thread: a deep grammar
         needs its stack, a big one its time), in the form the engine compiles without converting."""
         try:
@@ -143,19 +140,18 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         if client.dead:
             raise APIError(503, f"engine unavailable: {client.dead}", "server_error", code="engine_dead")
 
-    def sampling(req, prompt_len: int, default_max: int, spec=None):
+    def sampling(req, prompt_len: int, default_max: int, spec: StructuredOutput | None) -> SamplingParams:
+        """The request's sampling parameters for one prompt, checked; ``spec``: ``structured_spec``'s."""
         if not 1 <= req.n <= MAX_N:  # (checked before n of anything is built)
             raise APIError(400, f"n must be in [1, {MAX_N}], got {req.n}", param="n")
         for s in [req.stop] if isinstance(req.stop, str) else req.stop or ():
             unicode(s, "stop")
         try:
-            params = req.sampling_params(default_max)
+            params = req.sampling_params(default_max, spec)
         except ValueError as e:
             raise APIError(400, str(e), param=str(e).split(" ", 1)[0].rstrip(":")) from None
-        if spec is not None:  # (as structured_spec made it)
-            params = msgspec.structs.replace(params, structured=spec)
         vocab = client.ready.vocab_size
-        if params.logit_bias and not (params.logit_bias[0][0] >= 0 and params.logit_bias[-1][0] < vocab):
+        if params.logit_bias and params.logit_bias[-1][0] >= vocab:  # (sorted, non-negative: SamplingParams)
             raise APIError(400, f"logit_bias keys must be token ids in [0, {vocab})", param="logit_bias")
         limit = client.ready.max_model_len
         if prompt_len + params.max_tokens > limit:
@@ -225,7 +221,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         echo = [(t if t is not None else tokenizer.decode(ids) if tokenizer is not None else "") if req.echo else ""
                 for t, ids in encoded]
         if req.stream:
-            return _stream(rid, "text_completion", model_name, runs, tracked, n, req, chat=False,
+            return stream(rid, "text_completion", model_name, runs, tracked, n, req, chat=False,
                            echo=echo if req.echo else None)
         async for _ in merge(runs):
             pass
@@ -255,7 +251,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         tracked = await gen.start_all([(text, ids, params)], slo, priority)
         runs = [gen.follow(tr) for tr in tracked]
         if req.stream:
-            return _stream(rid, "chat.completion.chunk", model_name, runs, tracked, req.n, req, chat=True, tools=tp)
+            return stream(rid, "chat.completion.chunk", model_name, runs, tracked, req.n, req, chat=True, tools=tp)
         async for _ in merge(runs):
             pass
         final = tracked[0].output
@@ -314,74 +310,5 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
     return app
 
 
-def template_tools(tools) -> list[dict] | None:
+def template_tools(tools: list | None) -> list[dict] | None:
     return [t.model_dump(exclude_none=True) for t in tools] if tools else None
-
-
-def total_usage(tracked) -> dict:
-    """OpenAI usage summed over the prompts, plus ``kairos``: timings and SLO verdicts per prompt."""
-    tot = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    for tr in tracked:
-        for k, v in usage(len(tr.output.prompt_token_ids), tr.output.outputs).items():
-            tot[k] += v
-    reports = [tr.slo_report() for tr in tracked]
-    tot["kairos"] = reports[0] if len(reports) == 1 else reports
-    return tot
-
-
-def _stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bool,
-            echo: list[str] | None = None, tools: tool_calls.ToolPlan | None = None) -> StreamingResponse:
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-    async def body():
-        head = header(kind, rid, model)  # (one ``created`` for every chunk, as OpenAI's)
-        sent_role: set[int] = set()
-        echoed: set[int] = set()
-        sent_lp: dict[int, int] = {}
-        calls: dict[int, tool_calls.ToolStream] = {}
-        chunks = merge(runs)
-        try:
-            async for i, (tr, index) in chunks:
-                o = tr.output.outputs[index]
-                if not o.delta and not o.finish_reason and o.logprobs is None:
-                    continue  # text held back (partial character or possible stop string)
-                idx = i * n + index
-                start = sent_lp.get(idx, 0)
-                sent_lp[idx] = len(o.logprobs) if o.logprobs is not None else 0
-                why = o.finish_reason
-                if chat:
-                    if tools is not None:
-                        delta, why = calls.setdefault(idx, tool_calls.ToolStream(tools)).delta(o.delta, o.text, why)
-                        if not delta and not why and idx in sent_role and o.logprobs is None:
-                            continue  # ("required" calls are held until they are whole)
-                    else:
-                        delta = {"content": o.delta}
-                    if idx not in sent_role:
-                        delta["role"] = "assistant"
-                        sent_role.add(idx)
-                    choice = {"index": idx, "delta": delta, "logprobs": chat_logprobs(o, start)}
-                else:
-                    text = o.delta
-                    if echo is not None and idx not in echoed:  # (the prompt goes out with a choice's first chunk)
-                        text = echo[i] + text
-                        echoed.add(idx)
-                    choice = {"index": idx, "text": text, "logprobs": completion_logprobs(o, start)}
-                choice["finish_reason"] = why
-                if o.finish_reason:
-                    choice["stop_reason"] = o.stop_reason
-                yield sse({**head, "choices": [choice]})
-        except APIError as e:
-            yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
-            return
-        except Exception as e:  # (a defect: the stream still ends with an error, not a cut connection)
-            logger.exception("stream %s failed", rid)
-            yield sse({"error": {"message": f"internal error: {type(e).__name__}", "type": "server_error",
-                                 "param": None, "code": None}})
-            return
-        finally:  # (closed here, not by the collector: each request's end, and its slot, now)
-            await chunks.aclose()
-        if include_usage:
-            yield sse({**head, "choices": [], "usage": total_usage(tracked)})
-        yield sse("[DONE]")
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from types import EllipsisType
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -172,9 +173,11 @@ class _SamplingFields(BaseModel):
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
 
-    def _sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def _sampling(self, max_tokens: int, logprobs: int | None, structured) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        structured = self.structured_output()
+        if structured is ...:
+            given = self.structured_output()
+            structured = given[1] if given else None
         return SamplingParams(
             n=self.n, max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
@@ -185,7 +188,7 @@ class _SamplingFields(BaseModel):
             stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos,
             logprobs=logprobs, include_stop_str_in_output=self.include_stop_str_in_output,
             skip_special_tokens=self.skip_special_tokens, logit_bias=self.logit_bias or {},
-            min_tokens=self.min_tokens, structured=structured[1] if structured else None,
+            min_tokens=self.min_tokens, structured=structured,
         )
 
 
@@ -194,8 +197,10 @@ class CompletionRequest(_SamplingFields):
     logprobs: Int64 | None = None
     echo: bool = False
 
-    def sampling_params(self, default_max_tokens: int) -> SamplingParams:
-        return self._sampling(self.max_tokens if self.max_tokens is not None else 16, self.logprobs)
+    def sampling_params(self, default_max_tokens: int, structured: StructuredOutput | None | EllipsisType = ...
+                        ) -> SamplingParams:
+        """``structured``: the constraint as the API prepared it (default: built from the request)."""
+        return self._sampling(self.max_tokens if self.max_tokens is not None else 16, self.logprobs, structured)
 
 
 class ChatMessage(BaseModel):
@@ -230,9 +235,11 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError(f"tool_choice and {given[0]}: give at most one way to constrain the output")
         return "tool_choice", tp.structured
 
-    def sampling_params(self, default_max_tokens: int) -> SamplingParams:
+    def sampling_params(self, default_max_tokens: int, structured: StructuredOutput | None | EllipsisType = ...
+                        ) -> SamplingParams:
+        """``structured``: the constraint as the API prepared it (default: built from the request)."""
         max_tokens = next((m for m in (self.max_completion_tokens, self.max_tokens) if m is not None), default_max_tokens)
-        return self._sampling(max_tokens, (self.top_logprobs or 0) if self.logprobs else None)
+        return self._sampling(max_tokens, (self.top_logprobs or 0) if self.logprobs else None, structured)
 
 
 def conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:

@@ -169,8 +169,11 @@ async def merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
     for the next): the items are live objects (a completion whose ``delta`` the next step
     overwrites), so a pump that ran ahead would hand over text already replaced."""
     if len(gens) == 1:
-        async for item in gens[0]:
-            yield 0, item
+        try:
+            async for item in gens[0]:
+                yield 0, item
+        finally:  # (closed with the merge: its request ends now, not when it is collected)
+            await gens[0].aclose()
         return
     q: asyncio.Queue = asyncio.Queue()
     done = object()

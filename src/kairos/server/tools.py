@@ -133,13 +133,14 @@ def call(name: str, arguments: str) -> dict:
 
 
 def read_calls(tp: ToolPlan, text: str) -> list[dict] | None:
-    """The tool calls in a finished output, or None when it is not whole (cut by max_tokens)."""
+    """The tool calls in a finished output. A named function's is its text, whole or not (cut by
+    max_tokens: as its stream, and vLLM's); "required" calls: None unless they are whole JSON."""
+    if tp.name is not None:
+        return [call(tp.name, text)]
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
         return None
-    if tp.name is not None:
-        return [call(tp.name, text)]
     return [call(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in value]
 
 

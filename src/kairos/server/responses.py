@@ -1,0 +1,89 @@
+"""Streamed answers (server-sent events) and the usage block of a response."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi.responses import StreamingResponse
+
+from kairos.server import tools as tool_calls
+from kairos.server.serving import (
+    APIError,
+    chat_logprobs,
+    completion_logprobs,
+    header,
+    merge,
+    sse,
+    usage,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def total_usage(tracked) -> dict:
+    """OpenAI usage summed over the prompts, plus ``kairos``: timings and SLO verdicts per prompt."""
+    tot = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for tr in tracked:
+        for k, v in usage(len(tr.output.prompt_token_ids), tr.output.outputs).items():
+            tot[k] += v
+    reports = [tr.slo_report() for tr in tracked]
+    tot["kairos"] = reports[0] if len(reports) == 1 else reports
+    return tot
+
+
+def stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bool,
+            echo: list[str] | None = None, tools: tool_calls.ToolPlan | None = None) -> StreamingResponse:
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    async def body():
+        head = header(kind, rid, model)  # (one ``created`` for every chunk, as OpenAI's)
+        sent_role: set[int] = set()
+        echoed: set[int] = set()
+        sent_lp: dict[int, int] = {}
+        calls: dict[int, tool_calls.ToolStream] = {}
+        chunks = merge(runs)
+        try:
+            async for i, (tr, index) in chunks:
+                o = tr.output.outputs[index]
+                if not o.delta and not o.finish_reason and o.logprobs is None:
+                    continue  # text held back (partial character or possible stop string)
+                idx = i * n + index
+                start = sent_lp.get(idx, 0)
+                sent_lp[idx] = len(o.logprobs) if o.logprobs is not None else 0
+                why = o.finish_reason
+                if chat:
+                    if tools is not None:
+                        delta, why = calls.setdefault(idx, tool_calls.ToolStream(tools)).delta(o.delta, o.text, why)
+                        if not delta and not why and idx in sent_role and o.logprobs is None:
+                            continue  # ("required" calls are held until they are whole)
+                    else:
+                        delta = {"content": o.delta}
+                    if idx not in sent_role:
+                        delta["role"] = "assistant"
+                        sent_role.add(idx)
+                    choice = {"index": idx, "delta": delta, "logprobs": chat_logprobs(o, start)}
+                else:
+                    text = o.delta
+                    if echo is not None and idx not in echoed:  # (the prompt goes out with a choice's first chunk)
+                        text = echo[i] + text
+                        echoed.add(idx)
+                    choice = {"index": idx, "text": text, "logprobs": completion_logprobs(o, start)}
+                choice["finish_reason"] = why
+                if o.finish_reason:
+                    choice["stop_reason"] = o.stop_reason
+                yield sse({**head, "choices": [choice]})
+        except APIError as e:
+            yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
+            return
+        except Exception as e:  # (a defect: the stream still ends with an error, not a cut connection)
+            logger.exception("stream %s failed", rid)
+            yield sse({"error": {"message": f"internal error: {type(e).__name__}", "type": "server_error",
+                                 "param": None, "code": None}})
+            return
+        finally:  # (closed here, not by the collector: each request's end, and its slot, now)
+            await chunks.aclose()
+        if include_usage:
+            yield sse({**head, "choices": [], "usage": total_usage(tracked)})
+        yield sse("[DONE]")
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
