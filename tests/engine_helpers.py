@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +30,8 @@ def run(engine: EngineCore, arrivals: dict[int, list[tuple[str, list[int], Sampl
     while step < max_steps and (engine.has_unfinished() or any(k >= step for k in arrivals)):
         for rid, prompt, params in arrivals.get(step, []):
             engine.add_request(EngineRequest(rid, prompt, params))
+        if engine.only_compiling():  # (a grammar compiles on its own thread: not a step's work)
+            time.sleep(0.001)
         for out in engine.step():
             key = (out.request_id, out.index)
             tokens.setdefault(key, []).extend(out.new_token_ids)

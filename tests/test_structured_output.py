@@ -140,10 +140,15 @@ def test_structured_output_form(kwargs, message):
         StructuredOutput(**kwargs)
 
 
-def test_a_model_without_a_tokenizer_refuses(tiny_llama):
+def test_a_model_without_a_tokenizer_ends_the_request_in_error(tiny_llama):
+    # (found when the grammar is compiled for the tokenizer, after the request was taken)
     llm = LLM(str(tiny_llama[1]), device="cpu", max_model_len=64)
-    with pytest.raises(ValueError, match="^structured output needs a tokenizer; this model has none$"):
-        llm.generate(prompts_of([5]), SamplingParams(structured=SPECS["choice"]))
+    out = llm.generate(prompts_of([5, 6]), [SamplingParams(structured=SPECS["choice"], n=2),
+                                            SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)])
+    assert [(o.token_ids, o.finish_reason, o.stop_reason) for o in out[0].outputs] == [
+        ([], "error", "structured output needs a tokenizer; this model has none")] * 2
+    assert (len(out[1].outputs[0].token_ids), out[1].outputs[0].finish_reason) == (3, "length")
+    assert not llm.engine.has_unfinished()
     assert_pool_whole(llm.engine)
 
 
@@ -233,3 +238,46 @@ def test_a_grammar_failing_after_some_tokens_leaves_cache_and_pool_right(tiny_to
     fresh = LLM(str(path), device="cpu", max_model_len=128, prefix_cache=False)
     assert llm.generate([q], greedy)[0].outputs[0].token_ids == fresh.generate([q], greedy)[0].outputs[0].token_ids
     assert_pool_whole(llm.engine)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_requests_wait_for_their_grammar_while_the_engine_steps_on(tiny_tok, async_scheduling):
+    import threading
+
+    from kairos.engine.outputs import EngineRequest
+
+    from engine_helpers import make_engine, run
+
+    _, path, _ = tiny_tok
+    engine = make_engine(path, max_model_len=128, async_scheduling=async_scheduling)
+    gate, calls = threading.Event(), []
+    compile_ = engine.structured._compile
+
+    def gated(spec):  # (on the compiler thread)
+        calls.append(spec)
+        assert gate.wait(30)
+        return compile_(spec)
+
+    engine.structured._compile = gated
+    p = prompts_of([7, 9, 5], vocab=280)
+    free = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    regex = SamplingParams(max_tokens=12, temperature=0.0, structured=SPECS["regex"])
+    engine.add_request(EngineRequest("free", p[0], free))
+    engine.add_request(EngineRequest("b1", p[1], regex))
+    engine.add_request(EngineRequest("b2", p[2], regex))  # (the same grammar: one compile for both)
+    engine.add_request(EngineRequest("gone", p[2], SamplingParams(structured=SPECS["choice"])))
+    got: dict[str, list[int]] = {}
+    for _ in range(8):  # the free request runs to its end while the grammars compile
+        for o in engine.step():
+            got.setdefault(o.request_id, []).extend(o.new_token_ids)
+    assert len(got["free"]) == 6 and "b1" not in got and engine.stats()["num_compiling"] == 3
+    assert engine.only_compiling()
+    flight = engine.launch()  # (nothing to run: no step may be launched behind it, or a loop spins)
+    assert not engine.can_launch_ahead() and engine.finish(flight) == []
+    assert [o.finish_reason for o in engine.abort("gone")] == ["abort"]  # (its compile goes on, unused)
+    gate.set()
+    done = run(engine, {})
+    ref = run(make_engine(path, max_model_len=128), {0: [("b1", p[1], regex), ("b2", p[2], regex)]})
+    assert {k: done[k] for k in [("b1", 0), ("b2", 0)]} == ref and ref[("b1", 0)][1] == "stop"
+    assert len(calls) == 2 and not engine.stats()["num_compiling"]
+    assert_pool_whole(engine)

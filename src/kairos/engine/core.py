@@ -8,6 +8,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -95,6 +96,8 @@ class EngineCore:
                 self.runner.graphs = None
                 logger.warning("decode graphs: capture failed (%s: %s); decode steps run eagerly", type(e).__name__, e)
         self.requests: dict[str, list[Sequence | None]] = {}  # None: a sibling not forked yet
+        # requests whose grammar is being compiled, not in the scheduler yet: id -> (sequence, its grammar)
+        self._parked: dict[str, tuple[Sequence, Future]] = {}
         self._seq_ids = itertools.count()
         self._in_flight: deque[StepInFlight] = deque()  # launched, not finished yet (oldest first)
         logger.info("engine: %s on %s/%s, %d KV blocks of %d tokens, max_model_len %d",
@@ -121,17 +124,20 @@ class EngineCore:
             )
         if self.kv.blocks_needed(-1, len(prompt)) + p.n - 1 > self.kv.pool.num_usable:
             raise ValueError(f"n={p.n} with a {len(prompt)}-token prompt does not fit in the KV cache")
-        matcher = self.structured.matcher(p.structured) if p.structured is not None else None
+        # (checked now; compiled for the tokenizer meanwhile: the request waits in ``_parked``)
+        grammar = self.structured.start(p.structured) if p.structured is not None else None
         arrival = self.clock() if req.arrival_time is None else req.arrival_time
         seq = Sequence(next(self._seq_ids), req.request_id, 0, prompt, p, arrival, pending_forks=p.n - 1,
                        slo=req.slo, priority=req.priority)
-        seq.matcher = matcher
         if req.slo is not None:
             self._admit_slo(seq)
         if not self.requests:  # work after idling (however the last requests ended): no interval spans the gap
             self._last_step_end = None
         self.requests[req.request_id] = [seq] + [None] * (p.n - 1)
-        self.scheduler.add(seq)
+        if grammar is None:
+            self.scheduler.add(seq)
+        else:
+            self._parked[req.request_id] = (seq, grammar)
 
     def admission(self, request_id: str) -> tuple[float, float, float] | None:
         """What admission control predicted for an admitted SLO request: seconds from arrival to
@@ -162,9 +168,10 @@ class EngineCore:
         seqs = self.requests.pop(request_id, None)
         if seqs is None:
             return []
+        parked = self._parked.pop(request_id, None)  # (not in the scheduler: its compile is dropped)
         out = []
         for i, seq in enumerate(seqs):
-            if seq is not None:
+            if seq is not None and parked is None:
                 self.scheduler.finish(seq)
             out.append(SeqOutput(request_id, i, [], finish_reason="abort"))
         return out
@@ -178,6 +185,27 @@ class EngineCore:
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 
+    def only_compiling(self) -> bool:
+        """Whether every unfinished request waits for its grammar (a step would do nothing)."""
+        return bool(self._parked) and len(self._parked) == len(self.requests)
+
+    def _unpark(self) -> list[SeqOutput]:
+        """Requests whose grammar is compiled go to the scheduler (those it failed for end in "error")."""
+        out = []
+        for rid, (seq, grammar) in list(self._parked.items()):
+            if not grammar.done():
+                continue
+            del self._parked[rid]
+            try:
+                seq.matcher = self.structured.take(seq.params.structured, grammar)
+            except ValueError as e:  # (checked without the tokenizer at arrival; failed with it)
+                del self.requests[rid]
+                out += [SeqOutput(rid, i, [], finish_reason="error", stop_reason=str(e),
+                                  num_prompt_tokens=seq.num_prompt_tokens) for i in range(seq.params.n)]
+                continue
+            self.scheduler.add(seq)
+        return out
+
     def can_launch_ahead(self) -> bool:
         """Whether :meth:`launch` may queue the next step before the one in flight finishes
         (async scheduling): it is on, one step is in flight, and no request needs the host to
@@ -185,6 +213,7 @@ class EngineCore:
         advances by them)."""
         sch = self.scheduler
         return (self.config.scheduler.async_scheduling and len(self._in_flight) == 1 and bool(self.requests)
+                and not self.only_compiling()  # (nothing to launch: a loop would spin while a grammar compiles)
                 and not any(s.params.needs_last_token for s in sch.running)
                 and not any(s.params.needs_last_token for s in sch.waiting))
 
@@ -203,10 +232,11 @@ class EngineCore:
         if self._in_flight and not self.can_launch_ahead():
             raise RuntimeError("a step is in flight: finish it first (or enable async scheduling)")
         prev = self._in_flight[-1] if self._in_flight else None
+        unparked = self._unpark() if self._parked else []
         flight = StepInFlight(self.clock(), self.scheduler.schedule())
         self._in_flight.append(flight)
         sched = flight.sched
-        flight.outputs = self._expired_outputs(sched.expired)
+        flight.outputs = unparked + self._expired_outputs(sched.expired)
         if not sched.scheduled:
             return flight
         flight.t0 = time.perf_counter()
@@ -376,6 +406,7 @@ class EngineCore:
         return {
             "num_running": len(self.scheduler.running),
             "num_waiting": len(self.scheduler.waiting),
+            "num_compiling": len(self._parked),  # (waiting for their grammar)
             "kv_blocks_total": pool.num_usable,
             "kv_blocks_free": pool.num_free,
             "kv_blocks_used": pool.num_usable - pool.num_free,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence as Seq
 from typing import Any
 
@@ -113,6 +114,8 @@ class LLM:
                 # string found in N ends its sequence before N+1 is applied (its token is dropped).
                 outputs, ahead = engine.advance(flight)
                 if ahead is None and engine.has_unfinished():
+                    if engine.only_compiling():  # (nothing to step: let the grammar compile)
+                        time.sleep(0.001)
                     ahead = engine.launch()
                 updated, stopped = self.processor.process(outputs)
                 for rid, index in stopped:

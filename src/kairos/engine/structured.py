@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
@@ -74,33 +74,61 @@ def _limits() -> LLParserLimits:
 class StructuredOutputs:
     """Compiles a request's :class:`StructuredOutput` into a matcher for this model's tokenizer.
 
-    A grammar not compiled yet is compiled when its request is added, and the engine loop waits
-    for it: every running request stalls for that time (up to ~1 s for the largest grammars; vLLM
-    parks such a request instead). The tokenizer is loaded at the first constrained request
-    (``load_tokenizer``; ~0.5 s more for SmolLM2), so an engine that never sees one pays nothing."""
+    :meth:`start` checks a grammar at once (without the tokenizer: fast) and compiles it for the
+    tokenizer on the :class:`Compiler` thread, so the engine goes on stepping meanwhile (the
+    request waits, as vLLM's do for their grammar); :meth:`take` hands out the matcher. The last
+    64 grammars stay compiled. The tokenizer is loaded by the first compile (``load_tokenizer``),
+    so an engine that never sees a constrained request pays nothing for it."""
 
     def __init__(self, load_tokenizer: Callable[[], Any], vocab_size: int, eos_token_ids: list[int]) -> None:
         self._load_tokenizer = load_tokenizer
         self.vocab_size = vocab_size
         self.eos_token_ids = [t for t in sorted(eos_token_ids) if t < vocab_size]
         self._ll = None  # llguidance.LLTokenizer
-        self._compiler: Compiler | None = None
+        # two threads: a check (waited for) must not queue behind a long compile (not waited for)
+        self._threads: tuple[Compiler, Compiler] | None = None
         self._cache: OrderedDict[StructuredOutput, Any] = OrderedDict()  # spec -> a matcher at its start
+        self._compiling: dict[StructuredOutput, Future] = {}  # (requests with one grammar share its compile)
+
+    def start(self, spec: StructuredOutput) -> Future:
+        """A future of ``spec``'s compiled grammar, for :meth:`take`; raises ``ValueError`` now
+        when it does not compile."""
+        fut = self._compiling.get(spec)
+        if fut is not None:
+            return fut
+        fut = Future()
+        if spec in self._cache:
+            self._cache.move_to_end(spec)
+            fut.set_result(self._cache[spec])
+            return fut
+        checker, compiler = self._compilers()
+        prepared = checker.submit(prepare, spec).result()  # (a deep grammar needs that thread's stack)
+        fut = self._compiling[spec] = compiler.submit(self._compile, prepared)
+        return fut
+
+    def take(self, spec: StructuredOutput, fut: Future) -> LLMatcher:
+        """A fresh matcher of ``spec`` once ``fut`` (:meth:`start`'s) is done; raises its
+        ``ValueError`` when the grammar did not compile for the tokenizer."""
+        if self._compiling.get(spec) is fut:
+            del self._compiling[spec]
+            if fut.exception() is None:
+                self._cache[spec] = fut.result()
+                if len(self._cache) > _CACHED:
+                    self._cache.popitem(last=False)
+        return fut.result().deep_copy()
 
     def matcher(self, spec: StructuredOutput) -> LLMatcher:
-        """A fresh matcher for ``spec``; raises ``ValueError`` when the grammar does not compile."""
-        template = self._cache.get(spec)
-        if template is None:
-            if self._compiler is None:
-                self._compiler = Compiler()
-                weakref.finalize(self, self._compiler.close)  # (engines come and go in tests)
-            template = self._compiler.submit(self._compile, spec).result()
-            self._cache[spec] = template
-            if len(self._cache) > _CACHED:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(spec)
-        return template.deep_copy()
+        """A fresh matcher for ``spec``, waiting for its compile (offline tools and tests)."""
+        fut = self.start(spec)
+        wait([fut])
+        return self.take(spec, fut)
+
+    def _compilers(self) -> tuple[Compiler, Compiler]:
+        if self._threads is None:
+            self._threads = (Compiler(), Compiler())
+            for t in self._threads:
+                weakref.finalize(self, t.close)  # (engines come and go in tests)
+        return self._threads
 
     def _compile(self, spec: StructuredOutput) -> LLMatcher:
         from llguidance import LLMatcher

@@ -66,6 +66,8 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
         flight = None  # async scheduling: the step queued on the device while the last one's outputs go out
         while True:
             timeout = 0 if engine.has_unfinished() or flight is not None else IDLE_POLL_MS
+            if flight is None and engine.only_compiling():
+                timeout = 1  # (ms: nothing to step until a grammar is compiled)
             aborted = []
             while poller.poll(timeout):
                 timeout = 0
