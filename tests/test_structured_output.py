@@ -279,5 +279,47 @@ def test_requests_wait_for_their_grammar_while_the_engine_steps_on(tiny_tok, asy
     done = run(engine, {})
     ref = run(make_engine(path, max_model_len=128), {0: [("b1", p[1], regex), ("b2", p[2], regex)]})
     assert {k: done[k] for k in [("b1", 0), ("b2", 0)]} == ref and ref[("b1", 0)][1] == "stop"
-    assert len(calls) == 2 and not engine.stats()["num_compiling"]
+    # one compile for b1 and b2; the aborted request's, queued behind it, was dropped unrun
+    assert [c.regex for c in calls] == [SPECS["regex"].regex] and not engine.stats()["num_compiling"]
+    assert not engine.structured._compiling and SPECS["regex"] in engine.structured._cache
     assert_pool_whole(engine)
+
+
+def test_a_compile_that_fails_with_the_tokenizer_is_a_refusal_before_any_stream(tiny_llama):
+    """The API checks a grammar without the tokenizer; the engine compiles it with it while the
+    request waits, and only then gives its verdict: a failure is a 400, streamed or not."""
+    import httpx
+
+    from server_helpers import ServerProcess
+
+    srv = ServerProcess("--model", str(tiny_llama[1]), "--num-blocks", "64", "--max-model-len", "128")
+    try:  # (a model without a tokenizer: token-id prompts serve, a grammar cannot be compiled)
+        body = {"model": "default", "prompt": [5, 6, 7], "max_tokens": 4, "guided_regex": "[0-9]+"}
+        expected = {"message": "structured output needs a tokenizer; this model has none",
+                    "type": "invalid_request_error", "param": None, "code": None}
+        for stream in (False, True):
+            r = httpx.post(srv.url + "/v1/completions", json=body | {"stream": stream}, timeout=60)
+            assert (r.status_code, r.json()) == (400, {"error": expected}), r.text
+        r = httpx.post(srv.url + "/v1/completions", json=body | {"guided_regex": None, "max_tokens": 3}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+        stats = srv.stats()
+        assert (stats["num_compiling"], stats["num_requests_in_flight"], stats["kv_blocks_active"]) == (0, 0, 0)
+    finally:
+        srv.stop()
+
+
+def test_a_compile_that_raises_ends_its_request_and_nothing_else(tiny_tok):
+    _, path, _ = tiny_tok
+    llm = LLM(str(path), device="cpu", max_model_len=128)
+
+    def broken(spec):
+        raise OSError("disk gone")
+
+    llm.engine.structured._compile = broken
+    outs = llm.generate(prompts_of([5, 6]), [SamplingParams(structured=SPECS["lark"], n=2),
+                                            SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)])
+    assert [(o.finish_reason, o.stop_reason) for o in outs[0].outputs] == [
+        ("error", "structured output failed to compile: OSError('disk gone')")] * 2
+    assert outs[1].outputs[0].finish_reason == "length" and not llm.engine.has_unfinished()
+    assert not llm.engine.structured._compiling
+    assert_pool_whole(llm.engine)

@@ -98,6 +98,7 @@ class EngineCore:
         self.requests: dict[str, list[Sequence | None]] = {}  # None: a sibling not forked yet
         # requests whose grammar is being compiled, not in the scheduler yet: id -> (sequence, its grammar)
         self._parked: dict[str, tuple[Sequence, Future]] = {}
+        self._verdicts: list[tuple[str, str | None]] = []  # see take_verdicts
         self._seq_ids = itertools.count()
         self._in_flight: deque[StepInFlight] = deque()  # launched, not finished yet (oldest first)
         logger.info("engine: %s on %s/%s, %d KV blocks of %d tokens, max_model_len %d",
@@ -124,13 +125,20 @@ class EngineCore:
             )
         if self.kv.blocks_needed(-1, len(prompt)) + p.n - 1 > self.kv.pool.num_usable:
             raise ValueError(f"n={p.n} with a {len(prompt)}-token prompt does not fit in the KV cache")
-        # (checked now; compiled for the tokenizer meanwhile: the request waits in ``_parked``)
-        grammar = self.structured.start(p.structured) if p.structured is not None else None
+        checked = self.structured.check(p.structured) if p.structured is not None else None
         arrival = self.clock() if req.arrival_time is None else req.arrival_time
         seq = Sequence(next(self._seq_ids), req.request_id, 0, prompt, p, arrival, pending_forks=p.n - 1,
                        slo=req.slo, priority=req.priority)
         if req.slo is not None:
             self._admit_slo(seq)
+        # (compiled for the tokenizer on its own thread: meanwhile the request waits in ``_parked``)
+        grammar = self.structured.start(p.structured, checked) if checked is not None else None
+        if grammar is not None and grammar.done():  # (compiled already)
+            try:
+                seq.matcher = self.structured.take(p.structured, grammar)
+            except Exception as e:  # noqa: BLE001 - a compile that failed for the tokenizer: refused
+                raise ValueError(str(e)) from None
+            grammar = None
         if not self.requests:  # work after idling (however the last requests ended): no interval spans the gap
             self._last_step_end = None
         self.requests[req.request_id] = [seq] + [None] * (p.n - 1)
@@ -138,6 +146,15 @@ class EngineCore:
             self.scheduler.add(seq)
         else:
             self._parked[req.request_id] = (seq, grammar)
+
+    def is_waiting_for_grammar(self, request_id: str) -> bool:
+        return request_id in self._parked
+
+    def take_verdicts(self) -> list[tuple[str, str | None]]:
+        """Requests that waited for their grammar since the last call: (id, None) for those now
+        scheduled, (id, the error) for those that ended in "error" (their grammar failed)."""
+        out, self._verdicts = self._verdicts, []
+        return out
 
     def admission(self, request_id: str) -> tuple[float, float, float] | None:
         """What admission control predicted for an admitted SLO request: seconds from arrival to
@@ -168,7 +185,9 @@ class EngineCore:
         seqs = self.requests.pop(request_id, None)
         if seqs is None:
             return []
-        parked = self._parked.pop(request_id, None)  # (not in the scheduler: its compile is dropped)
+        parked = self._parked.pop(request_id, None)  # (not in the scheduler)
+        if parked is not None:
+            self.structured.release(parked[0].params.structured, parked[1])
         out = []
         for i, seq in enumerate(seqs):
             if seq is not None and parked is None:
@@ -179,7 +198,7 @@ class EngineCore:
     def finish_sequence(self, request_id: str, index: int) -> None:
         """End one sequence early (a stop string was found by the detokenizer)."""
         seqs = self.requests.get(request_id)
-        if seqs is not None and seqs[index] is not None:
+        if seqs is not None and seqs[index] is not None and request_id not in self._parked:
             self._finish(seqs[index])
 
     def has_unfinished(self) -> bool:
@@ -198,11 +217,14 @@ class EngineCore:
             del self._parked[rid]
             try:
                 seq.matcher = self.structured.take(seq.params.structured, grammar)
-            except ValueError as e:  # (checked without the tokenizer at arrival; failed with it)
+            except Exception as e:  # noqa: BLE001 - checked without the tokenizer at arrival; failed with it
+                error = str(e) if isinstance(e, ValueError) else f"structured output failed to compile: {e!r}"
                 del self.requests[rid]
-                out += [SeqOutput(rid, i, [], finish_reason="error", stop_reason=str(e),
+                self._verdicts.append((rid, error))
+                out += [SeqOutput(rid, i, [], finish_reason="error", stop_reason=error,
                                   num_prompt_tokens=seq.num_prompt_tokens) for i in range(seq.params.n)]
                 continue
+            self._verdicts.append((rid, None))
             self.scheduler.add(seq)
         return out
 

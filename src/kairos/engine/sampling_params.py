@@ -22,6 +22,7 @@ class StructuredOutput(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
     regex: str | None = None
     choice: tuple[str, ...] | None = None  # exactly one of these strings
     grammar: str | None = None  # a Lark grammar (llguidance's dialect) or a GBNF one
+    checked: bool = False  # set by the API server's check (``structured.prepare``): the engine skips its own
 
     def __post_init__(self) -> None:
         given = [f for f in ("json", "regex", "choice", "grammar") if getattr(self, f) is not None]

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 
+import msgspec
+
 from kairos.engine.sampling_params import StructuredOutput
 
 _STACK_BYTES = 256 << 20  # (reserved, not committed: the pages a compile touches)
@@ -74,9 +76,9 @@ def _limits() -> LLParserLimits:
 class StructuredOutputs:
     """Compiles a request's :class:`StructuredOutput` into a matcher for this model's tokenizer.
 
-    :meth:`start` checks a grammar at once (without the tokenizer: fast) and compiles it for the
-    tokenizer on the :class:`Compiler` thread, so the engine goes on stepping meanwhile (the
-    request waits, as vLLM's do for their grammar); :meth:`take` hands out the matcher. The last
+    :meth:`check` checks a grammar at once (without the tokenizer: fast), :meth:`start` compiles
+    it for the tokenizer on a :class:`Compiler` thread, so the engine goes on stepping meanwhile
+    (the request waits, as vLLM's do for their grammar), and :meth:`take` hands out the matcher. The last
     64 grammars stay compiled. The tokenizer is loaded by the first compile (``load_tokenizer``),
     so an engine that never sees a constrained request pays nothing for it."""
 
@@ -88,38 +90,63 @@ class StructuredOutputs:
         # two threads: a check (waited for) must not queue behind a long compile (not waited for)
         self._threads: tuple[Compiler, Compiler] | None = None
         self._cache: OrderedDict[StructuredOutput, Any] = OrderedDict()  # spec -> a matcher at its start
-        self._compiling: dict[StructuredOutput, Future] = {}  # (requests with one grammar share its compile)
+        self._compiling: dict[StructuredOutput, list] = {}  # spec -> [its compile's future, requests waiting]
 
-    def start(self, spec: StructuredOutput) -> Future:
-        """A future of ``spec``'s compiled grammar, for :meth:`take`; raises ``ValueError`` now
-        when it does not compile."""
-        fut = self._compiling.get(spec)
-        if fut is not None:
-            return fut
-        fut = Future()
-        if spec in self._cache:
-            self._cache.move_to_end(spec)
-            fut.set_result(self._cache[spec])
-            return fut
-        checker, compiler = self._compilers()
-        prepared = checker.submit(prepare, spec).result()  # (a deep grammar needs that thread's stack)
-        fut = self._compiling[spec] = compiler.submit(self._compile, prepared)
-        return fut
+    def check(self, spec: StructuredOutput) -> StructuredOutput:
+        """``spec`` as :meth:`start` compiles it; raises ``ValueError`` now when it does not
+        compile. Checked without the tokenizer (milliseconds), unless compiled already or checked
+        by the API server (``spec.checked``)."""
+        if spec.checked or spec in self._cache or spec in self._compiling:
+            return spec
+        return self._compilers()[0].submit(prepare, spec).result()  # (a deep grammar needs that thread's stack)
+
+    def start(self, spec: StructuredOutput, checked: StructuredOutput) -> Future:
+        """A future of ``spec``'s compiled grammar (``checked``: :meth:`check`'s), for one
+        :meth:`take` or :meth:`release`. Requests with one grammar share its compile."""
+        self._sweep()
+        entry = self._compiling.get(spec)
+        if entry is None:
+            fut: Future = Future()
+            if spec in self._cache:
+                self._cache.move_to_end(spec)
+                fut.set_result(self._cache[spec])
+                return fut
+            entry = self._compiling[spec] = [self._compilers()[1].submit(self._compile, checked), 0]
+        entry[1] += 1  # (its users: a compile no one waits for any more is dropped)
+        return entry[0]
 
     def take(self, spec: StructuredOutput, fut: Future) -> LLMatcher:
-        """A fresh matcher of ``spec`` once ``fut`` (:meth:`start`'s) is done; raises its
-        ``ValueError`` when the grammar did not compile for the tokenizer."""
-        if self._compiling.get(spec) is fut:
-            del self._compiling[spec]
-            if fut.exception() is None:
-                self._cache[spec] = fut.result()
-                if len(self._cache) > _CACHED:
-                    self._cache.popitem(last=False)
+        """A fresh matcher of ``spec`` once ``fut`` (:meth:`start`'s) is done; raises what the
+        compile raised (``ValueError``: the grammar does not compile for the tokenizer)."""
+        self._done_with(spec, fut)
         return fut.result().deep_copy()
+
+    def release(self, spec: StructuredOutput, fut: Future) -> None:
+        """A request that waited for ``fut`` is gone (aborted)."""
+        self._done_with(spec, fut)
+
+    def _done_with(self, spec: StructuredOutput, fut: Future) -> None:
+        entry = self._compiling.get(spec)
+        if entry is None or entry[0] is not fut:
+            return
+        entry[1] -= 1
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            self._cache[spec] = fut.result()  # (kept for the next request with it)
+            if len(self._cache) > _CACHED:
+                self._cache.popitem(last=False)
+        if fut.done() or (entry[1] == 0 and fut.cancel()):  # (cancel: only while it waits its turn)
+            del self._compiling[spec]
+
+    def _sweep(self) -> None:
+        """Compiles that ran to their end after their requests left: into the cache, or gone."""
+        for spec, (fut, users) in list(self._compiling.items()):
+            if users == 0 and fut.done():
+                self._compiling[spec][1] = 1
+                self._done_with(spec, fut)
 
     def matcher(self, spec: StructuredOutput) -> LLMatcher:
         """A fresh matcher for ``spec``, waiting for its compile (offline tools and tests)."""
-        fut = self.start(spec)
+        fut = self.start(spec, self.check(spec))
         wait([fut])
         return self.take(spec, fut)
 
@@ -200,7 +227,7 @@ def prepare(spec: StructuredOutput) -> StructuredOutput:
     error = LLMatcher.validate_grammar(grammar_of(spec), limits=_limits())
     if error:
         raise ValueError(f"structured output does not compile: {short_error(error)}")
-    return spec
+    return msgspec.structs.replace(spec, checked=True)
 
 
 def short_error(error: str, limit: int = 300) -> str:

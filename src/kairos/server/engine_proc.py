@@ -16,6 +16,7 @@ import msgspec
 import zmq
 
 from kairos.config import EngineConfig
+from kairos.engine.slo import SLO
 from kairos.server.messages import (
     AbortRequest,
     AddRequest,
@@ -64,6 +65,15 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
         poller = zmq.Poller()
         poller.register(inp, zmq.POLLIN)
         flight = None  # async scheduling: the step queued on the device while the last one's outputs go out
+        # requests waiting for their grammar: their verdict waits too (a grammar that fails for the
+        # tokenizer is a refusal, a 4xx, not a stream that ends in an error)
+        unjudged: dict[str, SLO | None] = {}  # request id -> its SLO (for the Admitted's promise)
+        refused: set[str] = set()  # (their "error" outputs are dropped: the refusal said it)
+
+        def admitted(rid: str, slo) -> Admitted:
+            promised = engine.admission(rid) if slo is not None else None
+            return Admitted(rid, *(() if promised is None else (x * 1000 for x in promised)))
+
         while True:
             timeout = 0 if engine.has_unfinished() or flight is not None else IDLE_POLL_MS
             if flight is None and engine.only_compiling():
@@ -79,9 +89,13 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                         send(RequestRejected(msg.request.request_id, str(e), getattr(e, "code", None)))
                     else:  # every request gets a verdict: a refused stream is a 4xx, not a 200 with an error in it
                         rid = msg.request.request_id
-                        promised = engine.admission(rid) if msg.request.slo is not None else None
-                        send(Admitted(rid, *(() if promised is None else (x * 1000 for x in promised))))
+                        if engine.is_waiting_for_grammar(rid):
+                            unjudged[rid] = msg.request.slo
+                            send(StepOutputs([], engine.stats()))  # (num_compiling)
+                        else:
+                            send(admitted(rid, msg.request.slo))
                 elif isinstance(msg, AbortRequest):
+                    unjudged.pop(msg.request_id, None)
                     aborted.extend(engine.abort(msg.request_id))
                 elif isinstance(msg, FinishSequence):
                     engine.finish_sequence(msg.request_id, msg.index)
@@ -95,6 +109,18 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
             outputs = []
             if flight is not None:
                 outputs, flight = engine.advance(flight)
+            for rid, error in engine.take_verdicts():  # (before the outputs: a first token follows its Admitted)
+                if rid in unjudged:
+                    slo = unjudged.pop(rid)
+                    if error is None:
+                        send(admitted(rid, slo))
+                    else:
+                        refused.add(rid)
+                        send(RequestRejected(rid, error))
+            if refused:
+                said = {o.request_id for o in outputs if o.request_id in refused and o.finish_reason == "error"}
+                outputs = [o for o in outputs if o.request_id not in said]
+                refused -= said  # (nothing more comes for them)
             if outputs or aborted:
                 # stats are gauges: refresh them a few times a second, and whenever the engine goes idle
                 now = time.monotonic()
