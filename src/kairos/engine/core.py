@@ -152,7 +152,8 @@ class EngineCore:
 
     def take_verdicts(self) -> list[tuple[str, str | None]]:
         """Requests that waited for their grammar since the last call: (id, None) for those now
-        scheduled, (id, the error) for those that ended in "error" (their grammar failed)."""
+        scheduled, (id, the error) for those that ended in "error" (their grammar failed). A
+        driver that does not judge requests (``LLM``) still takes them, or they pile up."""
         out, self._verdicts = self._verdicts, []
         return out
 

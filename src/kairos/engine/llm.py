@@ -113,6 +113,7 @@ class LLM:
                 # detokenized. Either way, on a GPU the host's work overlaps the device's. A stop
                 # string found in N ends its sequence before N+1 is applied (its token is dropped).
                 outputs, ahead = engine.advance(flight)
+                engine.take_verdicts()  # (a failed grammar's "error" outputs say it here)
                 if ahead is None and engine.has_unfinished():
                     if engine.only_compiling():  # (nothing to step: let the grammar compile)
                         time.sleep(0.001)
