@@ -69,6 +69,24 @@ def test_arrivals_and_parsing():
         BenchConfig(input_len="lots")
     with pytest.raises(ValueError, match="sweep"):
         BenchConfig(sweep="1,fast")
+    with pytest.raises(ValueError, match="^extra_body must be a JSON object$"):
+        BenchConfig(extra_body="[1]")
+    with pytest.raises(ValueError, match="^extra_body is not JSON"):
+        BenchConfig(extra_body="{nope")
+
+
+def test_extra_body_joins_every_request_but_not_its_stream_or_prompt():
+    from kairos.bench.runner import Target, _body
+    from kairos.bench.workloads import RequestSpec
+
+    extra = BenchConfig(extra_body='{"response_format": {"type": "json_object"}, "temperature": 0.7, '
+                                   '"stream": false, "messages": []}').extra()
+    spec = RequestSpec(index=0, send_at=0.0, prompt="hi", prompt_tokens=1, max_tokens=8, slo=SLO())
+    path, body, _ = _body(spec, Target("http://x", "m", "chat", False, extra_body=extra), [])
+    assert path == "/v1/chat/completions"
+    assert body == {"model": "m", "max_tokens": 8, "temperature": 0.7, "ignore_eos": True,
+                    "response_format": {"type": "json_object"}, "stream": True,
+                    "stream_options": {"include_usage": True}, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_trace_bad_line_names_it(tmp_path, default_tokenizer):

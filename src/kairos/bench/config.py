@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from kairos.bench.workloads import SLO, Length
@@ -27,6 +28,7 @@ class BenchConfig:
     sweep: str | None = field(default=None, metadata={"help": "comma-separated rates to sweep (overrides --rate)"})
     target_attainment: float = field(default=0.9, metadata={"help": "attainment that defines capacity in a sweep"})
     send_slo: bool = field(default=True, metadata={"help": "send SLOs as Kairos body fields and headers"})
+    extra_body: str | None = field(default=None, metadata={"help": "a JSON object merged into every request body, e.g. '{\"response_format\": {\"type\": \"json_object\"}}' or sampling options (as SGLang's --extra-request-body); stream and the prompt stay the bench's"})
     timeout: float = field(default=600.0, metadata={"help": "client timeout per request, seconds"})
     api_key: str | None = field(default=None, repr=False, metadata={"help": "sent as 'Authorization: Bearer KEY' to --base-url (default: $OPENAI_API_KEY if set, as vLLM's client; never written to the results)"})
     seed: int = field(default=0, metadata={"help": "workload seed"})
@@ -46,7 +48,19 @@ class BenchConfig:
             raise ValueError("turns and num_prefix_groups must be >= 1, prefix_len >= 0")
         if not 0 < self.target_attainment <= 1:
             raise ValueError(f"target_attainment must be in (0, 1], got {self.target_attainment}")
-        Length.parse(self.input_len), Length.parse(self.output_len), self.slo_classes(), self.rates()
+        Length.parse(self.input_len), Length.parse(self.output_len), self.slo_classes(), self.rates(), self.extra()
+
+    def extra(self) -> dict:
+        """``extra_body`` as a dict ({} without one)."""
+        if self.extra_body is None:
+            return {}
+        try:
+            extra = json.loads(self.extra_body)
+        except ValueError as e:
+            raise ValueError(f"extra_body is not JSON: {e}") from None
+        if not isinstance(extra, dict):
+            raise ValueError("extra_body must be a JSON object")
+        return extra
 
     def slo_classes(self) -> list[SLO]:
         return [SLO.parse(s) for s in self.slo] or [SLO()]

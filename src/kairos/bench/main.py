@@ -51,7 +51,8 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
     tok = load_tokenizer(resolve_model_path(cfg.tokenizer))
     if tok is None:
         raise BenchError(f"{cfg.tokenizer} has no tokenizer")
-    target = Target(cfg.base_url.rstrip("/"), model, cfg.endpoint, cfg.send_slo, cfg.timeout, cfg.api_key)
+    target = Target(cfg.base_url.rstrip("/"), model, cfg.endpoint, cfg.send_slo, cfg.timeout, cfg.api_key,
+                    cfg.extra())
     slos = {s.name: s for s in cfg.slo_classes()}
     runs, all_records = [], []
     for rate in cfg.rates():

@@ -41,6 +41,7 @@ class Target:
     send_slo: bool = True  # Kairos extension: `slo` body field and X-Kairos-* headers
     timeout_s: float = 600.0
     api_key: str | None = field(default=None, repr=False)
+    extra_body: dict = field(default_factory=dict)  # merged into every body (--extra-body)
 
     def auth(self) -> dict[str, str]:
         return auth_headers(self.api_key)
@@ -51,8 +52,8 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 def _body(spec: RequestSpec, target: Target, history: list[dict]) -> tuple[str, dict, dict]:
-    body: dict = {"model": target.model, "max_tokens": spec.max_tokens, "stream": True, "temperature": 0.0,
-                  "ignore_eos": True, "stream_options": {"include_usage": True}}
+    body: dict = {"model": target.model, "max_tokens": spec.max_tokens, "temperature": 0.0, "ignore_eos": True,
+                  **target.extra_body, "stream": True, "stream_options": {"include_usage": True}}
     headers = target.auth()
     slo = {k: v for k, v in (("ttft_ms", spec.slo.ttft_ms), ("tpot_ms", spec.slo.tpot_ms),
                              ("deadline_ms", spec.slo.deadline_ms)) if v is not None}
