@@ -396,3 +396,38 @@ def test_running_prompts_go_on_behind_a_request_that_cannot_start():
     sim.add("b", 12, priority=5)
     sim.run(max_steps=50)
     assert sim.finished == ["a", "b"]
+
+
+def test_an_expired_request_misses_its_slo_however_early_it_ended():
+    from kairos.engine.slo import report
+
+    slo = SLO(deadline_ms=1500)
+    kept = report(slo, arrival=0.0, first=0.2, end=1.0, n_tokens=5)
+    gone = report(slo, arrival=0.0, first=None, end=1.0, n_tokens=0, predicted=(100.0, 10.0, 400.0), expired=True)
+    assert (kept.deadline_met, kept.slo_met) == (True, True)
+    assert (gone.deadline_met, gone.slo_met, gone.e2e_ms, gone.predicted_e2e_ms) == (False, False, 1000.0, 400.0)
+
+
+def test_a_request_waiting_for_its_grammar_expires_at_its_deadline(tiny_tok):
+    import threading
+
+    from kairos.config import EngineConfig
+    from kairos.engine.core import EngineCore
+    from kairos.engine.sampling_params import StructuredOutput
+
+    clock = Clock()
+    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_tok[1]), block_size=4, device="cpu"), clock=clock,
+                        cost_model=CostModel(COST, frozen=True))
+    gate = threading.Event()
+    compile_ = engine.structured._compile
+    engine.structured._compile = lambda spec: (gate.wait(30), compile_(spec))[1]
+    params = SamplingParams(max_tokens=4, structured=StructuredOutput(regex="[a-z]{4}"), n=2)
+    engine.add_request(EngineRequest("late", [5, 6, 7, 8], params, slo=SLO(deadline_ms=500)))
+    assert engine.admission("late") is not None and engine.only_compiling()  # (admitted, its promise made)
+    assert engine.step() == [] and engine.take_verdicts() == []
+    clock.t += 0.6  # past its deadline, its grammar still compiling
+    out = engine.step()
+    assert [(o.request_id, o.index, o.finish_reason) for o in out] == [("late", 0, "expired"), ("late", 1, "expired")]
+    assert engine.take_verdicts() == [("late", None)]  # (admitted first: the API then gets the expiry)
+    assert not engine.has_unfinished() and engine.stats()["requests_expired"] == 1
+    gate.set()

@@ -212,7 +212,17 @@ class EngineCore:
     def _unpark(self) -> list[SeqOutput]:
         """Requests whose grammar is compiled go to the scheduler (those it failed for end in "error")."""
         out = []
+        now = self.clock()
         for rid, (seq, grammar) in list(self._parked.items()):
+            if not seq.best_effort and any(d is not None and now > d for d in (seq.ttft_deadline, seq.e2e_deadline)):
+                # (its deadline passed while its grammar compiled: admitted, then expired)
+                del self._parked[rid], self.requests[rid]
+                self.structured.release(seq.params.structured, grammar)
+                self.counters["requests_expired"] += 1
+                self._verdicts.append((rid, None))
+                out += [SeqOutput(rid, i, [], finish_reason="expired", num_prompt_tokens=seq.num_prompt_tokens)
+                        for i in range(seq.params.n)]
+                continue
             if not grammar.done():
                 continue
             del self._parked[rid]

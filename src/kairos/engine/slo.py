@@ -48,7 +48,10 @@ class SLOReport(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 def report(slo: SLO | None, arrival: float, first: float | None, end: float, n_tokens: int,
-           predicted: tuple[float | None, float | None, float | None] = (None, None, None)) -> SLOReport:
+           predicted: tuple[float | None, float | None, float | None] = (None, None, None),
+           expired: bool = False) -> SLOReport:
+    """``expired``: the engine ended the request because it could no longer meet its SLO (a miss,
+    however early that was)."""
     ttft = None if first is None else (first - arrival) * 1000
     tpot = (end - first) * 1000 / (n_tokens - 1) if first is not None and n_tokens > 1 else None
     e2e = (end - arrival) * 1000
@@ -56,6 +59,6 @@ def report(slo: SLO | None, arrival: float, first: float | None, end: float, n_t
         return SLOReport(ttft, tpot, e2e)
     ttft_met = None if slo.ttft_ms is None else (ttft is not None and ttft <= slo.ttft_ms)
     tpot_met = None if slo.tpot_ms is None else (tpot is None or tpot <= slo.tpot_ms)
-    deadline_met = None if slo.deadline_ms is None else e2e <= slo.deadline_ms
-    met = all(x is not False for x in (ttft_met, tpot_met, deadline_met))
+    deadline_met = None if slo.deadline_ms is None else (e2e <= slo.deadline_ms and not expired)
+    met = not expired and all(x is not False for x in (ttft_met, tpot_met, deadline_met))
     return SLOReport(ttft, tpot, e2e, ttft_met, tpot_met, deadline_met, met, slo.name, *predicted)

@@ -16,7 +16,6 @@ import msgspec
 import zmq
 
 from kairos.config import EngineConfig
-from kairos.engine.slo import SLO
 from kairos.server.messages import (
     AbortRequest,
     AddRequest,
@@ -67,7 +66,7 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
         flight = None  # async scheduling: the step queued on the device while the last one's outputs go out
         # requests waiting for their grammar: their verdict waits too (a grammar that fails for the
         # tokenizer is a refusal, a 4xx, not a stream that ends in an error)
-        unjudged: dict[str, SLO | None] = {}  # request id -> its SLO (for the Admitted's promise)
+        unjudged: dict[str, Admitted] = {}  # request id -> its verdict if the grammar compiles (its promise made at arrival)
         refused: set[str] = set()  # (their "error" outputs are dropped: the refusal said it)
 
         def admitted(rid: str, slo) -> Admitted:
@@ -90,7 +89,7 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                     else:  # every request gets a verdict: a refused stream is a 4xx, not a 200 with an error in it
                         rid = msg.request.request_id
                         if engine.is_waiting_for_grammar(rid):
-                            unjudged[rid] = msg.request.slo
+                            unjudged[rid] = admitted(rid, msg.request.slo)
                             send(StepOutputs([], engine.stats()))  # (num_compiling)
                         else:
                             send(admitted(rid, msg.request.slo))
@@ -111,9 +110,9 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                 outputs, flight = engine.advance(flight)
             for rid, error in engine.take_verdicts():  # (before the outputs: a first token follows its Admitted)
                 if rid in unjudged:
-                    slo = unjudged.pop(rid)
+                    verdict = unjudged.pop(rid)
                     if error is None:
-                        send(admitted(rid, slo))
+                        send(verdict)
                     else:
                         refused.add(rid)
                         send(RequestRejected(rid, error))

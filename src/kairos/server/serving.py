@@ -45,7 +45,8 @@ class Tracked:
         n = max(len(o.token_ids) for o in self.output.outputs)
         a = self.admitted
         predicted = (None, None, None) if a is None else (a.predicted_ttft_ms, a.predicted_tpot_ms, a.predicted_e2e_ms)
-        return msgspec.structs.asdict(report(self.slo, self.arrival, first, end, n, predicted))
+        expired = any(o.finish_reason == "expired" for o in self.output.outputs)
+        return msgspec.structs.asdict(report(self.slo, self.arrival, first, end, n, predicted, expired))
 
 
 class Generator:
