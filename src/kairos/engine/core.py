@@ -214,29 +214,27 @@ class EngineCore:
         out = []
         now = self.clock()
         for rid, (seq, grammar) in list(self._parked.items()):
-            if not seq.best_effort and any(d is not None and now > d for d in (seq.ttft_deadline, seq.e2e_deadline)):
-                # (its deadline passed while its grammar compiled: admitted, then expired)
-                del self._parked[rid], self.requests[rid]
-                self.structured.release(seq.params.structured, grammar)
-                self.counters["requests_expired"] += 1
-                self._verdicts.append((rid, None))
-                out += [SeqOutput(rid, i, [], finish_reason="expired", num_prompt_tokens=seq.num_prompt_tokens)
-                        for i in range(seq.params.n)]
-                continue
-            if not grammar.done():
+            expired = not seq.best_effort and any(d is not None and now > d
+                                                   for d in (seq.ttft_deadline, seq.e2e_deadline))
+            if not expired and not grammar.done():
                 continue
             del self._parked[rid]
-            try:
-                seq.matcher = self.structured.take(seq.params.structured, grammar)
-            except Exception as e:  # noqa: BLE001 - checked without the tokenizer at arrival; failed with it
-                error = str(e) if isinstance(e, ValueError) else f"structured output failed to compile: {e!r}"
-                del self.requests[rid]
-                self._verdicts.append((rid, error))
-                out += [SeqOutput(rid, i, [], finish_reason="error", stop_reason=error,
-                                  num_prompt_tokens=seq.num_prompt_tokens) for i in range(seq.params.n)]
+            error = None
+            if expired:  # (its deadline passed while its grammar compiled: admitted, then expired)
+                self.structured.release(seq.params.structured, grammar)
+                self.counters["requests_expired"] += 1
+            else:
+                try:
+                    seq.matcher = self.structured.take(seq.params.structured, grammar)
+                except Exception as e:  # noqa: BLE001 - checked without the tokenizer at arrival; failed with it
+                    error = str(e) if isinstance(e, ValueError) else f"structured output failed to compile: {e!r}"
+            self._verdicts.append((rid, error))
+            if error is None and not expired:
+                self.scheduler.add(seq)
                 continue
-            self._verdicts.append((rid, None))
-            self.scheduler.add(seq)
+            del self.requests[rid]
+            out += [SeqOutput(rid, i, [], finish_reason="error" if error else "expired", stop_reason=error,
+                              num_prompt_tokens=seq.num_prompt_tokens) for i in range(seq.params.n)]
         return out
 
     def can_launch_ahead(self) -> bool:

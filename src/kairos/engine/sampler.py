@@ -148,12 +148,13 @@ def apply_grammar(logits: torch.Tensor, matchers: list[Any], suppress: list[tupl
 
 def _take_out(row: torch.Tensor, tokens: tuple[int, ...]) -> None:
     """Clear ``tokens``' bits in one bitmask row [W] int32, unless no bit would be left."""
-    kept = row.clone()
+    words = row.numpy().view(np.uint32)  # (unsigned: bit 31 like the rest; numpy scalars, not torch ops)
+    kept = words.copy()
     for t in tokens:
-        if t < _WORD * row.shape[0]:
-            kept[t // _WORD] &= ~(1 << (t % _WORD)) if t % _WORD < 31 else 0x7FFFFFFF
-    if bool(kept.any()):
-        row.copy_(kept)
+        if t < _WORD * len(kept):
+            kept[t // _WORD] &= ~np.uint32(1 << (t % _WORD))
+    if kept.any():
+        words[:] = kept
 
 
 def unpack_bits(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -176,8 +177,8 @@ def apply_bias(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
                for t, b in r.params.logit_bias + tuple((t, float("-inf")) for t in r.suppress if r.matcher is None)]
     r_idx, t_idx, vals = zip(*entries)
     dev = logits.device
-    index = (h2d(list(r_idx), dev, torch.long), h2d(list(t_idx), dev, torch.long))
-    return logits.index_put_(index, h2d(list(vals), dev, logits.dtype), accumulate=True)
+    index = h2d([r_idx, t_idx], dev, torch.long)  # [2, N]: rows, tokens (one copy)
+    return logits.index_put_((index[0], index[1]), h2d(list(vals), dev, logits.dtype), accumulate=True)
 
 
 def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

@@ -130,19 +130,24 @@ class StructuredOutputs:
         if entry is None or entry[0] is not fut:
             return
         entry[1] -= 1
-        if fut.done() and not fut.cancelled() and fut.exception() is None:
+        if fut.done():
+            self._settle(spec, fut)
+        elif entry[1] == 0 and fut.cancel():  # (cancel: only while it waits its turn)
+            del self._compiling[spec]
+
+    def _settle(self, spec: StructuredOutput, fut: Future) -> None:
+        """A finished compile leaves ``_compiling``: into the cache, when it succeeded."""
+        del self._compiling[spec]
+        if not fut.cancelled() and fut.exception() is None:
             self._cache[spec] = fut.result()  # (kept for the next request with it)
             if len(self._cache) > _CACHED:
                 self._cache.popitem(last=False)
-        if fut.done() or (entry[1] == 0 and fut.cancel()):  # (cancel: only while it waits its turn)
-            del self._compiling[spec]
 
     def _sweep(self) -> None:
-        """Compiles that ran to their end after their requests left: into the cache, or gone."""
+        """Compiles that ran to their end after their requests left."""
         for spec, (fut, users) in list(self._compiling.items()):
             if users == 0 and fut.done():
-                self._compiling[spec][1] = 1
-                self._done_with(spec, fut)
+                self._settle(spec, fut)
 
     def matcher(self, spec: StructuredOutput) -> LLMatcher:
         """A fresh matcher for ``spec``, waiting for its compile (offline tools and tests)."""
