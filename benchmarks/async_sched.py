@@ -10,6 +10,13 @@ on this CPU is part of the host's time), and the "device" is an in-order queue t
 the step before it was ready, whichever is later; reading them (``Sampler.to_host``) sleeps
 until then. Every other line of the engine runs as it does in serving (``LLM.generate``).
 Prints output tokens per second with synchronous and async steps, side by side in one run.
+
+``--rows`` picks what every row asks for: ``plain`` (greedy), ``penalties`` (a frequency
+penalty: the host counts each row's last token) or ``grammar`` (a regex: each row's matcher
+advances on the host). Where a row needs its last token, an async step's forward is launched
+ahead and only its sampling waits for the step before: the stand-in device takes the step's
+``device-ms`` from the end of its launch, and its tokens are ready no sooner than
+``--sample-ms`` after its sampling is queued.
 """
 
 from __future__ import annotations
@@ -23,18 +30,56 @@ from pathlib import Path
 from host_step import tiny_model
 
 
-def measure(path: Path, batch: int, prompt_len: int, steps: int, device_s: float, on: bool) -> float:
-    from kairos import LLM, SamplingParams
+def with_small_tokenizer(model: Path, directory: Path) -> Path:
+    """The model with a byte-level BPE tokenizer of its own inside its 512 ids: llguidance needs
+    every token of the tokenizer to be one of the model's."""
+    import shutil
+
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog 0123456789"] * 10, vocab_size=500,
+                            min_frequency=1, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False)
+    shutil.copytree(model, directory)
+    for f in directory.glob("tokenizer*"):
+        f.unlink()
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                            pad_token="<pad>").save_pretrained(directory)
+    return directory
+
+
+def params_of(rows: str, steps: int):
+    from kairos import SamplingParams, StructuredOutput
+
+    extra = {"plain": {}, "penalties": {"frequency_penalty": 0.5},
+             "grammar": {"structured": StructuredOutput(regex="[a-z0-9 ]+")}}[rows]
+    return SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True, **extra)
+
+
+def measure(path: Path, batch: int, prompt_len: int, steps: int, device_s: float, on: bool, rows: str,
+            sample_s: float) -> float:
+    from kairos import LLM
 
     llm = LLM(str(path), max_num_seqs=batch, max_num_batched_tokens=max(8192, batch * 128), block_size=16,
               num_blocks=batch * ((prompt_len + steps) // 16 + 3) + 64, async_scheduling=on)
     sampler = llm.engine.sampler
     sample, to_host = sampler.sample, sampler.to_host
-    queue = {"ready": 0.0}
+    execute = llm.engine.runner.execute
+    queue = {"ready": 0.0, "launched": 0.0}
+
+    def launched(*args, **kwargs):
+        logits = execute(*args, **kwargs)  # (the CPU's forward: host time)
+        queue["launched"] = time.perf_counter()
+        return logits
 
     def queued(logits, rows):
         out = sample(logits, rows)
-        queue["ready"] = out.ready = max(time.perf_counter(), queue["ready"]) + device_s
+        # the device starts the step's forward when it is launched and the step before is done; a
+        # sampling put off until the host knows the last token (penalties, a grammar) ends no
+        # sooner than sample_s after it is queued
+        start = max(queue["launched"], queue["ready"])
+        queue["ready"] = out.ready = max(start + device_s, time.perf_counter() + sample_s)
         return out
 
     def wait(out, rows):
@@ -43,16 +88,15 @@ def measure(path: Path, batch: int, prompt_len: int, steps: int, device_s: float
             time.sleep(left)
         return to_host(out, rows)
 
-    sampler.sample, sampler.to_host = queued, wait
+    sampler.sample, sampler.to_host, llm.engine.runner.execute = queued, wait, launched
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 512) for _ in range(prompt_len)] for _ in range(batch)]
-    sp = SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True)
-    llm.generate(prompts, sp)  # warm-up
-    runs = 3
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        llm.generate(prompts, sp)
-    return batch * steps * runs / (time.perf_counter() - t0)
+    sp = params_of(rows, steps)
+    llm.generate(prompts, sp)  # warm-up (and the grammar's compile)
+    tokens, t0 = 0, time.perf_counter()
+    for _ in range(3):
+        tokens += sum(len(o.token_ids) for r in llm.generate(prompts, sp) for o in r.outputs)
+    return tokens / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -62,15 +106,21 @@ def main() -> None:
     ap.add_argument("--device-ms", default="0,2,5,10")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--tokenizer", default="default", help="where the tokenizer comes from (a model path)")
+    ap.add_argument("--rows", default="plain", help="comma-separated: plain, penalties, grammar")
+    ap.add_argument("--sample-ms", type=float, default=0.05, help="a put-off sampling's device time")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        path = tiny_model(Path(d), args.tokenizer)
-        print(f"{'batch':>5} {'device ms':>9} {'sync tok/s':>11} {'async tok/s':>11} {'async/sync':>10}", flush=True)
-        for b in map(int, args.batch.split(",")):
-            for ms in map(float, args.device_ms.split(",")):
-                sync = measure(path, b, args.prompt_len, args.steps, ms / 1e3, False)
-                asyn = measure(path, b, args.prompt_len, args.steps, ms / 1e3, True)
-                print(f"{b:>5} {ms:>9g} {sync:>11.0f} {asyn:>11.0f} {asyn / sync:>10.2f}", flush=True)
+        model = tiny_model(Path(d) / "model", args.tokenizer)
+        small = with_small_tokenizer(model, Path(d) / "small") if "grammar" in args.rows else None
+        print(f"{'rows':>9} {'batch':>5} {'device ms':>9} {'sync tok/s':>11} {'async tok/s':>11} {'async/sync':>10}",
+              flush=True)
+        for rows in args.rows.split(","):
+            for b in map(int, args.batch.split(",")):
+                for ms in map(float, args.device_ms.split(",")):
+                    path = small if rows == "grammar" else model
+                    sync, asyn = (measure(path, b, args.prompt_len, args.steps, ms / 1e3, on, rows,
+                                          args.sample_ms / 1e3) for on in (False, True))
+                    print(f"{rows:>9} {b:>5} {ms:>9g} {sync:>11.0f} {asyn:>11.0f} {asyn / sync:>10.2f}", flush=True)
 
 
 if __name__ == "__main__":

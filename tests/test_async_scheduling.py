@@ -139,16 +139,32 @@ def test_async_sampling_logprobs_siblings_and_stop_tokens_equal_sync(tiny_llama)
     assert (stopped.token_ids, stopped.finish_reason, stopped.stop_reason) == (ref[: cut + 1], "stop", ref[cut])
 
 
-def test_penalties_keep_steps_synchronous(tiny_llama):
-    """A repetition penalty counts the last token on the host, so no step launches ahead while one runs."""
+def test_rows_needing_their_last_token_launch_ahead_and_sample_once_it_is_known(tiny_llama):
+    """Penalties count the last token on the host: a step with such a row is launched ahead all the
+    same, and samples once the step before is applied. The outputs equal synchronous steps'."""
     path = tiny_llama[1]
-    params = [SamplingParams(max_tokens=8, **GREEDY), SamplingParams(max_tokens=8, repetition_penalty=1.5, **GREEDY)]
+    params = [SamplingParams(max_tokens=9, **GREEDY),
+              SamplingParams(max_tokens=8, repetition_penalty=1.5, **GREEDY),
+              SamplingParams(max_tokens=10, presence_penalty=1.2, frequency_penalty=0.8, min_tokens=6, seed=4,
+                             temperature=0.8, logprobs=1),
+              SamplingParams(n=2, max_tokens=7, frequency_penalty=2.0, logit_bias={7: 5.0}, seed=9, temperature=1.1)]
     results = []
     for on in (False, True):
-        llm = LLM(str(path), async_scheduling=on)
+        llm = LLM(str(path), async_scheduling=on, block_size=4)
         seen = launches_ahead(llm)
-        results.append([o.outputs[0].token_ids for o in llm.generate(prompts_of([5, 5]), params)])
-        assert max(seen) == 0
+        deferred = []
+        sample = llm.engine._sample
+
+        def spy(flight, logits, sample=sample, deferred=deferred):
+            deferred.append(flight.logits is not None)  # (put off by launch, sampled by finish)
+            return sample(flight, logits)
+
+        llm.engine._sample = spy
+        outs = llm.generate(prompts_of([5, 5, 9, 3]), params)
+        results.append([(o.token_ids, o.finish_reason, [lp.token_id for lp in o.logprobs or []])
+                        for r in outs for o in r.outputs])
+        assert (max(seen) == 1) == on and any(deferred) == on
+        assert_pool_whole(llm.engine)
     assert results[0] == results[1]
 
 

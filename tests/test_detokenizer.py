@@ -97,9 +97,12 @@ def test_output_processor_cuts_stop_strings(default_tokenizer, stop, include, ex
     (1, "Hello w", "stop"),  # "Hello" (one token) is not searched; " world" is
     (2, "Hello world, this is a test.", "length"),  # no "o" after " world"
 ])
-def test_stop_strings_count_only_after_min_tokens(default_tokenizer, min_tokens, expected, reason):
+@pytest.mark.parametrize("longer", [False, True])
+def test_stop_strings_count_only_after_min_tokens(default_tokenizer, min_tokens, expected, reason, longer):
+    # (a longer stop string held back beside "o" must not let "o" in "Hello" count later)
+    stops = ("o", "xyzzy") if longer else ("o",)
     proc = OutputProcessor(default_tokenizer)
-    ro = proc.add_request("r", None, [1, 2], SamplingParams(stop=("o",), min_tokens=min_tokens))
+    ro = proc.add_request("r", None, [1, 2], SamplingParams(stop=stops, min_tokens=min_tokens))
     ids = default_tokenizer("Hello world, this is a test.", add_special_tokens=False).input_ids
     assert default_tokenizer.decode(ids[:2]) == "Hello world"
     for i, t in enumerate(ids):
@@ -107,6 +110,28 @@ def test_stop_strings_count_only_after_min_tokens(default_tokenizer, min_tokens,
         if ro.finished:
             break
     assert (ro.outputs[0].text, ro.outputs[0].finish_reason) == (expected, reason)
+
+
+@pytest.mark.parametrize("min_tokens,stop,expected", [
+    (1, "lo wor", "Hel"),  # it begins in "Hello" (not searched) and ends in " world": found
+    (1, "Hell", "Hello world, this is a test."),  # it ends in "Hello": not
+    (2, "ld, th", "Hello wor"),
+    (4, "ld, th", "Hello world, this is a test."),  # it ends in the third token, " this"
+])
+def test_a_stop_string_across_the_min_tokens_point_is_found(default_tokenizer, min_tokens, stop, expected):
+    proc = OutputProcessor(default_tokenizer)
+    ro = proc.add_request("r", None, [1, 2], SamplingParams(stop=(stop,), min_tokens=min_tokens))
+    ids = default_tokenizer("Hello world, this is a test.", add_special_tokens=False).input_ids
+    assert [default_tokenizer.decode([t]) for t in ids[:4]] == ["Hello", " world", ",", " this"]
+    text = ""
+    for i, t in enumerate(ids):
+        proc.process([SeqOutput("r", 0, [t], finish_reason="length" if i == len(ids) - 1 else None)])
+        text += ro.outputs[0].delta
+        if ro.finished:
+            break
+    out = ro.outputs[0]
+    assert (out.text, text) == (expected, expected)  # (the deltas add up to the text)
+    assert (out.finish_reason, out.stop_reason) == (("length", None) if expected.endswith(".") else ("stop", stop))
 
 
 def test_several_outputs_of_one_sequence_in_one_call_add_up_in_delta(default_tokenizer):

@@ -430,15 +430,22 @@ def test_a_client_that_leaves_before_a_whole_answer_is_aborted(server):
 def test_echo_puts_the_prompt_ahead_streamed_or_not(server):
     from kairos.loader import load_tokenizer, resolve_model_path
 
-    body = {"model": MODEL, "prompt": "hello there", "echo": True, "max_tokens": 3, "temperature": 0}
-    whole = httpx.post(server.url + "/v1/completions", json=body).json()["choices"][0]["text"]
+    body = {"model": MODEL, "prompt": "hello there", "echo": True, "max_tokens": 3, "temperature": 0, "logprobs": 1}
+    choice = httpx.post(server.url + "/v1/completions", json=body).json()["choices"][0]
+    whole, lps = choice["text"], choice["logprobs"]
     assert whole.startswith("hello there") and len(whole) > len("hello there")
-    chunks = []
+    # each token's offset in the text (the echoed prompt's characters first), as vLLM's
+    assert "".join(lps["tokens"]) == whole[len("hello there"):]
+    assert lps["text_offset"] == [len("hello there") + len("".join(lps["tokens"][:k])) for k in range(3)]
+    chunks, offsets = [], []
     with httpx.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}) as r:
         for line in r.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
-                chunks.append(json.loads(line[6:])["choices"][0]["text"])
+                c = json.loads(line[6:])["choices"][0]
+                chunks.append(c["text"])
+                offsets += c["logprobs"]["text_offset"]
     assert "".join(chunks) == whole and chunks[0].startswith("hello there")
+    assert offsets == lps["text_offset"]
     ids = load_tokenizer(resolve_model_path("default"))("hello there").input_ids
     by_ids = httpx.post(server.url + "/v1/completions", json={**body, "prompt": ids}).json()["choices"][0]["text"]
     assert by_ids == whole

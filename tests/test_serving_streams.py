@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from kairos.engine.output_processor import CompletionOutput, Logprob
 from kairos.engine.outputs import SeqOutput
 from kairos.engine.sampling_params import SamplingParams
-from kairos.server.serving import Generator, Tracked, merge
+from kairos.server.serving import Generator, Tracked, completion_logprobs, merge
 
 
 def test_merge_hands_over_each_item_before_its_stream_moves_on():
@@ -161,3 +162,13 @@ def test_a_stream_that_fell_behind_sends_one_chunk_and_nothing_after_a_stop(defa
     ])
     assert sent == [(0, "Hello world", None), (1, "Hi", None), (0, ".", "stop"), (1, " there", "length")]
     assert ("finish_sequence", "r", 0) in calls and calls[-1] == ("release", "r")
+
+
+def test_legacy_top_logprobs_keep_the_likelier_of_two_tokens_with_one_text():
+    # (byte tokens of a cut character both read U+FFFD: keyed by text, one entry stays)
+    top = [(7, "\ufffd", -0.5, [0xE2]), (9, "a", -1.0, [0x61]), (8, "\ufffd", -2.0, [0xF0])]
+    out = CompletionOutput(0, logprobs=[Logprob(9, "a", -1.0, top, [0x61]), Logprob(5, "bc", -0.1, top[1:2], [])])
+    assert completion_logprobs(out, 0, 4) == {"tokens": ["a", "bc"], "token_logprobs": [-1.0, -0.1],
+                                              "top_logprobs": [{"\ufffd": -0.5, "a": -1.0}, {"a": -1.0}],
+                                              "text_offset": [4, 5]}
+    assert completion_logprobs(out, 1, 4)["text_offset"] == [5]

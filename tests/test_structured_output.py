@@ -93,20 +93,31 @@ def test_sampled_siblings_stay_in_the_language(tiny_tok):
     assert all(accepts(tok, spec, o.token_ids) for o in out.outputs)
 
 
-def test_constrained_requests_do_not_launch_ahead(tiny_tok):
+def test_constrained_steps_launch_ahead_and_sample_once_the_last_token_is_known(tiny_tok):
     _, path, _ = tiny_tok
-    llm = LLM(str(path), device="cpu", async_scheduling=True, max_model_len=128)
-    seen: list[tuple[int, bool]] = []  # per launch: steps in flight, whether a constrained request is live
-    launch, sch = llm.engine.launch, llm.engine.scheduler
+    prompts = prompts_of([5, 6, 9], vocab=280)
+    params = [SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+              SamplingParams(max_tokens=10, temperature=0.0, structured=SPECS["lark"]),
+              SamplingParams(n=2, max_tokens=16, temperature=1.2, seed=3, min_tokens=4, structured=SPECS["compact"])]
+    results = []
+    for on in (False, True):
+        llm = LLM(str(path), device="cpu", async_scheduling=on, max_model_len=128)
+        seen: list[tuple[int, bool]] = []  # per launch: steps in flight, whether a constrained request runs
+        launch, sch = llm.engine.launch, llm.engine.scheduler
 
-    def wrapper():
-        seen.append((len(llm.engine._in_flight), any(s.params.structured for s in sch.running + list(sch.waiting))))
-        return launch()
+        def wrapper(launch=launch, sch=sch, seen=seen, llm=llm):
+            seen.append((len(llm.engine._in_flight), any(s.params.structured for s in sch.running)))
+            flight = launch()
+            if seen[-1] == (1, True) and llm.engine._in_flight[-1] is flight:
+                # launched ahead: the constrained rows' sampling waits for the step before
+                assert flight.sample is None and flight.logits is not None
+            return flight
 
-    llm.engine.launch = wrapper
-    llm.generate(prompts_of([5, 6]), [SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
-                                      SamplingParams(max_tokens=6, temperature=0.0, structured=SPECS["lark"])])
-    assert (1, True) not in seen and (0, True) in seen and (1, False) in seen
+        llm.engine.launch = wrapper
+        results.append([(o.token_ids, o.finish_reason) for r in llm.generate(prompts, params) for o in r.outputs])
+        assert ((1, True) in seen) == on
+        assert_pool_whole(llm.engine)
+    assert results[0] == results[1]
 
 
 @pytest.mark.parametrize("spec,message", [

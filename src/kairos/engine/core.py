@@ -42,6 +42,9 @@ class StepInFlight:
     seqs: list[Sequence] = field(default_factory=list)  # the sequences that sample, in row order
     rows: list[SamplingRow] = field(default_factory=list)
     sample: DeviceSample | None = None
+    # [S, V] logits whose sampling waits for the step before to be applied (a row needs its last
+    # token on the host: penalties count it, a grammar advances by it); None once sampled
+    logits: torch.Tensor | None = None
     row_of: dict[int, int] = field(default_factory=dict)  # seq id -> its row in ``sample``
     done: HostCopy | None = None  # what finish waits for when the step samples nothing
 
@@ -239,14 +242,10 @@ class EngineCore:
 
     def can_launch_ahead(self) -> bool:
         """Whether :meth:`launch` may queue the next step before the one in flight finishes
-        (async scheduling): it is on, one step is in flight, and no request needs the host to
-        know its last token to sample the next (penalties count the tokens on the host, a grammar
-        advances by them)."""
-        sch = self.scheduler
+        (async scheduling): it is on, and one step is in flight, already sampled."""
         return (self.config.scheduler.async_scheduling and len(self._in_flight) == 1 and bool(self.requests)
-                and not self.only_compiling()  # (nothing to launch: a loop would spin while a grammar compiles)
-                and not any(s.params.needs_last_token for s in sch.running)
-                and not any(s.params.needs_last_token for s in sch.waiting))
+                and self._in_flight[0].logits is None
+                and not self.only_compiling())  # (nothing to launch: a loop would spin while a grammar compiles)
 
     # -- the step ----------------------------------------------------------------------------
     def step(self) -> list[SeqOutput]:
@@ -295,15 +294,28 @@ class EngineCore:
         if flight.seqs:
             if len(logit_rows) != logits.shape[0]:
                 logits = logits.index_select(0, h2d(logit_rows, logits.device, torch.long))
-            flight.rows = [self._sampling_row(q) for q in flight.seqs]
-            flight.sample = self.sampler.sample(logits, flight.rows)
-            for j, q in enumerate(flight.seqs):
-                q.token_ids.append(PLACEHOLDER)
-                q.num_pending += 1
-                flight.row_of[q.seq_id] = j
+            if prev is not None and any(q.num_pending and q.params.needs_last_token for q in flight.seqs):
+                # a row needs the token still in flight on the host (penalties count it, a grammar
+                # advances by it): the forward pass is queued now, its sampling once ``prev`` is
+                # applied (:meth:`finish`), so the device runs the forward while the host waits
+                flight.logits = logits
+            else:
+                self._sample(flight, logits)
         else:  # (a prompt chunk that does not reach the end: finish still waits for it, for the cost model)
             flight.done = d2h([logits[:0]])
         return flight
+
+    def _sample(self, flight: StepInFlight, logits: torch.Tensor) -> None:
+        # (a sampling put off by launch: its sequences ended meanwhile sample unconstrained, and
+        # their tokens are dropped by finish)
+        flight.rows = [self._sampling_row(q) for q in flight.seqs]
+        flight.sample = self.sampler.sample(logits, flight.rows)
+        flight.logits = None
+        for j, q in enumerate(flight.seqs):
+            if q.status is not SeqStatus.FINISHED:
+                q.token_ids.append(PLACEHOLDER)
+                q.num_pending += 1
+                flight.row_of[q.seq_id] = j
 
     def advance(self, flight: StepInFlight) -> tuple[list[SeqOutput], StepInFlight | None]:
         """Finish ``flight``, launching the next step first when it may go ahead (async
@@ -342,6 +354,8 @@ class EngineCore:
             for seq, tok, lp in zip(flight.seqs, sampled.token_ids, sampled.logprobs):
                 if seq.status is not SeqStatus.FINISHED:  # (ended by a stop string or abort meanwhile)
                     outputs.append(self._apply_token(seq, tok, lp, now))
+        if self._in_flight and self._in_flight[0].logits is not None:  # (launched ahead: its turn to sample)
+            self._sample(self._in_flight[0], self._in_flight[0].logits)
         end = self.clock()
         last = self._last_step_end
         self.intervals.observe(end, end - (flight.start if last is None else last))
@@ -353,7 +367,7 @@ class EngineCore:
         if seq.matcher is not None and not seq.matcher.consume_token(tok):
             # the mask let only tokens of the language through, so only a matcher in error (a
             # grammar past llguidance's limits mid-way) refuses one: the token is dropped and the
-            # sequence ends in "error" (no step ran past it: constrained steps wait)
+            # sequence ends in "error" (no step sampled past it: a constrained row samples once its last token is known)
             error = short_error(" ".join(seq.matcher.get_error().split()))
             logger.warning("structured output: %s refused token %d (%s)", seq, tok, error)
             del seq.token_ids[index]
@@ -416,10 +430,11 @@ class EngineCore:
         if seq.seed is not None and seq.generator is None:
             seq.generator = self.sampler.new_generator(seq.seed)
         p, suppress = seq.params, self.stops.held_back(seq)
+        matcher = seq.matcher if seq.status is not SeqStatus.FINISHED else None  # (stopped, or in error)
         if p.has_penalties:
             return SamplingRow(p, seq.generator, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids,
-                               suppress, seq.matcher)
-        return SamplingRow(p, seq.generator, [], [], suppress, seq.matcher)
+                               suppress, matcher)
+        return SamplingRow(p, seq.generator, [], [], suppress, matcher)
 
     def _load_tokenizer(self):  # -> a transformers tokenizer, or None
         from kairos.loader import load_tokenizer

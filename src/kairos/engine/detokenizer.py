@@ -145,7 +145,9 @@ class StopStringMatcher:
     """Finds the first stop string in streamed text and holds back text that could start one.
 
     ``feed(delta)`` returns ``(text safe to emit now, matched stop string or None)``; the stop
-    string itself is not emitted unless ``include`` is set.
+    string itself is not emitted unless ``include`` is set. ``feed(delta, search=False)`` holds
+    back the same tail without matching (before ``min_tokens``): a stop string found later must end
+    in text fed with ``search`` on, and may begin before it, as vLLM's.
     """
 
     def __init__(self, stops: tuple[str, ...], include: bool = False):
@@ -154,13 +156,14 @@ class StopStringMatcher:
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.pending = ""
 
-    def feed(self, delta: str) -> tuple[str, str | None]:
+    def feed(self, delta: str, search: bool = True) -> tuple[str, str | None]:
         if not self.stops:
             return delta, None
         text = self.pending + delta
         best = None
-        for s in self.stops:
-            i = text.find(s)
+        for s in self.stops if search else ():
+            # (a match inside the held-back tail alone was searched already, or must not count)
+            i = text.find(s, max(0, len(self.pending) - len(s) + 1))
             if i >= 0 and (best is None or i < best[0]):
                 best = (i, s)
         if best is not None:

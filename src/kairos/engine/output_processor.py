@@ -128,10 +128,8 @@ class OutputProcessor:
         delta = st.detok.add(so.new_token_ids)
         if so.finished:
             delta += st.detok.flush()
-        if len(out.token_ids) > st.min_tokens:
-            emit, matched = st.stops.feed(delta)
-        else:  # stop strings count only after min_tokens, as vLLM's (which also finds one across that point)
-            emit, matched = st.stops.flush() + delta, None
+        # stop strings count only once past min_tokens, as vLLM's: one may begin before that point
+        emit, matched = st.stops.feed(delta, search=len(out.token_ids) > st.min_tokens)
         if matched is None and so.finished:
             emit += st.stops.flush()
         out.text += emit

@@ -124,6 +124,6 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
 
     @property
     def needs_last_token(self) -> bool:
-        """Whether sampling needs the host to know the previous token (no launching ahead):
-        penalties count tokens, a grammar advances by them."""
+        """Whether sampling needs the host to know the previous token (a step launched ahead
+        samples once the step before is applied): penalties count tokens, a grammar advances by them."""
         return self.has_penalties or self.structured is not None

@@ -3,8 +3,8 @@
 Each constrained sequence owns an ``LLMatcher`` (the grammar's parse state). Before a step samples,
 the matcher fills a bitmask of the tokens that keep the output in the language; after, it consumes
 the sampled token (``sampler.apply_grammar`` applies the mask). The matcher is advanced on the
-host, so a step with a constrained sequence cannot be launched before the previous one's tokens
-are known (``SamplingParams.needs_last_token``). No torch here: the API process checks requests
+host, so a step launched ahead samples a constrained row only once the previous step's tokens are
+known (``SamplingParams.needs_last_token``). No torch here: the API process checks requests
 with :func:`prepare`.
 
 llguidance compiles grammars recursively, and a deep one (a chain of 1,000 ``$ref``s is a 94 KB

@@ -229,7 +229,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         for i, tr in enumerate(tracked):
             for o in tr.output.outputs:
                 choices.append({"index": i * n + o.index, "text": echo[i] + o.text,
-                                "logprobs": completion_logprobs(o), "finish_reason": o.finish_reason,
+                                "logprobs": completion_logprobs(o, 0, len(echo[i])), "finish_reason": o.finish_reason,
                                 "stop_reason": o.stop_reason})
         return {**header("text_completion", rid, model_name), "choices": choices, "usage": total_usage(tracked)}
 

@@ -67,7 +67,8 @@ def stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bo
                     if echo is not None and idx not in echoed:  # (the prompt goes out with a choice's first chunk)
                         text = echo[i] + text
                         echoed.add(idx)
-                    choice = {"index": idx, "text": text, "logprobs": completion_logprobs(o, start)}
+                    choice = {"index": idx, "text": text,
+                              "logprobs": completion_logprobs(o, start, len(echo[i]) if echo is not None else 0)}
                 choice["finish_reason"] = why
                 if o.finish_reason:
                     choice["stop_reason"] = o.stop_reason

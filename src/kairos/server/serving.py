@@ -217,16 +217,29 @@ def usage(prompt_tokens: int, outputs: list[CompletionOutput]) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
 
 
-def completion_logprobs(out: CompletionOutput, start: int = 0) -> dict | None:
+def completion_logprobs(out: CompletionOutput, start: int = 0, offset: int = 0) -> dict | None:
+    """The legacy logprobs of tokens ``start:``; ``offset``: the characters ahead of the output (echo)."""
     if out.logprobs is None:
         return None
     lps = out.logprobs[start:]
+    offsets, at = [], offset + sum(len(lp.token) for lp in out.logprobs[:start])
+    for lp in lps:  # (each token's place in the text is the sum of its predecessors' lengths, as vLLM's)
+        offsets.append(at)
+        at += len(lp.token)
     return {
         "tokens": [lp.token for lp in lps],
         "token_logprobs": [lp.logprob for lp in lps],
-        "top_logprobs": [{t: v for _, t, v, _ in lp.top} for lp in lps],
-        "text_offset": [],
+        "top_logprobs": [_top_by_text(lp.top) for lp in lps],
+        "text_offset": offsets,
     }
+
+
+def _top_by_text(top: list) -> dict[str, float]:
+    # (keyed by text, as OpenAI's: of two tokens with one text the likelier keeps its place and value)
+    out: dict[str, float] = {}
+    for _, text, value, _ in top:
+        out.setdefault(text, value)
+    return out
 
 
 def chat_logprobs(out: CompletionOutput, start: int = 0) -> dict | None:
