@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -48,6 +49,37 @@ def test_penalties_exact_values():
     out = apply_penalties(logits.clone(), [row])[0].tolist()
     # token 0: prompt only -> 2/2; token 1: -1*2 - 0.5 - 2*0.25; token 2 untouched; token 3: 3/2 - 0.5 - 0.25
     assert out == pytest.approx([1.0, -3.0, 0.5, 0.75])
+
+
+def test_penalties_of_many_rows_at_once_equal_each_row_alone():
+    """Rows with and without penalties, empty outputs, repeated ids: the batched kernels give each
+    row what the rule gives it alone (the plain loop below), bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 50, generator=gen) * 3
+    rnd = random.Random(1)
+
+    def ids(n: int) -> list[int]:
+        return [rnd.randrange(50) for _ in range(n)]
+
+    rows = [SamplingRow(SamplingParams(repetition_penalty=1.7), None, ids(9), ids(4)),
+            SamplingRow(SamplingParams(), None, ids(5), ids(5)),  # no penalties: untouched
+            SamplingRow(SamplingParams(presence_penalty=0.7, frequency_penalty=-0.4), None, ids(6), ids(12)),
+            SamplingRow(SamplingParams(repetition_penalty=0.6, frequency_penalty=1.1), None, ids(3), []),
+            SamplingRow(SamplingParams(repetition_penalty=1.2, presence_penalty=-1.5, frequency_penalty=0.3),
+                        None, [], [4, 4, 4, 9]),
+            SamplingRow(SamplingParams(frequency_penalty=2.0), None, [], []),
+            SamplingRow(SamplingParams(repetition_penalty=1.3), None, ids(20), ids(20))]
+    expected = logits.clone()
+    for i, r in enumerate(rows):
+        p, row = r.params, expected[i]
+        if p.repetition_penalty != 1.0:
+            for t in set(r.prompt_token_ids) | set(r.output_token_ids):
+                row[t] = row[t] / p.repetition_penalty if row[t] > 0 else row[t] * p.repetition_penalty
+        counts = torch.zeros(50)
+        for t in r.output_token_ids:
+            counts[t] += 1
+        row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+    assert torch.equal(apply_penalties(logits.clone(), rows), expected)
 
 
 def test_logprobs_are_raw_log_softmax():
@@ -156,4 +188,27 @@ def test_min_tokens_holds_back_eos_and_stop_token_ids(tiny_llama, async_scheduli
                               SamplingParams(min_tokens=10, **params)])
     assert d[0][2] == stop and stop not in d[0][:2] and len(d[0]) == 3
     assert (len(e[0]), eos in e[0], e[1]) == (10, False, "length")
+    assert (max(seen) == 1) is async_scheduling
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_repetition_penalty_greedy_equals_hf_in_a_batch(tiny_llama, async_scheduling):
+    """HF's repetition penalty (prompt and output tokens), rows with and without it in one batch,
+    n > 1 siblings sharing the parent's prompt ids."""
+    model, path = tiny_llama
+    llm, seen = tiny_llm(path, async_scheduling)
+    p = prompts_of([9, 14, 5]) + [[7, 7, 7, 9, 9]]
+    penalties = [1.8, 1.0, 0.5, 2.5]
+
+    def hf(prompt, penalty):
+        ids = torch.tensor([prompt])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             pad_token_id=0, eos_token_id=None, repetition_penalty=penalty)
+        return out[0, len(prompt):].tolist()
+
+    refs = [hf(q, r) for q, r in zip(p, penalties)]
+    assert refs[0] != hf(p[0], 1.0) and refs[2] != hf(p[2], 1.0)  # the penalties move the output
+    got = outs(llm, p, [SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, repetition_penalty=r, n=n)
+                        for r, n in zip(penalties, (1, 1, 2, 1))])
+    assert [t for t, _ in got] == [refs[0], refs[1], refs[2], refs[2], refs[3]]
     assert (max(seen) == 1) is async_scheduling

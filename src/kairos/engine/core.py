@@ -432,8 +432,8 @@ class EngineCore:
         p, suppress = seq.params, self.stops.held_back(seq)
         matcher = seq.matcher if seq.status is not SeqStatus.FINISHED else None  # (stopped, or in error)
         if p.has_penalties:
-            return SamplingRow(p, seq.generator, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids,
-                               suppress, matcher)
+            prompt = seq.prompt_set() if p.repetition_penalty != 1.0 else ()
+            return SamplingRow(p, seq.generator, prompt, seq.output_token_ids, suppress, matcher)
         return SamplingRow(p, seq.generator, [], [], suppress, matcher)
 
     def _load_tokenizer(self):  # -> a transformers tokenizer, or None

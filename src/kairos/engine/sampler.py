@@ -12,6 +12,7 @@ token ids (then the logprobs, already computed, in the same wait).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ _WORD = 32  # tokens per int32 word of a grammar's bitmask
 class SamplingRow:
     params: SamplingParams
     generator: torch.Generator | None
-    prompt_token_ids: list[int]
+    prompt_token_ids: Sequence[int] | np.ndarray  # (read by the repetition penalty only: may be the distinct ids)
     output_token_ids: list[int]
     suppress: tuple[int, ...] = ()  # token ids this row must not sample (min_tokens not reached)
     matcher: Any = None  # structured output: the sequence's llguidance matcher, at its last token
@@ -182,24 +183,44 @@ def apply_bias(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
 
 
 def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    """Repetition penalty (HF/vLLM: prompt and output tokens), presence and frequency (output only)."""
-    vocab = logits.shape[1]
-    for i, r in enumerate(rows):
-        p = r.params
-        if not p.has_penalties:
-            continue
-        if p.repetition_penalty != 1.0:
-            seen = sorted(set(r.prompt_token_ids) | set(r.output_token_ids))
-            if seen:
-                seen = h2d(seen, logits.device, torch.long)
-                vals = logits[i, seen]
-                logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
-        if r.output_token_ids and (p.presence_penalty or p.frequency_penalty):
-            ids = h2d(r.output_token_ids, logits.device, torch.long)
-            # (index_add_, not bincount: CUDA's bincount reads the ids' range back to size its output)
-            counts = torch.zeros(vocab, dtype=logits.dtype, device=logits.device).index_add_(
-                0, ids, torch.ones(len(r.output_token_ids), dtype=logits.dtype, device=logits.device))
-            logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+    """Repetition penalty (HF/vLLM: prompt and output tokens), presence and frequency (output only),
+    for every row that has them at once: the logits of the tokens a row has seen are gathered,
+    penalised and put back, in a few kernels and two host-to-device copies a step, however many
+    rows (one row at a time was ~6 kernels and copies a row). Only the counts are ``[P, V]``."""
+    pen = [i for i, r in enumerate(rows) if r.params.has_penalties]
+    dev, vocab = logits.device, logits.shape[1]
+    rep = [j for j, i in enumerate(pen) if rows[i].params.repetition_penalty != 1.0]
+    cnt = [j for j, i in enumerate(pen) if rows[i].params.presence_penalty or rows[i].params.frequency_penalty]
+    outs = [np.asarray(rows[i].output_token_ids, dtype=np.int64) for i in pen]
+    # the (row among pen, token id) pairs: every token a repetition-penalised row has seen (prompt
+    # and output: a token seen twice is one pair written twice, with one value), then every output
+    # token of a counting row; ints: [P] rows of pen, [2, R] seen pairs, [2, C] counted pairs
+    seen = [np.asarray(rows[pen[j]].prompt_token_ids, dtype=np.int64) for j in rep]
+    seen = [np.concatenate([a, outs[j]]) for a, j in zip(seen, rep)]
+    counted = [outs[j] for j in cnt]
+    pairs = [np.asarray(pen, dtype=np.int64),
+             np.repeat(np.asarray(rep, dtype=np.int64), [len(a) for a in seen]), *seen,
+             np.repeat(np.asarray(cnt, dtype=np.int64), [len(a) for a in counted]), *counted]
+    n_seen, n_counted = sum(len(a) for a in seen), sum(len(a) for a in counted)
+    ints = h2d(np.concatenate(pairs), dev, torch.long)
+    rows_t = ints[: len(pen)]
+    seen_t = ints[len(pen): len(pen) + 2 * n_seen].view(2, n_seen)
+    counted_t = ints[len(pen) + 2 * n_seen:].view(2, n_counted)
+    knobs = h2d([[rows[i].params.repetition_penalty, rows[i].params.presence_penalty, rows[i].params.frequency_penalty]
+                 for i in pen], dev, logits.dtype)  # [P, 3]
+    if n_seen:
+        at = (rows_t[seen_t[0]], seen_t[1])
+        vals, penalty = logits[at], knobs[seen_t[0], 0]
+        logits.index_put_(at, torch.where(vals > 0, vals / penalty, vals * penalty))
+    if n_counted:
+        # (index_put_ accumulating ones, exact in any order; not bincount: CUDA's reads the ids'
+        # range back to size its output)
+        counts = torch.zeros((len(pen), vocab), dtype=logits.dtype, device=dev).index_put_(
+            (counted_t[0], counted_t[1]), torch.ones(n_counted, dtype=logits.dtype, device=dev), accumulate=True)
+        c = counts[counted_t[0], counted_t[1]]
+        at = (rows_t[counted_t[0]], counted_t[1])
+        presence, frequency = knobs[counted_t[0], 1], knobs[counted_t[0], 2]
+        logits.index_put_(at, logits[at] - (frequency * c + presence * (c > 0)))
     return logits
 
 

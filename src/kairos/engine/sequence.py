@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 
+import numpy as np
 import torch
 
 from kairos.engine.sampling_params import SamplingParams
@@ -56,6 +57,7 @@ class Sequence:
         self.seed = None if params.seed is None else params.seed + index  # sibling i draws from seed + i
         self.generator: torch.Generator | None = None  # on the sampling device, made at the first draw
         self.matcher = None  # structured output: llguidance's parse state of the output so far
+        self._prompt_set: np.ndarray | None = None  # the prompt's distinct ids (the repetition penalty's)
 
     @property
     def num_tokens(self) -> int:
@@ -80,6 +82,13 @@ class Sequence:
     def all_sampled(self) -> bool:
         """Whether its ``max_tokens`` tokens have all been sampled (the last perhaps still on the device)."""
         return len(self.token_ids) - self.num_prompt_tokens >= self.params.max_tokens
+
+    def prompt_set(self) -> np.ndarray:
+        """The prompt's distinct token ids, int64, made once (the sampler's repetition penalty reads
+        them every step)."""
+        if self._prompt_set is None:
+            self._prompt_set = np.unique(np.asarray(self.token_ids[: self.num_prompt_tokens], dtype=np.int64))
+        return self._prompt_set
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -129,6 +138,7 @@ class Sequence:
         child.num_computed = self.num_computed
         child.status = self.status
         child.matcher = self.matcher.deep_copy() if self.matcher is not None else None
+        child._prompt_set = self._prompt_set
         return child
 
     def __repr__(self) -> str:
