@@ -15,7 +15,7 @@ import torch
 
 from kairos import LLM, SamplingParams, StructuredOutput
 from kairos.engine.sampler import unpack_bits, unpack_bits_on
-from kairos.engine.structured import grammar_of, prepare
+from kairos.engine.structured import StructuredOutputs, grammar_of, prepare
 
 from engine_helpers import assert_pool_whole, prompts_of
 
@@ -334,3 +334,22 @@ def test_a_compile_that_raises_ends_its_request_and_nothing_else(tiny_tok):
     assert outs[1].outputs[0].finish_reason == "length" and not llm.engine.has_unfinished()
     assert not llm.engine.structured._compiling and not llm.engine.take_verdicts()  # (LLM took them)
     assert_pool_whole(llm.engine)
+
+
+def test_the_grammar_cache_keeps_the_recent_within_its_count_and_characters(tiny_tok):
+    tok = tiny_tok[2]
+    cache = StructuredOutputs(lambda: tok, 320, [EOS], max_cached=3, max_cached_chars=20)
+    a, b, c, d = (StructuredOutput(regex=r) for r in ("[a-c]{2}", "[0-9]{4}", "x+", "y*z"))  # 8, 8, 2, 3 characters
+    for spec in (a, b):
+        cache.matcher(spec)
+    assert cache.cached() == [a, b]
+    cache.matcher(a)  # (a hit: now the most recent)
+    cache.matcher(c)
+    assert cache.cached() == [b, a, c]  # 18 characters, 3 grammars
+    cache.matcher(d)  # 4 grammars: the least recent, b, goes
+    assert cache.cached() == [a, c, d]
+    big = StructuredOutput(regex="[a-z]{1,3}-" * 3)  # 33 characters: alone past the budget, kept while newest
+    cache.matcher(big)
+    assert cache.cached() == [big]
+    cache.matcher(c)
+    assert cache.cached() == [c]  # (big went: 35 > 20)

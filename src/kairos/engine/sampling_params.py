@@ -29,7 +29,7 @@ class StructuredOutput(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
         given += ["json_object"] if self.json_object else []
         if len(given) != 1:
             raise ValueError(f"structured output takes exactly one of json, json_object, regex, choice, grammar; got {given or 'none'}")
-        size = sum(len(t) for t in (self.json, self.regex, self.grammar, *(self.choice or ())) if isinstance(t, str))
+        size = self.chars()
         if size > _MAX_SPEC_CHARS:
             raise ValueError(f"structured output {given[0]} may have at most {_MAX_SPEC_CHARS} characters, got {size}")
         if self.json is not None:
@@ -43,6 +43,10 @@ class StructuredOutput(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
             if not self.choice or not all(isinstance(c, str) and c for c in self.choice):
                 raise ValueError("structured output choice must be a non-empty list of non-empty strings")
             msgspec.structs.force_setattr(self, "choice", tuple(self.choice))
+
+    def chars(self) -> int:
+        """The characters of its text (what the size of its compiled grammar follows)."""
+        return sum(len(t) for t in (self.json, self.regex, self.grammar, *(self.choice or ())) if isinstance(t, str))
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -33,7 +33,10 @@ from kairos.engine.sampling_params import StructuredOutput
 
 _STACK_BYTES = 256 << 20  # (reserved, not committed: the pages a compile touches)
 _MAX_GBNF_CHARS = 32 << 10  # GBNF converts to Lark in Python, in time quadratic in its rules
-_CACHED = 64  # compiled grammars kept (requests often share a schema)
+# compiled grammars kept (requests often share a schema), and the characters of their specs: a
+# compiled JSON schema holds up to ~60 bytes per character of it (benchmarks/grammar_memory.py)
+_CACHED = 64
+_CACHED_CHARS = 4 << 20
 
 
 class Compiler:
@@ -79,11 +82,14 @@ class StructuredOutputs:
     :meth:`check` checks a grammar at once (without the tokenizer: fast), :meth:`start` compiles
     it for the tokenizer on a :class:`Compiler` thread, so the engine goes on stepping meanwhile
     (the request waits, as vLLM's do for their grammar), and :meth:`take` hands out the matcher. The last
-    64 grammars stay compiled. The tokenizer is loaded by the first compile (``load_tokenizer``),
+    64 grammars stay compiled, or fewer when their specs pass 4 Mi characters. The tokenizer is loaded by the first compile (``load_tokenizer``),
     so an engine that never sees a constrained request pays nothing for it."""
 
-    def __init__(self, load_tokenizer: Callable[[], Any], vocab_size: int, eos_token_ids: list[int]) -> None:
+    def __init__(self, load_tokenizer: Callable[[], Any], vocab_size: int, eos_token_ids: list[int],
+                 max_cached: int = _CACHED, max_cached_chars: int = _CACHED_CHARS) -> None:
         self._load_tokenizer = load_tokenizer
+        self.max_cached, self.max_cached_chars = max_cached, max_cached_chars
+        self._cached_chars = 0
         self.vocab_size = vocab_size
         self.eos_token_ids = [t for t in sorted(eos_token_ids) if t < vocab_size]
         self._ll = None  # llguidance.LLTokenizer
@@ -140,8 +146,15 @@ class StructuredOutputs:
         del self._compiling[spec]
         if not fut.cancelled() and fut.exception() is None:
             self._cache[spec] = fut.result()  # (kept for the next request with it)
-            if len(self._cache) > _CACHED:
-                self._cache.popitem(last=False)
+            self._cached_chars += spec.chars()
+            # the least recently used go first; the newest stays, however large
+            while len(self._cache) > 1 and (len(self._cache) > self.max_cached
+                                            or self._cached_chars > self.max_cached_chars):
+                self._cached_chars -= self._cache.popitem(last=False)[0].chars()
+
+    def cached(self) -> list[StructuredOutput]:
+        """The compiled grammars kept, least recently used first."""
+        return list(self._cache)
 
     def _sweep(self) -> None:
         """Compiles that ran to their end after their requests left."""
