@@ -282,7 +282,7 @@ def test_decode_stack_is_the_module_path_in_one_call(kind, int8, tmp_path_factor
             model.__class__ = LlamaForCausalLM  # same modules, one Python call per layer operation
         logits = []
         execute = engine.runner.execute
-        engine.runner.execute = lambda batch, ex=execute, out=logits: out.append(ex(batch)) or out[-1]
+        engine.runner.execute = lambda batch, ex=execute, out=logits: out.append(ex(batch)) or out[-1]  # (logits, None)
         prompts = [[(i * 7 + j * 13 + 5) % 300 + 3 for j in range(n)] for i, n in enumerate((5, 9, 3, *range(2, 11)))]
         done = run(engine, {0: [(f"r{i}", p, SamplingParams(max_tokens=6, **GREEDY)) for i, p in enumerate(prompts[:2])],
                             2: [("r2", prompts[2], SamplingParams(max_tokens=6, **GREEDY))],
@@ -292,7 +292,7 @@ def test_decode_stack_is_the_module_path_in_one_call(kind, int8, tmp_path_factor
     assert calls and set(calls) >= {2, 3, 9}
     (done_a, logits_a), (done_b, logits_b) = results
     assert done_a == done_b and len(logits_a) == len(logits_b)
-    for a, b in zip(logits_a, logits_b):  # every later step also reads the KV the stack wrote
+    for (a, _), (b, _) in zip(logits_a, logits_b):  # every later step also reads the KV the stack wrote
         assert torch.equal(a, b)
 
 

@@ -427,25 +427,73 @@ def test_a_client_that_leaves_before_a_whole_answer_is_aborted(server):
     assert stats["num_running"] == 0 and stats["kv_blocks_active"] == 0 and stats["num_requests_in_flight"] == 0
 
 
-def test_echo_puts_the_prompt_ahead_streamed_or_not(server):
+def sse_choices(url: str, body: dict) -> list[dict]:
+    chunks = []
+    with httpx.stream("POST", url, json={**body, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[6:]))
+    return chunks
+
+
+def test_echo_puts_the_prompt_and_its_logprobs_ahead_streamed_or_not(server):
     from kairos.loader import load_tokenizer, resolve_model_path
 
-    body = {"model": MODEL, "prompt": "hello there", "echo": True, "max_tokens": 3, "temperature": 0, "logprobs": 1}
+    tok = load_tokenizer(resolve_model_path("default"))
+    prompt_ids = tok("hello there").input_ids
+    body = {"model": MODEL, "prompt": "hello there", "echo": True, "max_tokens": 3, "temperature": 0, "logprobs": 1,
+            "prompt_logprobs": 1}
     choice = httpx.post(server.url + "/v1/completions", json=body).json()["choices"][0]
     whole, lps = choice["text"], choice["logprobs"]
     assert whole.startswith("hello there") and len(whole) > len("hello there")
-    # each token's offset in the text (the echoed prompt's characters first), as vLLM's
-    assert "".join(lps["tokens"]) == whole[len("hello there"):]
-    assert lps["text_offset"] == [len("hello there") + len("".join(lps["tokens"][:k])) for k in range(3)]
-    chunks, offsets = [], []
-    with httpx.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}) as r:
-        for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                c = json.loads(line[6:])["choices"][0]
-                chunks.append(c["text"])
-                offsets += c["logprobs"]["text_offset"]
-    assert "".join(chunks) == whole and chunks[0].startswith("hello there")
-    assert offsets == lps["text_offset"]
-    ids = load_tokenizer(resolve_model_path("default"))("hello there").input_ids
-    by_ids = httpx.post(server.url + "/v1/completions", json={**body, "prompt": ids}).json()["choices"][0]["text"]
+    # the prompt's tokens first (the first with no logprob), then the output's, each at its offset
+    # in the text (the sum of its predecessors' lengths, as vLLM's)
+    k = len(prompt_ids)
+    assert len(lps["tokens"]) == k + 3 and "".join(lps["tokens"]) == whole
+    assert lps["tokens"][:k] == [tok.decode([t]) for t in prompt_ids]
+    assert lps["token_logprobs"][0] is None and lps["top_logprobs"][0] is None
+    assert all(x < 0 for x in lps["token_logprobs"][1:]) and all(len(t) == 1 for t in lps["top_logprobs"][1:])
+    assert lps["text_offset"] == [len("".join(lps["tokens"][:j])) for j in range(k + 3)]
+    # vLLM's form of the same numbers: {token id: {logprob, rank, decoded_token}}, the token's own first
+    plp = choice["prompt_logprobs"]
+    assert plp[0] is None and len(plp) == k
+    for j in range(1, k):
+        own = plp[j][str(prompt_ids[j])]
+        assert own == {"logprob": lps["token_logprobs"][j], "rank": own["rank"], "decoded_token": lps["tokens"][j]}
+        assert own["rank"] >= 1 and len(plp[j]) == (1 if own["rank"] == 1 else 2)
+    chunks = [c["choices"][0] for c in sse_choices(server.url + "/v1/completions", body)]
+    assert "".join(c["text"] for c in chunks) == whole and chunks[0]["text"].startswith("hello there")
+    assert [t for c in chunks for t in c["logprobs"]["tokens"]] == lps["tokens"]
+    assert [t for c in chunks for t in c["logprobs"]["text_offset"]] == lps["text_offset"]
+    assert chunks[0]["prompt_logprobs"] == plp and all("prompt_logprobs" not in c for c in chunks[1:])
+    by_ids = httpx.post(server.url + "/v1/completions", json={**body, "prompt": prompt_ids}).json()["choices"][0]["text"]
     assert by_ids == whole
+
+
+def test_echo_with_max_tokens_0_gives_the_prompt_and_its_logprobs_only(server):
+    body = {"model": MODEL, "prompt": "The capital of France is", "echo": True, "max_tokens": 0, "logprobs": 0}
+    r = httpx.post(server.url + "/v1/completions", json=body).json()
+    (choice,) = r["choices"]
+    assert choice["text"] == "The capital of France is"
+    assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
+    assert len(choice["logprobs"]["tokens"]) == r["usage"]["prompt_tokens"]
+    assert choice["logprobs"]["token_logprobs"][0] is None and r["usage"]["completion_tokens"] == 0
+    (chunk,) = [c for c in sse_choices(server.url + "/v1/completions", body) if c["choices"]]
+    assert (chunk["choices"][0]["text"], chunk["choices"][0]["logprobs"]) == (choice["text"], choice["logprobs"])
+    # without echo, max_tokens 0 is refused
+    bad = httpx.post(server.url + "/v1/completions", json={**body, "echo": False})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+
+
+def test_chat_prompt_logprobs(server):
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 0}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body).json()
+    plp = r["prompt_logprobs"]
+    assert plp[0] is None and len(plp) == r["usage"]["prompt_tokens"]
+    assert all(len(e) == 1 and next(iter(e.values()))["logprob"] <= 0 for e in plp[1:])
+    chunks = sse_choices(server.url + "/v1/chat/completions", body)
+    assert chunks[0]["prompt_logprobs"] == plp and all("prompt_logprobs" not in c for c in chunks[1:])
+    bad = httpx.post(server.url + "/v1/chat/completions", json={**body, "prompt_logprobs": 21})
+    assert (bad.status_code, bad.json()) == (400, {"error": {
+        "message": "prompt_logprobs must be in [0, 20], got 21", "type": "invalid_request_error",
+        "param": "prompt_logprobs", "code": None}})

@@ -168,7 +168,16 @@ def test_legacy_top_logprobs_keep_the_likelier_of_two_tokens_with_one_text():
     # (byte tokens of a cut character both read U+FFFD: keyed by text, one entry stays)
     top = [(7, "\ufffd", -0.5, [0xE2]), (9, "a", -1.0, [0x61]), (8, "\ufffd", -2.0, [0xF0])]
     out = CompletionOutput(0, logprobs=[Logprob(9, "a", -1.0, top, [0x61]), Logprob(5, "bc", -0.1, top[1:2], [])])
-    assert completion_logprobs(out, 0, 4) == {"tokens": ["a", "bc"], "token_logprobs": [-1.0, -0.1],
-                                              "top_logprobs": [{"\ufffd": -0.5, "a": -1.0}, {"a": -1.0}],
-                                              "text_offset": [4, 5]}
-    assert completion_logprobs(out, 1, 4)["text_offset"] == [5]
+    assert completion_logprobs(out) == {"tokens": ["a", "bc"], "token_logprobs": [-1.0, -0.1],
+                                        "top_logprobs": [{"\ufffd": -0.5, "a": -1.0}, {"a": -1.0}],
+                                        "text_offset": [0, 1]}
+    # echo: the prompt's tokens ahead (the first with no logprob); a later chunk's offsets count them
+    prompt = [Logprob(3, "xyz", None, [], []), Logprob(4, "w", -2.0, top[1:2], [], 5)]
+    assert completion_logprobs(out, 0, prompt) == {"tokens": ["xyz", "w", "a", "bc"],
+                                                   "token_logprobs": [None, -2.0, -1.0, -0.1],
+                                                   "top_logprobs": [None, {"a": -1.0}, {"\ufffd": -0.5, "a": -1.0},
+                                                                    {"a": -1.0}],
+                                                   "text_offset": [0, 3, 4, 5]}
+    assert completion_logprobs(out, 1, prompt)["text_offset"] == [5]
+    assert completion_logprobs(out, 1, prompt, at=7)["text_offset"] == [7]  # (a stream's running offset)
+    assert completion_logprobs(out, 0, prompt, generated=False)["tokens"] == ["xyz", "w"]

@@ -18,9 +18,9 @@ from kairos.engine.admission import SLOInfeasible, predict, slo_misses
 from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
 from kairos.engine.h2d import HostCopy, d2h, h2d
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
-from kairos.engine.outputs import EngineRequest, SeqOutput, TokenLogprob
+from kairos.engine.outputs import EngineRequest, PromptLogprob, SeqOutput, TokenLogprob
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
-from kairos.engine.sampler import DeviceSample, Sampler, SamplingRow
+from kairos.engine.sampler import DeviceSample, PromptLogprobs, Sampler, SamplingRow
 from kairos.engine.scheduler import Scheduler, SchedulerOutput
 from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
 from kairos.engine.stopping import StopRules
@@ -45,6 +45,7 @@ class StepInFlight:
     # [S, V] logits whose sampling waits for the step before to be applied (a row needs its last
     # token on the host: penalties count it, a grammar advances by it); None once sampled
     logits: torch.Tensor | None = None
+    prompt: PromptLogprobs | None = None  # logprobs of prompt tokens its chunks found (prompt_logprobs)
     row_of: dict[int, int] = field(default_factory=dict)  # seq id -> its row in ``sample``
     done: HostCopy | None = None  # what finish waits for when the step samples nothing
 
@@ -271,9 +272,11 @@ class EngineCore:
             return flight
         flight.t0 = time.perf_counter()
         if prev is not None and prev.sample is not None:  # inputs that are its placeholders come from its tokens
-            logits = self.runner.execute(sched.scheduled, prev.sample.token_ids, prev.row_of)  # [S, V]
+            logits, flight.prompt = self.runner.execute(sched.scheduled, prev.sample.token_ids, prev.row_of)  # [S, V]
         else:
-            logits = self.runner.execute(sched.scheduled)  # [S, V], S = entries that sample
+            logits, flight.prompt = self.runner.execute(sched.scheduled)  # [S, V], S = entries that sample
+        for seq, _, hi in flight.prompt.spans if flight.prompt is not None else ():
+            seq.num_prompt_logprobs = hi  # (found: a recompute after a preemption does not find them again)
         copies: list[tuple[int, int]] = []
         logit_rows: list[int] = []
         samples = [s.samples for s in sched.scheduled]  # read before num_computed moves
@@ -344,6 +347,8 @@ class EngineCore:
         sampled = self.sampler.to_host(flight.sample, flight.rows) if flight.sample is not None else None
         if flight.done is not None:
             flight.done.wait()
+        if flight.prompt is not None:  # (before the tokens: the first one carries them)
+            self._take_prompt_logprobs(flight.prompt)
         # the step's device work is done (to_host waited for it); queued while the step before it
         # ran (async scheduling), its own work began when that one's ended
         done = time.perf_counter()
@@ -387,8 +392,20 @@ class EngineCore:
             self.calibration["e2e"].observe(now, seq.predicted[1], now - seq.arrival_time)
         if reason:
             self._finish(seq)
-        return SeqOutput(seq.request_id, seq.index, [tok], logprobs=None if lp is None else [TokenLogprob(lp[0], lp[1])],
-                         finish_reason=reason, stop_reason=stop, num_prompt_tokens=seq.num_prompt_tokens)
+        out = SeqOutput(seq.request_id, seq.index, [tok], logprobs=None if lp is None else [TokenLogprob(lp[0], lp[1])],
+                        finish_reason=reason, stop_reason=stop, num_prompt_tokens=seq.num_prompt_tokens)
+        if seq.prompt_logprobs is not None and index == seq.num_prompt_tokens:  # (its first token)
+            out.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
+        return out
+
+    @staticmethod
+    def _take_prompt_logprobs(found: PromptLogprobs) -> None:
+        rows = iter(found.rows())
+        for seq, lo, hi in found.spans:
+            for p, (logprob, rank, top) in zip(range(lo, hi), rows):
+                if seq.prompt_logprobs is not None and seq.status is not SeqStatus.FINISHED:
+                    seq.prompt_logprobs.append(PromptLogprob(seq.token_ids[p + 1], logprob, rank,
+                                                             top[: seq.params.prompt_logprobs]))
 
     # -- helpers -----------------------------------------------------------------------------
     def _observe(self, sched, seconds: float) -> None:

@@ -24,9 +24,10 @@ from kairos.engine.sampling_params import SamplingParams
 class Logprob:
     token_id: int
     token: str
-    logprob: float
+    logprob: float | None  # (None: a prompt's first token, which nothing predicts)
     top: list[tuple[int, str, float, list[int]]]  # (token id, token text, logprob, token bytes), best first
     token_bytes: list[int]  # the token's own bytes (its text alone is U+FFFD when it holds part of a character)
+    rank: int | None = None  # (prompt logprobs) 1 + the number of tokens likelier than it
 
 
 @dataclass
@@ -50,6 +51,9 @@ class RequestOutput:
     prompt: str | None
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
+    # prompt_logprobs: one per prompt token (the first's logprob None: nothing predicts it), once
+    # the first output token is out
+    prompt_logprobs: list[Logprob] | None = None
 
     @property
     def finished(self) -> bool:
@@ -105,6 +109,9 @@ class OutputProcessor:
             if st not in touched:
                 touched.add(st)
                 st.out.delta = ""
+            if so.prompt_logprobs is not None:
+                ro.prompt_logprobs = [self._logprob(ro.prompt_token_ids[0], None, [])] + [
+                    self._logprob(p.token_id, p.logprob, p.top, p.rank) for p in so.prompt_logprobs]
             self._apply(st, so)
             if st.out.finish_reason == "stop" and isinstance(st.out.stop_reason, str) and not so.finished:
                 stopped.append((so.request_id, so.index))
@@ -117,10 +124,7 @@ class OutputProcessor:
         out = st.out
         out.token_ids.extend(so.new_token_ids)
         if out.logprobs is not None and so.logprobs:
-            for tok, lp in zip(so.new_token_ids, so.logprobs):
-                s = self._tok_str(tok)
-                top = [(t, st, v, self._tok_bytes(t, st)) for t, v in lp.top for st in (self._tok_str(t),)]
-                out.logprobs.append(Logprob(tok, s, lp.logprob, top, self._tok_bytes(tok, s)))
+            out.logprobs.extend(self._logprob(tok, lp.logprob, lp.top) for tok, lp in zip(so.new_token_ids, so.logprobs))
         if st.detok is None:
             if so.finished:
                 out.finish_reason, out.stop_reason = so.finish_reason, so.stop_reason
@@ -138,6 +142,11 @@ class OutputProcessor:
             out.finish_reason, out.stop_reason = "stop", matched
         elif so.finished:
             out.finish_reason, out.stop_reason = so.finish_reason, so.stop_reason
+
+    def _logprob(self, tok: int, logprob: float | None, top: list[tuple[int, float]], rank: int | None = None) -> Logprob:
+        s = self._tok_str(tok)
+        tops = [(t, text, v, self._tok_bytes(t, text)) for t, v in top for text in (self._tok_str(t),)]
+        return Logprob(tok, s, logprob, tops, self._tok_bytes(tok, s), rank)
 
     def _tok_str(self, token_id: int) -> str:
         return self._decode_one([token_id]) if self.tokenizer else str(token_id)

@@ -22,6 +22,15 @@ class TokenLogprob(msgspec.Struct, frozen=True, array_like=True):
     top: list[tuple[int, float]]  # (token id, logprob), best first
 
 
+class PromptLogprob(msgspec.Struct, frozen=True, array_like=True):
+    """A prompt token's logprob given the tokens before it."""
+
+    token_id: int
+    logprob: float
+    rank: int  # 1 + the number of tokens likelier than it
+    top: list[tuple[int, float]]  # (token id, logprob), best first
+
+
 class SeqOutput(msgspec.Struct):
     """What one step produced for one sequence: new tokens and, at the end, why it finished."""
 
@@ -32,6 +41,8 @@ class SeqOutput(msgspec.Struct):
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "expired" | "error" (stop_reason: why)
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     num_prompt_tokens: int = 0
+    # with the first token of sequence 0 of a request that asked: prompt tokens 1.. (token 0 has none)
+    prompt_logprobs: list[PromptLogprob] | None = None
 
     @property
     def finished(self) -> bool:

@@ -39,11 +39,11 @@ class SchedContext:
 
     def cached_tokens(self, seq: Sequence) -> int:
         """Tokens of ``seq`` whose KV exists: its own once started, else its cached prefix."""
-        return seq.num_computed or self.kv.peek(seq.token_ids)
+        return seq.num_computed or (0 if seq.wants_prompt_logprobs else self.kv.peek(seq.token_ids))
 
     def prefill_eta(self, seq: Sequence, ahead_tokens: int = 0) -> float:
         """Seconds until ``seq``'s first (next) token if its prefill ran after ``ahead_tokens``."""
-        cached = 0 if seq.num_computed else self.kv.peek(seq.token_ids)
+        cached = 0 if seq.num_computed else self.cached_tokens(seq)
         tokens = ahead_tokens + max(1, seq.remaining_prefill - cached)
         t = self.cost.prefill_time(tokens, max(1, self.budget - self.decode_seqs), self.decode_seqs, self.decode_ctx)
         return t / self.prefill_share

@@ -13,6 +13,7 @@ from kairos.engine.block_table import BlockTableRows
 from kairos.engine.decode_graphs import Capture, DecodeGraphs
 from kairos.engine.h2d import h2d
 from kairos.engine.kv_cache import NULL_BLOCK
+from kairos.engine.sampler import PromptLogprobs, prompt_logprobs
 from kairos.engine.scheduler import ScheduledSeq
 from kairos.kernels import triton_attention
 from kairos.kernels.cpu import decode_attention_supported
@@ -94,23 +95,33 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: list[ScheduledSeq], prev_tokens: torch.Tensor | None = None,
-                prev_rows: dict[int, int] | None = None) -> torch.Tensor:
-        """Run one step; returns float32 logits ``[S, vocab]`` for the entries that sample, in order.
-        An input token that is a ``PLACEHOLDER`` (its step still in flight) is read on the device
-        from ``prev_tokens`` ``[R]``, that step's sampled ids, at row ``prev_rows[seq_id]``."""
-        ids, pos, meta, logits_idx, fill = self._prepare(batch, prev_rows)
+                prev_rows: dict[int, int] | None = None) -> tuple[torch.Tensor, PromptLogprobs | None]:
+        """Run one step; returns float32 logits ``[S, vocab]`` for the entries that sample, in order,
+        and the logprobs of the prompt tokens the step's chunks predict for sequences that asked
+        (``prompt_logprobs``; None when none did). An input token that is a ``PLACEHOLDER`` (its
+        step still in flight) is read on the device from ``prev_tokens`` ``[R]``, that step's
+        sampled ids, at row ``prev_rows[seq_id]``."""
+        ids, pos, meta, logits_idx, fill, asked = self._prepare(batch, prev_rows)
         if fill:
             at, rows = zip(*fill)
             ids.index_copy_(0, h2d(list(at), self.device, torch.long),
                             prev_tokens.index_select(0, h2d(list(rows), self.device, torch.long)))
-        if self.graphs is not None and logits_idx is None and not meta.prefills:  # a decode-only step
+        if self.graphs is not None and logits_idx is None and not meta.prefills and not asked:  # decode only
             logits = self.graphs.run(ids, pos, meta)
             if logits is not None:
-                return logits
+                return logits, None
         hidden = self.model(ids, pos, self.kv_caches, meta)
+        prompt = None
+        if asked:
+            rows = [q for _, q, lo, hi in asked for q in range(q, q + hi - lo)]
+            targets = [t for s, _, lo, hi in asked for t in s.seq.token_ids[lo + 1 : hi + 1]]
+            k = max(s.seq.params.prompt_logprobs for s, *_ in asked)
+            prompt = prompt_logprobs(self.model.compute_logits, hidden.index_select(0, h2d(rows, self.device, torch.long)),
+                                     h2d(targets, self.device, torch.long), k)
+            prompt.spans = [(s.seq, lo, hi) for s, _, lo, hi in asked]
         if logits_idx is not None:
             hidden = hidden[logits_idx]
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden), prompt
 
     @torch.inference_mode()
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
@@ -132,6 +143,8 @@ class ModelRunner:
         prefills: list[PrefillChunk] = []
         decode_seq_ids: list[int] = []
         fill: list[tuple[int, int]] = []  # (input index, row of prev_tokens): placeholders
+        # prompt_logprobs: (entry, input index of position lo, lo, hi): positions lo..hi-1 predict tokens lo+1..hi
+        asked: list[tuple[ScheduledSeq, int, int, int]] = []
         dev = self.device
         for s in batch:
             seq, n, table = s.seq, s.num_new_tokens, s.block_table
@@ -140,6 +153,10 @@ class ModelRunner:
             if seq.num_pending and start + n > seq.num_known:
                 # (only the last token can be one: the step that samples it is the one in flight)
                 fill.append((q0 + n - 1, prev_rows[seq.seq_id]))
+            if seq.prompt_logprobs is not None:  # (a recompute after preemption skips those found)
+                lo, hi = max(start, seq.num_prompt_logprobs), min(start + n, seq.num_prompt_tokens - 1)
+                if lo < hi:
+                    asked.append((s, q0 + lo - start, lo, hi))
             if n == 1:  # decode (most rows of most steps): no ranges, no generators
                 ids.append(seq.token_ids[start])
                 positions.append(start)
@@ -180,4 +197,4 @@ class ModelRunner:
                 meta.decode_mask = h2d(valid[:, None, None, :], dev)
         all_rows = len(logits_idx) == len(ids)  # pure decode: every row samples, in order
         return (h2d(ids, dev, torch.long), h2d(positions, dev, torch.long), meta,
-                None if all_rows else h2d(logits_idx, dev, torch.long), fill)
+                None if all_rows else h2d(logits_idx, dev, torch.long), fill, asked)

@@ -12,8 +12,8 @@ token ids (then the logprobs, already computed, in the same wait).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,34 @@ class DeviceSample:
     top_v: torch.Tensor | None  # [len(logprob_rows), k] float32, k = the largest top-N asked
     top_i: torch.Tensor | None  # [len(logprob_rows), k] long
     host: HostCopy | None = None  # the above on their way to the host (set by Sampler.sample)
+
+
+@dataclass
+class PromptLogprobs:
+    """Logprobs of prompt tokens found by a step (:func:`prompt_logprobs`), on their way to the host."""
+
+    host: HostCopy  # [E] logprob of each token, [E] its rank, then [E, k] top logprobs and [E, k] top ids (k > 0)
+    spans: list = field(default_factory=list)  # (sequence, lo, hi): its positions lo..hi-1, rows in order
+
+    def rows(self) -> list[tuple[float, int, list[tuple[int, float]]]]:
+        """Per position: (the next token's logprob, its rank, [(token id, logprob)] top-k)."""
+        chosen, rank, *top = (t.tolist() for t in self.host.wait())
+        tops = [list(zip(i, v)) for v, i in zip(*top)] if top else [[] for _ in chosen]
+        return list(zip(chosen, rank, tops))
+
+
+def prompt_logprobs(compute_logits: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
+                    targets: torch.Tensor, k: int, rows_at_once: int = 256) -> PromptLogprobs:
+    """For each row of ``hidden`` ``[E, H]`` (a prompt position), the raw logprob of ``targets[e]``
+    (the prompt's next token), its rank and the top ``k``; ``rows_at_once`` bounds the ``[rows, V]``
+    float32 logits held at once (a 2k-token chunk of a 152k vocabulary would be 1.2 GB)."""
+    parts: list[list[torch.Tensor]] = []
+    for a in range(0, hidden.shape[0], rows_at_once):
+        lp = compute_logits(hidden[a : a + rows_at_once]).log_softmax(dim=-1)  # [r, V]
+        chosen = lp.gather(1, targets[a : a + rows_at_once, None])  # [r, 1]
+        rank = (lp > chosen).sum(dim=-1) + 1  # (1 + the tokens likelier than it)
+        parts.append([chosen.squeeze(1), rank, *(lp.topk(k, dim=-1) if k else ())])
+    return PromptLogprobs(d2h([torch.cat(col) for col in zip(*parts)]))
 
 
 class Sampler:

@@ -66,6 +66,9 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # also return the top-N logprobs of each sampled token
+    # vLLM's: the logprob (and rank, and top-N) of each prompt token after the first; the prompt
+    # is then computed whole, not read from the prefix cache (the cache keeps no logits)
+    prompt_logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     # OpenAI's logit_bias: (token id, value added to its logit before sampling), sorted by id
@@ -98,6 +101,8 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
             bad("frequency_penalty", "must be in [-2, 2]")
         if self.logprobs is not None and not 0 <= self.logprobs <= _MAX_LOGPROBS:
             bad("logprobs", f"must be in [0, {_MAX_LOGPROBS}]")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= _MAX_LOGPROBS:
+            bad("prompt_logprobs", f"must be in [0, {_MAX_LOGPROBS}]")
         if isinstance(self.stop, str):  # a single stop string, as OpenAI allows
             msgspec.structs.force_setattr(self, "stop", (self.stop,))
         if any(not s for s in self.stop):

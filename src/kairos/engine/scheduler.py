@@ -168,7 +168,7 @@ class Scheduler:
     def _admit(self, seq: Sequence, out: SchedulerOutput, keys, ctx: SchedContext) -> bool:
         """Try to start a waiting sequence this step."""
         fresh = seq.seq_id not in self.kv.block_tables
-        if fresh:  # start from its longest cached prefix
+        if fresh and not seq.wants_prompt_logprobs:  # start from its longest cached prefix
             seq.num_computed = self.kv.match(seq.seq_id, seq.token_ids)
         n = min(seq.num_tokens - seq.num_computed, out.budget)
         reserve = seq.pending_forks if seq.num_computed + n == seq.num_tokens else 0

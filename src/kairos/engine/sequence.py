@@ -58,6 +58,9 @@ class Sequence:
         self.generator: torch.Generator | None = None  # on the sampling device, made at the first draw
         self.matcher = None  # structured output: llguidance's parse state of the output so far
         self._prompt_set: np.ndarray | None = None  # the prompt's distinct ids (the repetition penalty's)
+        # prompt_logprobs: those found so far (prompt tokens 1..), until the first output token takes them
+        self.prompt_logprobs: list | None = [] if params.prompt_logprobs is not None else None
+        self.num_prompt_logprobs = 0  # prompt positions whose logprobs were computed (a recompute skips them)
 
     @property
     def num_tokens(self) -> int:
@@ -82,6 +85,11 @@ class Sequence:
     def all_sampled(self) -> bool:
         """Whether its ``max_tokens`` tokens have all been sampled (the last perhaps still on the device)."""
         return len(self.token_ids) - self.num_prompt_tokens >= self.params.max_tokens
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Whether prompt positions are left whose logprobs it still needs (position p: token p + 1)."""
+        return self.prompt_logprobs is not None and self.num_prompt_logprobs < self.num_prompt_tokens - 1
 
     def prompt_set(self) -> np.ndarray:
         """The prompt's distinct token ids, int64, made once (the sampler's repetition penalty reads
@@ -139,6 +147,7 @@ class Sequence:
         child.status = self.status
         child.matcher = self.matcher.deep_copy() if self.matcher is not None else None
         child._prompt_set = self._prompt_set
+        child.prompt_logprobs = None  # (the request's are the parent's)
         return child
 
     def __repr__(self) -> str:

@@ -38,6 +38,7 @@ from kairos.server.serving import (
     header,
     merge,
     new_id,
+    vllm_prompt_logprobs,
 )
 
 
@@ -227,11 +228,16 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             pass
         choices = []
         for i, tr in enumerate(tracked):
+            prompt_lps = tr.output.prompt_logprobs
             for o in tr.output.outputs:
-                choices.append({"index": i * n + o.index, "text": echo[i] + o.text,
-                                "logprobs": completion_logprobs(o, 0, len(echo[i])), "finish_reason": o.finish_reason,
-                                "stop_reason": o.stop_reason})
-        return {**header("text_completion", rid, model_name), "choices": choices, "usage": total_usage(tracked)}
+                choice = {"index": i * n + o.index, "text": echo[i] + ("" if req.echo_only else o.text),
+                          "logprobs": completion_logprobs(o, 0, prompt_lps if req.echo else None, not req.echo_only),
+                          "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
+                if req.prompt_logprobs is not None:
+                    choice["prompt_logprobs"] = vllm_prompt_logprobs(prompt_lps)
+                choices.append(choice)
+        return {**header("text_completion", rid, model_name), "choices": choices,
+                "usage": total_usage(tracked, not req.echo_only)}
 
     @app.post("/v1/chat/completions")
     @cancel_on_disconnect
@@ -258,7 +264,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         choices = [{"index": o.index, "message": msg, "logprobs": chat_logprobs(o), "finish_reason": why,
                     "stop_reason": o.stop_reason}
                    for o in final.outputs for msg, why in [tool_calls.message(tp, o.text, o.finish_reason)]]
-        return {**header("chat.completion", rid, model_name), "choices": choices, "usage": total_usage(tracked)}
+        extra = {"prompt_logprobs": vllm_prompt_logprobs(final.prompt_logprobs)} if req.prompt_logprobs is not None else {}
+        return {**header("chat.completion", rid, model_name), "choices": choices, "usage": total_usage(tracked), **extra}
 
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):

@@ -130,6 +130,7 @@ class _SamplingFields(BaseModel):
     stop_token_ids: list[Int64] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    prompt_logprobs: Int64 | None = None
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputsBody | None = None  # vLLM
     guided_json: dict[str, Any] | bool | str | None = None  # vLLM's older names
@@ -173,7 +174,8 @@ class _SamplingFields(BaseModel):
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
 
-    def _sampling(self, max_tokens: int, logprobs: int | None, structured) -> SamplingParams:
+    def _sampling(self, max_tokens: int, logprobs: int | None, structured, prompt_logprobs: int | None = None
+                  ) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if structured is ...:
             given = self.structured_output()
@@ -189,6 +191,7 @@ class _SamplingFields(BaseModel):
             logprobs=logprobs, include_stop_str_in_output=self.include_stop_str_in_output,
             skip_special_tokens=self.skip_special_tokens, logit_bias=self.logit_bias or {},
             min_tokens=self.min_tokens, structured=structured,
+            prompt_logprobs=self.prompt_logprobs if self.prompt_logprobs is not None else prompt_logprobs,
         )
 
 
@@ -197,10 +200,17 @@ class CompletionRequest(_SamplingFields):
     logprobs: Int64 | None = None
     echo: bool = False
 
+    @property
+    def echo_only(self) -> bool:
+        """``echo`` with ``max_tokens`` 0, as vLLM's: the prompt back (with its logprobs), nothing generated."""
+        return self.echo and self.max_tokens == 0
+
     def sampling_params(self, default_max_tokens: int, structured: StructuredOutput | None | EllipsisType = ...
                         ) -> SamplingParams:
-        """``structured``: the constraint as the API prepared it (default: built from the request)."""
-        return self._sampling(self.max_tokens if self.max_tokens is not None else 16, self.logprobs, structured)
+        """``structured``: the constraint as the API prepared it (default: built from the request).
+        With ``echo``, ``logprobs`` covers the prompt's tokens too (``prompt_logprobs``)."""
+        max_tokens = 1 if self.echo_only else self.max_tokens if self.max_tokens is not None else 16
+        return self._sampling(max_tokens, self.logprobs, structured, self.logprobs if self.echo else None)
 
 
 class ChatMessage(BaseModel):

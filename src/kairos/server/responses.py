@@ -15,16 +15,18 @@ from kairos.server.serving import (
     merge,
     sse,
     usage,
+    vllm_prompt_logprobs,
 )
 
 logger = logging.getLogger(__name__)
 
 
-def total_usage(tracked) -> dict:
-    """OpenAI usage summed over the prompts, plus ``kairos``: timings and SLO verdicts per prompt."""
+def total_usage(tracked, generated: bool = True) -> dict:
+    """OpenAI usage summed over the prompts, plus ``kairos``: timings and SLO verdicts per prompt;
+    ``generated``: False when no output is returned (echo with ``max_tokens`` 0)."""
     tot = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for tr in tracked:
-        for k, v in usage(len(tr.output.prompt_token_ids), tr.output.outputs).items():
+        for k, v in usage(len(tr.output.prompt_token_ids), tr.output.outputs if generated else []).items():
             tot[k] += v
     reports = [tr.slo_report() for tr in tracked]
     tot["kairos"] = reports[0] if len(reports) == 1 else reports
@@ -33,13 +35,17 @@ def total_usage(tracked) -> dict:
 
 def stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bool,
             echo: list[str] | None = None, tools: tool_calls.ToolPlan | None = None) -> StreamingResponse:
+    """``echo``: per prompt, its text, sent ahead of each choice's first chunk (with its tokens'
+    logprobs when asked); vLLM's ``prompt_logprobs`` go with a choice's (chat: the stream's) first chunk."""
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    echo_only = not chat and req.echo_only
 
     async def body():
         head = header(kind, rid, model)  # (one ``created`` for every chunk, as OpenAI's)
         sent_role: set[int] = set()
-        echoed: set[int] = set()
+        begun: set[int] = set()  # choices whose first chunk is out
         sent_lp: dict[int, int] = {}
+        offsets: dict[int, int] = {}  # (completions) the text offset of a choice's next token
         calls: dict[int, tool_calls.ToolStream] = {}
         chunks = merge(runs)
         try:
@@ -51,6 +57,11 @@ def stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bo
                 start = sent_lp.get(idx, 0)
                 sent_lp[idx] = len(o.logprobs) if o.logprobs is not None else 0
                 why = o.finish_reason
+                first = idx not in begun
+                chunk = {}  # (chat: the prompt's logprobs go with the stream's first chunk)
+                if chat and req.prompt_logprobs is not None and not begun:
+                    chunk["prompt_logprobs"] = vllm_prompt_logprobs(tr.output.prompt_logprobs)
+                begun.add(idx)
                 if chat:
                     if tools is not None:
                         delta, why = calls.setdefault(idx, tool_calls.ToolStream(tools)).delta(o.delta, o.text, why)
@@ -63,16 +74,20 @@ def stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bo
                         sent_role.add(idx)
                     choice = {"index": idx, "delta": delta, "logprobs": chat_logprobs(o, start)}
                 else:
-                    text = o.delta
-                    if echo is not None and idx not in echoed:  # (the prompt goes out with a choice's first chunk)
-                        text = echo[i] + text
-                        echoed.add(idx)
-                    choice = {"index": idx, "text": text,
-                              "logprobs": completion_logprobs(o, start, len(echo[i]) if echo is not None else 0)}
+                    text = "" if echo_only else o.delta
+                    prompt = None
+                    if echo is not None and first:  # (the prompt goes out with a choice's first chunk)
+                        text, prompt = echo[i] + text, tr.output.prompt_logprobs
+                    lp = completion_logprobs(o, start, prompt, not echo_only, offsets.get(idx, 0))
+                    if lp is not None and lp["tokens"]:
+                        offsets[idx] = lp["text_offset"][-1] + len(lp["tokens"][-1])
+                    choice = {"index": idx, "text": text, "logprobs": lp}
+                    if first and req.prompt_logprobs is not None:
+                        choice["prompt_logprobs"] = vllm_prompt_logprobs(tr.output.prompt_logprobs)
                 choice["finish_reason"] = why
                 if o.finish_reason:
                     choice["stop_reason"] = o.stop_reason
-                yield sse({**head, "choices": [choice]})
+                yield sse({**head, **chunk, "choices": [choice]})
         except APIError as e:
             yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
             return
@@ -84,7 +99,7 @@ def stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bo
         finally:  # (closed here, not by the collector: each request's end, and its slot, now)
             await chunks.aclose()
         if include_usage:
-            yield sse({**head, "choices": [], "usage": total_usage(tracked)})
+            yield sse({**head, "choices": [], "usage": total_usage(tracked, not echo_only)})
         yield sse("[DONE]")
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

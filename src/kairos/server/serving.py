@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from kairos.engine.output_processor import CompletionOutput, OutputProcessor, RequestOutput
+from kairos.engine.output_processor import CompletionOutput, Logprob, OutputProcessor, RequestOutput
 from kairos.engine.outputs import EngineRequest
 from kairos.engine.sampling_params import SamplingParams
 from kairos.engine.slo import SLO, report
@@ -217,21 +217,47 @@ def usage(prompt_tokens: int, outputs: list[CompletionOutput]) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
 
 
-def completion_logprobs(out: CompletionOutput, start: int = 0, offset: int = 0) -> dict | None:
-    """The legacy logprobs of tokens ``start:``; ``offset``: the characters ahead of the output (echo)."""
+def completion_logprobs(out: CompletionOutput, start: int = 0, prompt: list[Logprob] | None = None,
+                        generated: bool = True, at: int | None = None) -> dict | None:
+    """The legacy logprobs of output tokens ``start:``; ``prompt``: the prompt's (echo), ahead of
+    them when ``start`` is 0; ``generated``: False to leave the output's out (echo with
+    ``max_tokens`` 0); ``at``: the text offset of the first token given (a stream keeps it: summing
+    the tokens before it each chunk would cost a stream time quadratic in its length)."""
     if out.logprobs is None:
         return None
-    lps = out.logprobs[start:]
-    offsets, at = [], offset + sum(len(lp.token) for lp in out.logprobs[:start])
+    if start:
+        lps = out.logprobs[start:]
+    else:
+        lps = (prompt or []) + out.logprobs if generated else (prompt or [])
+    if at is None:
+        at = sum(len(lp.token) for lp in (prompt or [])) * bool(start) + sum(len(lp.token) for lp in out.logprobs[:start])
+    offsets = []
     for lp in lps:  # (each token's place in the text is the sum of its predecessors' lengths, as vLLM's)
         offsets.append(at)
         at += len(lp.token)
     return {
         "tokens": [lp.token for lp in lps],
         "token_logprobs": [lp.logprob for lp in lps],
-        "top_logprobs": [_top_by_text(lp.top) for lp in lps],
+        "top_logprobs": [None if lp.logprob is None else _top_by_text(lp.top) for lp in lps],
         "text_offset": offsets,
     }
+
+
+def vllm_prompt_logprobs(prompt: list[Logprob] | None) -> list[dict | None] | None:
+    """vLLM's ``prompt_logprobs``: per prompt token, None for the first, else {token id: {logprob,
+    rank, decoded_token}} of the token itself, then of the top-N."""
+    if prompt is None:
+        return None
+    out: list[dict | None] = []
+    for lp in prompt:
+        if lp.logprob is None:
+            out.append(None)
+            continue
+        entry = {str(lp.token_id): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.token}}
+        for rank, (t, text, v, _) in enumerate(lp.top, 1):
+            entry.setdefault(str(t), {"logprob": v, "rank": rank, "decoded_token": text})
+        out.append(entry)
+    return out
 
 
 def _top_by_text(top: list) -> dict[str, float]:
