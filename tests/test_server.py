@@ -485,6 +485,21 @@ def test_echo_with_max_tokens_0_gives_the_prompt_and_its_logprobs_only(server):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
 
 
+def test_continuous_usage_stats_give_the_usage_so_far_in_every_chunk(server):
+    body = {"model": MODEL, "prompt": ["Count to 3:", "Name a color:"], "max_tokens": 5, "temperature": 0,
+            "ignore_eos": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    chunks = sse_choices(server.url + "/v1/completions", body)
+    *steps, last = chunks
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 10
+    prompt = last["usage"]["prompt_tokens"]
+    done = [c["usage"]["completion_tokens"] for c in steps]
+    assert all(c["usage"]["prompt_tokens"] == prompt and c["usage"]["total_tokens"] == prompt + d
+               for c, d in zip(steps, done))
+    assert done == sorted(done) and done[-1] == 10 and len(steps) == 10
+    assert all("usage" not in c for c in sse_choices(server.url + "/v1/completions",
+                                                     {**body, "stream_options": {"include_usage": True}})[:-1])
+
+
 def test_chat_prompt_logprobs(server):
     body = {"model": MODEL, "messages": ASK, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 0}
     r = httpx.post(server.url + "/v1/chat/completions", json=body).json()

@@ -32,6 +32,7 @@ class ErrorResponse(BaseModel):
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM: with include_usage, the usage so far in every chunk
 
 
 class SLOBody(BaseModel):

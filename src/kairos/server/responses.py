@@ -38,6 +38,7 @@ def stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bo
     """``echo``: per prompt, its text, sent ahead of each choice's first chunk (with its tokens'
     logprobs when asked); vLLM's ``prompt_logprobs`` go with a choice's (chat: the stream's) first chunk."""
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    continuous = include_usage and req.stream_options.continuous_usage_stats
     echo_only = not chat and req.echo_only
 
     async def body():
@@ -87,6 +88,8 @@ def stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bo
                 choice["finish_reason"] = why
                 if o.finish_reason:
                     choice["stop_reason"] = o.stop_reason
+                if continuous:  # (the request's so far: every prompt's tokens, the outputs' until now)
+                    chunk["usage"] = {k: v for k, v in total_usage(tracked, not echo_only).items() if k != "kairos"}
                 yield sse({**head, **chunk, "choices": [choice]})
         except APIError as e:
             yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
