@@ -25,6 +25,9 @@ def llm(tiny_llama):
     ({"min_p": 1.5}, "min_p"),
     ({"n": 0}, "n"),
     ({"repetition_penalty": 0.0}, "repetition_penalty"),
+    ({"repetition_penalty": 1e-320}, "repetition_penalty"),  # (0 in float32: logits / 0)
+    ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+    ({"prompt_logprobs": 21}, "prompt_logprobs"),
     ({"presence_penalty": 3.0}, "presence_penalty"),
     ({"logprobs": 21}, "logprobs"),
     ({"stop": ("",)}, "stop"),

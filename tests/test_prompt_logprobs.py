@@ -19,7 +19,7 @@ def reference(model, prompt: list[int], k: int) -> list[tuple[int, float, int, l
     out = []
     for p in range(len(prompt) - 1):
         t = prompt[p + 1]
-        out.append((t, lp[p, t].item(), int((lp[p] > lp[p, t]).sum()) + 1, lp[p].topk(k).indices.tolist() if k else []))
+        out.append((t, lp[p, t].item(), int((lp[p] >= lp[p, t]).sum()), lp[p].topk(k).indices.tolist() if k else []))
     return out
 
 
@@ -114,3 +114,18 @@ def _as_logprob(token_id: int, p):
     if p is None:
         return Logprob(token_id, "", None, [], [])
     return Logprob(token_id, "", p.logprob, [(t, "", v, []) for t, v in p.top], [], p.rank)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_a_prompt_of_the_whole_context_is_scored_by_one_token_past_it(tiny_llama, async_scheduling):
+    """The last token sampled is never fed: a prompt of max_model_len may sample one (to score it),
+    not two."""
+    model, path = tiny_llama
+    llm = LLM(str(path), device="cpu", async_scheduling=async_scheduling, block_size=4, max_model_len=24)
+    prompt = prompts_of([24])[0]
+    out = llm.generate([prompt], SamplingParams(max_tokens=1, prompt_logprobs=1, **GREEDY))[0]
+    check(model, prompt, out.prompt_logprobs, 1)
+    assert (len(out.outputs[0].token_ids), out.outputs[0].finish_reason) == (1, "length")
+    with pytest.raises(ValueError, match="maximum context length is 24 tokens, but 26 were requested"):
+        llm.generate([prompt], SamplingParams(max_tokens=2, **GREEDY))
+    assert_pool_whole(llm.engine)

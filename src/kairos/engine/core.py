@@ -121,7 +121,9 @@ class EngineCore:
             raise ValueError(f"prompt token ids must be in [0, {self.arch.vocab_size})")
         if p.logit_bias and p.logit_bias[-1][0] >= self.arch.vocab_size:
             raise ValueError(f"logit_bias keys must be token ids in [0, {self.arch.vocab_size})")
-        if len(prompt) + p.max_tokens > self.max_model_len:
+        # (the last token sampled is never fed, so one alone needs no room: a prompt of max_model_len
+        # may still be scored, with prompt_logprobs, by sampling one token)
+        if len(prompt) + p.max_tokens > self.max_model_len + (p.max_tokens == 1):
             raise ValueError(
                 f"this model's maximum context length is {self.max_model_len} tokens, but "
                 f"{len(prompt) + p.max_tokens} were requested ({len(prompt)} in the prompt, "

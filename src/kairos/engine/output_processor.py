@@ -27,7 +27,7 @@ class Logprob:
     logprob: float | None  # (None: a prompt's first token, which nothing predicts)
     top: list[tuple[int, str, float, list[int]]]  # (token id, token text, logprob, token bytes), best first
     token_bytes: list[int]  # the token's own bytes (its text alone is U+FFFD when it holds part of a character)
-    rank: int | None = None  # (prompt logprobs) 1 + the number of tokens likelier than it
+    rank: int | None = None  # (prompt logprobs) the number of tokens at least as likely, itself included
 
 
 @dataclass

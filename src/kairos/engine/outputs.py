@@ -27,7 +27,7 @@ class PromptLogprob(msgspec.Struct, frozen=True, array_like=True):
 
     token_id: int
     logprob: float
-    rank: int  # 1 + the number of tokens likelier than it
+    rank: int  # the number of tokens at least as likely, itself included (as vLLM's)
     top: list[tuple[int, float]]  # (token id, logprob), best first
 
 

@@ -76,13 +76,13 @@ class PromptLogprobs:
 def prompt_logprobs(compute_logits: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
                     targets: torch.Tensor, k: int, rows_at_once: int = 256) -> PromptLogprobs:
     """For each row of ``hidden`` ``[E, H]`` (a prompt position), the raw logprob of ``targets[e]``
-    (the prompt's next token), its rank and the top ``k``; ``rows_at_once`` bounds the ``[rows, V]``
+    (the prompt's next token), its rank (the tokens at least as likely, itself included) and the top ``k``; ``rows_at_once`` bounds the ``[rows, V]``
     float32 logits held at once (a 2k-token chunk of a 152k vocabulary would be 1.2 GB)."""
     parts: list[list[torch.Tensor]] = []
     for a in range(0, hidden.shape[0], rows_at_once):
         lp = compute_logits(hidden[a : a + rows_at_once]).log_softmax(dim=-1)  # [r, V]
         chosen = lp.gather(1, targets[a : a + rows_at_once, None])  # [r, 1]
-        rank = (lp > chosen).sum(dim=-1) + 1  # (1 + the tokens likelier than it)
+        rank = (lp >= chosen).sum(dim=-1)  # (as vLLM's: a tie ranks below, so a bfloat16 model's ties count)
         parts.append([chosen.squeeze(1), rank, *(lp.topk(k, dim=-1) if k else ())])
     return PromptLogprobs(d2h([torch.cat(col) for col in zip(*parts)]))
 
@@ -241,10 +241,11 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
         vals, penalty = logits[at], knobs[seen_t[0], 0]
         logits.index_put_(at, torch.where(vals > 0, vals / penalty, vals * penalty))
     if n_counted:
-        # (index_put_ accumulating ones, exact in any order; not bincount: CUDA's reads the ids'
-        # range back to size its output)
-        counts = torch.zeros((len(pen), vocab), dtype=logits.dtype, device=dev).index_put_(
-            (counted_t[0], counted_t[1]), torch.ones(n_counted, dtype=logits.dtype, device=dev), accumulate=True)
+        # (index_add_ of ones, exact in any order; not bincount, nor index_put_ accumulating: on
+        # CUDA the first reads the ids' range back to size its output, the second has in older torch)
+        counts = torch.zeros((len(pen), vocab), dtype=logits.dtype, device=dev)
+        counts.view(-1).index_add_(0, counted_t[0] * vocab + counted_t[1],
+                                   torch.ones(n_counted, dtype=logits.dtype, device=dev))
         c = counts[counted_t[0], counted_t[1]]
         at = (rows_t[counted_t[0]], counted_t[1])
         presence, frequency = knobs[counted_t[0], 1], knobs[counted_t[0], 2]

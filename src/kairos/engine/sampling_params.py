@@ -11,6 +11,8 @@ _MAX_LOGPROBS = 20
 _MAX_BIAS = 100.0  # OpenAI's logit_bias range
 _MAX_SPEC_CHARS = 256 << 10  # a structured output's schema, regex, grammar or choices (compiling is not free)
 _GREEDY_BELOW = 1e-5  # a temperature under this samples greedily
+# a repetition penalty divides or multiplies float32 logits: past these it is 0 or inf there (NaNs)
+_PENALTY_RANGE = (1e-30, 1e30)
 
 
 class StructuredOutput(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -95,6 +97,8 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
             bad("min_p", "must be in [0, 1]")
         if not self.repetition_penalty > 0.0:
             bad("repetition_penalty", "must be > 0")
+        if not _PENALTY_RANGE[0] <= self.repetition_penalty <= _PENALTY_RANGE[1]:
+            bad("repetition_penalty", f"must be in [{_PENALTY_RANGE[0]:g}, {_PENALTY_RANGE[1]:g}]")
         if not -2.0 <= self.presence_penalty <= 2.0:
             bad("presence_penalty", "must be in [-2, 2]")
         if not -2.0 <= self.frequency_penalty <= 2.0:

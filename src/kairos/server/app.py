@@ -155,10 +155,11 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         if params.logit_bias and params.logit_bias[-1][0] >= vocab:  # (sorted, non-negative: SamplingParams)
             raise APIError(400, f"logit_bias keys must be token ids in [0, {vocab})", param="logit_bias")
         limit = client.ready.max_model_len
-        if prompt_len + params.max_tokens > limit:
+        asked = 0 if getattr(req, "echo_only", False) else params.max_tokens  # (echo_only: one token, never shown)
+        if prompt_len + asked > limit:
             raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you requested "
-                                f"{prompt_len + params.max_tokens} tokens ({prompt_len} in the prompt, "
-                                f"{params.max_tokens} in the completion). Please reduce the length.",
+                                f"{prompt_len + asked} tokens ({prompt_len} in the prompt, "
+                                f"{asked} in the completion). Please reduce the length.",
                            param="max_tokens", code="context_length_exceeded")
         return params
 

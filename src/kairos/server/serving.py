@@ -245,7 +245,8 @@ def completion_logprobs(out: CompletionOutput, start: int = 0, prompt: list[Logp
 
 def vllm_prompt_logprobs(prompt: list[Logprob] | None) -> list[dict | None] | None:
     """vLLM's ``prompt_logprobs``: per prompt token, None for the first, else {token id: {logprob,
-    rank, decoded_token}} of the token itself, then of the top-N."""
+    rank, decoded_token}} of the token itself, then of the top-N (whose rank is their place: one
+    of them that is the token itself says so, as vLLM's)."""
     if prompt is None:
         return None
     out: list[dict | None] = []
@@ -255,7 +256,7 @@ def vllm_prompt_logprobs(prompt: list[Logprob] | None) -> list[dict | None] | No
             continue
         entry = {str(lp.token_id): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.token}}
         for rank, (t, text, v, _) in enumerate(lp.top, 1):
-            entry.setdefault(str(t), {"logprob": v, "rank": rank, "decoded_token": text})
+            entry[str(t)] = {"logprob": v, "rank": rank, "decoded_token": text}
         out.append(entry)
     return out
 
