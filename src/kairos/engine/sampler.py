@@ -76,8 +76,9 @@ class PromptLogprobs:
 def prompt_logprobs(compute_logits: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
                     targets: torch.Tensor, k: int, rows_at_once: int = 256) -> PromptLogprobs:
     """For each row of ``hidden`` ``[E, H]`` (a prompt position), the raw logprob of ``targets[e]``
-    (the prompt's next token), its rank (the tokens at least as likely, itself included) and the top ``k``; ``rows_at_once`` bounds the ``[rows, V]``
-    float32 logits held at once (a 2k-token chunk of a 152k vocabulary would be 1.2 GB)."""
+    (the prompt's next token), its rank (the tokens at least as likely, itself included) and the
+    top ``k``; ``rows_at_once`` bounds the ``[rows, V]`` float32 logits held at once (a 2k-token
+    chunk of a 152k vocabulary would be 1.2 GB)."""
     parts: list[list[torch.Tensor]] = []
     for a in range(0, hidden.shape[0], rows_at_once):
         lp = compute_logits(hidden[a : a + rows_at_once]).log_softmax(dim=-1)  # [r, V]
@@ -241,8 +242,8 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
         vals, penalty = logits[at], knobs[seen_t[0], 0]
         logits.index_put_(at, torch.where(vals > 0, vals / penalty, vals * penalty))
     if n_counted:
-        # (index_add_ of ones, exact in any order; not bincount, nor index_put_ accumulating: on
-        # CUDA the first reads the ids' range back to size its output, the second has in older torch)
+        # (index_add_ of ones: exact in any order, no host sync on CUDA; bincount reads the ids'
+        # range back to size its output, and index_put_ accumulating did in older torch)
         counts = torch.zeros((len(pen), vocab), dtype=logits.dtype, device=dev)
         counts.view(-1).index_add_(0, counted_t[0] * vocab + counted_t[1],
                                    torch.ones(n_counted, dtype=logits.dtype, device=dev))

@@ -81,9 +81,10 @@ class StructuredOutputs:
 
     :meth:`check` checks a grammar at once (without the tokenizer: fast), :meth:`start` compiles
     it for the tokenizer on a :class:`Compiler` thread, so the engine goes on stepping meanwhile
-    (the request waits, as vLLM's do for their grammar), and :meth:`take` hands out the matcher. The last
-    64 grammars stay compiled, or fewer when their specs pass 4 Mi characters. The tokenizer is loaded by the first compile (``load_tokenizer``),
-    so an engine that never sees a constrained request pays nothing for it."""
+    (the request waits, as vLLM's do for their grammar), and :meth:`take` hands out the matcher.
+    The last 64 grammars stay compiled, or fewer when their specs pass 4 Mi characters. The
+    tokenizer is loaded by the first compile (``load_tokenizer``), so an engine that never sees a
+    constrained request pays nothing for it."""
 
     def __init__(self, load_tokenizer: Callable[[], Any], vocab_size: int, eos_token_ids: list[int],
                  max_cached: int = _CACHED, max_cached_chars: int = _CACHED_CHARS) -> None:

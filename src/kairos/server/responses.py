@@ -21,13 +21,19 @@ from kairos.server.serving import (
 logger = logging.getLogger(__name__)
 
 
-def total_usage(tracked, generated: bool = True) -> dict:
-    """OpenAI usage summed over the prompts, plus ``kairos``: timings and SLO verdicts per prompt;
-    ``generated``: False when no output is returned (echo with ``max_tokens`` 0)."""
+def token_counts(tracked, generated: bool = True) -> dict:
+    """OpenAI usage summed over the prompts; ``generated``: False when no output is returned (echo
+    with ``max_tokens`` 0)."""
     tot = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for tr in tracked:
         for k, v in usage(len(tr.output.prompt_token_ids), tr.output.outputs if generated else []).items():
             tot[k] += v
+    return tot
+
+
+def total_usage(tracked, generated: bool = True) -> dict:
+    """:func:`token_counts`, plus ``kairos``: timings and SLO verdicts per prompt."""
+    tot = token_counts(tracked, generated)
     reports = [tr.slo_report() for tr in tracked]
     tot["kairos"] = reports[0] if len(reports) == 1 else reports
     return tot
@@ -59,10 +65,6 @@ def stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bo
                 sent_lp[idx] = len(o.logprobs) if o.logprobs is not None else 0
                 why = o.finish_reason
                 first = idx not in begun
-                chunk = {}  # (chat: the prompt's logprobs go with the stream's first chunk)
-                if chat and req.prompt_logprobs is not None and not begun:
-                    chunk["prompt_logprobs"] = vllm_prompt_logprobs(tr.output.prompt_logprobs)
-                begun.add(idx)
                 if chat:
                     if tools is not None:
                         delta, why = calls.setdefault(idx, tool_calls.ToolStream(tools)).delta(o.delta, o.text, why)
@@ -88,8 +90,12 @@ def stream(rid: str, kind: str, model: str, runs, tracked, n: int, req, chat: bo
                 choice["finish_reason"] = why
                 if o.finish_reason:
                     choice["stop_reason"] = o.stop_reason
+                chunk = {}
+                if chat and req.prompt_logprobs is not None and not begun:  # (with the stream's first chunk)
+                    chunk["prompt_logprobs"] = vllm_prompt_logprobs(tr.output.prompt_logprobs)
                 if continuous:  # (the request's so far: every prompt's tokens, the outputs' until now)
-                    chunk["usage"] = {k: v for k, v in total_usage(tracked, not echo_only).items() if k != "kairos"}
+                    chunk["usage"] = token_counts(tracked, not echo_only)
+                begun.add(idx)
                 yield sse({**head, **chunk, "choices": [choice]})
         except APIError as e:
             yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
