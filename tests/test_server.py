@@ -382,6 +382,45 @@ def test_engine_crash_ends_streams_with_503_and_exits_nonzero():
         srv.stop()
 
 
+def test_continue_final_message_template_kwargs_and_truncation(server):
+    from kairos.loader import load_tokenizer, resolve_model_path
+
+    tok = load_tokenizer(resolve_model_path("default"))
+    partial = ASK + [{"role": "assistant", "content": "The answer is"}]
+    open_turn = tok.apply_chat_template(partial, tokenize=False, continue_final_message=True)
+    assert open_turn.endswith("The answer is")  # (no end of turn: the model goes on from there)
+    body = {"messages": partial, "add_generation_prompt": False, "continue_final_message": True,
+            "chat_template_kwargs": {"unused_by_this_template": 1}}
+    assert httpx.post(server.url + "/tokenize", json=body).json()["tokens"] == tok(open_turn, add_special_tokens=False
+                                                                                 ).input_ids
+    chat = httpx.post(server.url + "/v1/chat/completions", json={**body, "max_tokens": 4, "temperature": 0}).json()
+    ids = tok(open_turn, add_special_tokens=False).input_ids
+    done = httpx.post(server.url + "/v1/completions", json={"prompt": ids, "max_tokens": 4, "temperature": 0}).json()
+    assert chat["choices"][0]["message"]["content"] == done["choices"][0]["text"]
+    assert chat["usage"]["prompt_tokens"] == len(ids)
+    for extra, err in [
+        ({"continue_final_message": True}, {"message": "continue_final_message and add_generation_prompt cannot both "
+                                            "be true", "param": "continue_final_message"}),
+        ({"chat_template_kwargs": {"tokenize": True}}, {"message": "chat_template_kwargs must not set tokenize",
+                                                        "param": "chat_template_kwargs"}),
+    ]:
+        for path in ("/tokenize", "/v1/chat/completions"):
+            r = httpx.post(server.url + path, json={"messages": ASK, **extra})
+            assert (r.status_code, r.json()) == (400, {"error": {**err, "type": "invalid_request_error", "code": None}})
+    # truncate_prompt_tokens keeps the prompt's last N tokens (echo shows what ran)
+    prompt = tok("one two three four five six seven eight").input_ids
+    cut = httpx.post(server.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 3, "temperature": 0,
+                                                          "truncate_prompt_tokens": 4, "echo": True}).json()
+    tail = httpx.post(server.url + "/v1/completions", json={"prompt": prompt[-4:], "max_tokens": 3, "temperature": 0,
+                                                           "echo": True}).json()
+    assert cut["choices"][0]["text"] == tail["choices"][0]["text"] and cut["usage"]["prompt_tokens"] == 4
+    assert tail["choices"][0]["text"].startswith(tok.decode(prompt[-4:]))
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": ASK, "max_tokens": 2,
+                                                              "truncate_prompt_tokens": 3})
+    assert r.json()["usage"]["prompt_tokens"] == 3
+    assert httpx.post(server.url + "/v1/completions", json={"prompt": "a", "truncate_prompt_tokens": 0}).status_code == 400
+
+
 def test_tokenize_and_detokenize_as_vllm(server):
     from kairos.loader import load_tokenizer, resolve_model_path
 

@@ -16,6 +16,7 @@ import kairos
 from kairos.engine import structured
 from kairos.engine.sampling_params import SamplingParams, StructuredOutput
 from kairos.server import tools as tool_calls
+from kairos.server.chat_template import ChatRenderer, load_template
 from kairos.server.client import EngineClient
 from kairos.server.config import ServerConfig
 from kairos.server.metrics import ServerMetrics
@@ -25,7 +26,6 @@ from kairos.server.protocol import (
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
-    conversation,
     now,
     slo_from,
 )
@@ -179,19 +179,14 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, f"prompt token ids must be in [0, {client.ready.vocab_size})", param="prompt")
         return None, list(prompt)
 
-    def render(messages: list, add_generation_prompt: bool, tools: list | None = None) -> str:
-        if not getattr(tokenizer, "chat_template", None):
-            raise APIError(400, "this model has no chat template; use /v1/completions", param="messages")
-        try:
-            turns = conversation(messages)
-        except ValueError as e:
-            raise APIError(400, str(e), param="messages") from None
-        try:
-            text = tokenizer.apply_chat_template(turns, tools=tools, tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
-        except Exception as e:  # template errors are the caller's messages' fault
-            raise APIError(400, f"messages could not be rendered by the chat template: {e}", param="messages") from None
-        return unicode(text, "messages")
+    renderer = ChatRenderer(tokenizer, load_template(config.chat_template))
+
+    def render(req: ChatCompletionRequest | TokenizeRequest) -> str:
+        return unicode(renderer.render(req), "messages")
+
+    def truncated(req, ids: list[int]) -> list[int]:
+        k = req.truncate_prompt_tokens
+        return ids if k is None else ids[-k:]
 
     def request_slo(req, request: Request):
         try:
@@ -211,7 +206,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         if len(prompts) > config.max_pending:
             raise APIError(400, f"at most {config.max_pending} prompts in one request (--max-pending), got "
                                 f"{len(prompts)}", param="prompt")
-        encoded = [encode(x) for x in prompts]
+        encoded = [(t if req.truncate_prompt_tokens is None else None, truncated(req, ids))
+                   for t, ids in map(encode, prompts)]  # (a truncated prompt's text is its ids' decode)
         spec = await structured_spec(req)
         params = [sampling(req, len(ids), 16, spec) for _, ids in encoded]
         slo, priority = request_slo(req, request)
@@ -249,8 +245,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             tp = req.tool_plan(config.tool_call_parser)
         except ValueError as e:
             raise APIError(400, str(e), param=str(e).split(" ", 1)[0]) from None
-        text = render(req.messages, req.add_generation_prompt, template_tools(req.tools))
-        ids = tokenizer(text, add_special_tokens=False).input_ids
+        text = render(req)
+        ids = truncated(req, tokenizer(text, add_special_tokens=req.add_special_tokens).input_ids)
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
         params = sampling(req, len(ids), max_default, await structured_spec(req))
         slo, priority = request_slo(req, request)
@@ -275,7 +271,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, "give exactly one of prompt and messages", param="prompt")
         need_tokenizer("prompt" if req.messages is None else "messages")
         if req.messages is not None:
-            text, special = render(req.messages, req.add_generation_prompt, template_tools(req.tools)), False
+            text, special = render(req), False
         else:
             text, special = unicode(req.prompt, "prompt"), True
         ids = tokenizer(text, add_special_tokens=special if req.add_special_tokens is None else req.add_special_tokens
@@ -316,7 +312,3 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         return Response(metrics.render(client.stats), media_type="text/plain; version=0.0.4")
 
     return app
-
-
-def template_tools(tools: list | None) -> list[dict] | None:
-    return [t.model_dump(exclude_none=True) for t in tools] if tools else None

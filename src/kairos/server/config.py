@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kairos.server.tool_parsers import PARSERS
 
@@ -17,6 +18,7 @@ class ServerConfig:
     default_max_tokens: int = field(default=1024, metadata={"help": "chat max_tokens when the request sets none (capped by the context)"})
     allowed_origins: tuple[str, ...] = field(default=(), metadata={"help": "a web origin whose pages may call this server from a browser (CORS; repeatable, '*' for any): none by default, since a page on any site could otherwise read a local server's answers"})
     tool_call_parser: str | None = field(default=None, metadata={"help": "the model's tool-call format, for tool_choice \"auto\": hermes (Hermes, Qwen2.5, Qwen3) or llama3_json (Llama 3.x); without one, \"auto\" is a 400 (\"required\" and named functions need none)"})
+    chat_template: str | None = field(default=None, metadata={"help": "a Jinja chat template, or a file holding one, for a model without one or in place of its own (vLLM's --chat-template)"})
     api_key: str | None = field(default=None, repr=False, metadata={"help": "require 'Authorization: Bearer KEY' on the /v1 routes, as vLLM's (health, metrics, version, stats, tokenize stay open; default: $KAIROS_API_KEY if set, else none)"})
 
     def __post_init__(self) -> None:
@@ -29,6 +31,9 @@ class ServerConfig:
         for origin in self.allowed_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"allowed_origins: {origin!r} is not '*' or an http(s):// origin")
+        if self.chat_template is not None and not (Path(self.chat_template).expanduser().is_file()
+                                                   or "{{" in self.chat_template or "{%" in self.chat_template):
+            raise ValueError(f"chat_template: {self.chat_template!r} is neither a file nor a Jinja template")
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
                                              and self.api_key and " " not in self.api_key):
             raise ValueError("api_key must be non-empty printable ASCII without spaces (it travels in a header)")

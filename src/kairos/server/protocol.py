@@ -138,6 +138,7 @@ class _SamplingFields(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    truncate_prompt_tokens: Int64 | None = Field(default=None, ge=1)  # vLLM: keep the prompt's last N tokens
     # Kairos extensions
     slo: SLOBody | None = None
     priority: Int64 | None = None
@@ -223,12 +224,20 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None  # a tool result's
 
 
-class ChatCompletionRequest(_SamplingFields):
+class _ChatTemplateFields(BaseModel):
+    """How messages become a prompt (vLLM's fields, for chat requests and /tokenize)."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False  # the last (assistant) message is left open, to be continued
+    chat_template_kwargs: dict[str, Any] | None = None  # more variables for the template (e.g. enable_thinking)
+
+
+class ChatCompletionRequest(_SamplingFields, _ChatTemplateFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Int64 | None = None
     logprobs: bool = False
     top_logprobs: Int64 | None = None
-    add_generation_prompt: bool = True
+    add_special_tokens: bool = False  # (the template adds the model's own)
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
@@ -272,14 +281,13 @@ def conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(_ChatTemplateFields):
     """vLLM's ``POST /tokenize``: a ``prompt``, or chat ``messages`` rendered by the template."""
 
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     add_special_tokens: bool | None = None  # default: True for a prompt, False for messages (the template adds them)
-    add_generation_prompt: bool = True
     return_token_strs: bool = False
     tools: list[Tool] | None = None  # (to the chat template, as a chat request's)
 

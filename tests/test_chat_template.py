@@ -1,0 +1,48 @@
+"""--chat-template: a template (a file, or the text) for a model without one, with the request's
+chat_template_kwargs; a value that is neither is refused at start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from kairos.server.config import ServerConfig
+from server_helpers import ServerProcess
+
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}{% if shout %}!{% endif %}")
+
+
+def test_a_value_neither_file_nor_template_is_refused():
+    with pytest.raises(ValueError, match=r"^chat_template: 'no/such/file.jinja' is neither a file nor a Jinja template$"):
+        ServerConfig(chat_template="no/such/file.jinja")
+    r = subprocess.run([sys.executable, "-m", "kairos.cli", "serve", "--chat-template", "nope"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0
+    assert r.stderr.strip() == "kairos serve: chat_template: 'nope' is neither a file nor a Jinja template"
+
+
+@pytest.mark.parametrize("as_file", [True, False])
+def test_a_model_without_a_template_chats_with_the_servers(tiny_tok, tmp_path, as_file):
+    _, path, tok = tiny_tok
+    assert not getattr(tok, "chat_template", None)
+    given = tmp_path / "t.jinja" if as_file else TEMPLATE
+    if as_file:
+        given.write_text(TEMPLATE)
+    srv = ServerProcess("--model", str(path), "--chat-template", str(given), "--num-blocks", "64",
+                        "--max-model-len", "128")
+    try:
+        messages = [{"role": "user", "content": "yes no"}]
+        for kwargs, text in [(None, "<user>yes no<assistant>"), ({"shout": True}, "<user>yes no<assistant>!")]:
+            r = httpx.post(srv.url + "/tokenize", json={"messages": messages, "chat_template_kwargs": kwargs}).json()
+            assert r["tokens"] == tok(text, add_special_tokens=False).input_ids
+        chat = httpx.post(srv.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 3,
+                                                                  "temperature": 0, "chat_template_kwargs": {"shout": 1}})
+        assert chat.status_code == 200
+        assert chat.json()["usage"]["prompt_tokens"] == len(tok("<user>yes no<assistant>!", add_special_tokens=False
+                                                                ).input_ids)
+    finally:
+        srv.stop()
