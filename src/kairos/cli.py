@@ -11,9 +11,10 @@ import types
 import typing
 from typing import Any
 
-from kairos.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from kairos.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
 
-_ENGINE_PARTS = (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig))
+_ENGINE_PARTS = (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig),
+                 ("speculative", SpeculativeConfig))
 
 
 def _scalar_type(tp: Any) -> type:

@@ -121,18 +121,44 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding by n-gram lookup (vLLM's "ngram" method, llama.cpp's lookup decoding)."""
+
+    speculative_tokens: int = field(default=0, metadata={"help": "draft up to this many tokens a step per sequence "
+                                    "by finding its last few tokens earlier in its own prompt and output, and verify "
+                                    "them in one forward pass (greedy outputs are unchanged; fast where outputs quote "
+                                    "their input); 0: off. Needs synchronous steps (no --async-scheduling)"})
+    prompt_lookup_min: int = field(default=2, metadata={"help": "shortest n-gram a draft may follow"})
+    prompt_lookup_max: int = field(default=4, metadata={"help": "longest n-gram tried first"})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.speculative_tokens <= 16:
+            raise ValueError(f"speculative_tokens must be in [0, 16], got {self.speculative_tokens}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError(f"prompt_lookup_min and prompt_lookup_max must satisfy 1 <= min <= max, got "
+                             f"{self.prompt_lookup_min} and {self.prompt_lookup_max}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """The engine's components' configurations, side by side (each component gets only its own)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+
+    def __post_init__(self) -> None:
+        if self.speculative.speculative_tokens and self.scheduler.async_scheduling:
+            # (a draft is made from the last token on the host, which a step launched ahead has not)
+            raise ValueError("speculative_tokens needs synchronous steps: drop async_scheduling")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EngineConfig:
         """Build from flat keyword arguments (``dtype=..., block_size=...``); unknown names raise."""
         parts = {}
-        for name, sub in (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig)):
+        for name, sub in (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig),
+                          ("speculative", SpeculativeConfig)):
             names = {f.name for f in fields(sub)}
             parts[name] = sub(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
         if kwargs:

@@ -23,6 +23,7 @@ from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
 from kairos.engine.sampler import DeviceSample, PromptLogprobs, Sampler, SamplingRow
 from kairos.engine.scheduler import Scheduler, SchedulerOutput
 from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
+from kairos.engine.speculative import NgramProposer
 from kairos.engine.stopping import StopRules
 from kairos.engine.structured import StructuredOutputs, short_error
 from kairos.loader.tokenizer import cache_dir
@@ -46,7 +47,8 @@ class StepInFlight:
     # token on the host: penalties count it, a grammar advances by it); None once sampled
     logits: torch.Tensor | None = None
     prompt: PromptLogprobs | None = None  # logprobs of prompt tokens its chunks found (prompt_logprobs)
-    row_of: dict[int, int] = field(default_factory=dict)  # seq id -> its row in ``sample``
+    row_of: dict[int, int] = field(default_factory=dict)  # seq id -> its (first) row in ``sample``
+    drafts: dict[int, list[int]] = field(default_factory=dict)  # seq id -> its draft (rows: 1 + len(draft))
     done: HostCopy | None = None  # what finish waits for when the step samples nothing
 
 
@@ -62,7 +64,10 @@ class EngineCore:
         self.arch = arch
         self.device = resolve_device(config.model)
         self.dtype = resolve_dtype(config.model, self.device)
-        config = replace(config, scheduler=config.scheduler.for_device(self.device.type))
+        sched = config.scheduler.for_device(self.device.type)
+        if config.speculative.speculative_tokens:  # (EngineConfig refused async scheduling asked for)
+            sched = replace(sched, async_scheduling=False)
+        config = replace(config, scheduler=sched)
         self.config = config
         cc = config.cache
         num_blocks = cc.num_blocks or max(2, kv_cache_bytes(cc, self.device) // kv_bytes_per_block(arch, cc.block_size, self.dtype))
@@ -71,7 +76,6 @@ class EngineCore:
                                   cpu_kernels=config.model.cpu_kernels)
         self.clock = clock
         self.cost = cost_model or CostModel()
-        self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock)
         # actual/predicted first-token and completion times of admitted SLO requests
         self.calibration = {k: Calibration(config.scheduler.slo_confidence) for k in ("ttft", "e2e")}
         self.intervals = StepIntervals()
@@ -88,6 +92,9 @@ class EngineCore:
             limits.append(arch.sliding_window)
         self.max_model_len = min(limits)
         self.stops = StopRules(self.eos_token_ids, arch.vocab_size, self.max_model_len)
+        spec = config.speculative
+        self.proposer = NgramProposer(spec, self.max_model_len) if spec.speculative_tokens else None
+        self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock, self.proposer)
         if config.model.cuda_graphs and self.device.type == "cuda" and self.runner.decode_kernel:
             from kairos.engine.capture_record import enable_decode_graphs, model_key
             from kairos.engine.decode_graphs import capture_sizes, cuda_capture
@@ -285,7 +292,12 @@ class EngineCore:
         self.scheduler.update(sched)
         row = 0
         for s, does_sample in zip(sched.scheduled, samples):
-            if does_sample:
+            if does_sample and s.draft:  # (its last token's position, then each draft token's)
+                flight.drafts[s.seq.seq_id] = s.draft
+                logit_rows.extend(range(row, row + 1 + len(s.draft)))
+                flight.seqs.extend([s.seq] * (1 + len(s.draft)))
+                row += 1 + len(s.draft)
+            elif does_sample:
                 # siblings of an n > 1 request are forked here and share the parent's logits row
                 group = [s.seq] + (self._fork(s.seq, copies, s.fork_blocks) if s.seq.pending_forks else [])
                 logit_rows.extend([row] * len(group))
@@ -317,7 +329,7 @@ class EngineCore:
         flight.sample = self.sampler.sample(logits, flight.rows)
         flight.logits = None
         for j, q in enumerate(flight.seqs):
-            if q.status is not SeqStatus.FINISHED:
+            if q.status is not SeqStatus.FINISHED and q.seq_id not in flight.row_of:  # (a drafted one: once)
                 q.token_ids.append(PLACEHOLDER)
                 q.num_pending += 1
                 flight.row_of[q.seq_id] = j
@@ -358,9 +370,17 @@ class EngineCore:
         self._last_done = done
         if sampled is not None:
             now = self.clock()
-            for seq, tok, lp in zip(flight.seqs, sampled.token_ids, sampled.logprobs):
-                if seq.status is not SeqStatus.FINISHED:  # (ended by a stop string or abort meanwhile)
-                    outputs.append(self._apply_token(seq, tok, lp, now))
+            j = 0
+            while j < len(flight.seqs):
+                seq, draft = flight.seqs[j], flight.drafts.get(flight.seqs[j].seq_id)
+                rows = slice(j, j + 1 + len(draft)) if draft else slice(j, j + 1)
+                j = rows.stop
+                if seq.status is SeqStatus.FINISHED:  # (ended by a stop string or abort meanwhile)
+                    continue
+                if draft:
+                    outputs += self._apply_draft(seq, draft, sampled.token_ids[rows], sampled.logprobs[rows], now)
+                else:
+                    outputs.append(self._apply_token(seq, sampled.token_ids[j - 1], sampled.logprobs[j - 1], now))
         if self._in_flight and self._in_flight[0].logits is not None:  # (launched ahead: its turn to sample)
             self._sample(self._in_flight[0], self._in_flight[0].logits)
         end = self.clock()
@@ -399,6 +419,26 @@ class EngineCore:
         if seq.prompt_logprobs is not None and index == seq.num_prompt_tokens:  # (its first token)
             out.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
         return out
+
+    def _apply_draft(self, seq: Sequence, draft: list[int], tokens: list[int], lps: list, now: float
+                     ) -> list[SeqOutput]:
+        """A drafted step's tokens: the draft up to the first position whose sample differs from
+        it, then that sample (``tokens[i]``: sampled after the last token and ``draft[:i]``)."""
+        kept = 0
+        while kept < len(draft) and tokens[kept] == draft[kept]:
+            kept += 1
+        self.proposer.verified(len(draft), kept)
+        seq.num_computed -= len(draft) - kept  # (the KV of the tokens after the first miss is dropped)
+        outs = []
+        for i, tok in enumerate(tokens[: kept + 1]):
+            if i:  # (the step's placeholder holds the first; each further token is one more)
+                seq.token_ids.append(PLACEHOLDER)
+                seq.num_pending += 1
+            outs.append(self._apply_token(seq, tok, lps[i], now))
+            if outs[-1].finished:  # (EOS, a stop token or a limit among them: the rest go)
+                seq.num_computed = min(seq.num_computed, seq.num_known)
+                break
+        return outs
 
     @staticmethod
     def _take_prompt_logprobs(found: PromptLogprobs) -> None:
@@ -483,5 +523,7 @@ class EngineCore:
             "slo_e2e_calibration": self.calibration["e2e"].factor(self.clock()),
             "step_interval_s": self.intervals.mean(self.clock()),
             **self.counters,
+            **({"spec_draft_tokens": self.proposer.drafted, "spec_accepted_tokens": self.proposer.accepted}
+               if self.proposer is not None else {}),
         }
 

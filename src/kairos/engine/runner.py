@@ -157,6 +157,21 @@ class ModelRunner:
                 lo, hi = max(start, seq.num_prompt_logprobs), min(start + n, seq.num_prompt_tokens - 1)
                 if lo < hi:
                     asked.append((s, q0 + lo - start, lo, hi))
+            if s.draft:
+                # speculative: its last token and the draft are decode rows of their own, each seeing
+                # the context up to itself (every new token's KV is written before attention), so
+                # the step stays on the decode path (kernels, graphs); every row samples
+                for i, tok in enumerate(seq.token_ids[start : start + 1] + s.draft):
+                    p = start + i
+                    ids.append(tok)
+                    positions.append(p)
+                    slots.append(table[p // bs] * bs + p % bs)
+                    logits_idx.append(q0 + i)
+                    decode_idx.append(q0 + i)
+                    decode_seq_ids.append(seq.seq_id)
+                    decode_tables.append(table)
+                    decode_lens.append(p + 1)
+                continue
             if n == 1:  # decode (most rows of most steps): no ranges, no generators
                 ids.append(seq.token_ids[start])
                 positions.append(start)

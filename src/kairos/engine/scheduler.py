@@ -19,6 +19,7 @@ from kairos.engine.cost_model import CostModel
 from kairos.engine.kv_cache import KVCacheManager
 from kairos.engine.policies import SchedContext, get_policy
 from kairos.engine.sequence import SeqStatus, Sequence
+from kairos.engine.speculative import NgramProposer
 
 # A TPOT promise caps the decode batch so that a decode-only step takes at most this share of
 # it: the rest is room for the prefill chunks of requests joining (``_token_budget``).
@@ -35,11 +36,13 @@ class ScheduledSeq:
     num_new_tokens: int  # token_ids[num_computed : num_computed + num_new_tokens] run this step
     block_table: list[int]
     fork_blocks: list[int] = field(default_factory=list)  # held for the siblings forked when it samples (n > 1)
+    # speculative decoding: tokens run after the sequence's last one (their positions sample too)
+    draft: list[int] = field(default_factory=list)
 
     @property
     def samples(self) -> bool:
         """Whether this step reaches the end of the sequence's tokens (and so samples the next one)."""
-        return self.seq.num_computed + self.num_new_tokens == self.seq.num_tokens
+        return self.seq.num_computed + self.num_new_tokens - len(self.draft) == self.seq.num_tokens
 
 
 @dataclass
@@ -54,8 +57,9 @@ class Scheduler:
     """Owns the waiting and running sets; the KV manager owns the blocks."""
 
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, cost: CostModel | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, proposer: NgramProposer | None = None):
         self.config = config
+        self.proposer = proposer  # speculative decoding: drafts for decodes
         self.kv = kv
         self.cost = cost or CostModel()
         self.clock = clock
@@ -101,7 +105,9 @@ class Scheduler:
             if out.budget <= 0:
                 break
             if seq.status is SeqStatus.RUNNING:
-                self._fit(seq, 1, out, keys)
+                draft = self.proposer.propose(seq, out.budget) if self.proposer is not None else []
+                if self._fit(seq, 1 + len(draft), out, keys) and draft:
+                    out.scheduled[-1].draft = draft
         # (2) prefill chunks and admissions, in policy order
         candidates = ([s for s in self.running if s.num_tokens - s.num_computed > 1]
                       + [s for s in self.waiting if not s.all_sampled])

@@ -1,0 +1,63 @@
+"""Speculative decoding by n-gram lookup (vLLM's "ngram" method): drafts from a sequence's own
+history, verified in one forward pass.
+
+A sequence whose last n tokens (n from ``prompt_lookup_max`` down to ``prompt_lookup_min``) occur
+earlier in its prompt or output proposes the tokens that followed their latest earlier occurrence.
+The step computes its last token and the draft together (a chunk of 1 + k tokens), the sampler
+samples every position from the model's own distribution there, and the draft is kept up to the
+first position whose sample differs from it, that sample being the step's last token (all kept:
+the sample after the last draft token). With a draft of single tokens this is exact speculative
+sampling: a draft token x is kept with probability p(x), and a sample from p that is not x is a
+draw from p with x taken out, the residual distribution. Greedy outputs are unchanged; seeded ones
+are reproducible but not those of plain decoding (the draws are spent differently).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kairos.config import SpeculativeConfig
+from kairos.engine.sequence import Sequence
+
+
+def find_draft(tokens: list[int], n_min: int, n_max: int, k: int) -> list[int]:
+    """Up to ``k`` tokens that followed the latest earlier occurrence of the longest suffix of
+    ``tokens`` of ``n_min`` to ``n_max`` tokens; [] when none occurs."""
+    arr = np.asarray(tokens, dtype=np.int64)
+    total = len(arr)
+    for n in range(min(n_max, total - 1), n_min - 1, -1):
+        # windows starting at 0 .. total - n - 1 (not the suffix itself), compared with the suffix
+        windows = np.lib.stride_tricks.sliding_window_view(arr[: total - 1], n)
+        hits = np.flatnonzero((windows == arr[total - n:]).all(axis=1))
+        if len(hits):
+            start = int(hits[-1]) + n
+            return arr[start : start + k].tolist()
+    return []
+
+
+class NgramProposer:
+    """Drafts for the sequences a step decodes (:meth:`propose`); counts what was drafted and kept."""
+
+    def __init__(self, config: SpeculativeConfig, max_model_len: int):
+        self.config = config
+        self.max_model_len = max_model_len
+        self.drafted = 0  # draft tokens verified
+        self.accepted = 0  # of them, kept
+
+    def propose(self, seq: Sequence, budget: int) -> list[int]:
+        """A draft for ``seq``'s next step, within the step's token ``budget`` left, its
+        ``max_tokens`` and the context; [] for a sequence whose sampling needs each token on the
+        host first (penalties, a grammar) or whose ``min_tokens`` still holds tokens back."""
+        p = seq.params
+        if p.needs_last_token or seq.num_pending or seq.num_output_tokens < p.min_tokens:
+            return []
+        # tokens out after the step <= max_tokens; the last draft token's position < max_model_len
+        k = min(self.config.speculative_tokens, budget - 1, p.max_tokens - seq.num_output_tokens - 1,
+                self.max_model_len - seq.num_tokens)
+        if k < 1:
+            return []
+        return find_draft(seq.token_ids, self.config.prompt_lookup_min, self.config.prompt_lookup_max, k)
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        self.drafted += drafted
+        self.accepted += accepted

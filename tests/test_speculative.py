@@ -1,0 +1,109 @@
+"""Speculative decoding by n-gram lookup: drafts come from the sequence's own history; verified
+greedy outputs equal the reference token for token, with the draft cut by every limit (max_tokens,
+the context, stop tokens, stop strings), beside rows that never draft (penalties), through
+preemption and the prefix cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from kairos import LLM, SamplingParams
+from kairos.config import EngineConfig
+from kairos.engine.speculative import find_draft
+
+from conftest import hf_greedy
+from engine_helpers import GREEDY, assert_pool_whole, prompts_of
+
+
+@pytest.mark.parametrize("tokens,n_min,n_max,k,draft", [
+    ([1, 2, 3, 9, 1, 2, 3], 2, 4, 3, [9, 1, 2]),  # "1 2 3" came before: what followed it
+    ([1, 2, 3, 9, 1, 2, 3], 2, 4, 1, [9]),
+    ([5, 1, 2, 7, 1, 2, 8, 1, 2], 2, 2, 2, [8, 1]),  # the latest earlier "1 2" (not the suffix itself)
+    ([4, 2, 3, 6, 1, 2, 3, 7, 2, 3], 2, 3, 2, [7, 2]),  # no earlier "7 2 3": the latest "2 3"
+    ([1, 2, 3, 4], 2, 4, 3, []),  # no repeat
+    ([7, 7, 7], 2, 4, 4, [7]),  # overlapping: "7 7" at 0, then the 7 at 2
+    ([3, 1, 2, 1, 2], 1, 4, 2, [1, 2]),  # "1 2" at 1: "1 2" follows
+])
+def test_find_draft(tokens, n_min, n_max, k, draft):
+    assert find_draft(tokens, n_min, n_max, k) == draft
+
+
+def loop_prompts() -> list[list[int]]:
+    # repeats in the prompt give drafts at once; the tiny model's greedy loops give more later
+    return [[5, 6, 7, 8, 9] * 3, [11, 12, 13] * 3, list(range(20, 40)), prompts_of([9])[0]]
+
+
+def test_greedy_outputs_with_drafts_equal_the_reference(tiny_llama):
+    model, path = tiny_llama
+    llm = LLM(str(path), device="cpu", speculative_tokens=4, block_size=4, max_model_len=160)
+    prompts = loop_prompts()
+    refs = [hf_greedy(model, p, 120) for p in prompts]
+    stop = refs[1][40]
+    params = [SamplingParams(max_tokens=120, **GREEDY),
+              SamplingParams(max_tokens=120, stop_token_ids=(stop,), **GREEDY),  # cut inside a draft, perhaps
+              SamplingParams(max_tokens=120, repetition_penalty=1.3, **GREEDY),  # never drafts
+              SamplingParams(max_tokens=37, logprobs=2, **GREEDY)]  # a draft capped by max_tokens
+    outs = [r.outputs[0] for r in llm.generate(prompts, params)]
+    stats = llm.engine.stats()
+    assert stats["spec_draft_tokens"] > stats["spec_accepted_tokens"] > 50  # kept and refused drafts
+    assert outs[0].token_ids == refs[0]
+    assert outs[1].token_ids == refs[1][: refs[1].index(stop) + 1] and outs[1].finish_reason == "stop"
+    plain = LLM(str(path), device="cpu", block_size=4, max_model_len=160)
+    same = [r.outputs[0] for r in plain.generate(prompts, params)]
+    assert outs[2].token_ids == same[2].token_ids
+    assert outs[3].token_ids == refs[3][:37] and [lp.token_id for lp in outs[3].logprobs] == refs[3][:37]
+    assert [lp.logprob for lp in outs[3].logprobs] == pytest.approx([lp.logprob for lp in same[3].logprobs], abs=1e-4)
+    assert_pool_whole(llm.engine)
+    # a prompt near the context's end: the drafts shrink to fit (the last token may sample at max_model_len)
+    near = loop_prompts()[0] * 9  # 135 tokens of 160
+    out = llm.generate([near], SamplingParams(max_tokens=25, **GREEDY))[0].outputs[0]
+    assert out.token_ids == hf_greedy(model, near, 25) and out.finish_reason == "length"
+    assert_pool_whole(llm.engine)
+
+
+def test_stop_strings_and_the_prefix_cache_after_drafts(tiny_tok):
+    """A stop string inside a kept draft ends the text there; blocks cached from drafted steps
+    hold what their tokens say."""
+    _, path, tok = tiny_tok
+    prompts = [tok("yes no yes no yes no yes").input_ids, tok("n=12 n=12 n=1").input_ids]
+    results = []
+    for k in (0, 4):
+        llm = LLM(str(path), device="cpu", speculative_tokens=k, block_size=4)
+        free = llm.generate(prompts, SamplingParams(max_tokens=60, **GREEDY))
+        stop = free[0].outputs[0].text[20:23]
+        cut = llm.generate(prompts, SamplingParams(max_tokens=60, stop=[stop], **GREEDY))
+        results.append([(o.outputs[0].token_ids, o.outputs[0].text, o.outputs[0].finish_reason) for o in free + cut])
+        # a prompt through the drafted output reads the blocks the drafted steps cached
+        q = prompts[0] + free[0].outputs[0].token_ids
+        again = llm.generate([q], SamplingParams(max_tokens=8, **GREEDY))[0].outputs[0].token_ids
+        fresh = LLM(str(path), device="cpu", prefix_cache=False).generate([q], SamplingParams(max_tokens=8, **GREEDY))
+        assert again == fresh[0].outputs[0].token_ids
+        assert_pool_whole(llm.engine)
+        if k:
+            assert llm.engine.stats()["spec_accepted_tokens"] > 0
+    assert results[0] == results[1]
+    assert results[1][2][2] == "stop"
+
+
+def test_drafts_survive_preemption_and_sampling_is_reproducible(tiny_llama):
+    model, path = tiny_llama
+    prompts = loop_prompts()[:3]
+    llm = LLM(str(path), device="cpu", speculative_tokens=3, block_size=4, num_blocks=40, prefix_cache=False)
+    preempted = []
+    preempt = llm.engine.scheduler._preempt
+    llm.engine.scheduler._preempt = lambda seq, out: preempted.append(seq) or preempt(seq, out)
+    outs = llm.generate(prompts, SamplingParams(max_tokens=60, **GREEDY))
+    assert preempted and llm.engine.stats()["spec_accepted_tokens"] > 0
+    assert [o.outputs[0].token_ids for o in outs] == [hf_greedy(model, p, 60) for p in prompts]
+    assert_pool_whole(llm.engine)
+    sampled = SamplingParams(max_tokens=40, temperature=0.8, seed=5, n=2)
+    a, b = (llm.generate(prompts[:2], sampled) for _ in range(2))
+    assert [[o.token_ids for o in r.outputs] for r in a] == [[o.token_ids for o in r.outputs] for r in b]
+    assert_pool_whole(llm.engine)
+
+
+def test_drafts_need_synchronous_steps():
+    with pytest.raises(ValueError, match="^speculative_tokens needs synchronous steps: drop async_scheduling$"):
+        EngineConfig.from_kwargs(speculative_tokens=2, async_scheduling=True)
+    with pytest.raises(ValueError, match=r"^speculative_tokens must be in \[0, 16\], got 17$"):
+        EngineConfig.from_kwargs(speculative_tokens=17)
