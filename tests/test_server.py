@@ -524,7 +524,7 @@ def test_echo_with_max_tokens_0_gives_the_prompt_and_its_logprobs_only(server):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
     # a prompt of the whole context (2048 tokens) is scored; one more is refused
     ids = [(7 * i) % 4000 + 100 for i in range(2048)]
-    whole = httpx.post(server.url + "/v1/completions", json={**body, "prompt": ids, "logprobs": None}).json()
+    whole = httpx.post(server.url + "/v1/completions", json={**body, "prompt": ids, "logprobs": None}, timeout=120).json()
     assert whole["usage"] == {**whole["usage"], "prompt_tokens": 2048, "completion_tokens": 0}
     over = httpx.post(server.url + "/v1/completions", json={**body, "prompt": ids + [100]})
     assert over.status_code == 400 and "you requested 2049 tokens (2049 in the prompt, 0 in" in over.json()["error"]["message"]
