@@ -452,9 +452,11 @@ class EngineCore:
     # -- helpers -----------------------------------------------------------------------------
     def _observe(self, sched, seconds: float) -> None:
         """Feed the cost model this step's shape and duration."""
-        decodes = [s for s in sched.scheduled if s.num_new_tokens == 1]
-        prefill = sum(s.num_new_tokens for s in sched.scheduled if s.num_new_tokens > 1)
-        self.cost.observe(prefill, len(decodes), sum(s.seq.num_tokens for s in decodes), seconds)
+        # (a drafted sequence's rows are decode rows: 1 + len(draft) of them, each about its context)
+        decodes = [s for s in sched.scheduled if s.num_new_tokens == 1 or s.draft]
+        prefill = sum(s.num_new_tokens for s in sched.scheduled if s.num_new_tokens > 1 and not s.draft)
+        self.cost.observe(prefill, sum(s.num_new_tokens for s in decodes),
+                          sum(s.seq.num_tokens * s.num_new_tokens for s in decodes), seconds)
 
     def _expired_outputs(self, expired: list[Sequence]) -> list[SeqOutput]:
         out = []
