@@ -19,6 +19,9 @@ TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor
 def test_a_value_neither_file_nor_template_is_refused():
     with pytest.raises(ValueError, match=r"^chat_template: 'no/such/file.jinja' is neither a file nor a Jinja template$"):
         ServerConfig(chat_template="no/such/file.jinja")
+    with pytest.raises(ValueError, match=r"is neither a file nor a Jinja template$"):
+        ServerConfig(chat_template="x" * 300)  # (too long a name for a path: not an OSError)
+    assert ServerConfig(chat_template=TEMPLATE + " " * 300).chat_template.startswith("{% for")  # (inline, long)
     r = subprocess.run([sys.executable, "-m", "kairos.cli", "serve", "--chat-template", "nope"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode != 0

@@ -418,7 +418,12 @@ def test_continue_final_message_template_kwargs_and_truncation(server):
     r = httpx.post(server.url + "/v1/chat/completions", json={"messages": ASK, "max_tokens": 2,
                                                               "truncate_prompt_tokens": 3})
     assert r.json()["usage"]["prompt_tokens"] == 3
-    assert httpx.post(server.url + "/v1/completions", json={"prompt": "a", "truncate_prompt_tokens": 0}).status_code == 400
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "a", "truncate_prompt_tokens": 0})
+    assert (r.status_code, r.json()["error"]["message"]) == (
+        400, "truncate_prompt_tokens must be -1 (the model's context) or >= 1, got 0")
+    whole = httpx.post(server.url + "/v1/completions", json={"prompt": "one two", "max_tokens": 1, "echo": True,
+                                                            "truncate_prompt_tokens": -1}).json()
+    assert whole["choices"][0]["text"].startswith("one two")  # (-1: the context; nothing cut, the text as sent)
 
 
 def test_tokenize_and_detokenize_as_vllm(server):

@@ -107,3 +107,30 @@ def test_drafts_need_synchronous_steps():
         EngineConfig.from_kwargs(speculative_tokens=2, async_scheduling=True)
     with pytest.raises(ValueError, match=r"^speculative_tokens must be in \[0, 16\], got 17$"):
         EngineConfig.from_kwargs(speculative_tokens=17)
+
+
+def test_siblings_fork_from_a_plain_step_and_drafts_leave_room_for_every_decode(tiny_llama):
+    """n = 2 with a prompt whose last chunk is one token: no draft before the fork (the siblings
+    would copy a drafted parent); a step's drafts never push another sequence's token out."""
+    _, path = tiny_llama
+    prompt = loop_prompts()[0] + [3, 4]  # 17 tokens: chunks of 16 and 1
+    params = SamplingParams(n=2, max_tokens=30, **GREEDY)
+    outs = []
+    for k in (0, 4):
+        llm = LLM(str(path), device="cpu", speculative_tokens=k, block_size=4, max_num_batched_tokens=16)
+        outs.append([o.token_ids for o in llm.generate([prompt], params)[0].outputs])
+        assert_pool_whole(llm.engine)
+    assert outs[0] == outs[1] and outs[1][0] == outs[1][1] and len(outs[1][0]) == 30
+    llm = LLM(str(path), device="cpu", speculative_tokens=4, block_size=4, max_num_batched_tokens=6)
+    left_out = []
+    schedule = llm.engine.scheduler.schedule
+
+    def checked():
+        ready = [s for s in llm.engine.scheduler.running if s.num_tokens - s.num_computed == 1 and not s.all_sampled]
+        out = schedule()
+        left_out.append(len({s.seq_id for s in ready} - {s.seq.seq_id for s in out.scheduled}))
+        return out
+
+    llm.engine.scheduler.schedule = checked
+    llm.generate(loop_prompts(), SamplingParams(max_tokens=40, **GREEDY))
+    assert llm.engine.stats()["spec_accepted_tokens"] > 0 and sum(left_out) == 0

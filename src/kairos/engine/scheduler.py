@@ -101,11 +101,12 @@ class Scheduler:
         self.running.sort(key=lambda s: keys[s.seq_id])
         # (1) decodes: one token each (not for a sequence whose last token is already on its way:
         # under async scheduling its previous step, still on the device, samples that one)
-        for seq in [s for s in self.running if s.num_tokens - s.num_computed == 1 and not s.all_sampled]:
+        decodes = [s for s in self.running if s.num_tokens - s.num_computed == 1 and not s.all_sampled]
+        for i, seq in enumerate(decodes):
             if out.budget <= 0:
                 break
             if seq.status is SeqStatus.RUNNING:
-                draft = self.proposer.propose(seq, out.budget) if self.proposer is not None else []
+                draft = self._draft(seq, out.budget - (len(decodes) - 1 - i))
                 if self._fit(seq, 1 + len(draft), out, keys) and draft:
                     out.scheduled[-1].draft = draft
         # (2) prefill chunks and admissions, in policy order
@@ -128,6 +129,16 @@ class Scheduler:
         for seq in self.waiting:
             seq.waited_steps += 1
         return out
+
+    def _draft(self, seq: Sequence, budget: int) -> list[int]:
+        """Speculative decoding's draft for ``seq``, if it fits in the blocks free now: a draft
+        never preempts (a recompute would cost more than the draft can gain)."""
+        if self.proposer is None:
+            return []
+        draft = self.proposer.propose(seq, budget)
+        if draft and not self.kv.can_allocate(seq.seq_id, seq.num_computed + 1 + len(draft)):
+            return []
+        return draft
 
     def _token_budget(self, ctx: SchedContext) -> int:
         """The step's token budget, shrunk to keep every TPOT promise of the running requests.

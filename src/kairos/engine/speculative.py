@@ -45,12 +45,13 @@ class NgramProposer:
         self.accepted = 0  # of them, kept
 
     def propose(self, seq: Sequence, budget: int) -> list[int]:
-        """A draft for ``seq``'s next step, within the step's token ``budget`` left, its
+        """A draft for ``seq``'s next step, within ``budget`` (the step's tokens left less one for
+        each decode still to place, so drafts never crowd out another sequence's token), its
         ``max_tokens`` and the context; [] for a sequence whose sampling needs each token on the
         host first (penalties, a grammar) or whose ``min_tokens`` still holds tokens back."""
         p = seq.params
-        if p.needs_last_token or seq.num_pending or seq.num_output_tokens < p.min_tokens:
-            return []
+        if p.needs_last_token or seq.num_pending or seq.pending_forks or seq.num_output_tokens < p.min_tokens:
+            return []  # (pending forks: its siblings fork at its first sampled token, from a plain step)
         # tokens out after the step <= max_tokens; the last draft token's position < max_model_len
         k = min(self.config.speculative_tokens, budget - 1, p.max_tokens - seq.num_output_tokens - 1,
                 self.max_model_len - seq.num_tokens)

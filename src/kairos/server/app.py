@@ -186,7 +186,12 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
 
     def truncated(req, ids: list[int]) -> list[int]:
         k = req.truncate_prompt_tokens
-        return ids if k is None else ids[-k:]
+        if k == 0:
+            raise APIError(400, "truncate_prompt_tokens must be -1 (the model's context) or >= 1, got 0",
+                           param="truncate_prompt_tokens")
+        if k is not None:
+            ids = ids[-(client.ready.max_model_len if k == -1 else k):]
+        return ids
 
     def request_slo(req, request: Request):
         try:
@@ -206,8 +211,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         if len(prompts) > config.max_pending:
             raise APIError(400, f"at most {config.max_pending} prompts in one request (--max-pending), got "
                                 f"{len(prompts)}", param="prompt")
-        encoded = [(t if req.truncate_prompt_tokens is None else None, truncated(req, ids))
-                   for t, ids in map(encode, prompts)]  # (a truncated prompt's text is its ids' decode)
+        encoded = [(t if len(cut) == len(ids) else None, cut)  # (a truncated prompt's text: its ids' decode)
+                   for t, ids in map(encode, prompts) for cut in [truncated(req, ids)]]
         spec = await structured_spec(req)
         params = [sampling(req, len(ids), 16, spec) for _, ids in encoded]
         slo, priority = request_slo(req, request)
@@ -245,6 +250,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             tp = req.tool_plan(config.tool_call_parser)
         except ValueError as e:
             raise APIError(400, str(e), param=str(e).split(" ", 1)[0]) from None
+        need_tokenizer("messages")
         text = render(req)
         ids = truncated(req, tokenizer(text, add_special_tokens=req.add_special_tokens).input_ids)
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))

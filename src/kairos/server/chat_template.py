@@ -11,10 +11,14 @@ from kairos.server.serving import APIError
 
 def load_template(given: str | None) -> str | None:
     """``--chat-template`` (checked by ``ServerConfig``): a file's text, or the template itself."""
-    if given is None:
-        return None
-    path = Path(given).expanduser()
-    return path.read_text() if path.is_file() else given
+    if given is None or is_template(given):
+        return given
+    return Path(given).expanduser().read_text()
+
+
+def is_template(given: str) -> bool:
+    """Whether ``--chat-template`` is given as the template's text (else it names a file)."""
+    return "{{" in given or "{%" in given
 
 
 class ChatRenderer:

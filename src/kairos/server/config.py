@@ -8,6 +8,13 @@ from pathlib import Path
 from kairos.server.tool_parsers import PARSERS
 
 
+def _is_file(name: str) -> bool:
+    try:
+        return Path(name).expanduser().is_file()
+    except OSError:  # (a name too long to be a path)
+        return False
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
@@ -31,8 +38,8 @@ class ServerConfig:
         for origin in self.allowed_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"allowed_origins: {origin!r} is not '*' or an http(s):// origin")
-        if self.chat_template is not None and not (Path(self.chat_template).expanduser().is_file()
-                                                   or "{{" in self.chat_template or "{%" in self.chat_template):
+        if self.chat_template is not None and not ("{{" in self.chat_template or "{%" in self.chat_template
+                                                   or _is_file(self.chat_template)):
             raise ValueError(f"chat_template: {self.chat_template!r} is neither a file nor a Jinja template")
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
                                              and self.api_key and " " not in self.api_key):

@@ -138,7 +138,7 @@ class _SamplingFields(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
-    truncate_prompt_tokens: Int64 | None = Field(default=None, ge=1)  # vLLM: keep the prompt's last N tokens
+    truncate_prompt_tokens: Int64 | None = Field(default=None, ge=-1)  # vLLM: keep the last N tokens (-1: the context)
     # Kairos extensions
     slo: SLOBody | None = None
     priority: Int64 | None = None
