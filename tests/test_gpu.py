@@ -128,3 +128,28 @@ def test_constrained_biased_sampling_on_cuda_equals_the_cpu(tiny_tok):
         outs[device] = [(r.outputs[0].token_ids, r.outputs[0].finish_reason) for r in llm.generate(prompts, params)]
     assert outs["cuda"] == outs["cpu"]
     assert [why for _, why in outs["cpu"]] == ["stop", "stop", "length", "stop"]
+
+
+def test_drafted_steps_and_prompt_logprobs_on_cuda(tiny_llama):
+    """Speculative rows run as decode rows (CUDA graphs where the rows fit a captured size, eager
+    beyond): greedy outputs equal HF's; prompt logprobs on the device equal the CPU's."""
+    from kairos import LLM
+
+    model, path = tiny_llama
+    prompts = [[5, 6, 7, 8, 9] * 3, [11, 12, 13] * 3, prompts_of([9])[0]]
+    llm = LLM(str(path), device="cuda", dtype="float32", kv_cache_memory="256MiB", speculative_tokens=4,
+              max_num_seqs=4)
+    outs = llm.generate(prompts, SamplingParams(max_tokens=60, **GREEDY))
+    assert llm.engine.runner.graphs is not None and llm.engine.stats()["spec_accepted_tokens"] > 0
+    assert [o.outputs[0].token_ids for o in outs] == [hf_greedy(model, p, 60) for p in prompts]
+    found = {}
+    for device in ("cpu", "cuda"):
+        lm = LLM(str(path), device=device, dtype="float32", kv_cache_memory="256MiB", max_num_batched_tokens=8)
+        r = lm.generate(prompts[:1], SamplingParams(max_tokens=2, prompt_logprobs=3, **GREEDY))[0]
+        found[device] = [(p.token_id, [t for t, *_ in p.top]) for p in r.prompt_logprobs[1:]]
+        found[device + " values"] = [p.logprob for p in r.prompt_logprobs[1:]]
+        found[device + " ranks"] = [p.rank for p in r.prompt_logprobs[1:]]
+    assert found["cuda"] == found["cpu"]
+    assert found["cuda values"] == pytest.approx(found["cpu values"], abs=1e-4)
+    # (a rank may move by one where two logprobs tie to float noise)
+    assert all(abs(a - b) <= 1 for a, b in zip(found["cuda ranks"], found["cpu ranks"]))
