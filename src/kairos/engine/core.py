@@ -370,17 +370,12 @@ class EngineCore:
         self._last_done = done
         if sampled is not None:
             now = self.clock()
-            j = 0
-            while j < len(flight.seqs):
-                seq, draft = flight.seqs[j], flight.drafts.get(flight.seqs[j].seq_id)
-                rows = slice(j, j + 1 + len(draft)) if draft else slice(j, j + 1)
-                j = rows.stop
-                if seq.status is SeqStatus.FINISHED:  # (ended by a stop string or abort meanwhile)
-                    continue
-                if draft:
-                    outputs += self._apply_draft(seq, draft, sampled.token_ids[rows], sampled.logprobs[rows], now)
-                else:
-                    outputs.append(self._apply_token(seq, sampled.token_ids[j - 1], sampled.logprobs[j - 1], now))
+            if flight.drafts:
+                outputs += self._apply_drafted(flight, sampled, now)
+            else:  # (the common step: a token a row)
+                for seq, tok, lp in zip(flight.seqs, sampled.token_ids, sampled.logprobs):
+                    if seq.status is not SeqStatus.FINISHED:  # (ended by a stop string or abort meanwhile)
+                        outputs.append(self._apply_token(seq, tok, lp, now))
         if self._in_flight and self._in_flight[0].logits is not None:  # (launched ahead: its turn to sample)
             self._sample(self._in_flight[0], self._in_flight[0].logits)
         end = self.clock()
@@ -419,6 +414,22 @@ class EngineCore:
         if seq.prompt_logprobs is not None and index == seq.num_prompt_tokens:  # (its first token)
             out.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
         return out
+
+    def _apply_drafted(self, flight: StepInFlight, sampled, now: float) -> list[SeqOutput]:
+        """A step with drafts: a drafted sequence's rows are consecutive, 1 + len(draft) of them."""
+        outputs, j = [], 0
+        while j < len(flight.seqs):
+            seq = flight.seqs[j]
+            draft = flight.drafts.get(seq.seq_id, [])
+            rows = slice(j, j + 1 + len(draft))
+            j = rows.stop
+            if seq.status is SeqStatus.FINISHED:  # (ended by a stop string or abort meanwhile)
+                continue
+            if draft:
+                outputs += self._apply_draft(seq, draft, sampled.token_ids[rows], sampled.logprobs[rows], now)
+            else:
+                outputs.append(self._apply_token(seq, sampled.token_ids[rows.start], sampled.logprobs[rows.start], now))
+        return outputs
 
     def _apply_draft(self, seq: Sequence, draft: list[int], tokens: list[int], lps: list, now: float
                      ) -> list[SeqOutput]:

@@ -106,7 +106,7 @@ class Scheduler:
             if out.budget <= 0:
                 break
             if seq.status is SeqStatus.RUNNING:
-                draft = self._draft(seq, out.budget - (len(decodes) - 1 - i))
+                draft = self._draft(seq, out.budget - (len(decodes) - 1 - i)) if self.proposer is not None else []
                 if self._fit(seq, 1 + len(draft), out, keys) and draft:
                     out.scheduled[-1].draft = draft
         # (2) prefill chunks and admissions, in policy order
@@ -133,8 +133,6 @@ class Scheduler:
     def _draft(self, seq: Sequence, budget: int) -> list[int]:
         """Speculative decoding's draft for ``seq``, if it fits in the blocks free now: a draft
         never preempts (a recompute would cost more than the draft can gain)."""
-        if self.proposer is None:
-            return []
         draft = self.proposer.propose(seq, budget)
         if draft and not self.kv.can_allocate(seq.seq_id, seq.num_computed + 1 + len(draft)):
             return []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+from kairos.server.config import is_template
 from kairos.server.protocol import ChatCompletionRequest, TokenizeRequest, conversation
 from kairos.server.serving import APIError
 
@@ -14,11 +15,6 @@ def load_template(given: str | None) -> str | None:
     if given is None or is_template(given):
         return given
     return Path(given).expanduser().read_text()
-
-
-def is_template(given: str) -> bool:
-    """Whether ``--chat-template`` is given as the template's text (else it names a file)."""
-    return "{{" in given or "{%" in given
 
 
 class ChatRenderer:

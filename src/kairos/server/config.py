@@ -8,6 +8,11 @@ from pathlib import Path
 from kairos.server.tool_parsers import PARSERS
 
 
+def is_template(given: str) -> bool:
+    """Whether a ``--chat-template`` value is the template's text (else it names a file)."""
+    return "{{" in given or "{%" in given
+
+
 def _is_file(name: str) -> bool:
     try:
         return Path(name).expanduser().is_file()
@@ -38,8 +43,7 @@ class ServerConfig:
         for origin in self.allowed_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"allowed_origins: {origin!r} is not '*' or an http(s):// origin")
-        if self.chat_template is not None and not ("{{" in self.chat_template or "{%" in self.chat_template
-                                                   or _is_file(self.chat_template)):
+        if self.chat_template is not None and not (is_template(self.chat_template) or _is_file(self.chat_template)):
             raise ValueError(f"chat_template: {self.chat_template!r} is neither a file nor a Jinja template")
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
                                              and self.api_key and " " not in self.api_key):
