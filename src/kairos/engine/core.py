@@ -325,7 +325,10 @@ class EngineCore:
     def _sample(self, flight: StepInFlight, logits: torch.Tensor) -> None:
         # (a sampling put off by launch: its sequences ended meanwhile sample unconstrained, and
         # their tokens are dropped by finish)
-        flight.rows = [self._sampling_row(q) for q in flight.seqs]
+        rows: list[SamplingRow] = []
+        for j, q in enumerate(flight.seqs):  # (a drafted sequence's rows are one row, repeated)
+            rows.append(rows[-1] if j and flight.seqs[j - 1] is q else self._sampling_row(q))
+        flight.rows = rows
         flight.sample = self.sampler.sample(logits, flight.rows)
         flight.logits = None
         for j, q in enumerate(flight.seqs):
@@ -447,7 +450,6 @@ class EngineCore:
                 seq.num_pending += 1
             outs.append(self._apply_token(seq, tok, lps[i], now))
             if outs[-1].finished:  # (EOS, a stop token or a limit among them: the rest go)
-                seq.num_computed = min(seq.num_computed, seq.num_known)
                 break
         return outs
 
