@@ -1,5 +1,5 @@
 """--chat-template: a template (a file, or the text) for a model without one, with the request's
-chat_template_kwargs; a value that is neither is refused at start."""
+chat_template_kwargs; a value that is neither, or a template Jinja cannot compile, is refused at start."""
 
 from __future__ import annotations
 
@@ -26,6 +26,20 @@ def test_a_value_neither_file_nor_template_is_refused():
                        text=True, timeout=60)
     assert r.returncode != 0
     assert r.stderr.strip() == "kairos serve: chat_template: 'nope' is neither a file nor a Jinja template"
+
+
+def test_a_template_jinja_cannot_compile_is_refused_at_start(tmp_path):
+    with pytest.raises(ValueError, match=r"^chat_template: not a valid Jinja template: unexpected '}' \(line 1\)$"):
+        ServerConfig(chat_template="{% for m in messages %}{{ m.content }")
+    bad = tmp_path / "t.jinja"
+    bad.write_text("{% if add_generation_prompt %}\n<assistant>")
+    with pytest.raises(ValueError, match=r"^chat_template: not a valid Jinja template: Unexpected end of template\. "
+                                         r".* The innermost block that needs to be closed is 'if'\. \(line 2\)$"):
+        ServerConfig(chat_template=str(bad))
+    with pytest.raises(ValueError, match=r"No filter named 'nosuch'\. \(line 1\)$"):
+        ServerConfig(chat_template="{{ messages | nosuch }}")
+    # transformers' own extensions compile (the {% generation %} tag of assistant masks)
+    ServerConfig(chat_template="{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}")
 
 
 @pytest.mark.parametrize("as_file", [True, False])

@@ -13,6 +13,21 @@ def is_template(given: str) -> bool:
     return "{{" in given or "{%" in given
 
 
+def check_template(text: str) -> None:
+    """Raise ``ValueError`` for a chat template that Jinja cannot compile (as transformers
+    compiles it: its extensions and filters), so that a bad one fails at start, not per chat."""
+    from jinja2 import TemplateError
+
+    try:  # (transformers' own compile: a private name, so a version without it skips the check)
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:
+        return
+    try:
+        _compile_jinja_template(text)
+    except TemplateError as e:
+        raise ValueError(f"chat_template: not a valid Jinja template: {e} (line {getattr(e, 'lineno', '?')})") from None
+
+
 def _is_file(name: str) -> bool:
     try:
         return Path(name).expanduser().is_file()
@@ -45,6 +60,9 @@ class ServerConfig:
                 raise ValueError(f"allowed_origins: {origin!r} is not '*' or an http(s):// origin")
         if self.chat_template is not None and not (is_template(self.chat_template) or _is_file(self.chat_template)):
             raise ValueError(f"chat_template: {self.chat_template!r} is neither a file nor a Jinja template")
+        if self.chat_template is not None:
+            check_template(self.chat_template if is_template(self.chat_template)
+                           else Path(self.chat_template).expanduser().read_text())
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
                                              and self.api_key and " " not in self.api_key):
             raise ValueError("api_key must be non-empty printable ASCII without spaces (it travels in a header)")
