@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kairos.config import SchedulerConfig
-from kairos.engine.core import SLOInfeasible
+from kairos.engine.admission import SLOInfeasible
 from kairos.engine.cost_model import CostModel
 from kairos.engine.kv_cache import KVCacheManager
 from kairos.engine.outputs import EngineRequest
@@ -312,7 +312,7 @@ def test_admission_scales_predictions_by_the_engines_own_errors(tiny_llama):
                         cost_model=CostModel(COST, frozen=True))
     prompt = list(range(3, 43))  # 50 ms to the first token on an idle engine
     for _ in range(10):  # first tokens came 1.5x later than predicted
-        engine.calibration["ttft"].observe(clock(), 2.0, 3.0)
+        engine.slo_admission.calibration["ttft"].observe(clock(), 2.0, 3.0)
     with pytest.raises(SLOInfeasible, match=r"predicted TTFT 75 ms > ttft_ms 60"):
         engine.add_request(EngineRequest("r", prompt, SamplingParams(max_tokens=4), slo=SLO(ttft_ms=60)))
     engine.add_request(EngineRequest("ok", prompt, SamplingParams(max_tokens=4), slo=SLO(ttft_ms=80)))

@@ -1,9 +1,12 @@
-"""SLO admission control: when a request joining now would get its tokens, and which of its
-objectives that misses. ``EngineCore`` scales the predictions by its calibration and decides."""
+"""SLO admission control: when a request joining now would get its tokens, which of its
+objectives that misses, and (:class:`SLOAdmission`) the decision, scaled by a calibration
+learned from how admitted requests actually fared."""
 
 from __future__ import annotations
 
-from kairos.engine.cost_model import CostModel, StepIntervals
+from collections.abc import Callable
+
+from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
 from kairos.engine.scheduler import Scheduler
 from kairos.engine.sequence import Sequence
 from kairos.engine.slo import SLO
@@ -49,3 +52,49 @@ def slo_misses(slo: SLO, first: float, tpot: float, last: float) -> list[str]:
     if slo.deadline_ms is not None and last * 1000 > slo.deadline_ms:
         misses.append(f"predicted completion {last * 1000:.0f} ms > deadline_ms {slo.deadline_ms:g}")
     return misses
+
+
+class SLOAdmission:
+    """Admits or refuses SLO requests as they arrive (:meth:`admit`), and learns from the first
+    and last tokens of those it admitted (:meth:`first_token`, :meth:`finished`) how far its
+    predictions fall short; counts what it refused and what it served best-effort."""
+
+    def __init__(self, sch: Scheduler, cost: CostModel, intervals: StepIntervals, clock: Callable[[], float],
+                 confidence: float):
+        self.sch, self.cost, self.intervals, self.clock = sch, cost, intervals, clock
+        # actual/predicted first-token and completion times of admitted SLO requests
+        self.calibration = {k: Calibration(confidence) for k in ("ttft", "e2e")}
+        self.counters = {"requests_slo_refused": 0, "requests_slo_best_effort": 0}
+
+    def admit(self, seq: Sequence) -> None:
+        """Sets ``seq.predicted`` and ``seq.promised`` when its SLO holds; else marks it best
+        effort (``on_miss="best_effort"``) or raises :class:`SLOInfeasible`."""
+        first, tpot, last = predict(self.sch, self.cost, self.intervals, seq)
+        raw = (first, last)
+        now = self.clock()
+        first *= self.calibration["ttft"].factor(now)
+        last *= self.calibration["e2e"].factor(now)
+        misses = slo_misses(seq.slo, first, tpot, last)
+        if not misses:
+            seq.predicted = raw  # judged against what happens: see ``calibration``
+            seq.promised = (first, tpot, last)
+            return
+        if seq.slo.on_miss == "best_effort":
+            seq.best_effort = True
+            self.counters["requests_slo_best_effort"] += 1
+            return
+        self.counters["requests_slo_refused"] += 1
+        raise SLOInfeasible("SLO cannot be met: " + "; ".join(misses) + " (set slo.on_miss to \"best_effort\" to be served anyway)")
+
+    def first_token(self, seq: Sequence, now: float) -> None:
+        if seq.predicted is not None and seq.slo.ttft_ms is not None:  # (a request without one may wait by design)
+            self.calibration["ttft"].observe(now, seq.predicted[0], now - seq.arrival_time)
+
+    def finished(self, seq: Sequence, now: float) -> None:
+        if seq.predicted is not None and seq.slo.deadline_ms is not None:
+            self.calibration["e2e"].observe(now, seq.predicted[1], now - seq.arrival_time)
+
+    def stats(self) -> dict[str, float]:
+        now = self.clock()
+        return {"slo_ttft_calibration": self.calibration["ttft"].factor(now),
+                "slo_e2e_calibration": self.calibration["e2e"].factor(now), **self.counters}

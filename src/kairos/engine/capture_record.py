@@ -23,6 +23,7 @@ import msgspec
 import torch
 
 logger = logging.getLogger(__name__)
+CUDA_GRAPH_BUDGET_S = 60.0  # start-up time capture may take; sizes left over run eagerly
 
 
 class CaptureRecord(msgspec.Struct, frozen=True):
@@ -90,6 +91,20 @@ def save(directory: Path, key: str, record: CaptureRecord) -> None:
         os.replace(tmp, directory / f"{key}.json")  # atomic: a concurrent start reads all or nothing
     except OSError as e:  # a read-only cache costs the next start its checks, nothing else
         logger.warning("decode graphs: could not keep the capture record (%s)", e)
+
+
+def start_decode_graphs(runner, max_num_seqs: int, max_model_len: int, model_path: Path, load_format: str) -> None:
+    """Capture the decode graphs of a CUDA runner at start-up, within ``CUDA_GRAPH_BUDGET_S``
+    (sizes left over run eagerly); a capture that fails leaves every decode step eager."""
+    from kairos.engine.decode_graphs import capture_sizes, cuda_capture
+    from kairos.loader.tokenizer import cache_dir
+
+    try:
+        enable_decode_graphs(runner, capture_sizes(max_num_seqs), max_model_len, cuda_capture(), CUDA_GRAPH_BUDGET_S,
+                             model_key(model_path, load_format), cache_dir() / "graphs")
+    except Exception as e:  # noqa: BLE001 - eager steps work
+        runner.graphs = None
+        logger.warning("decode graphs: capture failed (%s: %s); decode steps run eagerly", type(e).__name__, e)
 
 
 def enable_decode_graphs(runner, sizes: list[int], max_model_len: int, capture, budget_s: float,

@@ -8,17 +8,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from kairos.config import EngineConfig
-from kairos.engine.admission import SLOInfeasible, predict, slo_misses
-from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
+from kairos.engine.admission import SLOAdmission
+from kairos.engine.cost_model import CostModel, StepIntervals
 from kairos.engine.h2d import HostCopy, d2h, h2d
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.outputs import EngineRequest, PromptLogprob, SeqOutput, TokenLogprob
+from kairos.engine.parking import GrammarWaits
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
 from kairos.engine.sampler import DeviceSample, PromptLogprobs, Sampler, SamplingRow
 from kairos.engine.scheduler import Scheduler, SchedulerOutput
@@ -26,10 +26,8 @@ from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
 from kairos.engine.speculative import NgramProposer
 from kairos.engine.stopping import StopRules
 from kairos.engine.structured import StructuredOutputs, short_error
-from kairos.loader.tokenizer import cache_dir
 
 logger = logging.getLogger(__name__)
-CUDA_GRAPH_BUDGET_S = 60.0  # start-up time capture may take; sizes left over run eagerly
 
 
 @dataclass
@@ -76,12 +74,10 @@ class EngineCore:
                                   cpu_kernels=config.model.cpu_kernels)
         self.clock = clock
         self.cost = cost_model or CostModel()
-        # actual/predicted first-token and completion times of admitted SLO requests
-        self.calibration = {k: Calibration(config.scheduler.slo_confidence) for k in ("ttft", "e2e")}
         self.intervals = StepIntervals()
         self._last_step_end: float | None = None  # None: the engine idled since its last step
         self._last_done = 0.0  # perf_counter when the last finished step's device work was seen done
-        self.counters = {"requests_expired": 0, "requests_slo_refused": 0, "requests_slo_best_effort": 0}
+        self.requests_expired = 0
         self.sampler = Sampler(self.device, config.model.seed)
         self.eos_token_ids = frozenset(arch.eos_token_ids) | generation_eos_ids(self.model_path)
         self.structured = StructuredOutputs(self._load_tokenizer, arch.vocab_size, list(self.eos_token_ids))
@@ -95,20 +91,14 @@ class EngineCore:
         spec = config.speculative
         self.proposer = NgramProposer(spec, self.max_model_len) if spec.speculative_tokens else None
         self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock, self.proposer)
+        self.slo_admission = SLOAdmission(self.scheduler, self.cost, self.intervals, clock, config.scheduler.slo_confidence)
         if config.model.cuda_graphs and self.device.type == "cuda" and self.runner.decode_kernel:
-            from kairos.engine.capture_record import enable_decode_graphs, model_key
-            from kairos.engine.decode_graphs import capture_sizes, cuda_capture
+            from kairos.engine.capture_record import start_decode_graphs
 
-            try:
-                enable_decode_graphs(self.runner, capture_sizes(config.scheduler.max_num_seqs), self.max_model_len,
-                                     cuda_capture(), CUDA_GRAPH_BUDGET_S,
-                                     model_key(self.model_path, config.model.load_format), cache_dir() / "graphs")
-            except Exception as e:  # noqa: BLE001 - a capture that fails leaves eager steps, which work
-                self.runner.graphs = None
-                logger.warning("decode graphs: capture failed (%s: %s); decode steps run eagerly", type(e).__name__, e)
+            start_decode_graphs(self.runner, config.scheduler.max_num_seqs, self.max_model_len, self.model_path,
+                                config.model.load_format)
         self.requests: dict[str, list[Sequence | None]] = {}  # None: a sibling not forked yet
-        # requests whose grammar is being compiled, not in the scheduler yet: id -> (sequence, its grammar)
-        self._parked: dict[str, tuple[Sequence, Future]] = {}
+        self._parked = GrammarWaits(self.structured)  # (not in the scheduler until their grammar compiles)
         self._verdicts: list[tuple[str, str | None]] = []  # see take_verdicts
         self._seq_ids = itertools.count()
         self._in_flight: deque[StepInFlight] = deque()  # launched, not finished yet (oldest first)
@@ -143,7 +133,7 @@ class EngineCore:
         seq = Sequence(next(self._seq_ids), req.request_id, 0, prompt, p, arrival, pending_forks=p.n - 1,
                        slo=req.slo, priority=req.priority)
         if req.slo is not None:
-            self._admit_slo(seq)
+            self.slo_admission.admit(seq)
         # (compiled for the tokenizer on its own thread: meanwhile the request waits in ``_parked``)
         grammar = self.structured.start(p.structured, checked) if checked is not None else None
         if grammar is not None and grammar.done():  # (compiled already)
@@ -158,7 +148,7 @@ class EngineCore:
         if grammar is None:
             self.scheduler.add(seq)
         else:
-            self._parked[req.request_id] = (seq, grammar)
+            self._parked.park(req.request_id, seq, grammar)
 
     def is_waiting_for_grammar(self, request_id: str) -> bool:
         return request_id in self._parked
@@ -176,35 +166,15 @@ class EngineCore:
         seqs = self.requests.get(request_id)
         return seqs[0].promised if seqs and seqs[0] is not None else None
 
-    def _admit_slo(self, seq: Sequence) -> None:
-        first, tpot, last = predict(self.scheduler, self.cost, self.intervals, seq)
-        raw = (first, last)
-        now = self.clock()
-        first *= self.calibration["ttft"].factor(now)
-        last *= self.calibration["e2e"].factor(now)
-        misses = slo_misses(seq.slo, first, tpot, last)
-        if not misses:
-            seq.predicted = raw  # judged against what happens: see ``calibration``
-            seq.promised = (first, tpot, last)
-            return
-        if seq.slo.on_miss == "best_effort":
-            seq.best_effort = True
-            self.counters["requests_slo_best_effort"] += 1
-            return
-        self.counters["requests_slo_refused"] += 1
-        raise SLOInfeasible("SLO cannot be met: " + "; ".join(misses) + " (set slo.on_miss to \"best_effort\" to be served anyway)")
-
     def abort(self, request_id: str) -> list[SeqOutput]:
         """End every unfinished sequence of a request (client gone, cancelled); frees its blocks."""
         seqs = self.requests.pop(request_id, None)
         if seqs is None:
             return []
-        parked = self._parked.pop(request_id, None)  # (not in the scheduler)
-        if parked is not None:
-            self.structured.release(parked[0].params.structured, parked[1])
+        parked = self._parked.drop(request_id)  # (not in the scheduler)
         out = []
         for i, seq in enumerate(seqs):
-            if seq is not None and parked is None:
+            if seq is not None and not parked:
                 self.scheduler.finish(seq)
             out.append(SeqOutput(request_id, i, [], finish_reason="abort"))
         return out
@@ -225,29 +195,16 @@ class EngineCore:
     def _unpark(self) -> list[SeqOutput]:
         """Requests whose grammar is compiled go to the scheduler (those it failed for end in "error")."""
         out = []
-        now = self.clock()
-        for rid, (seq, grammar) in list(self._parked.items()):
-            expired = not seq.best_effort and any(d is not None and now > d
-                                                   for d in (seq.ttft_deadline, seq.e2e_deadline))
-            if not expired and not grammar.done():
+        for u in self._parked.ready(self.clock()):
+            self._verdicts.append((u.request_id, u.error))
+            if u.error is None and not u.expired:
+                self.scheduler.add(u.seq)
                 continue
-            del self._parked[rid]
-            error = None
-            if expired:  # (its deadline passed while its grammar compiled: admitted, then expired)
-                self.structured.release(seq.params.structured, grammar)
-                self.counters["requests_expired"] += 1
-            else:
-                try:
-                    seq.matcher = self.structured.take(seq.params.structured, grammar)
-                except Exception as e:  # noqa: BLE001 - checked without the tokenizer at arrival; failed with it
-                    error = str(e) if isinstance(e, ValueError) else f"structured output failed to compile: {e!r}"
-            self._verdicts.append((rid, error))
-            if error is None and not expired:
-                self.scheduler.add(seq)
-                continue
-            del self.requests[rid]
-            out += [SeqOutput(rid, i, [], finish_reason="error" if error else "expired", stop_reason=error,
-                              num_prompt_tokens=seq.num_prompt_tokens) for i in range(seq.params.n)]
+            self.requests_expired += u.expired
+            del self.requests[u.request_id]
+            out += [SeqOutput(u.request_id, i, [], finish_reason="expired" if u.expired else "error",
+                              stop_reason=u.error, num_prompt_tokens=u.seq.num_prompt_tokens)
+                    for i in range(u.seq.params.n)]
         return out
 
     def can_launch_ahead(self) -> bool:
@@ -405,12 +362,10 @@ class EngineCore:
         self.scheduler.cache_resolved(seq, index)
         if seq.first_token_time is None:
             seq.first_token_time = now
-            if seq.predicted is not None and seq.slo.ttft_ms is not None:  # (a request without one may wait by design)
-                self.calibration["ttft"].observe(now, seq.predicted[0], now - seq.arrival_time)
+            self.slo_admission.first_token(seq, now)
         reason, stop = self.stops.reason(seq, tok)
-        if reason and seq.predicted is not None and seq.slo.deadline_ms is not None:
-            self.calibration["e2e"].observe(now, seq.predicted[1], now - seq.arrival_time)
         if reason:
+            self.slo_admission.finished(seq, now)
             self._finish(seq)
         out = SeqOutput(seq.request_id, seq.index, [tok], logprobs=None if lp is None else [TokenLogprob(lp[0], lp[1])],
                         finish_reason=reason, stop_reason=stop, num_prompt_tokens=seq.num_prompt_tokens)
@@ -474,7 +429,7 @@ class EngineCore:
     def _expired_outputs(self, expired: list[Sequence]) -> list[SeqOutput]:
         out = []
         for seq in expired:
-            self.counters["requests_expired"] += 1
+            self.requests_expired += 1
             seqs = self.requests.get(seq.request_id, [])
             # siblings not forked yet expire with their parent
             for i, s in enumerate(seqs):
@@ -534,10 +489,9 @@ class EngineCore:
             "kv_blocks_active": len({b for t in self.kv.block_tables.values() for b in t}),
             **self.kv.stats(),
             **self.cost.describe(),
-            "slo_ttft_calibration": self.calibration["ttft"].factor(self.clock()),
-            "slo_e2e_calibration": self.calibration["e2e"].factor(self.clock()),
+            **self.slo_admission.stats(),
             "step_interval_s": self.intervals.mean(self.clock()),
-            **self.counters,
+            "requests_expired": self.requests_expired,
             **({"spec_draft_tokens": self.proposer.drafted, "spec_accepted_tokens": self.proposer.accepted}
                if self.proposer is not None else {}),
         }
