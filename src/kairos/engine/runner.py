@@ -117,8 +117,7 @@ class ModelRunner:
             targets = [t for s, _, lo, hi in asked for t in s.seq.token_ids[lo + 1 : hi + 1]]
             k = max(s.seq.params.prompt_logprobs for s, *_ in asked)
             prompt = prompt_logprobs(self.model.compute_logits, hidden.index_select(0, h2d(rows, self.device, torch.long)),
-                                     h2d(targets, self.device, torch.long), k)
-            prompt.spans = [(s.seq, lo, hi) for s, _, lo, hi in asked]
+                                     h2d(targets, self.device, torch.long), k, [(s.seq, lo, hi) for s, _, lo, hi in asked])
         if logits_idx is not None:
             hidden = hidden[logits_idx]
         return self.model.compute_logits(hidden), prompt

@@ -13,7 +13,7 @@ token ids (then the logprobs, already computed, in the same wait).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,7 @@ class PromptLogprobs:
     """Logprobs of prompt tokens found by a step (:func:`prompt_logprobs`), on their way to the host."""
 
     host: HostCopy  # [E] logprob of each token, [E] its rank, then [E, k] top logprobs and [E, k] top ids (k > 0)
-    spans: list = field(default_factory=list)  # (sequence, lo, hi): its positions lo..hi-1, rows in order
+    spans: list  # (sequence, lo, hi): its positions lo..hi-1, rows in order
 
     def rows(self) -> list[tuple[float, int, list[tuple[int, float]]]]:
         """Per position: (the next token's logprob, its rank, [(token id, logprob)] top-k)."""
@@ -74,10 +74,10 @@ class PromptLogprobs:
 
 
 def prompt_logprobs(compute_logits: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
-                    targets: torch.Tensor, k: int, rows_at_once: int = 256) -> PromptLogprobs:
+                    targets: torch.Tensor, k: int, spans: list, rows_at_once: int = 256) -> PromptLogprobs:
     """For each row of ``hidden`` ``[E, H]`` (a prompt position), the raw logprob of ``targets[e]``
     (the prompt's next token), its rank (the tokens at least as likely, itself included) and the
-    top ``k``; ``rows_at_once`` bounds the ``[rows, V]`` float32 logits held at once (a 2k-token
+    top ``k``; ``spans``: whose positions the rows are (:class:`PromptLogprobs`); ``rows_at_once`` bounds the ``[rows, V]`` float32 logits held at once (a 2k-token
     chunk of a 152k vocabulary would be 1.2 GB)."""
     parts: list[list[torch.Tensor]] = []
     for a in range(0, hidden.shape[0], rows_at_once):
@@ -85,7 +85,7 @@ def prompt_logprobs(compute_logits: Callable[[torch.Tensor], torch.Tensor], hidd
         chosen = lp.gather(1, targets[a : a + rows_at_once, None])  # [r, 1]
         rank = (lp >= chosen).sum(dim=-1)  # (as vLLM's: a tie ranks below, so a bfloat16 model's ties count)
         parts.append([chosen.squeeze(1), rank, *(lp.topk(k, dim=-1) if k else ())])
-    return PromptLogprobs(d2h([torch.cat(col) for col in zip(*parts)]))
+    return PromptLogprobs(d2h([torch.cat(col) for col in zip(*parts)]), spans)
 
 
 class Sampler:
