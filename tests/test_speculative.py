@@ -5,11 +5,13 @@ preemption and the prefix cache."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from kairos import LLM, SamplingParams
 from kairos.config import EngineConfig
-from kairos.engine.speculative import find_draft
+from kairos.engine.speculative import NgramIndex
 
 from conftest import hf_greedy
 from engine_helpers import GREEDY, assert_pool_whole, prompts_of
@@ -25,7 +27,30 @@ from engine_helpers import GREEDY, assert_pool_whole, prompts_of
     ([3, 1, 2, 1, 2], 1, 4, 2, [1, 2]),  # "1 2" at 1: "1 2" follows
 ])
 def test_find_draft(tokens, n_min, n_max, k, draft):
-    assert find_draft(tokens, n_min, n_max, k) == draft
+    assert NgramIndex(n_min, n_max).draft(tokens, k) == draft
+    assert scan(tokens, n_min, n_max, k) == draft
+
+
+def scan(tokens: list[int], n_min: int, n_max: int, k: int) -> list[int]:
+    """The rule by brute force: the longest suffix first, its latest earlier start."""
+    for n in range(min(n_max, len(tokens) - 1), n_min - 1, -1):
+        starts = [s for s in range(len(tokens) - n) if tokens[s : s + n] == tokens[len(tokens) - n :]]
+        if starts:
+            return tokens[starts[-1] + n : starts[-1] + n + k]
+    return []
+
+
+@pytest.mark.parametrize("n_min,n_max", [(1, 1), (2, 4), (1, 5), (3, 3)])
+def test_an_index_kept_up_to_date_drafts_as_a_scan_of_the_whole_history(n_min, n_max):
+    rng = random.Random(n_min * 10 + n_max)
+    for _ in range(20):
+        vocab = rng.choice([2, 3, 5, 20])  # (small vocabularies repeat often)
+        tokens = [rng.randrange(vocab) for _ in range(rng.randrange(1, 8))]
+        index = NgramIndex(n_min, n_max)
+        while len(tokens) < 120:  # grown by 1 to 5 tokens between lookups, as kept drafts grow it
+            k = rng.randrange(1, 6)
+            assert index.draft(tokens, k) == scan(tokens, n_min, n_max, k), tokens
+            tokens += [rng.randrange(vocab) for _ in range(rng.randrange(1, 6))]
 
 
 def loop_prompts() -> list[list[int]]:
