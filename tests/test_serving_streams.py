@@ -121,14 +121,15 @@ class StubClient:
 
 
 class StubMetrics:
-    def finished(self, outcome, *args):
-        pass
+    def finished(self, outcome, prompt_tokens, token_times, *args):
+        self.token_times = token_times
 
 
 def chunks(tok, params: SamplingParams, rounds: list[list[tuple[int, str, str | None]]]):
     """Feed a Generator's follow ``rounds`` of engine outputs (index, text, finish reason), a
     round at a time with the stream reading in between; returns the chunks a stream would send,
-    (index, delta, finish reason), and the calls made to the engine client."""
+    (index, delta, finish reason), the calls made to the engine client, and the request's
+    output and token times (as the metrics got them)."""
     gen = Generator(StubClient(), tok, StubMetrics(), 10)
     out = gen.processor.add_request("r", None, [1, 2], params)
     q: asyncio.Queue = asyncio.Queue()
@@ -147,14 +148,14 @@ def chunks(tok, params: SamplingParams, rounds: list[list[tuple[int, str, str | 
             o = t.output.outputs[index]
             sent.append((index, o.delta, o.finish_reason))
         await feeder
-        return sent, gen.client.calls
+        return sent, gen.client.calls, out, gen.metrics.token_times
 
     return asyncio.run(run())
 
 
 def test_a_stream_that_fell_behind_sends_one_chunk_and_nothing_after_a_stop(default_tokenizer):
     params = SamplingParams(n=2, stop=["."], max_tokens=5, include_stop_str_in_output=True)
-    sent, calls = chunks(default_tokenizer, params, [
+    sent, calls, out, times = chunks(default_tokenizer, params, [
         [(0, "Hello", None), (1, "Hi", None), (0, " world", None)],  # waiting together: one chunk for index 0
         [(0, ".", None)],
         [(0, " more", None)],  # made before the engine heard of the stop string: not sent
@@ -162,6 +163,18 @@ def test_a_stream_that_fell_behind_sends_one_chunk_and_nothing_after_a_stop(defa
     ])
     assert sent == [(0, "Hello world", None), (1, "Hi", None), (0, ".", "stop"), (1, " there", "length")]
     assert ("finish_sequence", "r", 0) in calls and calls[-1] == ("release", "r")
+    assert len(times) == sum(len(o.token_ids) for o in out.outputs)
+
+
+def test_tokens_past_a_stop_in_the_same_wake_up_are_not_counted(default_tokenizer):
+    # (a kept draft, or a stream that fell behind, brings tokens past a stop string at once)
+    params = SamplingParams(stop=["."], max_tokens=8)
+    sent, calls, out, times = chunks(default_tokenizer, params, [
+        [(0, "Hello", None), (0, ".", None), (0, " more", None), (0, " words", None)],
+    ])
+    assert sent == [(0, "Hello", "stop")] and ("finish_sequence", "r", 0) in calls
+    assert out.outputs[0].token_ids == default_tokenizer("Hello.", add_special_tokens=False).input_ids
+    assert len(times) == len(out.outputs[0].token_ids)  # (the metrics' generation tokens, TPOT)
 
 
 def test_legacy_top_logprobs_keep_the_likelier_of_two_tokens_with_one_text():

@@ -118,12 +118,12 @@ class Generator:
                         break
                     item = tr.queue.get_nowait()
                 # (an output ended by a stop string may still get a token the engine made before
-                # it heard: the processor drops it, and nothing is yielded or counted for it)
+                # it heard, in these items or later ones: the processor drops it, and nothing is
+                # yielded or counted for it; what counts is the tokens the outputs grew by)
                 items = [it for it in items if not tr.output.outputs[it.index].finished]
-                now = time.monotonic()
-                for it in items:
-                    tr.token_times.extend([now] * len(it.new_token_ids))
+                before = sum(len(o.token_ids) for o in tr.output.outputs)
                 _, stopped = self.processor.process(items)
+                tr.token_times.extend([time.monotonic()] * (sum(len(o.token_ids) for o in tr.output.outputs) - before))
                 for r, i in stopped:
                     self.client.finish_sequence(r, i)
                 failed = next((o for o in tr.output.outputs if o.finish_reason == "error"), None)
