@@ -122,3 +122,135 @@ def test_real_run_counts_refusals_and_writes_outputs(tmp_path):
             run_bench(BenchConfig(base_url=srv.url, model="gpt-9", out=str(tmp_path / "x")))
     finally:
         srv.stop()
+
+
+def sse(*chunks) -> bytes:
+    return b"".join(b"data: " + (c if isinstance(c, bytes) else json.dumps(c).encode()) + b"\n\n" for c in chunks)
+
+
+def tok_chunk(text, finish=None):
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+
+
+def load(answers: dict[int, object], timeout_s=60.0, max_concurrency=None, n=None):
+    """Run the load generator on ``n`` requests (default: one per answer) against a stand-in
+    server: request i gets ``answers[i % len(answers)]``, bytes or an async generator of bytes.
+    Returns the records."""
+    import asyncio
+
+    import httpx
+
+    from kairos.bench.runner import Target, run_load
+    from kairos.bench.workloads import RequestSpec
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        i = int(json.loads(request.content)["messages"][-1]["content"])  # (each prompt is its index)
+        answer = answers[i % len(answers)]
+
+        async def body():
+            if isinstance(answer, bytes):
+                await asyncio.sleep(0.02)
+                yield answer
+            else:
+                async for part in answer():
+                    yield part
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    specs = [RequestSpec(i, 0.0, str(i), 1, 4, SLO()) for i in range(len(answers) if n is None else n)]
+    target = Target("http://bench.test", "m", "chat", False, timeout_s)
+    records, _ = asyncio.run(run_load(specs, target, lambda text: len(text.split()), None, max_concurrency,
+                                      httpx.MockTransport(handler)))
+    return records
+
+
+def test_a_bad_or_empty_answer_fails_its_request_and_never_the_run():
+    good = sse(tok_chunk("a"), tok_chunk(" b", "length"), {"choices": [], "usage": {"completion_tokens": 2}}, b"[DONE]")
+    records = load({
+        0: good,
+        1: sse(tok_chunk("a"), b"{not json"),
+        2: sse({"error": "the server fell over"}),
+        3: b'{"choices": [{"message": {"content": "not a stream"}}]}',  # (a 200 without a stream)
+        4: sse(b"[DONE]"),  # (an empty stream)
+        5: sse(tok_chunk("a"), tok_chunk(" b")),  # (cut short: no finish_reason, no [DONE])
+        6: sse(tok_chunk("a"), tok_chunk(" b c", "length"), {"choices": [], "usage": {"completion_tokens": None}},
+               b"[DONE]"),
+    })
+    out = [(r.outcome, r.error, r.output_tokens) for r in records]
+    assert out[0] == ("ok", None, 2) and out[6] == ("ok", None, 3)  # (no count in the usage: counted here)
+    assert out[1][:1] == ("error",) and out[1][1].startswith("bad answer: JSONDecodeError")
+    assert out[2] == ("error", "the server fell over", 0)
+    assert out[3] == out[4] == ("error", "the answer carried no output text (not a stream, or an empty one)", 0)
+    assert out[5] == ("error", "the stream ended before [DONE] or a finish_reason", 0)
+
+
+def test_the_timeout_bounds_a_whole_answer_and_latency_ends_at_the_last_token():
+    import asyncio
+
+    async def trickle():  # a token every 50 ms: each read is quick, the answer is not
+        for k in range(20):
+            await asyncio.sleep(0.05)
+            yield sse(tok_chunk(f" t{k}"))
+        yield sse(tok_chunk("", "length"), b"[DONE]")
+
+    async def late_usage():
+        yield sse({"choices": [{"index": 0, "delta": {"reasoning_content": "hm"}, "finish_reason": None}]})
+        yield sse(tok_chunk(" yes", "stop"))
+        await asyncio.sleep(0.3)
+        yield sse({"choices": [], "usage": {"completion_tokens": 2}}, b"[DONE]")
+
+    (slow,) = load({0: trickle}, timeout_s=0.3)
+    assert (slow.outcome, slow.error) == ("timeout", "no complete answer within 0.3 s")
+    (late,) = load({0: late_usage})
+    assert late.outcome == "ok" and len(late.token_times) == 2  # (thinking is output: TTFT is its first token)
+    assert late.end_s == late.token_times[-1] and late.output_tokens == 2
+
+
+def test_max_concurrency_bounds_the_requests_in_flight():
+    import asyncio
+
+    async def slow():
+        await asyncio.sleep(0.05)
+        yield sse(tok_chunk("a", "length"), b"[DONE]")
+
+    def most_at_once(records):  # (each request's time in flight: sent to its last token)
+        return max(sum(r.sent_s <= t < r.end_s for r in records) for t in (q.sent_s for q in records))
+
+    records = load({0: slow}, n=12)
+    assert most_at_once(records) == 12 and all(r.outcome == "ok" for r in records)  # (all at once: rate inf)
+    records = load({0: slow}, n=12, max_concurrency=3)
+    assert most_at_once(records) == 3 and all(r.outcome == "ok" for r in records)
+
+
+def test_bench_options_that_would_measure_the_wrong_thing_are_refused(tmp_path):
+    assert SLO.parse("ttft_ms=1000") == SLO("default", 1000.0)  # (no class name: the default class)
+    with pytest.raises(ValueError, match="^slo: two classes are named 'a'$"):
+        BenchConfig(slo=("a:ttft_ms=100", "a:ttft_ms=10000"))
+    with pytest.raises(ValueError, match="--sweep does not apply"):
+        BenchConfig(trace="t.jsonl", sweep="1,2")
+    with pytest.raises(ValueError, match="sweep rates must be > 0"):
+        BenchConfig(sweep="nan,1")
+    with pytest.raises(ValueError, match=r"bad length 'uniform:10:5'"):
+        BenchConfig(input_len="uniform:10:5")
+    with pytest.raises(ValueError, match="burstiness and timeout must be > 0"):
+        BenchConfig(burstiness=0)
+    with pytest.raises(ValueError, match="SLO field ttft_ms must be > 0"):
+        SLO.parse("x:ttft_ms=-5")
+    rng = random.Random(0)
+    assert min(Length.parse("uniform:0:2").sample(rng) for _ in range(50)) == 1  # (clipped to >= 1)
+
+
+def test_results_are_strict_json_and_compare_pairs_runs_by_rate(tmp_path, capsys):
+    from rich.console import Console
+
+    from kairos.bench.report import compare, write_json
+
+    summary = {"request_throughput": 2.0, "ttft_s": {"p50": float("nan")}}
+    write_json(tmp_path / "a.json", {"rate": float("inf")}, [{"rate": 1.0, "summary": summary},
+                                                              {"rate": 2.0, "summary": summary}])
+    text = (tmp_path / "a.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))["config"]["rate"] == "inf"
+    write_json(tmp_path / "b.json", {}, [{"rate": 2.0, "summary": {**summary, "request_throughput": 3.0}}])
+    compare(tmp_path / "a.json", tmp_path / "b.json", Console(width=200))
+    shown = capsys.readouterr().out
+    assert "rate 2.0 vs 2.0" in shown and "rate 1.0 vs" not in shown and "1.50" in shown
+    assert "rates in one file only, not compared: 1.0" in shown

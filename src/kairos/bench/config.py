@@ -23,13 +23,14 @@ class BenchConfig:
     prefix_len: int = field(default=0, metadata={"help": "shared prefix tokens (system prompt / few-shot)"})
     num_prefix_groups: int = field(default=1, metadata={"help": "distinct shared prefixes"})
     turns: int = field(default=1, metadata={"help": "turns per multi-turn chat session"})
-    slo: tuple[str, ...] = field(default=(), metadata={"help": "SLO class NAME:ttft_ms=..,tpot_ms=..,deadline_ms=.. (repeatable; round-robin)"})
-    trace: str | None = field(default=None, metadata={"help": "JSONL trace: timestamp, input_length, output_length"})
-    sweep: str | None = field(default=None, metadata={"help": "comma-separated rates to sweep (overrides --rate)"})
+    max_concurrency: int | None = field(default=None, metadata={"help": "requests in flight at most (a request due meanwhile waits for a slot), as vLLM's"})
+    slo: tuple[str, ...] = field(default=(), metadata={"help": "SLO class [NAME:]ttft_ms=..,tpot_ms=..,deadline_ms=.. (repeatable; round-robin; NAME default: default)"})
+    trace: str | None = field(default=None, metadata={"help": "JSONL trace: timestamp, input_length, output_length (replayed at its own times)"})
+    sweep: str | None = field(default=None, metadata={"help": "comma-separated rates to sweep (overrides --rate; each rate draws its own prompts)"})
     target_attainment: float = field(default=0.9, metadata={"help": "attainment that defines capacity in a sweep"})
     send_slo: bool = field(default=True, metadata={"help": "send SLOs as Kairos body fields and headers"})
     extra_body: str | None = field(default=None, metadata={"help": "a JSON object merged into every request body, e.g. '{\"response_format\": {\"type\": \"json_object\"}}' or sampling options (as SGLang's --extra-request-body); stream and the prompt stay the bench's"})
-    timeout: float = field(default=600.0, metadata={"help": "client timeout per request, seconds"})
+    timeout: float = field(default=600.0, metadata={"help": "client timeout per request (the whole answer), seconds"})
     api_key: str | None = field(default=None, repr=False, metadata={"help": "sent as 'Authorization: Bearer KEY' to --base-url (default: $OPENAI_API_KEY if set, as vLLM's client; never written to the results)"})
     seed: int = field(default=0, metadata={"help": "workload seed"})
     out: str = field(default="results/bench", metadata={"help": "path prefix of the JSON and PNG outputs"})
@@ -42,6 +43,12 @@ class BenchConfig:
             raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
         if not self.rate > 0:
             raise ValueError(f"rate must be > 0, got {self.rate}")
+        if not self.burstiness > 0 or not self.timeout > 0:
+            raise ValueError(f"burstiness and timeout must be > 0, got {self.burstiness} and {self.timeout}")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.trace and self.sweep:
+            raise ValueError("a trace is replayed at its own timestamps: --sweep does not apply to it")
         if self.arrival not in ("poisson", "gamma", "constant"):
             raise ValueError(f"arrival must be poisson, gamma or constant, got {self.arrival!r}")
         if self.turns < 1 or self.num_prefix_groups < 1 or self.prefix_len < 0:
@@ -63,7 +70,11 @@ class BenchConfig:
         return extra
 
     def slo_classes(self) -> list[SLO]:
-        return [SLO.parse(s) for s in self.slo] or [SLO()]
+        classes = [SLO.parse(s) for s in self.slo] or [SLO()]
+        names = [c.name for c in classes]
+        if len(set(names)) < len(names):  # (requests are judged by their class's name)
+            raise ValueError(f"slo: two classes are named {next(n for n in names if names.count(n) > 1)!r}")
+        return classes
 
     def rates(self) -> list[float]:
         if not self.sweep:
@@ -72,6 +83,6 @@ class BenchConfig:
             rates = [float(x) for x in self.sweep.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"sweep must be comma-separated rates, got {self.sweep!r}") from None
-        if not rates or any(r <= 0 for r in rates):
+        if not rates or not all(r > 0 for r in rates):  # (NaN too)
             raise ValueError(f"sweep rates must be > 0, got {self.sweep!r}")
         return rates

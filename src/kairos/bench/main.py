@@ -51,22 +51,26 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
     tok = load_tokenizer(resolve_model_path(cfg.tokenizer))
     if tok is None:
         raise BenchError(f"{cfg.tokenizer} has no tokenizer")
+    if cfg.tokenizer == "default" and "smollm2" not in model.lower():
+        console.print(f"[yellow]warning: lengths are counted with the default model's tokenizer (SmolLM2), not "
+                      f"{model}'s: pass --tokenizer (its HF directory or GGUF) for exact prompt lengths[/yellow]")
     target = Target(cfg.base_url.rstrip("/"), model, cfg.endpoint, cfg.send_slo, cfg.timeout, cfg.api_key,
                     cfg.extra())
     slos = {s.name: s for s in cfg.slo_classes()}
     runs, all_records = [], []
-    for rate in cfg.rates():
-        if cfg.trace:
-            specs = load_trace(Path(cfg.trace), tok, cfg.seed, cfg.slo_classes())
-        else:
+    for i, rate in enumerate(cfg.rates()):
+        if cfg.trace:  # (replayed at its own times: no rate, no sweep)
+            specs, rate = load_trace(Path(cfg.trace), tok, cfg.seed, cfg.slo_classes()), None
+        else:  # each rate its own prompts: a server's prefix cache must not serve a rate the last one's
             specs = build_workload(num_requests=cfg.num_requests, rate=rate, arrival=cfg.arrival,
                                    burstiness=cfg.burstiness, input_len=Length.parse(cfg.input_len),
                                    output_len=Length.parse(cfg.output_len), prefix_len=cfg.prefix_len,
                                    num_prefix_groups=cfg.num_prefix_groups, slo_classes=cfg.slo_classes(),
-                                   turns=cfg.turns, tokenizer=tok, seed=cfg.seed)
+                                   turns=cfg.turns, tokenizer=tok, seed=cfg.seed + i)
         ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task(f"rate {rate} req/s", total=len(specs))
+            label = "trace" if rate is None else f"rate {rate} req/s"
+            task = progress.add_task(label, total=len(specs))
 
             def count_tokens(text: str) -> int:
                 return len(tok(text, add_special_tokens=False).input_ids)
@@ -74,14 +78,14 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
             def advance(_, task=task) -> None:
                 progress.advance(task)
 
-            records, lag = asyncio.run(run_load(specs, target, count_tokens, advance))
+            records, lag = asyncio.run(run_load(specs, target, count_tokens, advance, cfg.max_concurrency))
         ru1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
         cpu = (ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime) / wall
         s = summarize(records, slos)
         runs.append({"rate": rate, "summary": s, "client_cpu": cpu, "max_send_lag_s": lag,
                      "records": [r.to_json() for r in records]})
         all_records.append(records)
-        print_summary(s, f"{model} @ {cfg.base_url}, rate {rate} req/s", console)
+        print_summary(s, f"{model} @ {cfg.base_url}, {label}", console)
         console.print(f"client CPU {cpu:.0%} of one core; worst send lag {lag * 1000:.0f} ms")
         if lag > 0.1:
             console.print(f"[yellow]warning: the client fell behind its schedule by up to {lag:.2f} s; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -42,8 +43,19 @@ def print_summary(s: dict, title: str, console: Console | None = None) -> None:
 
 
 def write_json(path: Path, config: dict, runs: list[dict]) -> None:
+    """Strict JSON (other tools read it): an infinite rate is written "inf", a NaN null."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": config, "runs": runs}, indent=1))
+    path.write_text(json.dumps(_finite({"config": config, "runs": runs}), indent=1, allow_nan=False))
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def plot(path_prefix: Path, runs: list[dict], records_by_run: list[list[Record]]) -> list[Path]:
@@ -61,11 +73,12 @@ def plot(path_prefix: Path, runs: list[dict], records_by_run: list[list[Record]]
             vals = sorted(v for r in ok if (v := fn(r)) is not None)
             if vals:
                 ax.plot([v * 1000 for v in vals], [(i + 1) / len(vals) for i in range(len(vals))],
-                        label=f"rate {run['rate']}")
+                        label="trace" if run["rate"] is None else f"rate {run['rate']}")
             ax.set_xlabel(f"{name} (ms)")
             ax.set_ylabel("fraction of requests")
             ax.grid(alpha=0.3)
-    axes[0].legend()
+    if axes[0].get_legend_handles_labels()[0]:  # (no successful request: no curve to name)
+        axes[0].legend()
     fig.tight_layout()
     cdf = path_prefix.with_name(path_prefix.name + "_latency_cdf.png")
     fig.savefig(cdf, dpi=100)
@@ -107,10 +120,19 @@ def _get(d: dict, dotted: str):
 
 
 def compare(a_path: Path, b_path: Path, console: Console | None = None) -> None:
-    """Side by side per run (matched by rate), with the ratio b / a."""
+    """Side by side per run (matched by rate; two files of one run each are matched whatever
+    their rates), with the ratio b / a."""
     console = console or Console()
     a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
-    for ra, rb in zip(a["runs"], b["runs"]):
+    if len(a["runs"]) == len(b["runs"]) == 1:
+        pairs = [(a["runs"][0], b["runs"][0])]
+    else:
+        pairs = [(ra, rb) for ra in a["runs"] for rb in b["runs"] if ra["rate"] == rb["rate"]]
+        matched = {str(ra["rate"]) for ra, _ in pairs}
+        unmatched = [str(r["rate"]) for r in a["runs"] + b["runs"] if str(r["rate"]) not in matched]
+        if unmatched:
+            console.print(f"rates in one file only, not compared: {', '.join(dict.fromkeys(unmatched))}")
+    for ra, rb in pairs:
         t = Table(title=f"rate {ra['rate']} vs {rb['rate']}")
         for col in ("metric", Path(a_path).stem, Path(b_path).stem, "b / a"):
             t.add_column(col, justify="right")

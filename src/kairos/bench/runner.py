@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -71,54 +72,73 @@ async def _one(http: httpx.AsyncClient, spec: RequestSpec, target: Target, t0: f
                history: list[dict]) -> tuple[Record, str]:
     rec = Record(spec.index, spec.slo.name, spec.send_at, prompt_tokens=spec.prompt_tokens)
     path, body, headers = _body(spec, target, history)
-    text: list[str] = []
-    usage = None
-    expired = False
     rec.sent_s = time.perf_counter() - t0
     try:
-        async with http.stream("POST", target.base_url + path, json=body, headers=headers,
-                               timeout=target.timeout_s) as r:
-            rec.status = r.status_code
-            if r.status_code != 200:
-                raw = await r.aread()
-                rec.outcome = "refused" if r.status_code in (429, 503) else "error"
-                rec.error = _error_message(raw, r.status_code)
-                return _done(rec, t0), ""
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    rec.error = chunk["error"].get("message", str(chunk["error"]))
-                    return _done(rec, t0), ""
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for choice in chunk.get("choices") or []:
-                    if choice.get("finish_reason") == "expired":
-                        expired = True
-                    piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
-                    if piece:
-                        now = time.perf_counter() - t0
-                        rec.first_token_s = rec.first_token_s if rec.first_token_s is not None else now
-                        rec.token_times.append(now)
-                        text.append(piece)
-        full = "".join(text)
-        if usage:
-            rec.prompt_tokens = usage.get("prompt_tokens", rec.prompt_tokens)
-            rec.output_tokens = usage.get("completion_tokens", 0)
-            rec.server_report = usage.get("kairos")
-        else:
-            rec.output_tokens = count_tokens(full)
-        rec.outcome = "expired" if expired else "ok"
-        return _done(rec, t0), full
-    except httpx.TimeoutException:
-        rec.outcome, rec.error = "timeout", f"no answer within {target.timeout_s:.0f} s"
+        async with asyncio.timeout(target.timeout_s):  # (the whole request's: httpx's own is per read)
+            return await _stream(http, rec, target.base_url + path, body, headers, t0, count_tokens)
+    except (TimeoutError, httpx.TimeoutException):
+        rec.outcome, rec.error = "timeout", f"no complete answer within {target.timeout_s:g} s"
     except httpx.HTTPError as e:
         rec.outcome, rec.error = "error", f"{type(e).__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 - a malformed answer fails its request, never the run
+        rec.outcome, rec.error = "error", f"bad answer: {type(e).__name__}: {e}"
     return _done(rec, t0), ""
+
+
+async def _stream(http: httpx.AsyncClient, rec: Record, url: str, body: dict, headers: dict, t0: float,
+                  count_tokens) -> tuple[Record, str]:
+    text: list[str] = []
+    usage = None
+    expired = ended = False  # ended: [DONE] or a finish_reason came (a stream cut short has neither)
+    async with http.stream("POST", url, json=body, headers=headers) as r:
+        rec.status = r.status_code
+        if r.status_code != 200:
+            raw = await r.aread()
+            rec.outcome = "refused" if r.status_code in (429, 503) else "error"
+            rec.error = _error_message(raw, r.status_code)
+            return _done(rec, t0), ""
+        async for line in r.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                ended = True
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:
+                err = chunk["error"]
+                rec.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+                return _done(rec, t0), ""
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                ended = ended or choice.get("finish_reason") is not None
+                expired = expired or choice.get("finish_reason") == "expired"
+                # (reasoning models stream their thinking first: output tokens too, as vLLM counts them)
+                delta = choice.get("delta") or {}
+                piece = (delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+                         if "delta" in choice else choice.get("text"))
+                if piece:
+                    now = time.perf_counter() - t0
+                    rec.first_token_s = rec.first_token_s if rec.first_token_s is not None else now
+                    rec.token_times.append(now)
+                    text.append(piece)
+    _done(rec, t0)
+    if rec.token_times:  # (latency ends at the last token: a trailing usage chunk carries none)
+        rec.end_s = rec.token_times[-1]
+    if not rec.token_times and not expired:
+        rec.error = "the answer carried no output text (not a stream, or an empty one)"
+        return rec, ""
+    if not ended:
+        rec.error = "the stream ended before [DONE] or a finish_reason"
+        return rec, ""
+    full = "".join(text)
+    rec.prompt_tokens = (usage or {}).get("prompt_tokens") or rec.prompt_tokens
+    completion = (usage or {}).get("completion_tokens")
+    rec.output_tokens = completion if isinstance(completion, int) else count_tokens(full)
+    rec.server_report = (usage or {}).get("kairos")
+    rec.outcome = "expired" if expired else "ok"
+    return rec, full
 
 
 def _done(rec: Record, t0: float) -> Record:
@@ -134,8 +154,12 @@ def _error_message(raw: bytes, status: int) -> str:
 
 
 async def run_load(specs: list[RequestSpec], target: Target, count_tokens: Callable[[str], int],
-                   on_done: Callable[[Record], None] | None = None) -> tuple[list[Record], float]:
-    """Send every spec at its time (open loop; turns of one session wait for the previous turn).
+                   on_done: Callable[[Record], None] | None = None,
+                   max_concurrency: int | None = None, transport: httpx.AsyncBaseTransport | None = None
+                   ) -> tuple[list[Record], float]:
+    """Send every spec at its time (open loop; turns of one session wait for the previous turn),
+    at most ``max_concurrency`` in flight (a request due meanwhile waits for a slot);
+    ``transport``: httpx's (default: the network).
 
     Returns (records, how far behind schedule the sends were at worst, in seconds).
     """
@@ -143,7 +167,8 @@ async def run_load(specs: list[RequestSpec], target: Target, count_tokens: Calla
     sessions: dict[int, asyncio.Event] = {}
     histories: dict[int, list[dict]] = {}
     lag = 0.0
-    async with httpx.AsyncClient(limits=limits, timeout=target.timeout_s) as http:
+    slots = asyncio.Semaphore(max_concurrency) if max_concurrency else contextlib.nullcontext()
+    async with httpx.AsyncClient(limits=limits, timeout=target.timeout_s, transport=transport) as http:
         t0 = time.perf_counter()
 
         async def fire(spec: RequestSpec, prev: asyncio.Event | None, done: asyncio.Event | None) -> Record:
@@ -156,7 +181,8 @@ async def run_load(specs: list[RequestSpec], target: Target, count_tokens: Calla
             else:  # turns after the first are closed-loop by design: not "behind"
                 lag = max(lag, time.perf_counter() - t0 - spec.send_at)
             history = histories.get(spec.session, []) if spec.session is not None else []
-            rec, text = await _one(http, spec, target, t0, count_tokens, history)
+            async with slots:
+                rec, text = await _one(http, spec, target, t0, count_tokens, history)
             if spec.session is not None:
                 histories[spec.session] = history + [{"role": "user", "content": spec.prompt},
                                                      {"role": "assistant", "content": text}]

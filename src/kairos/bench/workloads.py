@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +27,22 @@ class SLO:
 
     @classmethod
     def parse(cls, text: str) -> SLO:
-        """``name:ttft_ms=1000,tpot_ms=150`` or ``batch:deadline_ms=60000``."""
-        name, _, rest = text.partition(":")
+        """``name:ttft_ms=1000,tpot_ms=150``, ``batch:deadline_ms=60000``, or ``ttft_ms=500`` (the
+        class named "default")."""
+        name, colon, rest = text.partition(":")
+        if not colon or "=" in name:  # (no name: every field is in ``text``)
+            name, rest = "default", text
         kw = {}
         for part in filter(None, rest.split(",")):
             k, _, v = part.partition("=")
             if k not in ("ttft_ms", "tpot_ms", "deadline_ms"):
                 raise ValueError(f"unknown SLO field {k!r} in {text!r} (ttft_ms, tpot_ms, deadline_ms)")
-            kw[k] = float(v)
+            try:
+                kw[k] = float(v)
+            except ValueError:
+                raise ValueError(f"SLO field {k} must be a number of ms, got {v!r} in {text!r}") from None
+            if not kw[k] > 0:
+                raise ValueError(f"SLO field {k} must be > 0, got {v!r} in {text!r}")
         return cls(name=name or "default", **kw)
 
 
@@ -49,7 +58,7 @@ class Length:
         if self.kind == "fixed":
             return max(1, int(self.a))
         if self.kind == "uniform":
-            return rng.randint(int(self.a), int(self.b))
+            return max(1, rng.randint(int(self.a), int(self.b)))
         if self.kind == "normal":
             return max(1, round(rng.gauss(self.a, self.b)))
         raise ValueError(f"unknown length distribution {self.kind!r}")
@@ -59,13 +68,15 @@ class Length:
         """``128`` | ``uniform:64:256`` | ``normal:128:32``."""
         parts = text.split(":")
         try:
-            if len(parts) == 1:
-                return cls("fixed", float(parts[0]))
-            if parts[0] in ("uniform", "normal") and len(parts) == 3:
-                return cls(parts[0], float(parts[1]), float(parts[2]))
+            nums = [float(x) for x in parts[1:]] if parts[0] in ("uniform", "normal") else [float(parts[0])]
         except ValueError:
-            pass
-        raise ValueError(f"bad length {text!r}: use N, uniform:LO:HI or normal:MEAN:STD")
+            nums = []
+        nums = nums if all(map(math.isfinite, nums)) else []
+        if len(parts) == 1 and nums:
+            return cls("fixed", nums[0])
+        if len(nums) == 2 and nums[1] >= (nums[0] if parts[0] == "uniform" else 0):  # (LO <= HI, STD >= 0)
+            return cls(parts[0], *nums)
+        raise ValueError(f"bad length {text!r}: use N, uniform:LO:HI (LO <= HI) or normal:MEAN:STD (STD >= 0)")
 
 
 @dataclass
@@ -127,8 +138,8 @@ def build_workload(*, num_requests: int, rate: float, arrival: str, burstiness: 
     for i, t in enumerate(times):
         body, n = maker.make(input_len.sample(rng))
         if prefixes:
-            p_text, p_n = prefixes[i % len(prefixes)]
-            body, n = p_text + body, p_n + n
+            body = prefixes[i % len(prefixes)][0] + body  # (counted whole: tokens may merge where they meet)
+            n = len(tokenizer(body, add_special_tokens=False).input_ids)
         specs.append(RequestSpec(i, t, body, n, output_len.sample(rng), slo_classes[i % len(slo_classes)],
                                  session=(i // turns) if turns > 1 else None))
     return specs
