@@ -76,6 +76,7 @@ def test_preemption(references):
     engine.scheduler._preempt = spy
     done = run(engine, {0: [(str(i), p, params) for i, p in enumerate(prompts)]})
     assert preempted, "the pool was sized to force preemption"
+    assert engine.stats()["num_preemptions"] == len(preempted)  # (in /stats and /metrics)
     for i, ref in enumerate(refs):
         assert done[(str(i), 0)] == (ref, "length")
     assert_pool_whole(engine)

@@ -492,6 +492,7 @@ class EngineCore:
             **self.slo_admission.stats(),
             "step_interval_s": self.intervals.mean(self.clock()),
             "requests_expired": self.requests_expired,
+            "num_preemptions": self.scheduler.num_preemptions,
             **({"spec_draft_tokens": self.proposer.drafted, "spec_accepted_tokens": self.proposer.accepted}
                if self.proposer is not None else {}),
         }

@@ -66,6 +66,7 @@ class Scheduler:
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
         self.policy = get_policy(config.scheduling_policy)
+        self.num_preemptions = 0  # (vLLM's num_preemptions: each costs a recompute of the sequence)
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -253,6 +254,7 @@ class Scheduler:
         self.kv.free(seq.seq_id)
         seq.num_computed = 0
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         seq.status = SeqStatus.WAITING
         self.waiting.append(seq)
         out.preempted.append(seq)
