@@ -105,11 +105,16 @@ def test_real_run_counts_refusals_and_writes_outputs(tmp_path):
 
     srv = ServerProcess("--max-pending", "2", "--kv-cache-memory", "256MiB")
     try:
+        from rich.console import Console
+
         cfg = BenchConfig(base_url=srv.url, num_requests=8, rate=float("inf"), input_len="16", output_len="8",
-                          slo=("fast:ttft_ms=60000",), out=str(tmp_path / "run"), api_key="sk-secret-42")
-        result = run_bench(cfg)
+                          slo=("fast:ttft_ms=60000",), out=str(tmp_path / "run"), api_key="sk-secret-42",
+                          num_warmups=2)
+        console = Console(record=True, width=200)
+        result = run_bench(cfg, console)
+        assert "warm-up: 2 of 2 requests answered" in console.export_text()
         s = result["runs"][0]["summary"]
-        assert s["requests"] == 8 and s["completed"] + s["refused"] == 8
+        assert s["requests"] == 8 and s["completed"] + s["refused"] == 8  # (the warm-up's are not in it)
         assert s["refused"] >= 1 and s["completed"] >= 2  # max-pending 2: a burst of 8 overflows
         records = result["runs"][0]["records"]
         assert all(r["output_tokens"] == 8 for r in records if r["outcome"] == "ok")

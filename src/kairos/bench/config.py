@@ -15,6 +15,7 @@ class BenchConfig:
     endpoint: str = field(default="chat", metadata={"help": "chat or completions"})
     tokenizer: str = field(default="default", metadata={"help": "tokenizer for prompt lengths: HF dir, .gguf, or default"})
     num_requests: int = field(default=100, metadata={"help": "requests per run"})
+    num_warmups: int = field(default=0, metadata={"help": "requests sent (all at once, not measured) before the first run, of the workload's shape but other prompts (as vLLM's --num-warmups)"})
     rate: float = field(default=float("inf"), metadata={"help": "requests/s (inf: all at once)"})
     arrival: str = field(default="poisson", metadata={"help": "poisson, gamma or constant"})
     burstiness: float = field(default=1.0, metadata={"help": "gamma shape (< 1 is burstier)"})
@@ -39,8 +40,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.endpoint not in ("chat", "completions"):
             raise ValueError(f"endpoint must be chat or completions, got {self.endpoint!r}")
-        if self.num_requests < 1:
-            raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
+        if self.num_requests < 1 or self.num_warmups < 0:
+            raise ValueError(f"num_requests must be >= 1 and num_warmups >= 0, got {self.num_requests} and {self.num_warmups}")
         if not self.rate > 0:
             raise ValueError(f"rate must be > 0, got {self.rate}")
         if not self.burstiness > 0 or not self.timeout > 0:

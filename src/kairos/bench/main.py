@@ -57,23 +57,32 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
     target = Target(cfg.base_url.rstrip("/"), model, cfg.endpoint, cfg.send_slo, cfg.timeout, cfg.api_key,
                     cfg.extra())
     slos = {s.name: s for s in cfg.slo_classes()}
+
+    def count_tokens(text: str) -> int:
+        return len(tok(text, add_special_tokens=False).input_ids)
+
+    def workload(n: int, rate: float, seed: int):
+        return build_workload(num_requests=n, rate=rate, arrival=cfg.arrival, burstiness=cfg.burstiness,
+                              input_len=Length.parse(cfg.input_len), output_len=Length.parse(cfg.output_len),
+                              prefix_len=cfg.prefix_len, num_prefix_groups=cfg.num_prefix_groups,
+                              slo_classes=cfg.slo_classes(), turns=cfg.turns, tokenizer=tok, seed=seed)
+
+    if cfg.num_warmups:  # (the seed after every rate's: prompts no run sends)
+        warm, _ = asyncio.run(run_load(workload(cfg.num_warmups, float("inf"), cfg.seed + len(cfg.rates())),
+                                       target, count_tokens, None, cfg.max_concurrency))
+        failed = [r for r in warm if r.outcome != "ok"]
+        console.print(f"warm-up: {len(warm) - len(failed)} of {len(warm)} requests answered"
+                      + (f" (first failure: {failed[0].outcome}, {failed[0].error})" if failed else ""))
     runs, all_records = [], []
     for i, rate in enumerate(cfg.rates()):
         if cfg.trace:  # (replayed at its own times: no rate, no sweep)
             specs, rate = load_trace(Path(cfg.trace), tok, cfg.seed, cfg.slo_classes()), None
         else:  # each rate its own prompts: a server's prefix cache must not serve a rate the last one's
-            specs = build_workload(num_requests=cfg.num_requests, rate=rate, arrival=cfg.arrival,
-                                   burstiness=cfg.burstiness, input_len=Length.parse(cfg.input_len),
-                                   output_len=Length.parse(cfg.output_len), prefix_len=cfg.prefix_len,
-                                   num_prefix_groups=cfg.num_prefix_groups, slo_classes=cfg.slo_classes(),
-                                   turns=cfg.turns, tokenizer=tok, seed=cfg.seed + i)
+            specs = workload(cfg.num_requests, rate, cfg.seed + i)
         ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         with Progress(console=console, transient=True) as progress:
             label = "trace" if rate is None else f"rate {rate} req/s"
             task = progress.add_task(label, total=len(specs))
-
-            def count_tokens(text: str) -> int:
-                return len(tok(text, add_special_tokens=False).input_ids)
 
             def advance(_, task=task) -> None:
                 progress.advance(task)
