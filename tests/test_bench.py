@@ -137,10 +137,10 @@ def tok_chunk(text, finish=None):
     return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
 
 
-def load(answers: dict[int, object], timeout_s=60.0, max_concurrency=None, n=None):
-    """Run the load generator on ``n`` requests (default: one per answer) against a stand-in
-    server: request i gets ``answers[i % len(answers)]``, bytes or an async generator of bytes.
-    Returns the records."""
+def load(answers: dict[int, object], timeout_s=60.0, max_concurrency=None, n=None, turns=1, seen=None):
+    """Run the load generator on ``n`` requests (default: one per answer; sessions of ``turns``)
+    against a stand-in server: request i gets ``answers[i % len(answers)]``, bytes or an async
+    generator of bytes; the bodies sent go to ``seen``. Returns the records."""
     import asyncio
 
     import httpx
@@ -149,7 +149,10 @@ def load(answers: dict[int, object], timeout_s=60.0, max_concurrency=None, n=Non
     from kairos.bench.workloads import RequestSpec
 
     async def handler(request: httpx.Request) -> httpx.Response:
-        i = int(json.loads(request.content)["messages"][-1]["content"])  # (each prompt is its index)
+        body = json.loads(request.content)
+        i = int(body["messages"][-1]["content"])  # (each prompt is its index)
+        if seen is not None:
+            seen.append(body)
         answer = answers[i % len(answers)]
 
         async def body():
@@ -161,7 +164,8 @@ def load(answers: dict[int, object], timeout_s=60.0, max_concurrency=None, n=Non
                     yield part
         return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
 
-    specs = [RequestSpec(i, 0.0, str(i), 1, 4, SLO()) for i in range(len(answers) if n is None else n)]
+    specs = [RequestSpec(i, 0.0, str(i), 1, 4, SLO(), session=i // turns if turns > 1 else None)
+             for i in range(len(answers) if n is None else n)]
     target = Target("http://bench.test", "m", "chat", False, timeout_s)
     records, _ = asyncio.run(run_load(specs, target, lambda text: len(text.split()), None, max_concurrency,
                                       httpx.MockTransport(handler)))
@@ -186,6 +190,23 @@ def test_a_bad_or_empty_answer_fails_its_request_and_never_the_run():
     assert out[2] == ("error", "the server fell over", 0)
     assert out[3] == out[4] == ("error", "the answer carried no output text (not a stream, or an empty one)", 0)
     assert out[5] == ("error", "the stream ended before [DONE] or a finish_reason", 0)
+
+
+def test_thinking_and_tool_calls_are_output_but_only_content_is_history():
+    think = {"choices": [{"index": 0, "delta": {"reasoning_content": "Let me think."}, "finish_reason": None}]}
+    call = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c", "type": "function",
+                                                                "function": {"name": "f", "arguments": "{}"}}]},
+                         "finish_reason": "tool_calls"}]}
+    eos = {"choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}]}
+    seen = []
+    records = load({0: sse(think, tok_chunk("Paris.", "stop"), b"[DONE]"), 1: sse(tok_chunk("ok", "stop"), b"[DONE]"),
+                    2: sse(call, b"[DONE]"), 3: sse(eos, {"choices": [], "usage": {"completion_tokens": 1}}, b"[DONE]")},
+                   turns=2, seen=seen)
+    assert [(r.outcome, r.output_tokens, len(r.token_times)) for r in records] == [
+        ("ok", 4, 2), ("ok", 1, 1), ("ok", 1, 1), ("ok", 1, 0)]  # (counted: "Let me think." + "Paris." is 4 words)
+    second = next(b for b in seen if b["messages"][-1]["content"] == "1")
+    assert second["messages"] == [{"role": "user", "content": "0"}, {"role": "assistant", "content": "Paris."},
+                                  {"role": "user", "content": "1"}]
 
 
 def test_the_timeout_bounds_a_whole_answer_and_latency_ends_at_the_last_token():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kairos import SLOInfeasible
 from kairos.config import SchedulerConfig
-from kairos.engine.admission import SLOInfeasible
 from kairos.engine.cost_model import CostModel
 from kairos.engine.kv_cache import KVCacheManager
 from kairos.engine.outputs import EngineRequest

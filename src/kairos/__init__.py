@@ -10,10 +10,10 @@ from typing import Any
 
 _EXPORTS = {
     "LLM": "kairos.engine.llm", "SamplingParams": "kairos.engine.sampling_params", "SLO": "kairos.engine.slo",
-    "StructuredOutput": "kairos.engine.sampling_params",
+    "StructuredOutput": "kairos.engine.sampling_params", "SLOInfeasible": "kairos.engine.admission",
     "RequestOutput": "kairos.engine.output_processor", "CompletionOutput": "kairos.engine.output_processor",
 }
-__all__ = ["LLM", "SLO", "SamplingParams", "StructuredOutput", "RequestOutput", "CompletionOutput"]
+__all__ = ["LLM", "SLO", "SLOInfeasible", "SamplingParams", "StructuredOutput", "RequestOutput", "CompletionOutput"]
 __version__ = "0.1.0"
 
 

@@ -127,7 +127,8 @@ def compare(a_path: Path, b_path: Path, console: Console | None = None) -> None:
     if len(a["runs"]) == len(b["runs"]) == 1:
         pairs = [(a["runs"][0], b["runs"][0])]
     else:
-        pairs = [(ra, rb) for ra in a["runs"] for rb in b["runs"] if ra["rate"] == rb["rate"]]
+        # (by the rate's text: a file of an older version holds an infinite rate as a float)
+        pairs = [(ra, rb) for ra in a["runs"] for rb in b["runs"] if str(ra["rate"]) == str(rb["rate"])]
         matched = {str(ra["rate"]) for ra, _ in pairs}
         unmatched = [str(r["rate"]) for r in a["runs"] + b["runs"] if str(r["rate"]) not in matched]
         if unmatched:

@@ -73,21 +73,22 @@ async def _one(http: httpx.AsyncClient, spec: RequestSpec, target: Target, t0: f
     rec = Record(spec.index, spec.slo.name, spec.send_at, prompt_tokens=spec.prompt_tokens)
     path, body, headers = _body(spec, target, history)
     rec.sent_s = time.perf_counter() - t0
-    try:
-        async with asyncio.timeout(target.timeout_s):  # (the whole request's: httpx's own is per read)
-            return await _stream(http, rec, target.base_url + path, body, headers, t0, count_tokens)
-    except (TimeoutError, httpx.TimeoutException):
+    try:  # (the whole answer's timeout: httpx's own is per read)
+        return await asyncio.wait_for(_stream(http, rec, target.base_url + path, body, headers, t0, count_tokens),
+                                      target.timeout_s)
+    except (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException):
         rec.outcome, rec.error = "timeout", f"no complete answer within {target.timeout_s:g} s"
     except httpx.HTTPError as e:
         rec.outcome, rec.error = "error", f"{type(e).__name__}: {e}"
-    except Exception as e:  # noqa: BLE001 - a malformed answer fails its request, never the run
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # a malformed answer fails its request, not the run
         rec.outcome, rec.error = "error", f"bad answer: {type(e).__name__}: {e}"
     return _done(rec, t0), ""
 
 
 async def _stream(http: httpx.AsyncClient, rec: Record, url: str, body: dict, headers: dict, t0: float,
                   count_tokens) -> tuple[Record, str]:
-    text: list[str] = []
+    text: list[str] = []  # the answer's content (a multi-turn session's next history)
+    other: list[str] = []  # its reasoning and tool-call arguments: output tokens too, not history
     usage = None
     expired = ended = False  # ended: [DONE] or a finish_reason came (a stream cut short has neither)
     async with http.stream("POST", url, json=body, headers=headers) as r:
@@ -114,19 +115,24 @@ async def _stream(http: httpx.AsyncClient, rec: Record, url: str, body: dict, he
             for choice in chunk.get("choices") or []:
                 ended = ended or choice.get("finish_reason") is not None
                 expired = expired or choice.get("finish_reason") == "expired"
-                # (reasoning models stream their thinking first: output tokens too, as vLLM counts them)
                 delta = choice.get("delta") or {}
-                piece = (delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
-                         if "delta" in choice else choice.get("text"))
-                if piece:
+                piece = delta.get("content") if "delta" in choice else choice.get("text")
+                # (reasoning models stream their thinking first, and a tool call its arguments:
+                # output tokens too, as vLLM counts them)
+                extra = (delta.get("reasoning_content") or delta.get("reasoning") or "") + "".join(
+                    (c.get("function") or {}).get("arguments") or "" for c in delta.get("tool_calls") or ())
+                if piece or extra or delta.get("tool_calls"):
                     now = time.perf_counter() - t0
                     rec.first_token_s = rec.first_token_s if rec.first_token_s is not None else now
                     rec.token_times.append(now)
-                    text.append(piece)
+                    text.append(piece or "")
+                    other.append(extra)
     _done(rec, t0)
     if rec.token_times:  # (latency ends at the last token: a trailing usage chunk carries none)
         rec.end_s = rec.token_times[-1]
-    if not rec.token_times and not expired:
+    completion = (usage or {}).get("completion_tokens")
+    if not rec.token_times and not expired and not (ended and isinstance(completion, int) and completion > 0):
+        # (an answer of tokens without text, EOS at once say, has its count in the usage)
         rec.error = "the answer carried no output text (not a stream, or an empty one)"
         return rec, ""
     if not ended:
@@ -134,8 +140,10 @@ async def _stream(http: httpx.AsyncClient, rec: Record, url: str, body: dict, he
         return rec, ""
     full = "".join(text)
     rec.prompt_tokens = (usage or {}).get("prompt_tokens") or rec.prompt_tokens
-    completion = (usage or {}).get("completion_tokens")
-    rec.output_tokens = completion if isinstance(completion, int) else count_tokens(full)
+    if isinstance(completion, int):
+        rec.output_tokens = completion
+    else:  # (counted apart: the thinking and the answer are separate texts)
+        rec.output_tokens = count_tokens(full) + (count_tokens("".join(other)) if any(other) else 0)
     rec.server_report = (usage or {}).get("kairos")
     rec.outcome = "expired" if expired else "ok"
     return rec, full

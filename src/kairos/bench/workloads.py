@@ -27,10 +27,10 @@ class SLO:
 
     @classmethod
     def parse(cls, text: str) -> SLO:
-        """``name:ttft_ms=1000,tpot_ms=150``, ``batch:deadline_ms=60000``, or ``ttft_ms=500`` (the
-        class named "default")."""
+        """``name:ttft_ms=1000,tpot_ms=150``, ``batch:deadline_ms=60000``, ``ttft_ms=500`` (the
+        class named "default"), or ``batch`` (a class without objectives)."""
         name, colon, rest = text.partition(":")
-        if not colon or "=" in name:  # (no name: every field is in ``text``)
+        if "=" in name:  # (no name: every field is in ``text``)
             name, rest = "default", text
         kw = {}
         for part in filter(None, rest.split(",")):

@@ -50,7 +50,7 @@ class LLM:
                  slo: SLO | None = None, priority: int = 0) -> list[RequestOutput]:
         """Complete each prompt (text, or a list of token ids); outputs in the prompts' order.
 
-        ``slo``/``priority`` apply to every prompt: an infeasible SLO raises ``SLOInfeasible``
+        ``slo``/``priority`` apply to every prompt: an infeasible SLO raises ``kairos.SLOInfeasible``
         (unless ``slo.on_miss == "best_effort"``), and a request that can no longer meet it
         ends with ``finish_reason == "expired"``."""
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
