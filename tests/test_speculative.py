@@ -53,6 +53,15 @@ def test_an_index_kept_up_to_date_drafts_as_a_scan_of_the_whole_history(n_min, n
             tokens += [rng.randrange(vocab) for _ in range(rng.randrange(1, 6))]
 
 
+
+def test_a_long_history_is_indexed_a_bounded_share_a_lookup_drafting_nothing_meanwhile():
+    tokens = [1, 2, 3, 9] + list(range(10, 30)) + [1, 2, 3]  # (27 tokens: "1 2 3" came before)
+    index = NgramIndex(2, 4, catch_up=10)
+    assert [index.draft(tokens, 2) for _ in range(3)] == [[], [], [9, 10]]  # 10, 20, then all 26 positions
+    tokens += [9]
+    assert index.draft(tokens, 2) == [10, 11] and index.indexed == 27  # (then a token a lookup: caught up)
+
+
 def loop_prompts() -> list[list[int]]:
     # repeats in the prompt give drafts at once; the tiny model's greedy loops give more later
     return [[5, 6, 7, 8, 9] * 3, [11, 12, 13] * 3, list(range(20, 40)), prompts_of([9])[0]]

@@ -24,23 +24,29 @@ class NgramIndex:
     """The latest start of every n-gram (``n_min`` to ``n_max`` tokens) of one sequence's tokens
     that ends before its last token, brought up to date as tokens are appended: a lookup costs a
     few dict reads whatever the context (a scan of the whole history per step cost 0.6 ms at 4k
-    tokens, 2 ms at 16k), for ~0.4 KiB of host memory a token (``benchmarks/ngram_lookup.py``). The tokens
+    tokens, 2 ms at 16k), for ~0.4 KiB of host memory a token (``benchmarks/ngram_lookup.py``).
+    A long prompt is indexed ``catch_up`` positions a lookup (~6 ms at 4096), drafting nothing
+    until done, so no step stalls on it (nor on the n siblings of a forked request). The tokens
     only grow: a draft's refused tail never enters them."""
 
-    def __init__(self, n_min: int, n_max: int):
+    def __init__(self, n_min: int, n_max: int, catch_up: int = 4096):
         self.ns = range(n_min, n_max + 1)
+        self.catch_up = catch_up
         self.starts: dict[tuple[int, ...], int] = {}  # (an n-gram's tokens, n of them: one dict serves every n)
         self.indexed = 0  # grams ending before this position are in ``starts``
 
     def draft(self, tokens: list[int], k: int) -> list[int]:
         """Up to ``k`` tokens that followed the latest earlier occurrence of the longest suffix of
-        ``tokens`` of ``n_min`` to ``n_max`` tokens; [] when none occurs."""
+        ``tokens`` of ``n_min`` to ``n_max`` tokens; [] when none occurs (or still indexing)."""
         total = len(tokens)
-        for end in range(self.indexed, total - 1):  # (later starts overwrite: the latest is kept)
+        upto = min(total - 1, self.indexed + self.catch_up)
+        for end in range(self.indexed, upto):  # (later starts overwrite: the latest is kept)
             for n in self.ns:
                 if end + 1 >= n:
                     self.starts[tuple(tokens[end + 1 - n : end + 1])] = end + 1 - n
-        self.indexed = max(self.indexed, total - 1)
+        self.indexed = max(self.indexed, upto)
+        if self.indexed < total - 1:
+            return []
         for n in reversed(self.ns):
             start = self.starts.get(tuple(tokens[total - n :])) if n < total else None
             if start is not None:
