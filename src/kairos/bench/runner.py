@@ -89,7 +89,7 @@ async def _stream(http: httpx.AsyncClient, rec: Record, url: str, body: dict, he
                   count_tokens) -> tuple[Record, str]:
     text: list[str] = []  # the answer's content (a multi-turn session's next history)
     other: list[str] = []  # its reasoning and tool-call arguments: output tokens too, not history
-    usage = None
+    usage: dict = {}
     expired = ended = False  # ended: [DONE] or a finish_reason came (a stream cut short has neither)
     async with http.stream("POST", url, json=body, headers=headers) as r:
         rec.status = r.status_code
@@ -130,7 +130,7 @@ async def _stream(http: httpx.AsyncClient, rec: Record, url: str, body: dict, he
     _done(rec, t0)
     if rec.token_times:  # (latency ends at the last token: a trailing usage chunk carries none)
         rec.end_s = rec.token_times[-1]
-    completion = (usage or {}).get("completion_tokens")
+    completion = usage.get("completion_tokens")
     if not rec.token_times and not expired and not (ended and isinstance(completion, int) and completion > 0):
         # (an answer of tokens without text, EOS at once say, has its count in the usage)
         rec.error = "the answer carried no output text (not a stream, or an empty one)"
@@ -139,12 +139,12 @@ async def _stream(http: httpx.AsyncClient, rec: Record, url: str, body: dict, he
         rec.error = "the stream ended before [DONE] or a finish_reason"
         return rec, ""
     full = "".join(text)
-    rec.prompt_tokens = (usage or {}).get("prompt_tokens") or rec.prompt_tokens
+    rec.prompt_tokens = usage.get("prompt_tokens") or rec.prompt_tokens
     if isinstance(completion, int):
         rec.output_tokens = completion
     else:  # (counted apart: the thinking and the answer are separate texts)
         rec.output_tokens = count_tokens(full) + (count_tokens("".join(other)) if any(other) else 0)
-    rec.server_report = (usage or {}).get("kairos")
+    rec.server_report = usage.get("kairos")
     rec.outcome = "expired" if expired else "ok"
     return rec, full
 

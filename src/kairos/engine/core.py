@@ -200,7 +200,8 @@ class EngineCore:
             if u.error is None and not u.expired:
                 self.scheduler.add(u.seq)
                 continue
-            self.requests_expired += u.expired
+            if u.expired:
+                self.requests_expired += 1
             del self.requests[u.request_id]
             out += [SeqOutput(u.request_id, i, [], finish_reason="expired" if u.expired else "error",
                               stop_reason=u.error, num_prompt_tokens=u.seq.num_prompt_tokens)

@@ -42,6 +42,8 @@ class GrammarWaits:
         return parked is not None
 
     def ready(self, now: float) -> list[Unparked]:
+        """Those done waiting, out of the parking: compiled (their matcher set), failed to
+        compile (``error``), or past a deadline at ``now`` (``expired``, their grammar released)."""
         out = []
         for rid, (seq, grammar) in list(self._parked.items()):
             expired = not seq.best_effort and any(d is not None and now > d
