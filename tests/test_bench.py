@@ -280,3 +280,22 @@ def test_results_are_strict_json_and_compare_pairs_runs_by_rate(tmp_path, capsys
     shown = capsys.readouterr().out
     assert "rate 2.0 vs 2.0" in shown and "rate 1.0 vs" not in shown and "1.50" in shown
     assert "rates in one file only, not compared: 1.0" in shown
+
+
+def test_a_last_token_without_text_ends_the_answer_and_classes_reach_the_server():
+    import asyncio
+
+    from kairos.bench.runner import Target, _body
+    from kairos.bench.workloads import RequestSpec
+
+    async def eos_last():  # (the EOS a server streams as "" with its finish_reason, as Kairos does)
+        yield sse(tok_chunk("a"), tok_chunk(" b"))
+        await asyncio.sleep(0.2)
+        yield sse(tok_chunk("", "length"), {"choices": [], "usage": {"completion_tokens": 3}}, b"[DONE]")
+
+    (r,) = load({0: eos_last})
+    assert r.outcome == "ok" and r.output_tokens == 3 and r.end_s - r.token_times[-1] >= 0.15
+    spec = RequestSpec(0, 0.0, "hi", 1, 8, SLO("chat", ttft_ms=500))
+    _, body, headers = _body(spec, Target("http://x", "m", "chat", True), [])
+    assert body["slo"] == {"ttft_ms": 500, "class": "chat"}
+    assert headers["X-Kairos-SLO-Class"] == "chat" and headers["X-Kairos-TTFT-Ms"] == "500"

@@ -59,8 +59,9 @@ def _body(spec: RequestSpec, target: Target, history: list[dict]) -> tuple[str, 
     slo = {k: v for k, v in (("ttft_ms", spec.slo.ttft_ms), ("tpot_ms", spec.slo.tpot_ms),
                              ("deadline_ms", spec.slo.deadline_ms)) if v is not None}
     if target.send_slo and slo:
-        body["slo"] = slo
+        body["slo"] = {**slo, "class": spec.slo.name}  # (the class: the server's metrics count by it)
         headers.update({f"X-Kairos-{k.removesuffix('_ms').upper()}-Ms": str(v) for k, v in slo.items()})
+        headers["X-Kairos-SLO-Class"] = spec.slo.name
     if target.endpoint == "chat":
         body["messages"] = history + [{"role": "user", "content": spec.prompt}]
         return "/v1/chat/completions", body, headers
@@ -91,6 +92,7 @@ async def _stream(http: httpx.AsyncClient, rec: Record, url: str, body: dict, he
     other: list[str] = []  # its reasoning and tool-call arguments: output tokens too, not history
     usage: dict = {}
     expired = ended = False  # ended: [DONE] or a finish_reason came (a stream cut short has neither)
+    last_s = None  # when the last choice came: a last token without text (an EOS streamed as "") ends the answer too
     async with http.stream("POST", url, json=body, headers=headers) as r:
         rec.status = r.status_code
         if r.status_code != 200:
@@ -112,7 +114,9 @@ async def _stream(http: httpx.AsyncClient, rec: Record, url: str, body: dict, he
                 return _done(rec, t0), ""
             if chunk.get("usage"):
                 usage = chunk["usage"]
+            now = time.perf_counter() - t0
             for choice in chunk.get("choices") or []:
+                last_s = now
                 ended = ended or choice.get("finish_reason") is not None
                 expired = expired or choice.get("finish_reason") == "expired"
                 delta = choice.get("delta") or {}
@@ -122,14 +126,13 @@ async def _stream(http: httpx.AsyncClient, rec: Record, url: str, body: dict, he
                 extra = (delta.get("reasoning_content") or delta.get("reasoning") or "") + "".join(
                     (c.get("function") or {}).get("arguments") or "" for c in delta.get("tool_calls") or ())
                 if piece or extra or delta.get("tool_calls"):
-                    now = time.perf_counter() - t0
                     rec.first_token_s = rec.first_token_s if rec.first_token_s is not None else now
                     rec.token_times.append(now)
                     text.append(piece or "")
                     other.append(extra)
     _done(rec, t0)
-    if rec.token_times:  # (latency ends at the last token: a trailing usage chunk carries none)
-        rec.end_s = rec.token_times[-1]
+    if rec.token_times:  # (latency ends at the last token: a trailing usage chunk, without choices, carries none)
+        rec.end_s = last_s
     completion = usage.get("completion_tokens")
     if not rec.token_times and not expired and not (ended and isinstance(completion, int) and completion > 0):
         # (an answer of tokens without text, EOS at once say, has its count in the usage)
