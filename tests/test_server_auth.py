@@ -98,6 +98,6 @@ def test_v1_routes_need_the_key_from_the_environment(tiny_llama, monkeypatch):
 def test_the_load_generator_sends_the_key_beside_the_slo_headers():
     spec = RequestSpec(0, 0.0, "hi", 1, 4, SLO("i", ttft_ms=500))
     _, _, headers = _body(spec, Target("http://x", "m", "completions", True, api_key=KEY), [])
-    assert headers == {"Authorization": f"Bearer {KEY}", "X-Kairos-TTFT-Ms": "500"}
+    assert headers == {"Authorization": f"Bearer {KEY}", "X-Kairos-TTFT-Ms": "500", "X-Kairos-SLO-Class": "i"}
     assert "Authorization" not in _body(spec, Target("http://x", "m", "completions", True), [])[2]
     assert KEY not in repr(BenchConfig(api_key=KEY))
