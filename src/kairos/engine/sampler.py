@@ -77,8 +77,9 @@ def prompt_logprobs(compute_logits: Callable[[torch.Tensor], torch.Tensor], hidd
                     targets: torch.Tensor, k: int, spans: list, rows_at_once: int = 256) -> PromptLogprobs:
     """For each row of ``hidden`` ``[E, H]`` (a prompt position), the raw logprob of ``targets[e]``
     (the prompt's next token), its rank (the tokens at least as likely, itself included) and the
-    top ``k``; ``spans``: whose positions the rows are (:class:`PromptLogprobs`); ``rows_at_once`` bounds the ``[rows, V]`` float32 logits held at once (a 2k-token
-    chunk of a 152k vocabulary would be 1.2 GB)."""
+    top ``k``; ``spans``: whose positions the rows are (:class:`PromptLogprobs`).
+    ``rows_at_once`` bounds the ``[rows, V]`` float32 logits held at once (a 2k-token chunk of a
+    152k vocabulary would be 1.2 GB)."""
     parts: list[list[torch.Tensor]] = []
     for a in range(0, hidden.shape[0], rows_at_once):
         lp = compute_logits(hidden[a : a + rows_at_once]).log_softmax(dim=-1)  # [r, V]
