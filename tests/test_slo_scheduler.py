@@ -5,71 +5,12 @@ from __future__ import annotations
 import pytest
 
 from kairos import SLOInfeasible
-from kairos.config import SchedulerConfig
 from kairos.engine.cost_model import CostModel
-from kairos.engine.kv_cache import KVCacheManager
 from kairos.engine.outputs import EngineRequest
 from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.scheduler import Scheduler
-from kairos.engine.sequence import SeqStatus, Sequence
+from kairos.engine.sequence import SeqStatus
 from kairos.engine.slo import SLO
-
-# 10 ms per step + 1 ms per prefill token + 1 ms per decoding sequence
-COST = (0.010, 0.1, 0.01, 0.0)
-
-
-class Clock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class Sim:
-    """Scheduler + KV manager driven step by step; the clock advances by the cost model's step time."""
-
-    def __init__(self, policy="slack", num_blocks=64, block_size=4, max_num_seqs=8, budget=64, starve_steps=64):
-        self.clock = Clock()
-        self.cost = CostModel(COST, frozen=True)
-        cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
-                              scheduling_policy=policy, starve_steps=starve_steps)
-        self.sched = Scheduler(cfg, KVCacheManager(num_blocks, block_size), self.cost, self.clock)
-        self.ids = iter(range(10_000))
-        self.admitted: list[str] = []  # request ids in order of their first scheduled step
-        self.finished: list[str] = []
-
-    def add(self, rid, prompt_len, max_tokens=4, slo=None, priority=0) -> Sequence:
-        seq = Sequence(next(self.ids), rid, 0, list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens),
-                       arrival_time=self.clock(), slo=slo, priority=priority)
-        self.sched.add(seq)
-        return seq
-
-    def step(self):
-        out = self.sched.schedule()
-        prefill = sum(s.num_new_tokens for s in out.scheduled if s.num_new_tokens > 1)
-        decodes = sum(1 for s in out.scheduled if s.num_new_tokens == 1)
-        for s in out.scheduled:
-            if s.seq.request_id not in self.admitted:
-                self.admitted.append(s.seq.request_id)
-        samples = [s.samples for s in out.scheduled]
-        self.sched.update(out)
-        self.clock.t += self.cost.step_time(prefill, decodes, 0)
-        for s, sampled in zip(out.scheduled, samples):
-            if sampled:
-                s.seq.token_ids.append(7)
-                s.seq.first_token_time = s.seq.first_token_time or self.clock()
-                if s.seq.num_output_tokens >= s.seq.params.max_tokens:
-                    self.sched.finish(s.seq)
-                    self.finished.append(s.seq.request_id)
-        return out
-
-    def run(self, max_steps=500):
-        for _ in range(max_steps):
-            if not self.sched.has_work():
-                return
-            self.step()
-        raise AssertionError("did not finish")
+from sched_helpers import COST, Clock, Sim
 
 
 def test_edf_orders_by_deadline_best_effort_last():
@@ -321,7 +262,7 @@ def test_admission_scales_predictions_by_the_engines_own_errors(tiny_llama):
         engine.step()
 
 
-def test_admission_predicts_tokens_at_the_pace_steps_have_been_taking(tiny_llama):
+def test_admission_predicts_tokens_at_the_pace_decode_steps_have_been_taking(tiny_llama):
     from kairos.config import EngineConfig
     from kairos.engine.core import EngineCore
 
@@ -338,10 +279,10 @@ def test_admission_predicts_tokens_at_the_pace_steps_have_been_taking(tiny_llama
                                      slo=SLO(deadline_ms=10_000)))
     first, per_token, last = engine.admission("batch")
     assert per_token == pytest.approx(0.030) and last - first == pytest.approx(9 * 0.030)
-    # a TPOT promise holds the steps to 0.95 of it while it runs: 19 ms per token, not 30
-    engine.add_request(EngineRequest("chat", list(range(60, 70)), SamplingParams(max_tokens=4),
-                                     slo=SLO(ttft_ms=1000, tpot_ms=20)))
-    assert engine.admission("chat")[1] == pytest.approx(0.019)
+    # pacing holds back prompt chunks, not decode steps: a 20 ms TPOT cannot be kept
+    with pytest.raises(SLOInfeasible, match=r"predicted TPOT 30 ms > tpot_ms 20"):
+        engine.add_request(EngineRequest("chat", list(range(60, 70)), SamplingParams(max_tokens=4),
+                                         slo=SLO(ttft_ms=1000, tpot_ms=20)))
     assert engine.admission("long") is None  # no SLO: nothing was predicted
     while engine.has_unfinished():
         engine.step()

@@ -30,13 +30,19 @@ def predict(sch: Scheduler, cost: CostModel, intervals: StepIntervals, seq: Sequ
     cap = sch.seq_cap(ctx, seq)
     batch = min(cap, len(sch.running) + len(sch.waiting) + 1)
     ctx_per_seq = (ctx.decode_ctx + seq.num_tokens) / (ctx.decode_seqs + 1)
-    # per token: what steps have been taking lately (the prefill chunks of other arrivals in
-    # them), at most the pace a TPOT promise holds them to, never less than a decode-only step
-    # of the batch it joins. One rule at every load, so the calibration of these predictions
-    # learns one kind of error.
-    recent = intervals.mean(ctx.now)
+    # per token: a decode-only step of the batch it joins (as steps have been taking, the loop
+    # around them included, if longer), stretched by the prompt chunks of other arrivals at the
+    # share of time prefill took lately (load); at most a step that carries a full chunk, and
+    # the pace a TPOT promise holds the steps to. Not the mean of recent steps: after an idle
+    # spell those are the prefill steps of a burst's first arrivals, the slowest there are.
+    decode = cost.step_time(0, batch, batch * ctx_per_seq)
+    step = max(decode, intervals.decode_mean(ctx.now))
+    load = intervals.prefill_load(ctx.now)
+    full = step + cost.step_time(max(1, ctx.budget - batch), batch, batch * ctx_per_seq) - decode
+    tpot = min(step / (1 - load) if load < 1 else full, full)
     pace = sch.decode_pace(seq)
-    tpot = max(cost.step_time(0, batch, batch * ctx_per_seq), min(recent, pace) if pace else recent)
+    if pace:
+        tpot = max(step, min(tpot, pace))
     first = ctx.now + sch.slot_wait(ahead, cap, tpot) + ctx.prefill_eta(seq, ahead_prefill)
     last = first + (seq.params.max_tokens - 1) * tpot
     return first - seq.arrival_time, tpot, last - seq.arrival_time
@@ -76,7 +82,9 @@ class SLOAdmission:
         last *= self.calibration["e2e"].factor(now)
         misses = slo_misses(seq.slo, first, tpot, last)
         if not misses:
-            seq.predicted = raw  # judged against what happens: see ``calibration``
+            # judged against what happens (see ``calibration``), unless the cost model still had
+            # its defaults: their error says nothing about the predictions to come
+            seq.predicted = raw if self.cost.fitted else None
             seq.promised = (first, tpot, last)
             return
         if seq.slo.on_miss == "best_effort":

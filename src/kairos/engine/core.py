@@ -327,7 +327,8 @@ class EngineCore:
         # the step's device work is done (to_host waited for it); queued while the step before it
         # ran (async scheduling), its own work began when that one's ended
         done = time.perf_counter()
-        self._observe(flight.sched, done - max(flight.t0, self._last_done))
+        shape = self._shape(flight.sched)  # (prefill tokens, decode rows, their context)
+        self.cost.observe(*shape, done - max(flight.t0, self._last_done))
         self._last_done = done
         if sampled is not None:
             now = self.clock()
@@ -341,7 +342,9 @@ class EngineCore:
             self._sample(self._in_flight[0], self._in_flight[0].logits)
         end = self.clock()
         last = self._last_step_end
-        self.intervals.observe(end, end - (flight.start if last is None else last))
+        seconds = end - (flight.start if last is None else last)
+        # what the step took past a decode-only step of its batch went to prompt chunks
+        self.intervals.observe(end, seconds, seconds - self.cost.step_time(0, *shape[1:]) if shape[0] else None)
         self._last_step_end = end if self.has_unfinished() else None
         return outputs
 
@@ -419,13 +422,13 @@ class EngineCore:
                                                              top[: seq.params.prompt_logprobs]))
 
     # -- helpers -----------------------------------------------------------------------------
-    def _observe(self, sched, seconds: float) -> None:
-        """Feed the cost model this step's shape and duration."""
+    @staticmethod
+    def _shape(sched) -> tuple[int, int, int]:
+        """(prefill tokens, decode rows, their context tokens) of a step, as the cost model counts them."""
         # (a drafted sequence's rows are decode rows: 1 + len(draft) of them, each about its context)
         decodes = [s for s in sched.scheduled if s.num_new_tokens == 1 or s.draft]
         prefill = sum(s.num_new_tokens for s in sched.scheduled if s.num_new_tokens > 1 and not s.draft)
-        self.cost.observe(prefill, sum(s.num_new_tokens for s in decodes),
-                          sum(s.seq.num_tokens * s.num_new_tokens for s in decodes), seconds)
+        return prefill, sum(s.num_new_tokens for s in decodes), sum(s.seq.num_tokens * s.num_new_tokens for s in decodes)
 
     def _expired_outputs(self, expired: list[Sequence]) -> list[SeqOutput]:
         out = []
@@ -492,6 +495,8 @@ class EngineCore:
             **self.cost.describe(),
             **self.slo_admission.stats(),
             "step_interval_s": self.intervals.mean(self.clock()),
+            "decode_step_interval_s": self.intervals.decode_mean(self.clock()),
+            "step_prefill_load": self.intervals.prefill_load(self.clock()),
             "requests_expired": self.requests_expired,
             "num_preemptions": self.scheduler.num_preemptions,
             **({"spec_draft_tokens": self.proposer.drafted, "spec_accepted_tokens": self.proposer.accepted}

@@ -32,6 +32,7 @@ class CostModel:
         self.refit_every = refit_every
         self.frozen = frozen  # tests and simulations: a fixed, known model
         self._since_fit = 0
+        self.fits = 0  # fits from samples so far (0: still the weights it was built with)
 
     @staticmethod
     def features(prefill_tokens: float, decode_seqs: float, decode_ctx: float) -> tuple[float, ...]:
@@ -95,6 +96,12 @@ class CostModel:
         if keep.sum() >= 8 and not bool(keep.all()):
             w = self._solve(x[keep], y[keep], ridge)
         self.weights = w.clamp(min=0.0)
+        self.fits += 1
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the weights describe this engine: fitted from its steps, or fixed by design."""
+        return self.frozen or self.fits > 0
 
     def _solve(self, x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
         # ridge toward the current weights: steady when a feature never varies (e.g. batch size)
@@ -140,18 +147,24 @@ class Calibration:
 class StepIntervals:
     """Wall seconds between consecutive step ends while the engine had work (what a running
     request waits per token: the step, the scheduler and the loop around them), over the last
-    ``horizon`` seconds. The cost model predicts a decode-only step; this is what steps have
-    actually been taking with the prefill chunks of other arrivals in them."""
+    ``horizon`` seconds, and how much of each went to prefill. A token's time is that of a
+    decode-only step (:meth:`decode_mean`) stretched by the prefill chunks of other arrivals in
+    between (:meth:`prefill_load`); the cost model predicts the first, these measure both."""
 
     def __init__(self, horizon: float = 10.0):
         self.horizon = horizon
-        self.intervals: deque[tuple[float, float]] = deque()  # (end, seconds)
-        self._sum = 0.0
+        self.intervals: deque[tuple[float, float, float | None]] = deque()  # (end, seconds, of them prefill)
+        # running sums over ``intervals``: all seconds, decode-only seconds and count, prefill seconds
+        self._sum = self._decode_sum = self._prefill_sum = 0.0
+        self._decode_n = 0
 
-    def observe(self, end: float, seconds: float) -> None:
+    def observe(self, end: float, seconds: float, prefill_s: float | None = None) -> None:
+        """A step ended at ``end``, ``seconds`` after the one before; ``prefill_s`` of them went to
+        prompt chunks (None: a decode-only step)."""
         if math.isfinite(seconds) and seconds > 0:
-            self.intervals.append((end, seconds))
-            self._sum += seconds
+            prefill_s = None if prefill_s is None else min(max(0.0, prefill_s), seconds)
+            self.intervals.append((end, seconds, prefill_s))
+            self._add(seconds, prefill_s, 1)
         self._prune(end)
 
     def mean(self, now: float) -> float:
@@ -159,8 +172,28 @@ class StepIntervals:
         self._prune(now)
         return self._sum / len(self.intervals) if self.intervals else 0.0
 
+    def decode_mean(self, now: float) -> float:
+        """Mean interval of the recent steps that carried no prefill; 0 when there were none."""
+        self._prune(now)
+        return self._decode_sum / self._decode_n if self._decode_n else 0.0
+
+    def prefill_load(self, now: float) -> float:
+        """Share of the last ``horizon`` seconds that steps spent on prefill (0 to 1)."""
+        self._prune(now)
+        return min(1.0, self._prefill_sum / self.horizon)
+
+    def _add(self, seconds: float, prefill_s: float | None, sign: int) -> None:
+        self._sum += sign * seconds
+        if prefill_s is None:
+            self._decode_sum += sign * seconds
+            self._decode_n += sign
+        else:
+            self._prefill_sum += sign * prefill_s
+
     def _prune(self, now: float) -> None:
         while self.intervals and self.intervals[0][0] < now - self.horizon:
-            self._sum -= self.intervals.popleft()[1]
-        if not self.intervals:
-            self._sum = 0.0  # no drift from the running sum's roundings
+            _, seconds, prefill_s = self.intervals.popleft()
+            self._add(seconds, prefill_s, -1)
+        if not self.intervals:  # no drift from the running sums' roundings
+            self._sum = self._decode_sum = self._prefill_sum = 0.0
+            self._decode_n = 0

@@ -1,0 +1,67 @@
+"""A scheduler driven step by step on an injected clock and a fixed cost model, no model weights."""
+
+from __future__ import annotations
+
+from kairos.config import SchedulerConfig
+from kairos.engine.cost_model import CostModel
+from kairos.engine.kv_cache import KVCacheManager
+from kairos.engine.sampling_params import SamplingParams
+from kairos.engine.scheduler import Scheduler
+from kairos.engine.sequence import Sequence
+
+# 10 ms per step + 1 ms per prefill token + 1 ms per decoding sequence
+COST = (0.010, 0.1, 0.01, 0.0)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Sim:
+    """Scheduler + KV manager driven step by step; the clock advances by the cost model's step time."""
+
+    def __init__(self, policy="slack", num_blocks=64, block_size=4, max_num_seqs=8, budget=64, starve_steps=64):
+        self.clock = Clock()
+        self.cost = CostModel(COST, frozen=True)
+        cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
+                              scheduling_policy=policy, starve_steps=starve_steps)
+        self.sched = Scheduler(cfg, KVCacheManager(num_blocks, block_size), self.cost, self.clock)
+        self.ids = iter(range(10_000))
+        self.admitted: list[str] = []  # request ids in order of their first scheduled step
+        self.finished: list[str] = []
+
+    def add(self, rid, prompt_len, max_tokens=4, slo=None, priority=0) -> Sequence:
+        seq = Sequence(next(self.ids), rid, 0, list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens),
+                       arrival_time=self.clock(), slo=slo, priority=priority)
+        self.sched.add(seq)
+        return seq
+
+    def step(self):
+        out = self.sched.schedule()
+        prefill = sum(s.num_new_tokens for s in out.scheduled if s.num_new_tokens > 1)
+        decodes = sum(1 for s in out.scheduled if s.num_new_tokens == 1)
+        for s in out.scheduled:
+            if s.seq.request_id not in self.admitted:
+                self.admitted.append(s.seq.request_id)
+        samples = [s.samples for s in out.scheduled]
+        self.sched.update(out)
+        self.clock.t += self.cost.step_time(prefill, decodes, 0)
+        for s, sampled in zip(out.scheduled, samples):
+            if sampled:
+                s.seq.token_ids.append(7)
+                s.seq.first_token_time = s.seq.first_token_time or self.clock()
+                if s.seq.num_output_tokens >= s.seq.params.max_tokens:
+                    self.sched.finish(s.seq)
+                    self.finished.append(s.seq.request_id)
+        return out
+
+    def run(self, max_steps=500):
+        for _ in range(max_steps):
+            if not self.sched.has_work():
+                return
+            self.step()
+        raise AssertionError("did not finish")
