@@ -23,13 +23,13 @@ def request(sim: Sim, slo: SLO, max_tokens: int = 11) -> Sequence:
 
 def test_a_burst_after_idling_is_not_the_time_per_token():
     # the engine idled, then spent 0.5 s on the prompts of a burst's first arrivals: two steps of
-    # 250 ms, 240 ms of each past a decode step. Tokens come a decode step apart, stretched by
-    # that share of the last 10 s (4.8%), not 250 ms apart.
+    # 250 ms, 240 ms of each past the 10 ms of a decode step of no sequence. Tokens come a decode
+    # step apart, stretched by that share of the last 10 s (4.8%), not 250 ms apart.
     sim = Sim()
     si = StepIntervals(horizon=10.0)
-    si.observe(99.75, 0.25, 0.24)
-    si.observe(100.0, 0.25, 0.24)
-    assert si.mean(100.0) == pytest.approx(0.25) and si.decode_mean(100.0) == 0.0
+    si.observe(99.75, 0.25, 0.010, prefill=True)
+    si.observe(100.0, 0.25, 0.010, prefill=True)
+    assert si.mean(100.0) == pytest.approx(0.25) and si.overhead(100.0) == 0.0
     assert si.prefill_load(100.0) == pytest.approx(0.048)
     first, tpot, last = predict(sim.sched, sim.cost, si, request(sim, SLO(deadline_ms=5000)))
     assert tpot == pytest.approx(0.011 / (1 - 0.048))
@@ -40,10 +40,12 @@ def test_tokens_come_a_decode_step_apart_stretched_by_the_prefill_load():
     sim = Sim(budget=256)
     si = StepIntervals(horizon=10.0)
     t = 90.0
-    for i in range(90):  # 50 decode-only steps of 40 ms, 40 steps of 200 ms (160 ms prefill): 10 s
+    for i in range(90):  # 50 decode-only steps of 40 ms, 40 steps of 200 ms: 10 s in all
         t += 0.04 if i % 9 < 5 else 0.2
-        si.observe(t, 0.04, None) if i % 9 < 5 else si.observe(t, 0.2, 0.16)
-    assert t == pytest.approx(100.0) and si.decode_mean(t) == pytest.approx(0.04)
+        si.observe(t, 0.04 if i % 9 < 5 else 0.2, 0.011, prefill=i % 9 >= 5)
+    # a decode-only step overran the model's 11 ms by 29 ms (the loop around it): of a mixed
+    # step's 200 ms, 200 - 11 - 29 = 160 went to prompt chunks, 6.4 s in all
+    assert t == pytest.approx(100.0) and si.overhead(t) == pytest.approx(0.029)
     assert si.prefill_load(t) == pytest.approx(0.64)
     _, tpot, _ = predict(sim.sched, sim.cost, si, request(sim, SLO(deadline_ms=5000)))
     # a busy window: the decode step over the share left to it is the mean interval
@@ -52,11 +54,18 @@ def test_tokens_come_a_decode_step_apart_stretched_by_the_prefill_load():
     assert predict(sim.sched, sim.cost, si, request(sim, SLO(tpot_ms=100)))[1] == pytest.approx(0.095)
     # ... but no faster than a decode step
     assert predict(sim.sched, sim.cost, si, request(sim, SLO(tpot_ms=30)))[1] == pytest.approx(0.04)
+    # with a step budget of 64 a step carries at most 63 prompt tokens: 40 + 63 ms
+    assert predict(Sim(budget=64).sched, sim.cost, si, request(sim, SLO(deadline_ms=5000)))[1] == pytest.approx(0.103)
+    # the prompt chunks age out as the window moves on: 4.5 s later, 23 of the 40 mixed steps
+    # remain (those that ended after 94.5 s: 3 of the fifth second's, all of the last five)
+    t += 4.5
+    si.observe(t, 0.04, 0.011, prefill=False)
+    assert si.prefill_load(t) == pytest.approx(23 * 0.016)
     # at saturation a token waits at most one step that carries a full chunk: 10 + 255 + 1 ms
-    for _ in range(10):
+    for _ in range(11):
         t += 1.0
-        si.observe(t, 1.0, 1.0)
-    assert si.prefill_load(t) == pytest.approx(1.0) and si.decode_mean(t) == 0.0
+        si.observe(t, 1.0, 0.011, prefill=True)
+    assert si.prefill_load(t) == pytest.approx(1.0) and si.overhead(t) == 0.0
     assert predict(sim.sched, sim.cost, si, request(sim, SLO(deadline_ms=5000)))[1] == pytest.approx(0.266)
 
 
@@ -86,17 +95,57 @@ def test_the_engine_measures_what_steps_spent_on_prompts(tiny_llama):
     clock = Clock()
     engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4, max_num_batched_tokens=16),
                         clock=clock, cost_model=CostModel(COST, frozen=True))
-    engine.add_request(EngineRequest("long", list(range(3, 43)), SamplingParams(max_tokens=20)))
-    for advance in (0.1, 0.1, 0.03, 0.03):  # chunks of 16, 16 and 8 prompt tokens, then decodes
+    engine.add_request(EngineRequest("long", list(range(3, 19)), SamplingParams(max_tokens=20)))
+    # (a step's interval is the time since the step before it ended: the clock moves between steps)
+    engine.step()  # its 16-token prompt, after idling: no interval
+    for _ in range(2):  # two decode-only steps of 30 ms
+        clock.t += 0.03
         engine.step()
-        clock.t += advance
-    engine.step()
-    # the first step came after idling (no interval); the next two: 100 ms, of it 90 ms past the
-    # 10 ms of a decode-only step of no sequence; then two decode-only steps of 30 ms
-    assert engine.intervals.prefill_load(clock()) == pytest.approx(0.018)
-    assert engine.intervals.decode_mean(clock()) == pytest.approx(0.03)
-    engine.add_request(EngineRequest("batch", list(range(50, 60)), SamplingParams(max_tokens=10),
+    engine.add_request(EngineRequest("other", list(range(30, 60)), SamplingParams(max_tokens=20)))
+    for _ in range(2):  # chunks of 15 of its 30 prompt tokens next to a decode of "long": 100 ms
+        clock.t += 0.1
+        engine.step()
+    # decode-only steps took 30 ms where the model says 11 ms (a sequence): 19 ms of overhead;
+    # each mixed step 100 ms, of it 100 - 11 - 19 = 70 ms past a decode step and its overhead
+    assert engine.intervals.overhead(clock()) == pytest.approx(0.019)
+    assert engine.intervals.prefill_load(clock()) == pytest.approx(0.014)
+    assert engine.stats()["step_prefill_load"] == pytest.approx(0.014)
+    engine.add_request(EngineRequest("batch", list(range(60, 70)), SamplingParams(max_tokens=10),
                                      slo=SLO(deadline_ms=10_000)))
-    assert engine.admission("batch")[1] == pytest.approx(0.03 / (1 - 0.018))
+    # a batch of 3: 13 ms and the 19 ms around it, stretched by the 1.4% that went to prompts
+    assert engine.admission("batch")[1] == pytest.approx(0.032 / (1 - 0.014))
+    while engine.has_unfinished():
+        engine.step()
+
+
+def test_a_wait_for_a_grammar_is_not_a_step_interval(tiny_tok):
+    import threading
+    import time
+
+    from kairos.config import EngineConfig
+    from kairos.engine.core import EngineCore
+    from kairos.engine.sampling_params import StructuredOutput
+
+    clock = Clock()
+    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_tok[1]), block_size=4, device="cpu"), clock=clock,
+                        cost_model=CostModel(COST, frozen=True))
+    gate = threading.Event()
+    compile_ = engine.structured._compile
+    engine.structured._compile = lambda spec: (gate.wait(30), compile_(spec))[1]
+    engine.add_request(EngineRequest("a", [5, 6, 7, 8], SamplingParams(max_tokens=2, ignore_eos=True)))
+    engine.add_request(EngineRequest("g", [5, 6, 7, 9], SamplingParams(
+        max_tokens=2, structured=StructuredOutput(regex="[a-z]{4}"))))
+    engine.step()  # the prompt of "a"
+    clock.t += 0.03
+    engine.step()  # its last token, 30 ms later: only "g" is left, its grammar compiling
+    assert engine.only_compiling() and engine.step() == []  # nothing to run: the engine idles
+    clock.t += 2.0
+    gate.set()
+    for _ in range(500):  # until "g" runs its prompt: a step of no time on this clock, not of 2 s
+        engine.step()
+        if engine.stats()["num_compiling"] == 0 and engine.scheduler.running:
+            break
+        time.sleep(0.01)
+    assert engine.intervals.prefill_load(clock()) == 0.0 and engine.intervals.mean(clock()) == pytest.approx(0.03)
     while engine.has_unfinished():
         engine.step()

@@ -274,13 +274,14 @@ def test_admission_predicts_tokens_at_the_pace_decode_steps_have_been_taking(tin
         engine.step()
         clock.t += 0.030
     assert engine.stats()["step_interval_s"] == pytest.approx(0.030)  # 4 intervals (the first step had none before it)
-    # a deadline-only request: tokens every 30 ms (not the 12 ms of a decode step of 2)
+    # a deadline-only request: tokens every 31 ms, the 12 ms of a decode step of 2 and the 19 ms
+    # that decode steps of 1 took past the model's 11 (not the 12 ms alone)
     engine.add_request(EngineRequest("batch", list(range(50, 60)), SamplingParams(max_tokens=10),
                                      slo=SLO(deadline_ms=10_000)))
     first, per_token, last = engine.admission("batch")
-    assert per_token == pytest.approx(0.030) and last - first == pytest.approx(9 * 0.030)
+    assert per_token == pytest.approx(0.031) and last - first == pytest.approx(9 * 0.031)
     # pacing holds back prompt chunks, not decode steps: a 20 ms TPOT cannot be kept
-    with pytest.raises(SLOInfeasible, match=r"predicted TPOT 30 ms > tpot_ms 20"):
+    with pytest.raises(SLOInfeasible, match=r"predicted TPOT 32 ms > tpot_ms 20"):
         engine.add_request(EngineRequest("chat", list(range(60, 70)), SamplingParams(max_tokens=4),
                                          slo=SLO(ttft_ms=1000, tpot_ms=20)))
     assert engine.admission("long") is None  # no SLO: nothing was predicted
@@ -320,8 +321,9 @@ def test_step_intervals_forget_old_steps_as_they_go():
 
     si = StepIntervals(horizon=10.0)
     for i in range(1000):  # a step every 0.1 s for 100 s, no one asking for the mean
-        si.observe(100.0 + i * 0.1, 0.1 if i < 900 else 0.3)
+        si.observe(100.0 + i * 0.1, 0.1 if i < 900 else 0.3, 0.05, prefill=i % 2 == 0)
     assert len(si.intervals) <= 102 and si.mean(200.05) == pytest.approx(0.3)  # the last 10 s: all 0.3
+    assert si.overhead(200.05) == pytest.approx(0.25)  # decode-only ones: 0.3 where the model says 0.05
 
 
 def test_running_prompts_go_on_behind_a_request_that_cannot_start():

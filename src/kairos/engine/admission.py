@@ -30,13 +30,13 @@ def predict(sch: Scheduler, cost: CostModel, intervals: StepIntervals, seq: Sequ
     cap = sch.seq_cap(ctx, seq)
     batch = min(cap, len(sch.running) + len(sch.waiting) + 1)
     ctx_per_seq = (ctx.decode_ctx + seq.num_tokens) / (ctx.decode_seqs + 1)
-    # per token: a decode-only step of the batch it joins (as steps have been taking, the loop
-    # around them included, if longer), stretched by the prompt chunks of other arrivals at the
-    # share of time prefill took lately (load); at most a step that carries a full chunk, and
-    # the pace a TPOT promise holds the steps to. Not the mean of recent steps: after an idle
-    # spell those are the prefill steps of a burst's first arrivals, the slowest there are.
+    # per token: a decode-only step of the batch it joins and the loop around it (as recent
+    # decode-only steps overran the cost model), stretched by the prompt chunks of other
+    # arrivals at the share of time prefill took lately (load); at most a step that carries a
+    # full chunk, and the pace a TPOT promise holds the steps to. Not the mean of recent steps:
+    # after an idle spell those are the prefill steps of a burst's first arrivals, the slowest.
     decode = cost.step_time(0, batch, batch * ctx_per_seq)
-    step = max(decode, intervals.decode_mean(ctx.now))
+    step = decode + intervals.overhead(ctx.now)
     load = intervals.prefill_load(ctx.now)
     full = step + cost.step_time(max(1, ctx.budget - batch), batch, batch * ctx_per_seq) - decode
     tpot = min(step / (1 - load) if load < 1 else full, full)

@@ -317,7 +317,8 @@ class EngineCore:
             raise RuntimeError("steps finish in the order they were launched")
         self._in_flight.popleft()
         outputs = flight.outputs
-        if flight.t0 is None:  # nothing was scheduled
+        if flight.t0 is None:  # nothing was scheduled (idle, however briefly: no interval spans it)
+            self._last_step_end = None
             return outputs
         sampled = self.sampler.to_host(flight.sample, flight.rows) if flight.sample is not None else None
         if flight.done is not None:
@@ -343,8 +344,7 @@ class EngineCore:
         end = self.clock()
         last = self._last_step_end
         seconds = end - (flight.start if last is None else last)
-        # what the step took past a decode-only step of its batch went to prompt chunks
-        self.intervals.observe(end, seconds, seconds - self.cost.step_time(0, *shape[1:]) if shape[0] else None)
+        self.intervals.observe(end, seconds, self.cost.step_time(0, *shape[1:]), prefill=shape[0] > 0)
         self._last_step_end = end if self.has_unfinished() else None
         return outputs
 
@@ -495,7 +495,7 @@ class EngineCore:
             **self.cost.describe(),
             **self.slo_admission.stats(),
             "step_interval_s": self.intervals.mean(self.clock()),
-            "decode_step_interval_s": self.intervals.decode_mean(self.clock()),
+            "step_overhead_s": self.intervals.overhead(self.clock()),
             "step_prefill_load": self.intervals.prefill_load(self.clock()),
             "requests_expired": self.requests_expired,
             "num_preemptions": self.scheduler.num_preemptions,

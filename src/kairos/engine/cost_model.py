@@ -147,24 +147,27 @@ class Calibration:
 class StepIntervals:
     """Wall seconds between consecutive step ends while the engine had work (what a running
     request waits per token: the step, the scheduler and the loop around them), over the last
-    ``horizon`` seconds, and how much of each went to prefill. A token's time is that of a
-    decode-only step (:meth:`decode_mean`) stretched by the prefill chunks of other arrivals in
-    between (:meth:`prefill_load`); the cost model predicts the first, these measure both."""
+    ``horizon`` seconds, split into what the cost model predicts for the step's decode rows, the
+    loop around it (:meth:`overhead`, learned from decode-only steps) and the rest, prompt
+    chunks (:meth:`prefill_load`). A token's time is a decode-only step and its overhead,
+    stretched by the prompt chunks of other arrivals in between."""
 
     def __init__(self, horizon: float = 10.0):
         self.horizon = horizon
-        self.intervals: deque[tuple[float, float, float | None]] = deque()  # (end, seconds, of them prefill)
-        # running sums over ``intervals``: all seconds, decode-only seconds and count, prefill seconds
-        self._sum = self._decode_sum = self._prefill_sum = 0.0
+        # (end, seconds, past the model's decode step: decode-only steps, prefill: the others)
+        self.intervals: deque[tuple[float, float, float, bool]] = deque()
+        self._sum = self._overhead_sum = self._prefill_sum = 0.0  # running sums over ``intervals``
         self._decode_n = 0
 
-    def observe(self, end: float, seconds: float, prefill_s: float | None = None) -> None:
-        """A step ended at ``end``, ``seconds`` after the one before; ``prefill_s`` of them went to
-        prompt chunks (None: a decode-only step)."""
-        if math.isfinite(seconds) and seconds > 0:
-            prefill_s = None if prefill_s is None else min(max(0.0, prefill_s), seconds)
-            self.intervals.append((end, seconds, prefill_s))
-            self._add(seconds, prefill_s, 1)
+    def observe(self, end: float, seconds: float, decode_s: float, prefill: bool) -> None:
+        """A step ended at ``end``, ``seconds`` after the one before; the cost model predicts
+        ``decode_s`` for its decode rows alone; ``prefill``: it carried prompt chunks."""
+        if math.isfinite(seconds) and seconds > 0 and math.isfinite(decode_s):
+            past = seconds - decode_s
+            if prefill:  # (the loop's overhead is not prefill: decode-only steps pay it too)
+                past = min(max(0.0, past - self.overhead(end)), seconds)
+            self.intervals.append((end, seconds, past, prefill))
+            self._add(self.intervals[-1], 1)
         self._prune(end)
 
     def mean(self, now: float) -> float:
@@ -172,28 +175,29 @@ class StepIntervals:
         self._prune(now)
         return self._sum / len(self.intervals) if self.intervals else 0.0
 
-    def decode_mean(self, now: float) -> float:
-        """Mean interval of the recent steps that carried no prefill; 0 when there were none."""
+    def overhead(self, now: float) -> float:
+        """Mean seconds the recent decode-only steps took past the cost model's prediction (the
+        loop around a step, what the model misses); at least 0, and 0 when there were none."""
         self._prune(now)
-        return self._decode_sum / self._decode_n if self._decode_n else 0.0
+        return max(0.0, self._overhead_sum / self._decode_n) if self._decode_n else 0.0
 
     def prefill_load(self, now: float) -> float:
-        """Share of the last ``horizon`` seconds that steps spent on prefill (0 to 1)."""
+        """Share of the last ``horizon`` seconds that steps spent on prompt chunks (0 to 1)."""
         self._prune(now)
         return min(1.0, self._prefill_sum / self.horizon)
 
-    def _add(self, seconds: float, prefill_s: float | None, sign: int) -> None:
+    def _add(self, entry: tuple[float, float, float, bool], sign: int) -> None:
+        _, seconds, past, prefill = entry
         self._sum += sign * seconds
-        if prefill_s is None:
-            self._decode_sum += sign * seconds
-            self._decode_n += sign
+        if prefill:
+            self._prefill_sum += sign * past
         else:
-            self._prefill_sum += sign * prefill_s
+            self._overhead_sum += sign * past
+            self._decode_n += sign
 
     def _prune(self, now: float) -> None:
         while self.intervals and self.intervals[0][0] < now - self.horizon:
-            _, seconds, prefill_s = self.intervals.popleft()
-            self._add(seconds, prefill_s, -1)
+            self._add(self.intervals.popleft(), -1)
         if not self.intervals:  # no drift from the running sums' roundings
-            self._sum = self._decode_sum = self._prefill_sum = 0.0
+            self._sum = self._overhead_sum = self._prefill_sum = 0.0
             self._decode_n = 0
