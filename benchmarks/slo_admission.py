@@ -14,6 +14,8 @@ Scenarios (the same prompts and arrival times for every server):
   Admission has no history yet: its cost model starts from defaults.
 - ``idle-burst``: ``--rounds`` times, 12 s idle (longer than the step-interval window), then 6 batch
   requests at once (deadline 8 s; 32-256 in, 32-64 out).
+- ``overload``: after 12 s idle, 1.5 x ``--requests`` of the cold scenario's mix at 3 req/s, more
+  than this 2-core CPU serves: admission must refuse some, and should refuse the right ones.
 
 Per scenario and server: refused, expired, met (goodput: met / sent), admitted requests that missed,
 and "refused, met unsent": requests refused that the ``unsent`` server served within their SLO.
@@ -54,7 +56,11 @@ def scenarios(tok, requests: int, rounds: int, seed: int) -> dict[str, list[list
                              input_len=Length("uniform", 32, 256), output_len=Length("uniform", 32, 64),
                              prefix_len=0, num_prefix_groups=1, slo_classes=[BURST], turns=1,
                              tokenizer=tok, seed=seed + 1 + r) for r in range(rounds)]
-    return {"cold": [cold], "idle-burst": bursts}
+    overload = build_workload(num_requests=3 * requests // 2, rate=3.0, arrival="poisson", burstiness=1.0,
+                              input_len=Length("uniform", 32, 256), output_len=Length("uniform", 16, 96),
+                              prefix_len=0, num_prefix_groups=1, slo_classes=[INTERACTIVE, BATCH], turns=1,
+                              tokenizer=tok, seed=seed + 100)
+    return {"cold": [cold], "idle-burst": bursts, "overload": [overload]}
 
 
 class Server:

@@ -69,6 +69,16 @@ def test_tokens_come_a_decode_step_apart_stretched_by_the_prefill_load():
     assert predict(sim.sched, sim.cost, si, request(sim, SLO(deadline_ms=5000)))[1] == pytest.approx(0.266)
 
 
+def test_steps_faster_than_the_model_book_no_negative_time():
+    si = StepIntervals(horizon=10.0)
+    si.observe(100.0, 0.008, 0.011, prefill=False)  # 3 ms under the model's decode step
+    assert si.overhead(100.0) == 0.0
+    si.observe(100.1, 0.009, 0.011, prefill=True)  # a small chunk under it too
+    assert si.prefill_load(100.1) == 0.0
+    si.observe(100.2, 0.021, 0.011, prefill=False)  # 10 ms over: the mean of -3 and +10 ms
+    assert si.overhead(100.2) == pytest.approx(0.0035)
+
+
 def test_calibration_learns_only_from_predictions_of_a_fitted_cost_model():
     sim = Sim()
     sim.cost = CostModel(refit_every=16)  # the defaults, not this engine's
@@ -76,9 +86,14 @@ def test_calibration_learns_only_from_predictions_of_a_fitted_cost_model():
     early = request(sim, SLO(ttft_ms=10_000))
     adm.admit(early)
     assert early.promised is not None and early.predicted is None
-    for i in range(16):
-        sim.cost.observe(16 * (i % 4), 1 + i % 3, 100, 0.02 + 0.001 * i)
-    assert sim.cost.fitted
+    for i in range(16):  # a prompt's step, then decode steps: fitted, but not yet of prefill
+        sim.cost.observe(64 if i == 0 else 0, 1, 100 + i, 0.3 if i == 0 else 0.02)
+    assert sim.cost.fits == 1 and not sim.cost.fitted
+    adm.admit(still := request(sim, SLO(ttft_ms=10_000)))
+    assert still.predicted is None
+    for i in range(16):  # 3 more with prompt chunks: 4 of each kind in the window
+        sim.cost.observe(16 if i < 3 else 0, 1 + i % 3, 100, 0.02 + 0.001 * i)
+    assert sim.cost.fits == 2 and sim.cost.fitted
     late = request(sim, SLO(ttft_ms=10_000))
     adm.admit(late)
     assert late.predicted is not None
@@ -95,25 +110,27 @@ def test_the_engine_measures_what_steps_spent_on_prompts(tiny_llama):
     clock = Clock()
     engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4, max_num_batched_tokens=16),
                         clock=clock, cost_model=CostModel(COST, frozen=True))
-    engine.add_request(EngineRequest("long", list(range(3, 19)), SamplingParams(max_tokens=20)))
+    engine.add_request(EngineRequest("long", list(range(3, 35)), SamplingParams(max_tokens=20)))
     # (a step's interval is the time since the step before it ended: the clock moves between steps)
-    engine.step()  # its 16-token prompt, after idling: no interval
+    engine.step()  # the first 16 of its 32 prompt tokens, after idling: no interval
+    clock.t += 0.05
+    engine.step()  # the other 16, 50 ms: 40 ms past the 10 ms of a decode step of no sequence
     for _ in range(2):  # two decode-only steps of 30 ms
         clock.t += 0.03
         engine.step()
-    engine.add_request(EngineRequest("other", list(range(30, 60)), SamplingParams(max_tokens=20)))
+    engine.add_request(EngineRequest("other", list(range(40, 70)), SamplingParams(max_tokens=20)))
     for _ in range(2):  # chunks of 15 of its 30 prompt tokens next to a decode of "long": 100 ms
         clock.t += 0.1
         engine.step()
     # decode-only steps took 30 ms where the model says 11 ms (a sequence): 19 ms of overhead;
     # each mixed step 100 ms, of it 100 - 11 - 19 = 70 ms past a decode step and its overhead
     assert engine.intervals.overhead(clock()) == pytest.approx(0.019)
-    assert engine.intervals.prefill_load(clock()) == pytest.approx(0.014)
-    assert engine.stats()["step_prefill_load"] == pytest.approx(0.014)
+    assert engine.intervals.prefill_load(clock()) == pytest.approx(0.018)
+    assert engine.stats()["step_prefill_load"] == pytest.approx(0.018)
     engine.add_request(EngineRequest("batch", list(range(60, 70)), SamplingParams(max_tokens=10),
                                      slo=SLO(deadline_ms=10_000)))
-    # a batch of 3: 13 ms and the 19 ms around it, stretched by the 1.4% that went to prompts
-    assert engine.admission("batch")[1] == pytest.approx(0.032 / (1 - 0.014))
+    # a batch of 3: 13 ms and the 19 ms around it, stretched by the 1.8% that went to prompts
+    assert engine.admission("batch")[1] == pytest.approx(0.032 / (1 - 0.018))
     while engine.has_unfinished():
         engine.step()
 

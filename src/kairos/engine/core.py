@@ -309,6 +309,7 @@ class EngineCore:
             self.kv.give_back(s.fork_blocks)  # (a launch that failed before its forks)
             s.fork_blocks = []
         self._in_flight.clear()
+        self._last_step_end = None  # (no interval spans the error's handling)
         return [o for rid in sorted(rids) for o in self.abort(rid)]
 
     def finish(self, flight: StepInFlight) -> list[SeqOutput]:

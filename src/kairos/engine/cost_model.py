@@ -20,6 +20,7 @@ from collections import deque
 import torch
 
 _SCALE = (1.0, 100.0, 10.0, 1000.0, 1.0)
+MIN_SAMPLES_OF_A_KIND = 4
 
 
 class CostModel:
@@ -33,6 +34,7 @@ class CostModel:
         self.frozen = frozen  # tests and simulations: a fixed, known model
         self._since_fit = 0
         self.fits = 0  # fits from samples so far (0: still the weights it was built with)
+        self._informed = False  # a fit has seen enough steps with and without prompt chunks
 
     @staticmethod
     def features(prefill_tokens: float, decode_seqs: float, decode_ctx: float) -> tuple[float, ...]:
@@ -97,11 +99,15 @@ class CostModel:
             w = self._solve(x[keep], y[keep], ridge)
         self.weights = w.clamp(min=0.0)
         self.fits += 1
+        with_prefill = int(x[:, 4].sum().item())
+        self._informed |= min(with_prefill, len(self.samples) - with_prefill) >= MIN_SAMPLES_OF_A_KIND
 
     @property
     def fitted(self) -> bool:
-        """Whether the weights describe this engine: fitted from its steps, or fixed by design."""
-        return self.frozen or self.fits > 0
+        """Whether the weights describe this engine: fixed by design, or fitted from at least
+        ``MIN_SAMPLES_OF_A_KIND`` of its steps with prompt chunks and as many without (fitted
+        from decode steps alone, the ridge keeps the prefill weights near their defaults)."""
+        return self.frozen or self._informed
 
     def _solve(self, x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
         # ridge toward the current weights: steady when a feature never varies (e.g. batch size)
@@ -165,7 +171,7 @@ class StepIntervals:
         if math.isfinite(seconds) and seconds > 0 and math.isfinite(decode_s):
             past = seconds - decode_s
             if prefill:  # (the loop's overhead is not prefill: decode-only steps pay it too)
-                past = min(max(0.0, past - self.overhead(end)), seconds)
+                past = max(0.0, past - self.overhead(end))
             self.intervals.append((end, seconds, past, prefill))
             self._add(self.intervals[-1], 1)
         self._prune(end)
@@ -182,7 +188,9 @@ class StepIntervals:
         return max(0.0, self._overhead_sum / self._decode_n) if self._decode_n else 0.0
 
     def prefill_load(self, now: float) -> float:
-        """Share of the last ``horizon`` seconds that steps spent on prompt chunks (0 to 1)."""
+        """Share of the last ``horizon`` seconds that steps spent on prompt chunks (0 to 1).
+        Over the whole window, idle time included: the rate at which prompt work arrives, so a
+        token stretched by it takes a decode step / (1 - load)."""
         self._prune(now)
         return min(1.0, self._prefill_sum / self.horizon)
 
