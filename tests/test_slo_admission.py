@@ -69,6 +69,22 @@ def test_tokens_come_a_decode_step_apart_stretched_by_the_prefill_load():
     assert predict(sim.sched, sim.cost, si, request(sim, SLO(deadline_ms=5000)))[1] == pytest.approx(0.266)
 
 
+def test_prompts_queued_now_stretch_the_tokens_of_a_new_request():
+    sim = Sim()
+    sim.add("queued", 100)  # 100 ms of prompt chunks to run, 1 ms a token
+    si = StepIntervals(horizon=10.0)  # (no steps lately: no load)
+    # 11 tokens of a decode step of 2 (12 ms), the 100 ms of chunks spread over them
+    assert predict(sim.sched, sim.cost, si, request(sim, SLO(deadline_ms=5000)))[1] == pytest.approx(0.012 + 0.1 / 11)
+    # spread over 101 tokens, less than the 10% of the last 10 s that went to prompts lately
+    si.observe(99.0, 1.0, 0.0, prefill=True)
+    assert predict(sim.sched, sim.cost, si, request(sim, SLO(deadline_ms=50_000), max_tokens=101))[1] == (
+        pytest.approx(0.012 / 0.9))
+    # a TPOT promise paces them: 19 ms
+    assert predict(sim.sched, sim.cost, si, request(sim, SLO(tpot_ms=20)))[1] == pytest.approx(0.019)
+    sim.run()  # once the prompt has run, no chunk is queued
+    assert predict(sim.sched, sim.cost, StepIntervals(), request(sim, SLO(deadline_ms=5000)))[1] == pytest.approx(0.011)
+
+
 def test_steps_faster_than_the_model_book_no_negative_time():
     si = StepIntervals(horizon=10.0)
     si.observe(100.0, 0.008, 0.011, prefill=False)  # 3 ms under the model's decode step
@@ -93,7 +109,7 @@ def test_calibration_learns_only_from_predictions_of_a_fitted_cost_model():
     assert still.predicted is None
     for i in range(16):  # 3 more with prompt chunks: 4 of each kind in the window
         sim.cost.observe(16 if i < 3 else 0, 1 + i % 3, 100, 0.02 + 0.001 * i)
-    assert sim.cost.fits == 2 and sim.cost.fitted
+    assert sim.cost.fits == 2 and sim.cost.fitted and sim.cost.describe()["cost_fitted"] == 1.0
     late = request(sim, SLO(ttft_ms=10_000))
     adm.admit(late)
     assert late.predicted is not None

@@ -31,15 +31,18 @@ def predict(sch: Scheduler, cost: CostModel, intervals: StepIntervals, seq: Sequ
     batch = min(cap, len(sch.running) + len(sch.waiting) + 1)
     ctx_per_seq = (ctx.decode_ctx + seq.num_tokens) / (ctx.decode_seqs + 1)
     # per token: a decode-only step of the batch it joins and the loop around it (as recent
-    # decode-only steps overran the cost model), stretched by the prompt chunks of other
-    # arrivals at the share of time prefill took lately (load); at most a step that carries a
-    # full chunk, and the pace a TPOT promise holds the steps to. Not the mean of recent steps:
-    # after an idle spell those are the prefill steps of a burst's first arrivals, the slowest.
+    # decode-only steps overran the cost model), stretched by prompt chunks: those queued now
+    # (all before its last token: decodes go first, chunks fill the rest of each step) or, if
+    # more, those of later arrivals at the share of time prefill took lately (load). At most a
+    # step that carries a full chunk, and the pace a TPOT promise holds the steps to. Not the
+    # mean of recent steps: after an idle spell those are a burst's prefill steps, the slowest.
     decode = cost.step_time(0, batch, batch * ctx_per_seq)
     step = decode + intervals.overhead(ctx.now)
     load = intervals.prefill_load(ctx.now)
     full = step + cost.step_time(max(1, ctx.budget - batch), batch, batch * ctx_per_seq) - decode
-    tpot = min(step / (1 - load) if load < 1 else full, full)
+    queued = sum(s.remaining_prefill for s in sch.waiting + sch.running if s.num_tokens - s.num_computed > 1)
+    backlog = cost.step_time(queued, 0, 0) - cost.step_time(0, 0, 0) if queued else 0.0  # (its chunks' time)
+    tpot = min(max(step / (1 - load) if load < 1 else full, step + backlog / seq.params.max_tokens), full)
     pace = sch.decode_pace(seq)
     if pace:
         tpot = max(step, min(tpot, pace))
@@ -82,8 +85,8 @@ class SLOAdmission:
         last *= self.calibration["e2e"].factor(now)
         misses = slo_misses(seq.slo, first, tpot, last)
         if not misses:
-            # judged against what happens (see ``calibration``), unless the cost model still had
-            # its defaults: their error says nothing about the predictions to come
+            # judged against what happens (see ``calibration``), unless the cost model is not
+            # fitted yet: the error of its defaults says nothing about the predictions to come
             seq.predicted = raw if self.cost.fitted else None
             seq.promised = (first, tpot, last)
             return

@@ -120,7 +120,7 @@ class CostModel:
         return {"cost_step_overhead_s": w[0], "cost_prefill_s_per_token": w[1] / _SCALE[1],
                 "cost_decode_s_per_seq": w[2] / _SCALE[2], "cost_decode_s_per_ctx_token": w[3] / _SCALE[3],
                 "cost_prefill_step_s": w[4],
-                "cost_samples": len(self.samples)}
+                "cost_samples": len(self.samples), "cost_fitted": float(self.fitted)}
 
 
 class Calibration:
