@@ -16,9 +16,9 @@ from sched_helpers import COST, Clock, Sim
 # COST: a decode-only step of one sequence takes 11 ms, of two 12 ms
 
 
-def request(sim: Sim, slo: SLO, max_tokens: int = 11) -> Sequence:
+def request(sim: Sim, slo: SLO, max_tokens: int = 11, priority: int = 0) -> Sequence:
     return Sequence(9_000, "r", 0, list(range(1, 9)), SamplingParams(max_tokens=max_tokens),
-                    arrival_time=sim.clock(), slo=slo)
+                    arrival_time=sim.clock(), slo=slo, priority=priority)
 
 
 def test_a_burst_after_idling_is_not_the_time_per_token():
@@ -83,6 +83,24 @@ def test_prompts_queued_now_stretch_the_tokens_of_a_new_request():
     assert predict(sim.sched, sim.cost, si, request(sim, SLO(tpot_ms=20)))[1] == pytest.approx(0.019)
     sim.run()  # once the prompt has run, no chunk is queued
     assert predict(sim.sched, sim.cost, StepIntervals(), request(sim, SLO(deadline_ms=5000)))[1] == pytest.approx(0.011)
+    # a prompt queued ahead of it (first come, first served) runs before its first token: not again
+    fcfs = Sim(policy="fcfs")
+    fcfs.add("queued", 100)
+    assert predict(fcfs.sched, fcfs.cost, StepIntervals(), request(fcfs, SLO(deadline_ms=5000)))[1] == (
+        pytest.approx(0.012))
+
+
+def test_the_wait_for_a_place_goes_at_any_request_s_pace():
+    # one place, held by "run" for 3 more tokens; a prompt queued behind the new request stretches
+    # the new request's own token (max_tokens=1: all 100 ms of it), not the tokens of "run"
+    sim = Sim(policy="priority", max_num_seqs=1)
+    sim.add("run", 4, max_tokens=4, priority=5)
+    sim.step()
+    sim.add("queued", 100)
+    first, tpot, _ = predict(sim.sched, sim.cost, StepIntervals(), request(sim, SLO(ttft_ms=1000), 1, priority=1))
+    # 3 decode steps of 11 ms, then its 8-token prompt in a step of 19 ms; its token: at most a
+    # step with a full chunk (63 tokens next to 1 decode: 74 ms), not 11 + 100 ms
+    assert first == pytest.approx(3 * 0.011 + 0.019) and tpot == pytest.approx(0.074)
 
 
 def test_steps_faster_than_the_model_book_no_negative_time():

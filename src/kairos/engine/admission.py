@@ -4,6 +4,7 @@ learned from how admitted requests actually fared."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
@@ -31,22 +32,29 @@ def predict(sch: Scheduler, cost: CostModel, intervals: StepIntervals, seq: Sequ
     batch = min(cap, len(sch.running) + len(sch.waiting) + 1)
     ctx_per_seq = (ctx.decode_ctx + seq.num_tokens) / (ctx.decode_seqs + 1)
     # per token: a decode-only step of the batch it joins and the loop around it (as recent
-    # decode-only steps overran the cost model), stretched by prompt chunks: those queued now
-    # (all before its last token: decodes go first, chunks fill the rest of each step) or, if
-    # more, those of later arrivals at the share of time prefill took lately (load). At most a
-    # step that carries a full chunk, and the pace a TPOT promise holds the steps to. Not the
-    # mean of recent steps: after an idle spell those are a burst's prefill steps, the slowest.
+    # decode-only steps overran the cost model), stretched by prompt chunks: those of later
+    # arrivals at the share of time prefill took lately (load) or, if more, those queued behind
+    # it now (decodes go first and chunks fill the rest of each step, so they run before its
+    # last token; those ahead run before its first). At most a step that carries a full chunk,
+    # and the pace a TPOT promise holds the steps to. Not the mean of recent steps: after an
+    # idle spell those are the prefill steps of a burst, the slowest there are.
     decode = cost.step_time(0, batch, batch * ctx_per_seq)
     step = decode + intervals.overhead(ctx.now)
     load = intervals.prefill_load(ctx.now)
-    full = step + cost.step_time(max(1, ctx.budget - batch), batch, batch * ctx_per_seq) - decode
-    queued = sum(s.remaining_prefill for s in sch.waiting + sch.running if s.num_tokens - s.num_computed > 1)
-    backlog = cost.step_time(queued, 0, 0) - cost.step_time(0, 0, 0) if queued else 0.0  # (its chunks' time)
-    tpot = min(max(step / (1 - load) if load < 1 else full, step + backlog / seq.params.max_tokens), full)
+    chunk = max(1, ctx.budget - batch)
+    full = step + cost.step_time(chunk, batch, batch * ctx_per_seq) - decode
+    behind = sum(s.remaining_prefill - (0 if s.num_computed else ctx.cached_tokens(s))
+                 for s in sch.waiting + sch.running if keys[s.seq_id] > key and s.num_tokens - s.num_computed > 1)
+    backlog = (cost.prefill_time(behind, chunk, batch, batch * ctx_per_seq) - math.ceil(behind / chunk) * decode
+               if behind > 0 else 0.0)  # (seconds of its chunks, past the decodes in their steps)
     pace = sch.decode_pace(seq)
-    if pace:
-        tpot = max(step, min(tpot, pace))
-    first = ctx.now + sch.slot_wait(ahead, cap, tpot) + ctx.prefill_eta(seq, ahead_prefill)
+
+    def paced(t: float) -> float:
+        return max(step, min(t, pace)) if pace else t
+
+    stretched = min(step / (1 - load), full) if load < 1 else full  # (any request's tokens)
+    tpot = paced(min(max(stretched, step + backlog / seq.params.max_tokens), full))
+    first = ctx.now + sch.slot_wait(ahead, cap, paced(stretched)) + ctx.prefill_eta(seq, ahead_prefill)
     last = first + (seq.params.max_tokens - 1) * tpot
     return first - seq.arrival_time, tpot, last - seq.arrival_time
 
