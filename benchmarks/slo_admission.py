@@ -31,14 +31,12 @@ import sys
 import tempfile
 import time
 
-import httpx
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from kairos.bench.metrics import tpot, ttft  # noqa: E402
 from kairos.bench.runner import Target, run_load  # noqa: E402
 from kairos.bench.workloads import SLO, Length, build_workload  # noqa: E402
 from kairos.loader import load_tokenizer, resolve_model_path  # noqa: E402
-from server_helpers import free_port  # noqa: E402
+from server_helpers import ServerProcess  # noqa: E402
 
 INTERACTIVE = SLO("interactive", ttft_ms=800, tpot_ms=120)
 BATCH = SLO("batch", deadline_ms=20_000)
@@ -48,43 +46,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def scenarios(tok, requests: int, rounds: int, seed: int) -> dict[str, list[list]]:
     """name -> rounds of request specs (a round starts after 12 s idle, except the first of cold)."""
-    cold = build_workload(num_requests=requests, rate=1.0, arrival="poisson", burstiness=1.0,
-                          input_len=Length("uniform", 32, 256), output_len=Length("uniform", 16, 96),
-                          prefix_len=0, num_prefix_groups=1, slo_classes=[INTERACTIVE, BATCH], turns=1,
-                          tokenizer=tok, seed=seed)
-    bursts = [build_workload(num_requests=6, rate=float("inf"), arrival="poisson", burstiness=1.0,
-                             input_len=Length("uniform", 32, 256), output_len=Length("uniform", 32, 64),
-                             prefix_len=0, num_prefix_groups=1, slo_classes=[BURST], turns=1,
-                             tokenizer=tok, seed=seed + 1 + r) for r in range(rounds)]
-    overload = build_workload(num_requests=3 * requests // 2, rate=3.0, arrival="poisson", burstiness=1.0,
-                              input_len=Length("uniform", 32, 256), output_len=Length("uniform", 16, 96),
-                              prefix_len=0, num_prefix_groups=1, slo_classes=[INTERACTIVE, BATCH], turns=1,
-                              tokenizer=tok, seed=seed + 100)
-    return {"cold": [cold], "idle-burst": bursts, "overload": [overload]}
+    def specs(n: int, rate: float, out: Length, classes: list[SLO], seed: int) -> list:
+        return build_workload(num_requests=n, rate=rate, arrival="poisson", burstiness=1.0,
+                              input_len=Length("uniform", 32, 256), output_len=out, prefix_len=0,
+                              num_prefix_groups=1, slo_classes=classes, turns=1, tokenizer=tok, seed=seed)
 
-
-class Server:
-    def __init__(self, src: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": src}
-        self.proc = subprocess.Popen([sys.executable, "-m", "kairos.cli", "serve", "--port", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server ({src}) exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.25)
-        self.stop()
-        raise TimeoutError("server did not become healthy")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+    mixed = Length("uniform", 16, 96)
+    return {"cold": [specs(requests, 1.0, mixed, [INTERACTIVE, BATCH], seed)],
+            "idle-burst": [specs(6, float("inf"), Length("uniform", 32, 64), [BURST], seed + 1 + r)
+                           for r in range(rounds)],
+            "overload": [specs(3 * requests // 2, 3.0, mixed, [INTERACTIVE, BATCH], seed + 100)]}
 
 
 def met(rec, slo: SLO) -> bool:
@@ -93,7 +64,7 @@ def met(rec, slo: SLO) -> bool:
 
 def run_arm(src: str, send_slo: bool, plan: dict[str, list[list]]) -> dict[str, list]:
     """Records (in spec order, rounds concatenated) of each scenario on a fresh server of ``src``."""
-    server = Server(src)
+    server = ServerProcess(env={"PYTHONPATH": src}, keep_log=False)
     out = {}
     try:
         for name, rounds in plan.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from kairos.config import SchedulerConfig
 from kairos.engine.cost_model import CostModel
 from kairos.engine.kv_cache import KVCacheManager
@@ -65,3 +67,21 @@ class Sim:
                 return
             self.step()
         raise AssertionError("did not finish")
+
+
+def timed_engine(model_dir, clock, **kwargs):
+    """An EngineCore of the model in ``model_dir`` (block size 4) on ``clock``, with the fixed
+    cost model ``COST``."""
+    from kairos.config import EngineConfig
+    from kairos.engine.core import EngineCore
+
+    return EngineCore(EngineConfig.from_kwargs(model=str(model_dir), block_size=4, **kwargs), clock=clock,
+                      cost_model=CostModel(COST, frozen=True))
+
+
+def hold_grammars(engine) -> threading.Event:
+    """Every grammar compile of ``engine`` waits (at most 30 s) until the returned event is set."""
+    gate = threading.Event()
+    compile_ = engine.structured._compile
+    engine.structured._compile = lambda spec: (gate.wait(30), compile_(spec))[1]
+    return gate

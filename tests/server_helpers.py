@@ -19,17 +19,21 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, timeout: float = 180.0):
+    """``env``: added to the environment; ``keep_log=False``: its output is dropped (a long
+    benchmark would fill the pipe that keeps it)."""
+
+    def __init__(self, *args: str, timeout: float = 180.0, env: dict[str, str] | None = None,
+                 keep_log: bool = True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kairos.cli", "serve", "--port", str(self.port), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            stdout=subprocess.PIPE if keep_log else subprocess.DEVNULL, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.proc.stdout.read()}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return

@@ -11,7 +11,7 @@ from kairos.engine.outputs import EngineRequest
 from kairos.engine.sampling_params import SamplingParams
 from kairos.engine.sequence import Sequence
 from kairos.engine.slo import SLO
-from sched_helpers import COST, Clock, Sim
+from sched_helpers import Clock, Sim, hold_grammars, timed_engine
 
 # COST: a decode-only step of one sequence takes 11 ms, of two 12 ms
 
@@ -138,12 +138,8 @@ def test_calibration_learns_only_from_predictions_of_a_fitted_cost_model():
 
 
 def test_the_engine_measures_what_steps_spent_on_prompts(tiny_llama):
-    from kairos.config import EngineConfig
-    from kairos.engine.core import EngineCore
-
     clock = Clock()
-    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4, max_num_batched_tokens=16),
-                        clock=clock, cost_model=CostModel(COST, frozen=True))
+    engine = timed_engine(tiny_llama[1], clock, max_num_batched_tokens=16)
     engine.add_request(EngineRequest("long", list(range(3, 35)), SamplingParams(max_tokens=20)))
     # (a step's interval is the time since the step before it ended: the clock moves between steps)
     engine.step()  # the first 16 of its 32 prompt tokens, after idling: no interval
@@ -170,19 +166,13 @@ def test_the_engine_measures_what_steps_spent_on_prompts(tiny_llama):
 
 
 def test_a_wait_for_a_grammar_is_not_a_step_interval(tiny_tok):
-    import threading
     import time
 
-    from kairos.config import EngineConfig
-    from kairos.engine.core import EngineCore
     from kairos.engine.sampling_params import StructuredOutput
 
     clock = Clock()
-    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_tok[1]), block_size=4, device="cpu"), clock=clock,
-                        cost_model=CostModel(COST, frozen=True))
-    gate = threading.Event()
-    compile_ = engine.structured._compile
-    engine.structured._compile = lambda spec: (gate.wait(30), compile_(spec))[1]
+    engine = timed_engine(tiny_tok[1], clock, device="cpu")
+    gate = hold_grammars(engine)
     engine.add_request(EngineRequest("a", [5, 6, 7, 8], SamplingParams(max_tokens=2, ignore_eos=True)))
     engine.add_request(EngineRequest("g", [5, 6, 7, 9], SamplingParams(
         max_tokens=2, structured=StructuredOutput(regex="[a-z]{4}"))))

@@ -10,7 +10,7 @@ from kairos.engine.outputs import EngineRequest
 from kairos.engine.sampling_params import SamplingParams
 from kairos.engine.sequence import SeqStatus
 from kairos.engine.slo import SLO
-from sched_helpers import COST, Clock, Sim
+from sched_helpers import Clock, Sim, hold_grammars, timed_engine
 
 
 def test_edf_orders_by_deadline_best_effort_last():
@@ -88,11 +88,7 @@ def test_best_effort_is_not_starved_by_constant_slo_load():
 
 def test_engine_refuses_infeasible_slo_at_arrival(tiny_llama):
     clock = Clock()
-    from kairos.config import EngineConfig
-    from kairos.engine.core import EngineCore
-
-    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4), clock=clock,
-                        cost_model=CostModel(COST, frozen=True))
+    engine = timed_engine(tiny_llama[1], clock)
     prompt = list(range(3, 43))  # 40 tokens: ~10 + 40 ms to the first token
     with pytest.raises(SLOInfeasible, match=r"predicted TTFT 50 ms > ttft_ms 20"):
         engine.add_request(EngineRequest("r1", prompt, SamplingParams(max_tokens=4), slo=SLO(ttft_ms=20)))
@@ -193,14 +189,9 @@ def test_running_tpot_request_outranks_looser_work_when_preempting():
 
 
 def test_arrival_prediction_waits_for_a_place(tiny_llama):
-    from kairos.config import EngineConfig
-    from kairos.engine.core import EngineCore
-
     prompt = list(range(3, 43))
     for max_num_seqs, refused in ((1, True), (2, False)):
-        engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4, max_num_seqs=max_num_seqs,
-                                                     scheduling_policy="fcfs"),
-                            clock=Clock(), cost_model=CostModel(COST, frozen=True))
+        engine = timed_engine(tiny_llama[1], Clock(), max_num_seqs=max_num_seqs, scheduling_policy="fcfs")
         engine.add_request(EngineRequest("first", prompt, SamplingParams(max_tokens=20)))
         engine.step()  # "first" holds a place for 19 more tokens of 11 ms each
         # a prefill step of 40 tokens next to one decode: 10 + 40 + 1 ms; behind "first": + 19 * 11 ms
@@ -245,12 +236,8 @@ def test_calibration_quantile_and_ageing():
 
 
 def test_admission_scales_predictions_by_the_engines_own_errors(tiny_llama):
-    from kairos.config import EngineConfig
-    from kairos.engine.core import EngineCore
-
     clock = Clock()
-    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4), clock=clock,
-                        cost_model=CostModel(COST, frozen=True))
+    engine = timed_engine(tiny_llama[1], clock)
     prompt = list(range(3, 43))  # 50 ms to the first token on an idle engine
     for _ in range(10):  # first tokens came 1.5x later than predicted
         engine.slo_admission.calibration["ttft"].observe(clock(), 2.0, 3.0)
@@ -263,12 +250,8 @@ def test_admission_scales_predictions_by_the_engines_own_errors(tiny_llama):
 
 
 def test_admission_predicts_tokens_at_the_pace_decode_steps_have_been_taking(tiny_llama):
-    from kairos.config import EngineConfig
-    from kairos.engine.core import EngineCore
-
     clock = Clock()
-    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4), clock=clock,
-                        cost_model=CostModel(COST, frozen=True))
+    engine = timed_engine(tiny_llama[1], clock)
     engine.add_request(EngineRequest("long", list(range(3, 43)), SamplingParams(max_tokens=40)))
     for _ in range(5):  # steps 30 ms apart, where the cost model says 11 ms for a decode-only step
         engine.step()
@@ -297,12 +280,8 @@ def test_admission_predicts_tokens_at_the_pace_decode_steps_have_been_taking(tin
 
 
 def test_an_idle_gap_after_an_abort_is_not_a_step_interval(tiny_llama):
-    from kairos.config import EngineConfig
-    from kairos.engine.core import EngineCore
-
     clock = Clock()
-    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4), clock=clock,
-                        cost_model=CostModel(COST, frozen=True))
+    engine = timed_engine(tiny_llama[1], clock)
     engine.add_request(EngineRequest("a", list(range(3, 13)), SamplingParams(max_tokens=20)))
     for _ in range(3):
         engine.step()
@@ -352,18 +331,11 @@ def test_an_expired_request_misses_its_slo_however_early_it_ended():
 
 
 def test_a_request_waiting_for_its_grammar_expires_at_its_deadline(tiny_tok):
-    import threading
-
-    from kairos.config import EngineConfig
-    from kairos.engine.core import EngineCore
     from kairos.engine.sampling_params import StructuredOutput
 
     clock = Clock()
-    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_tok[1]), block_size=4, device="cpu"), clock=clock,
-                        cost_model=CostModel(COST, frozen=True))
-    gate = threading.Event()
-    compile_ = engine.structured._compile
-    engine.structured._compile = lambda spec: (gate.wait(30), compile_(spec))[1]
+    engine = timed_engine(tiny_tok[1], clock, device="cpu")
+    gate = hold_grammars(engine)
     params = SamplingParams(max_tokens=4, structured=StructuredOutput(regex="[a-z]{4}"), n=2)
     engine.add_request(EngineRequest("late", [5, 6, 7, 8], params, slo=SLO(deadline_ms=500)))
     assert engine.admission("late") is not None and engine.only_compiling()  # (admitted, its promise made)
