@@ -190,3 +190,54 @@ def test_a_wait_for_a_grammar_is_not_a_step_interval(tiny_tok):
     assert engine.intervals.prefill_load(clock()) == 0.0 and engine.intervals.mean(clock()) == pytest.approx(0.03)
     while engine.has_unfinished():
         engine.step()
+
+
+def admitted(sim: Sim, slo: SLO, predicted: tuple[float, float]) -> Sequence:
+    seq = request(sim, slo)
+    seq.predicted = predicted  # (raw first and last token, s after arrival)
+    return seq
+
+
+def test_an_objective_met_later_than_predicted_counts_as_predicted():
+    # the slack policy holds a batch request back while it has slack: finishing 16 s after its
+    # arrival where 2 s were predicted, inside its 20 s deadline, is no 8x error of the model
+    sim = Sim()
+    adm = SLOAdmission(sim.sched, sim.cost, StepIntervals(), sim.clock, confidence=0.9)
+    batch = SLO(deadline_ms=20_000)
+    for i in range(8):
+        adm.finished(admitted(sim, batch, (0.5, 2.0)), sim.clock() + 16.0 + i / 2)
+    assert [r for _, r in adm.calibration["e2e"].ratios] == [1.0] * 8
+    assert adm.stats()["slo_e2e_calibration"] == 1.0
+    adm.finished(admitted(sim, batch, (0.5, 2.0)), sim.clock() + 1.0)  # met early: counts as it was
+    adm.finished(admitted(sim, batch, (0.5, 2.0)), sim.clock() + 25.0)  # a miss counts in full
+    assert [r for _, r in adm.calibration["e2e"].ratios][-2:] == [0.5, 12.5]
+    interactive = SLO(ttft_ms=800)
+    adm.first_token(admitted(sim, interactive, (0.35, 3.0)), sim.clock() + 0.7)
+    adm.first_token(admitted(sim, interactive, (0.35, 3.0)), sim.clock() + 0.2)
+    adm.first_token(admitted(sim, interactive, (0.35, 3.0)), sim.clock() + 0.875)
+    assert [r for _, r in adm.calibration["ttft"].ratios] == pytest.approx([1.0, 0.2 / 0.35, 2.5])
+
+
+def test_an_admitted_request_that_expires_is_a_miss_of_its_open_objectives():
+    sim = Sim()
+    adm = SLOAdmission(sim.sched, sim.cost, StepIntervals(), sim.clock, confidence=0.9)
+    # ended 3 s after arrival, when it could no longer make its 20 s: a miss by at least 20 s
+    adm.expired(admitted(sim, SLO(ttft_ms=1000, deadline_ms=20_000), (0.5, 2.0)), sim.clock() + 3.0)
+    assert [r for _, r in adm.calibration["ttft"].ratios] == [6.0]  # (3 s to no first token, 0.5 s predicted)
+    assert [r for _, r in adm.calibration["e2e"].ratios] == [10.0]
+    started = admitted(sim, SLO(ttft_ms=1000, deadline_ms=20_000), (0.5, 2.0))
+    started.first_token_time = sim.clock() + 0.4  # (its first token was out: only the deadline is open)
+    adm.expired(started, sim.clock() + 25.0)
+    assert len(adm.calibration["ttft"].ratios) == 1 and [r for _, r in adm.calibration["e2e"].ratios][-1] == 12.5
+    adm.expired(request(sim, SLO(deadline_ms=20_000)), sim.clock() + 30.0)  # (nothing predicted: nothing learned)
+    assert len(adm.calibration["e2e"].ratios) == 2
+
+
+def test_the_engine_learns_from_admitted_requests_that_expire(tiny_llama):
+    clock = Clock()
+    engine = timed_engine(tiny_llama[1], clock)
+    engine.add_request(EngineRequest("late", list(range(3, 43)), SamplingParams(max_tokens=4), slo=SLO(ttft_ms=100)))
+    first = engine.requests["late"][0].predicted[0]
+    clock.t += 1.0  # (the engine stalled: it can no longer make its first token in 100 ms)
+    assert [o.finish_reason for o in engine.step()] == ["expired"]
+    assert [r for _, r in engine.slo_admission.calibration["ttft"].ratios] == [pytest.approx(1.0 / first)]

@@ -339,10 +339,13 @@ def test_a_request_waiting_for_its_grammar_expires_at_its_deadline(tiny_tok):
     params = SamplingParams(max_tokens=4, structured=StructuredOutput(regex="[a-z]{4}"), n=2)
     engine.add_request(EngineRequest("late", [5, 6, 7, 8], params, slo=SLO(deadline_ms=500)))
     assert engine.admission("late") is not None and engine.only_compiling()  # (admitted, its promise made)
+    last = engine.requests["late"][0].predicted[1]
     assert engine.step() == [] and engine.take_verdicts() == []
     clock.t += 0.6  # past its deadline, its grammar still compiling
     out = engine.step()
     assert [(o.request_id, o.index, o.finish_reason) for o in out] == [("late", 0, "expired"), ("late", 1, "expired")]
     assert engine.take_verdicts() == [("late", None)]  # (admitted first: the API then gets the expiry)
     assert not engine.has_unfinished() and engine.stats()["requests_expired"] == 1
+    # a miss admission learns from: 0.6 s to no answer, where ``last`` was predicted
+    assert [r for _, r in engine.slo_admission.calibration["e2e"].ratios] == [pytest.approx(0.6 / last)]
     gate.set()

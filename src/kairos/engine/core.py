@@ -194,14 +194,15 @@ class EngineCore:
 
     def _unpark(self) -> list[SeqOutput]:
         """Requests whose grammar is compiled go to the scheduler (those it failed for end in "error")."""
-        out = []
-        for u in self._parked.ready(self.clock()):
+        out, now = [], self.clock()
+        for u in self._parked.ready(now):
             self._verdicts.append((u.request_id, u.error))
             if u.error is None and not u.expired:
                 self.scheduler.add(u.seq)
                 continue
             if u.expired:
                 self.requests_expired += 1
+                self.slo_admission.expired(u.seq, now)
             del self.requests[u.request_id]
             out += [SeqOutput(u.request_id, i, [], finish_reason="expired" if u.expired else "error",
                               stop_reason=u.error, num_prompt_tokens=u.seq.num_prompt_tokens)
@@ -433,8 +434,10 @@ class EngineCore:
 
     def _expired_outputs(self, expired: list[Sequence]) -> list[SeqOutput]:
         out = []
+        now = self.clock()
         for seq in expired:
             self.requests_expired += 1
+            self.slo_admission.expired(seq, now)
             seqs = self.requests.get(seq.request_id, [])
             # siblings not forked yet expire with their parent
             for i, s in enumerate(seqs):
