@@ -1,6 +1,7 @@
 """SLO admission: how many requests it refuses that it could have served, before and after a change.
 
     python benchmarks/slo_admission.py [--baseline REV] [--rounds 3] [--requests 60] [--seed 21]
+        [--scenarios cold,idle-burst,overload] [--no-unsent]
 
 Three servers of the default model run the same two scenarios, one after the other:
 - ``baseline``: the build at git revision REV (a worktree under /tmp), SLOs sent;
@@ -93,16 +94,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="idle-burst rounds")
     ap.add_argument("--requests", type=int, default=60, help="requests of the cold scenario")
     ap.add_argument("--seed", type=int, default=21)
+    ap.add_argument("--scenarios", default="cold,idle-burst,overload",
+                    help="comma-separated, run in this order on each server (each later one after 12 s idle)")
+    ap.add_argument("--unsent", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the server that is sent no SLO (which refusals could have been served)")
     args = ap.parse_args()
     tok = load_tokenizer(resolve_model_path("default"))
-    plan = scenarios(tok, args.requests, args.rounds, args.seed)
+    every = scenarios(tok, args.requests, args.rounds, args.seed)
+    plan = {name: every[name] for name in args.scenarios.split(",")}
     arms: dict[str, tuple[str, bool]] = {}
     tree = None
     if args.baseline:
         tree = worktree(args.baseline)
         arms["baseline"] = (os.path.join(tree, "src"), True)
     arms["current"] = (os.path.join(ROOT, "src"), True)
-    arms["unsent"] = (os.path.join(ROOT, "src"), False)
+    if args.unsent:
+        arms["unsent"] = (os.path.join(ROOT, "src"), False)
     results = {}
     try:
         for arm, (src, send) in arms.items():
@@ -116,16 +123,15 @@ def main() -> None:
     print("\n| scenario | server | sent | refused | expired | met | goodput | admitted missed | refused, met unsent |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in plan:
-        could = [met(r, s.slo) for r, s in zip(results["unsent"][name], specs[name])]
+        could = [met(r, s.slo) for r, s in zip(results["unsent"][name], specs[name])] if args.unsent else None
         for arm in arms:
             recs = results[arm][name]
             ok = [met(r, s.slo) for r, s in zip(recs, specs[name])]
             refused = [r.outcome == "refused" for r in recs]
             admitted_missed = sum(1 for r, m in zip(recs, ok) if r.outcome != "refused" and not m)
-            false_refusals = sum(1 for f, c in zip(refused, could) if f and c)
+            false_refusals = '-' if could is None or arm == "unsent" else sum(1 for f, c in zip(refused, could) if f and c)
             print(f"| {name} | {arm} | {len(recs)} | {sum(refused)} | {sum(r.outcome == 'expired' for r in recs)} "
-                  f"| {sum(ok)} | {sum(ok) / len(recs):.0%} | {admitted_missed} | "
-                  f"{false_refusals if arm != 'unsent' else '-'} |")
+                  f"| {sum(ok)} | {sum(ok) / len(recs):.0%} | {admitted_missed} | {false_refusals} |")
 
 
 if __name__ == "__main__":
