@@ -198,26 +198,6 @@ def admitted(sim: Sim, slo: SLO, predicted: tuple[float, float]) -> Sequence:
     return seq
 
 
-def test_an_objective_met_later_than_predicted_counts_as_predicted():
-    # the slack policy holds a batch request back while it has slack: finishing 16 s after its
-    # arrival where 2 s were predicted, inside its 20 s deadline, is no 8x error of the model
-    sim = Sim()
-    adm = SLOAdmission(sim.sched, sim.cost, StepIntervals(), sim.clock, confidence=0.9)
-    batch = SLO(deadline_ms=20_000)
-    for i in range(8):
-        adm.finished(admitted(sim, batch, (0.5, 2.0)), sim.clock() + 16.0 + i / 2)
-    assert [r for _, r in adm.calibration["e2e"].ratios] == [1.0] * 8
-    assert adm.stats()["slo_e2e_calibration"] == 1.0
-    adm.finished(admitted(sim, batch, (0.5, 2.0)), sim.clock() + 1.0)  # met early: counts as it was
-    adm.finished(admitted(sim, batch, (0.5, 2.0)), sim.clock() + 25.0)  # a miss counts in full
-    assert [r for _, r in adm.calibration["e2e"].ratios][-2:] == [0.5, 12.5]
-    interactive = SLO(ttft_ms=800)
-    adm.first_token(admitted(sim, interactive, (0.35, 3.0)), sim.clock() + 0.7)
-    adm.first_token(admitted(sim, interactive, (0.35, 3.0)), sim.clock() + 0.2)
-    adm.first_token(admitted(sim, interactive, (0.35, 3.0)), sim.clock() + 0.875)
-    assert [r for _, r in adm.calibration["ttft"].ratios] == pytest.approx([1.0, 0.2 / 0.35, 2.5])
-
-
 def test_an_admitted_request_that_expires_is_a_miss_of_its_open_objectives():
     sim = Sim()
     adm = SLOAdmission(sim.sched, sim.cost, StepIntervals(), sim.clock, confidence=0.9)

@@ -107,30 +107,23 @@ class SLOAdmission:
 
     def first_token(self, seq: Sequence, now: float) -> None:
         if seq.predicted is not None and seq.slo.ttft_ms is not None:  # (a request without one may wait by design)
-            self._learn("ttft", now, seq.predicted[0], now - seq.arrival_time, seq.slo.ttft_ms / 1000)
+            self.calibration["ttft"].observe(now, seq.predicted[0], now - seq.arrival_time)
 
     def finished(self, seq: Sequence, now: float) -> None:
         if seq.predicted is not None and seq.slo.deadline_ms is not None:
-            self._learn("e2e", now, seq.predicted[1], now - seq.arrival_time, seq.slo.deadline_ms / 1000)
+            self.calibration["e2e"].observe(now, seq.predicted[1], now - seq.arrival_time)
 
     def expired(self, seq: Sequence, now: float) -> None:
         """An admitted request ended unserved, as it could no longer make it: a miss of each
-        objective still open, by at least the objective itself."""
+        objective still open, by at least the objective itself (a request ended early, its
+        answer out of reach, would otherwise read as one that came in time)."""
         if seq.predicted is None:
             return
         waited = now - seq.arrival_time
         if seq.slo.ttft_ms is not None and seq.first_token_time is None:
-            self._learn("ttft", now, seq.predicted[0], max(waited, seq.slo.ttft_ms / 1000), 0.0)
+            self.calibration["ttft"].observe(now, seq.predicted[0], max(waited, seq.slo.ttft_ms / 1000))
         if seq.slo.deadline_ms is not None:
-            self._learn("e2e", now, seq.predicted[1], max(waited, seq.slo.deadline_ms / 1000), 0.0)
-
-    def _learn(self, kind: str, now: float, predicted: float, actual: float, objective: float) -> None:
-        # An objective met later than predicted counts as predicted: the policy may have held the
-        # request back on purpose (``slack`` and ``edf`` spend a request's slack on more urgent
-        # ones), which says nothing of the predictions' error. A batch request deferred to just
-        # inside its deadline would otherwise read as a 5-10x error and shut admission for the
-        # calibration's horizon. Misses count in full; met objectives count lower when early.
-        self.calibration[kind].observe(now, predicted, actual if actual > objective else min(actual, predicted))
+            self.calibration["e2e"].observe(now, seq.predicted[1], max(waited, seq.slo.deadline_ms / 1000))
 
     def stats(self) -> dict[str, float]:
         now = self.clock()
