@@ -14,10 +14,12 @@ import torch
 
 from kairos.config import EngineConfig
 from kairos.engine.admission import SLOAdmission
+from kairos.engine.apply import TokenApplier, take_prompt_logprobs
 from kairos.engine.cost_model import CostModel, StepIntervals
 from kairos.engine.h2d import HostCopy, d2h, h2d
+from kairos.engine.intake import check_request
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
-from kairos.engine.outputs import EngineRequest, PromptLogprob, SeqOutput, TokenLogprob
+from kairos.engine.outputs import EngineRequest, SeqOutput
 from kairos.engine.parking import GrammarWaits
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
 from kairos.engine.sampler import DeviceSample, PromptLogprobs, Sampler, SamplingRow
@@ -25,7 +27,7 @@ from kairos.engine.scheduler import Scheduler, SchedulerOutput
 from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
 from kairos.engine.speculative import NgramProposer
 from kairos.engine.stopping import StopRules
-from kairos.engine.structured import StructuredOutputs, short_error
+from kairos.engine.structured import StructuredOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class EngineCore:
         self.proposer = NgramProposer(spec, self.max_model_len) if spec.speculative_tokens else None
         self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock, self.proposer)
         self.slo_admission = SLOAdmission(self.scheduler, self.cost, self.intervals, clock, config.scheduler.slo_confidence)
+        self.apply = TokenApplier(self.stops, self.scheduler, self.slo_admission, self.proposer, self._finish)
         if config.model.cuda_graphs and self.device.type == "cuda" and self.runner.decode_kernel:
             from kairos.engine.capture_record import start_decode_graphs
 
@@ -112,22 +115,7 @@ class EngineCore:
         p, prompt = req.params, req.prompt_token_ids
         if req.request_id in self.requests:
             raise ValueError(f"request_id {req.request_id!r} is already in use")
-        if not prompt:
-            raise ValueError("prompt must not be empty")
-        if min(prompt) < 0 or max(prompt) >= self.arch.vocab_size:
-            raise ValueError(f"prompt token ids must be in [0, {self.arch.vocab_size})")
-        if p.logit_bias and p.logit_bias[-1][0] >= self.arch.vocab_size:
-            raise ValueError(f"logit_bias keys must be token ids in [0, {self.arch.vocab_size})")
-        # (the last token sampled is never fed, so one alone needs no room: a prompt of max_model_len
-        # may still be scored, with prompt_logprobs, by sampling one token)
-        if len(prompt) + p.max_tokens > self.max_model_len + (p.max_tokens == 1):
-            raise ValueError(
-                f"this model's maximum context length is {self.max_model_len} tokens, but "
-                f"{len(prompt) + p.max_tokens} were requested ({len(prompt)} in the prompt, "
-                f"{p.max_tokens} in max_tokens): shorten the prompt or lower max_tokens"
-            )
-        if self.kv.blocks_needed(-1, len(prompt)) + p.n - 1 > self.kv.pool.num_usable:
-            raise ValueError(f"n={p.n} with a {len(prompt)}-token prompt does not fit in the KV cache")
+        check_request(req, self.arch.vocab_size, self.max_model_len, self.kv)
         checked = self.structured.check(p.structured) if p.structured is not None else None
         arrival = self.clock() if req.arrival_time is None else req.arrival_time
         seq = Sequence(next(self._seq_ids), req.request_id, 0, prompt, p, arrival, pending_forks=p.n - 1,
@@ -326,7 +314,7 @@ class EngineCore:
         if flight.done is not None:
             flight.done.wait()
         if flight.prompt is not None:  # (before the tokens: the first one carries them)
-            self._take_prompt_logprobs(flight.prompt)
+            take_prompt_logprobs(flight.prompt)
         # the step's device work is done (to_host waited for it); queued while the step before it
         # ran (async scheduling), its own work began when that one's ended
         done = time.perf_counter()
@@ -336,11 +324,11 @@ class EngineCore:
         if sampled is not None:
             now = self.clock()
             if flight.drafts:
-                outputs += self._apply_drafted(flight, sampled, now)
+                outputs += self.apply.drafted(flight.seqs, flight.drafts, sampled, now)
             else:  # (the common step: a token a row)
                 for seq, tok, lp in zip(flight.seqs, sampled.token_ids, sampled.logprobs):
                     if seq.status is not SeqStatus.FINISHED:  # (ended by a stop string or abort meanwhile)
-                        outputs.append(self._apply_token(seq, tok, lp, now))
+                        outputs.append(self.apply.token(seq, tok, lp, now))
         if self._in_flight and self._in_flight[0].logits is not None:  # (launched ahead: its turn to sample)
             self._sample(self._in_flight[0], self._in_flight[0].logits)
         end = self.clock()
@@ -349,79 +337,6 @@ class EngineCore:
         self.intervals.observe(end, seconds, self.cost.step_time(0, *shape[1:]), prefill=shape[0] > 0)
         self._last_step_end = end if self.has_unfinished() else None
         return outputs
-
-    def _apply_token(self, seq: Sequence, tok: int, lp, now: float) -> SeqOutput:
-        index = seq.num_known  # its oldest placeholder
-        if seq.matcher is not None and not seq.matcher.consume_token(tok):
-            # the mask let only tokens of the language through, so only a matcher in error (a
-            # grammar past llguidance's limits mid-way) refuses one: the token is dropped and the
-            # sequence ends in "error" (no step sampled past it: a constrained row samples once its last token is known)
-            error = short_error(" ".join(seq.matcher.get_error().split()))
-            logger.warning("structured output: %s refused token %d (%s)", seq, tok, error)
-            del seq.token_ids[index]
-            seq.num_pending -= 1
-            self._finish(seq)
-            return SeqOutput(seq.request_id, seq.index, [], finish_reason="error", stop_reason=error,
-                             num_prompt_tokens=seq.num_prompt_tokens)
-        seq.token_ids[index] = tok
-        seq.num_pending -= 1
-        self.scheduler.cache_resolved(seq, index)
-        if seq.first_token_time is None:
-            seq.first_token_time = now
-            self.slo_admission.first_token(seq, now)
-        reason, stop = self.stops.reason(seq, tok)
-        if reason:
-            self.slo_admission.finished(seq, now)
-            self._finish(seq)
-        out = SeqOutput(seq.request_id, seq.index, [tok], logprobs=None if lp is None else [TokenLogprob(lp[0], lp[1])],
-                        finish_reason=reason, stop_reason=stop, num_prompt_tokens=seq.num_prompt_tokens)
-        if seq.prompt_logprobs is not None and index == seq.num_prompt_tokens:  # (its first token)
-            out.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
-        return out
-
-    def _apply_drafted(self, flight: StepInFlight, sampled, now: float) -> list[SeqOutput]:
-        """A step with drafts: a drafted sequence's rows are consecutive, 1 + len(draft) of them."""
-        outputs, j = [], 0
-        while j < len(flight.seqs):
-            seq = flight.seqs[j]
-            draft = flight.drafts.get(seq.seq_id, [])
-            rows = slice(j, j + 1 + len(draft))
-            j = rows.stop
-            if seq.status is SeqStatus.FINISHED:  # (ended by a stop string or abort meanwhile)
-                continue
-            if draft:
-                outputs += self._apply_draft(seq, draft, sampled.token_ids[rows], sampled.logprobs[rows], now)
-            else:
-                outputs.append(self._apply_token(seq, sampled.token_ids[rows.start], sampled.logprobs[rows.start], now))
-        return outputs
-
-    def _apply_draft(self, seq: Sequence, draft: list[int], tokens: list[int], lps: list, now: float
-                     ) -> list[SeqOutput]:
-        """A drafted step's tokens: the draft up to the first position whose sample differs from
-        it, then that sample (``tokens[i]``: sampled after the last token and ``draft[:i]``)."""
-        kept = 0
-        while kept < len(draft) and tokens[kept] == draft[kept]:
-            kept += 1
-        self.proposer.verified(len(draft), kept)
-        seq.num_computed -= len(draft) - kept  # (the KV of the tokens after the first miss is dropped)
-        outs = []
-        for i, tok in enumerate(tokens[: kept + 1]):
-            if i:  # (the step's placeholder holds the first; each further token is one more)
-                seq.token_ids.append(PLACEHOLDER)
-                seq.num_pending += 1
-            outs.append(self._apply_token(seq, tok, lps[i], now))
-            if outs[-1].finished:  # (EOS, a stop token or a limit among them: the rest go)
-                break
-        return outs
-
-    @staticmethod
-    def _take_prompt_logprobs(found: PromptLogprobs) -> None:
-        rows = iter(found.rows())
-        for seq, lo, hi in found.spans:
-            for p, (logprob, rank, top) in zip(range(lo, hi), rows):
-                if seq.prompt_logprobs is not None and seq.status is not SeqStatus.FINISHED:
-                    seq.prompt_logprobs.append(PromptLogprob(seq.token_ids[p + 1], logprob, rank,
-                                                             top[: seq.params.prompt_logprobs]))
 
     # -- helpers -----------------------------------------------------------------------------
     @staticmethod
