@@ -115,11 +115,13 @@ class Scheduler:
                       + [s for s in self.waiting if not s.all_sampled])
         candidates.sort(key=lambda s: keys[s.seq_id])
         admitting = True
+        prefill_start = out.budget  # (the budget left to prompt chunks: what it lost since, they took)
         for seq in candidates:
             if out.budget <= 0:
                 break
             if seq.status is SeqStatus.RUNNING:  # mid-prompt: phase (1) took only decodes
-                self._fit(seq, min(seq.num_tokens - seq.num_computed, out.budget), out, keys)
+                if self._fit(seq, min(seq.num_tokens - seq.num_computed, out.budget), out, keys):
+                    self._keep_first_token(seq, out, ctx, prefill_start - out.budget)
                 continue
             if not admitting or seq.status is not SeqStatus.WAITING or seq in out.preempted:
                 continue  # finished, or preempted in this very round
@@ -127,6 +129,8 @@ class Scheduler:
             # prompts behind it still go on (they hold blocks: stopping them could leave it
             # waiting for blocks that only their progress would free, for ever)
             admitting = self._admit(seq, out, keys, ctx)
+            if admitting:
+                self._keep_first_token(seq, out, ctx, prefill_start - out.budget)
         for seq in self.waiting:
             seq.waited_steps += 1
         return out
@@ -154,6 +158,21 @@ class Scheduler:
             return budget
         prefill = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * min(spare), ctx.decode_seqs, ctx.decode_ctx)
         return min(budget, ctx.decode_seqs + prefill)
+
+    def _keep_first_token(self, seq: Sequence, out: SchedulerOutput, ctx: SchedContext, prefill: int) -> None:
+        """``seq`` just got a prompt chunk (the step's chunks now hold ``prefill`` tokens): if it
+        has a first-token deadline, chunks after it (of requests behind it) fill the step only as
+        far as its first token can still come in time, after this step and those its prompt
+        still needs (``TPOT_STEP_SHARE`` of the time left: the cost model's error margin).
+        Otherwise the rest of the budget goes to requests with slack, and its first token waits
+        for their chunks."""
+        if seq.ttft_deadline is None:
+            return
+        chunk = max(1, self.config.max_num_batched_tokens - ctx.decode_seqs)
+        after = ctx.cost.prefill_time(seq.num_tokens - seq.num_computed - out.scheduled[-1].num_new_tokens,
+                                      chunk, ctx.decode_seqs, ctx.decode_ctx)
+        room = TPOT_STEP_SHARE * (seq.ttft_deadline - ctx.now - after)
+        out.budget = min(out.budget, max(0, ctx.cost.max_prefill_tokens(room, ctx.decode_seqs, ctx.decode_ctx) - prefill))
 
     def _fit(self, seq: Sequence, n: int, out: SchedulerOutput, keys) -> bool:
         """Allocate ``n`` more tokens for a running sequence; when blocks run out, preempt the least
