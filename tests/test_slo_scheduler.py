@@ -224,15 +224,24 @@ def test_cost_model_learns_what_a_prefill_step_costs_on_top():
 def test_calibration_quantile_and_ageing():
     from kairos.engine.cost_model import Calibration
 
-    cal = Calibration(0.9, horizon=10.0, min_samples=4)
-    for i, r in enumerate((1.0, 1.2, 3.0)):
-        cal.observe(100.0 + i, 1.0, r)
-    assert cal.factor(103.0) == 1.0  # too few samples to judge
-    for i in range(7):
-        cal.observe(103.0 + i, 2.0, 2.0 * (1 + i / 10))  # ratios 1.0 .. 1.6
-    assert cal.factor(110.0) == 3.0  # 10 ratios: the one at index int(0.9 * 10) in order is the largest
-    assert cal.factor(113.5) == 1.6  # the first four aged out (older than 10 s): 1.0 .. 1.6 remain
-    assert cal.factor(200.0) == 1.0  # all aged out: back to the raw prediction
+    cal = Calibration(0.9, half_life=10.0, prior=4.0, horizon=60.0)
+    assert cal.factor(100.0) == 1.0  # nothing learned: the raw prediction
+    cal.observe(100.0, 1.0, 3.0)
+    # one answer 3x late weighs as 1 against the prior's 4 at ratio 1: (3 - 1) x 1 / 5
+    assert cal.factor(100.0) == pytest.approx(1.4)
+    for i in range(9):
+        cal.observe(100.0, 2.0, 2.0 * (1 + i / 10))  # ratios 1.0 .. 1.8
+    # 10 answers: 90% of their weight is at or below 1.8 (the 3x one holds the top 10%)
+    assert cal.factor(100.0) == pytest.approx(1 + 0.8 * 10 / 14)
+    # 10 s on, each weighs half: the same quantile, shrunk more (5 against 4)
+    assert cal.factor(110.0) == pytest.approx(1 + 0.8 * 5 / 9)
+    for _ in range(10):  # 10 fresh answers on time, the old ones at a quarter of their weight
+        cal.observe(120.0, 1.0, 1.0)
+    # of 12.5 in all, 10.25 at 1.0: the top 10% (1.25) lies among the old ones, from 1.4 up
+    assert cal.factor(120.0) == pytest.approx(1 + 0.4 * 12.5 / 16.5)
+    # 20 s on, the same shares at 1/4 of the weight: shrunk more toward 1
+    assert cal.factor(140.0) == pytest.approx(1 + 0.4 * 3.125 / 7.125)
+    assert cal.factor(200.0) == 1.0  # past the horizon: all forgotten
 
 
 def test_admission_scales_predictions_by_the_engines_own_errors(tiny_llama):
@@ -241,10 +250,11 @@ def test_admission_scales_predictions_by_the_engines_own_errors(tiny_llama):
     prompt = list(range(3, 43))  # 50 ms to the first token on an idle engine
     for _ in range(10):  # first tokens came 1.5x later than predicted
         engine.slo_admission.calibration["ttft"].observe(clock(), 2.0, 3.0)
-    with pytest.raises(SLOInfeasible, match=r"predicted TTFT 75 ms > ttft_ms 60"):
+    # 1.5 shrunk toward 1 by the prior's 4 answers: 1 + 0.5 x 10 / 14, 68 ms
+    with pytest.raises(SLOInfeasible, match=r"predicted TTFT 68 ms > ttft_ms 60"):
         engine.add_request(EngineRequest("r", prompt, SamplingParams(max_tokens=4), slo=SLO(ttft_ms=60)))
-    engine.add_request(EngineRequest("ok", prompt, SamplingParams(max_tokens=4), slo=SLO(ttft_ms=80)))
-    assert engine.stats()["slo_ttft_calibration"] == 1.5
+    engine.add_request(EngineRequest("ok", prompt, SamplingParams(max_tokens=4), slo=SLO(ttft_ms=70)))
+    assert engine.stats()["slo_ttft_calibration"] == pytest.approx(1 + 0.5 * 10 / 14)
     while engine.has_unfinished():
         engine.step()
 
@@ -349,3 +359,26 @@ def test_a_request_waiting_for_its_grammar_expires_at_its_deadline(tiny_tok):
     # a miss admission learns from: 0.6 s to no answer, where ``last`` was predicted
     assert [r for _, r in engine.slo_admission.calibration["e2e"].ratios] == [pytest.approx(0.6 / last)]
     gate.set()
+
+
+def test_chunks_behind_a_request_fill_its_step_only_as_far_as_its_first_token_keeps_its_deadline():
+    # COST: 10 ms a step + 1 ms a prompt token. "urgent" goes first (least slack); "bulk", best
+    # effort, would fill the rest of the 64-token step and push urgent's first token to 74 ms
+    for ttft_ms, bulk_tokens in ((40, 18), (1000, 56)):
+        sim = Sim(budget=64)
+        sim.add("bulk", 100)
+        urgent = sim.add("urgent", 8, slo=SLO(ttft_ms=ttft_ms))
+        out = sim.step()
+        # 0.9 x 40 ms leaves room for 26 prompt tokens next to the step's 10 ms: its 8 and 18 of
+        # bulk's; with a second to spare the step is filled
+        assert [(s.seq.request_id, s.num_new_tokens) for s in out.scheduled] == [("urgent", 8), ("bulk", bulk_tokens)]
+        assert urgent.first_token_time - urgent.arrival_time == pytest.approx(0.010 + (8 + bulk_tokens) * 0.001)
+    # a prompt that needs more steps keeps room for them: of 100 tokens with 150 ms to its first
+    # token, the first step's 64 leave 36 for a step of 46 ms; 0.9 x (150 - 46) ms holds 83 tokens
+    sim = Sim(budget=64)
+    sim.add("bulk", 100)
+    long = sim.add("long", 100, slo=SLO(ttft_ms=150))
+    assert [(s.seq.request_id, s.num_new_tokens) for s in sim.step().scheduled] == [("long", 64)]
+    out = sim.step()  # its last 36 tokens: 0.9 x (150 - 74) ms holds 58 tokens, 22 of bulk's
+    assert [(s.seq.request_id, s.num_new_tokens) for s in out.scheduled] == [("long", 36), ("bulk", 22)]
+    assert long.first_token_time - long.arrival_time == pytest.approx(0.074 + 0.068)

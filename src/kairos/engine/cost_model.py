@@ -125,17 +125,18 @@ class CostModel:
 
 class Calibration:
     """How far reality ran past the engine's own predictions, learned online: the ``quantile`` of
-    the actual/predicted ratios of requests answered in the last ``horizon`` seconds (1 with fewer
-    than ``min_samples``). Predictions made at admission are scaled by it, so a request is
-    admitted when its objective holds at that confidence against what the cost model leaves out
-    (arrivals after it, host noise). Old ratios age out, so a bad spell that led to refusals (and
-    so to no new samples) cannot keep admission shut."""
+    the actual/predicted ratios of requests answered lately, each weighing half as much every
+    ``half_life`` seconds (nothing past ``horizon``), shrunk toward 1 (the cost model taken at its
+    word) as if ``prior`` fresh answers had said so. Predictions made at admission are scaled by
+    it, so a request is admitted when its objective holds at that confidence against what the
+    cost model leaves out (arrivals after it, host noise). One slow answer among a few cannot set
+    the factor, and old ones fade even while no new ones come: a bad spell that led to refusals
+    (and so to no new answers) cannot keep admission shut."""
 
-    def __init__(self, quantile: float, horizon: float = 60.0, min_samples: int = 8):
+    def __init__(self, quantile: float, half_life: float = 15.0, prior: float = 4.0, horizon: float = 60.0):
         self.quantile = quantile
-        self.horizon = horizon
+        self.half_life, self.prior, self.horizon = half_life, prior, horizon
         self.ratios: deque[tuple[float, float]] = deque(maxlen=256)  # (when, actual / predicted)
-        self.min_samples = min_samples
 
     def observe(self, now: float, predicted: float, actual: float) -> None:
         if predicted > 0 and math.isfinite(actual):
@@ -144,10 +145,17 @@ class Calibration:
     def factor(self, now: float) -> float:
         while self.ratios and self.ratios[0][0] < now - self.horizon:
             self.ratios.popleft()
-        if len(self.ratios) < self.min_samples:
+        weighted = sorted((r, 0.5 ** ((now - t) / self.half_life)) for t, r in self.ratios)
+        total = sum(w for _, w in weighted)
+        if not total:
             return 1.0
-        r = sorted(x for _, x in self.ratios)
-        return min(10.0, max(0.5, r[min(len(r) - 1, int(self.quantile * len(r)))]))
+        seen, q = 0.0, weighted[-1][0]
+        for r, w in weighted:  # the weighted quantile: the first ratio with that share of the weight at or below it
+            seen += w
+            if seen >= self.quantile * total * (1 - 1e-12):
+                q = r
+                break
+        return min(10.0, max(0.5, 1 + (q - 1) * total / (total + self.prior)))
 
 
 class StepIntervals:
