@@ -382,3 +382,24 @@ def test_chunks_behind_a_request_fill_its_step_only_as_far_as_its_first_token_ke
     out = sim.step()  # its last 36 tokens: 0.9 x (150 - 74) ms holds 58 tokens, 22 of bulk's
     assert [(s.seq.request_id, s.num_new_tokens) for s in out.scheduled] == [("long", 36), ("bulk", 22)]
     assert long.first_token_time - long.arrival_time == pytest.approx(0.074 + 0.068)
+
+
+def test_a_first_token_out_of_reach_or_best_effort_holds_no_step_back():
+    # "ahead" (least slack) takes 16 tokens of the step; "b" cannot have its first token in 25 ms
+    # after them (10 + 24 ms), whatever the step carries: holding the step back would not save it
+    sim = Sim(budget=64)
+    sim.add("bulk", 100)
+    sim.add("ahead", 16, max_tokens=1, slo=SLO(deadline_ms=40))
+    sim.add("b", 8, slo=SLO(ttft_ms=25))
+    assert [(s.seq.request_id, s.num_new_tokens) for s in sim.step().scheduled] == [("ahead", 16), ("b", 8), ("bulk", 40)]
+    # within reach, but not with the 0.9 margin: still held back (10 + 8 ms of 19)
+    sim = Sim(budget=64)
+    sim.add("bulk", 100)
+    sim.add("tight", 8, slo=SLO(ttft_ms=19))
+    assert [(s.seq.request_id, s.num_new_tokens) for s in sim.step().scheduled] == [("tight", 8)]
+    # a request served best effort (its objective judged infeasible at arrival) holds nothing back
+    sim = Sim(budget=64)
+    sim.add("bulk", 100)
+    spare = sim.add("spare", 8, slo=SLO(ttft_ms=40, on_miss="best_effort"), priority=1)
+    spare.best_effort = True
+    assert [(s.seq.request_id, s.num_new_tokens) for s in sim.step().scheduled] == [("spare", 8), ("bulk", 56)]

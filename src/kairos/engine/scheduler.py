@@ -3,7 +3,8 @@
 Each step: (1) decode tokens of running sequences, most urgent first, preempting the least
 urgent running sequence when blocks run out; (2) prefill work — running sequences mid-prompt
 and waiting ones — in policy order while the budget, the sequence limit and free blocks
-allow. A waiting SLO request that would otherwise miss may preempt less urgent running work.
+allow (and, past a chunk of a request with a first-token deadline, while that token stays in
+time). A waiting SLO request that would otherwise miss may preempt less urgent running work.
 Waiting SLO requests whose objectives have become impossible end as ``expired``.
 """
 
@@ -165,14 +166,17 @@ class Scheduler:
         far as its first token can still come in time, after this step and those its prompt
         still needs (``TPOT_STEP_SHARE`` of the time left: the cost model's error margin).
         Otherwise the rest of the budget goes to requests with slack, and its first token waits
-        for their chunks."""
-        if seq.ttft_deadline is None:
+        for their chunks. Not for a token out of reach whatever the step carries, nor for a
+        request served best effort: holding the step back would save nothing."""
+        if seq.ttft_deadline is None or seq.best_effort:
             return
         chunk = max(1, self.config.max_num_batched_tokens - ctx.decode_seqs)
-        after = ctx.cost.prefill_time(seq.num_tokens - seq.num_computed - out.scheduled[-1].num_new_tokens,
-                                      chunk, ctx.decode_seqs, ctx.decode_ctx)
-        room = TPOT_STEP_SHARE * (seq.ttft_deadline - ctx.now - after)
-        out.budget = min(out.budget, max(0, ctx.cost.max_prefill_tokens(room, ctx.decode_seqs, ctx.decode_ctx) - prefill))
+        rest = seq.num_tokens - seq.num_computed - out.scheduled[-1].num_new_tokens  # (its prompt after this chunk)
+        left = seq.ttft_deadline - ctx.now - ctx.cost.prefill_time(rest, chunk, ctx.decode_seqs, ctx.decode_ctx)
+        if ctx.cost.max_prefill_tokens(left, ctx.decode_seqs, ctx.decode_ctx) < prefill:
+            return
+        limit = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * left, ctx.decode_seqs, ctx.decode_ctx)
+        out.budget = min(out.budget, max(0, limit - prefill))
 
     def _fit(self, seq: Sequence, n: int, out: SchedulerOutput, keys) -> bool:
         """Allocate ``n`` more tokens for a running sequence; when blocks run out, preempt the least
