@@ -116,13 +116,12 @@ class Scheduler:
                       + [s for s in self.waiting if not s.all_sampled])
         candidates.sort(key=lambda s: keys[s.seq_id])
         admitting = True
-        prefill_start = out.budget  # (the budget left to prompt chunks: what it lost since, they took)
         for seq in candidates:
             if out.budget <= 0:
                 break
             if seq.status is SeqStatus.RUNNING:  # mid-prompt: phase (1) took only decodes
                 if self._fit(seq, min(seq.num_tokens - seq.num_computed, out.budget), out, keys):
-                    self._keep_first_token(seq, out, ctx, prefill_start - out.budget)
+                    self._keep_first_token(seq, out, ctx)
                 continue
             if not admitting or seq.status is not SeqStatus.WAITING or seq in out.preempted:
                 continue  # finished, or preempted in this very round
@@ -131,7 +130,7 @@ class Scheduler:
             # waiting for blocks that only their progress would free, for ever)
             admitting = self._admit(seq, out, keys, ctx)
             if admitting:
-                self._keep_first_token(seq, out, ctx, prefill_start - out.budget)
+                self._keep_first_token(seq, out, ctx)
         for seq in self.waiting:
             seq.waited_steps += 1
         return out
@@ -160,16 +159,17 @@ class Scheduler:
         prefill = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * min(spare), ctx.decode_seqs, ctx.decode_ctx)
         return min(budget, ctx.decode_seqs + prefill)
 
-    def _keep_first_token(self, seq: Sequence, out: SchedulerOutput, ctx: SchedContext, prefill: int) -> None:
-        """``seq`` just got a prompt chunk (the step's chunks now hold ``prefill`` tokens): if it
-        has a first-token deadline, chunks after it (of requests behind it) fill the step only as
-        far as its first token can still come in time, after this step and those its prompt
-        still needs (``TPOT_STEP_SHARE`` of the time left: the cost model's error margin).
+    def _keep_first_token(self, seq: Sequence, out: SchedulerOutput, ctx: SchedContext) -> None:
+        """``seq`` just got a prompt chunk, the last of ``out`` so far: if it has a first-token
+        deadline, chunks after it (of requests behind it) fill the step only as far as its first
+        token can still come in time, after this step and those its prompt still needs
+        (``TPOT_STEP_SHARE`` of the time left: the cost model's error margin).
         Otherwise the rest of the budget goes to requests with slack, and its first token waits
         for their chunks. Not for a token out of reach whatever the step carries, nor for a
         request served best effort: holding the step back would save nothing."""
         if seq.ttft_deadline is None or seq.best_effort:
             return
+        prefill = sum(s.num_new_tokens for s in out.scheduled if s.num_new_tokens > 1 and not s.draft)  # (the step's chunks)
         chunk = max(1, self.config.max_num_batched_tokens - ctx.decode_seqs)
         rest = seq.num_tokens - seq.num_computed - out.scheduled[-1].num_new_tokens  # (its prompt after this chunk)
         left = seq.ttft_deadline - ctx.now - ctx.cost.prefill_time(rest, chunk, ctx.decode_seqs, ctx.decode_ctx)
