@@ -198,19 +198,24 @@ def admitted(sim: Sim, slo: SLO, predicted: tuple[float, float]) -> Sequence:
     return seq
 
 
-def test_an_admitted_request_that_expires_is_a_miss_of_its_open_objectives():
+def test_an_admitted_request_that_expires_is_a_miss_of_the_objectives_it_could_no_longer_meet():
     sim = Sim()
     adm = SLOAdmission(sim.sched, sim.cost, StepIntervals(), sim.clock, confidence=0.9)
-    # ended 3 s after arrival, when it could no longer make its 20 s: a miss by at least 20 s
-    adm.expired(admitted(sim, SLO(ttft_ms=1000, deadline_ms=20_000), (0.5, 2.0)), sim.clock() + 3.0)
-    assert [r for _, r in adm.calibration["ttft"].ratios] == [6.0]  # (3 s to no first token, 0.5 s predicted)
-    assert [r for _, r in adm.calibration["e2e"].ratios] == [10.0]
-    started = admitted(sim, SLO(ttft_ms=1000, deadline_ms=20_000), (0.5, 2.0))
-    started.first_token_time = sim.clock() + 0.4  # (its first token was out: only the deadline is open)
-    adm.expired(started, sim.clock() + 25.0)
-    assert len(adm.calibration["ttft"].ratios) == 1 and [r for _, r in adm.calibration["e2e"].ratios][-1] == 12.5
-    adm.expired(request(sim, SLO(deadline_ms=20_000)), sim.clock() + 30.0)  # (nothing predicted: nothing learned)
-    assert len(adm.calibration["e2e"].ratios) == 2
+    # ended 3 s after arrival, its first token out of reach of its 1 s: a miss by at least 3 s;
+    # its 20 s deadline was not what ended it, so nothing is learned of it
+    late = admitted(sim, SLO(ttft_ms=1000, deadline_ms=20_000), (0.5, 2.0))
+    late.missed = ("ttft",)
+    adm.expired(late, sim.clock() + 3.0)
+    assert [r for _, r in adm.calibration["ttft"].ratios] == [6.0] and not adm.calibration["e2e"].ratios
+    # ended 5 s in, its 20 s deadline out of reach: a miss by at least 20 s
+    slow = admitted(sim, SLO(ttft_ms=1000, deadline_ms=20_000), (0.5, 2.0))
+    slow.missed = ("deadline",)
+    adm.expired(slow, sim.clock() + 5.0)
+    assert len(adm.calibration["ttft"].ratios) == 1 and [r for _, r in adm.calibration["e2e"].ratios] == [10.0]
+    unpredicted = request(sim, SLO(deadline_ms=20_000))
+    unpredicted.missed = ("deadline",)
+    adm.expired(unpredicted, sim.clock() + 30.0)  # (nothing predicted: nothing learned)
+    assert len(adm.calibration["e2e"].ratios) == 1
 
 
 def test_the_engine_learns_from_admitted_requests_that_expire(tiny_llama):

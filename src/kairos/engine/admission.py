@@ -114,15 +114,15 @@ class SLOAdmission:
             self.calibration["e2e"].observe(now, seq.predicted[1], now - seq.arrival_time)
 
     def expired(self, seq: Sequence, now: float) -> None:
-        """An admitted request ended unserved, as it could no longer make it: a miss of each
-        objective still open, by at least the objective itself (a request ended early, its
-        answer out of reach, would otherwise read as one that came in time)."""
+        """An admitted request ended unserved, as it could no longer meet the objectives in
+        ``seq.missed``: a miss of each, by at least the objective itself (ended early, its answer
+        out of reach, it would otherwise read as one that came in time)."""
         if seq.predicted is None:
             return
         waited = now - seq.arrival_time
-        if seq.slo.ttft_ms is not None and seq.first_token_time is None:
+        if "ttft" in seq.missed:
             self.calibration["ttft"].observe(now, seq.predicted[0], max(waited, seq.slo.ttft_ms / 1000))
-        if seq.slo.deadline_ms is not None:
+        if "deadline" in seq.missed:
             self.calibration["e2e"].observe(now, seq.predicted[1], max(waited, seq.slo.deadline_ms / 1000))
 
     def stats(self) -> dict[str, float]:

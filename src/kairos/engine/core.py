@@ -23,7 +23,7 @@ from kairos.engine.outputs import EngineRequest, SeqOutput
 from kairos.engine.parking import GrammarWaits
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
 from kairos.engine.sampler import DeviceSample, PromptLogprobs, Sampler, SamplingRow
-from kairos.engine.scheduler import Scheduler, SchedulerOutput
+from kairos.engine.scheduler import Scheduler, SchedulerOutput, step_shape
 from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
 from kairos.engine.speculative import NgramProposer
 from kairos.engine.stopping import StopRules
@@ -182,15 +182,14 @@ class EngineCore:
 
     def _unpark(self) -> list[SeqOutput]:
         """Requests whose grammar is compiled go to the scheduler (those it failed for end in "error")."""
-        out, now = [], self.clock()
-        for u in self._parked.ready(now):
+        out = []
+        for u in self._parked.ready(self.clock()):
             self._verdicts.append((u.request_id, u.error))
             if u.error is None and not u.expired:
                 self.scheduler.add(u.seq)
                 continue
-            if u.expired:
+            if u.expired:  # (late for its grammar's compile, which admission does not predict: not learned from)
                 self.requests_expired += 1
-                self.slo_admission.expired(u.seq, now)
             del self.requests[u.request_id]
             out += [SeqOutput(u.request_id, i, [], finish_reason="expired" if u.expired else "error",
                               stop_reason=u.error, num_prompt_tokens=u.seq.num_prompt_tokens)
@@ -318,7 +317,7 @@ class EngineCore:
         # the step's device work is done (to_host waited for it); queued while the step before it
         # ran (async scheduling), its own work began when that one's ended
         done = time.perf_counter()
-        shape = self._shape(flight.sched)  # (prefill tokens, decode rows, their context)
+        shape = step_shape(flight.sched.scheduled)  # (prefill tokens, decode rows, their context)
         self.cost.observe(*shape, done - max(flight.t0, self._last_done))
         self._last_done = done
         if sampled is not None:
@@ -339,14 +338,6 @@ class EngineCore:
         return outputs
 
     # -- helpers -----------------------------------------------------------------------------
-    @staticmethod
-    def _shape(sched) -> tuple[int, int, int]:
-        """(prefill tokens, decode rows, their context tokens) of a step, as the cost model counts them."""
-        # (a drafted sequence's rows are decode rows: 1 + len(draft) of them, each about its context)
-        decodes = [s for s in sched.scheduled if s.num_new_tokens == 1 or s.draft]
-        prefill = sum(s.num_new_tokens for s in sched.scheduled if s.num_new_tokens > 1 and not s.draft)
-        return prefill, sum(s.num_new_tokens for s in decodes), sum(s.seq.num_tokens * s.num_new_tokens for s in decodes)
-
     def _expired_outputs(self, expired: list[Sequence]) -> list[SeqOutput]:
         out = []
         now = self.clock()

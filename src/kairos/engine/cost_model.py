@@ -126,16 +126,18 @@ class CostModel:
 class Calibration:
     """How far reality ran past the engine's own predictions, learned online: the ``quantile`` of
     the actual/predicted ratios of requests answered lately, each weighing half as much every
-    ``half_life`` seconds (nothing past ``horizon``), shrunk toward 1 (the cost model taken at its
-    word) as if ``prior`` fresh answers had said so. Predictions made at admission are scaled by
-    it, so a request is admitted when its objective holds at that confidence against what the
-    cost model leaves out (arrivals after it, host noise). One slow answer among a few cannot set
-    the factor, and old ones fade even while no new ones come: a bad spell that led to refusals
-    (and so to no new answers) cannot keep admission shut."""
+    ``half_life`` seconds (nothing past ``horizon``), next to ``prior`` fresh answers on time
+    (ratio 1: the cost model taken at its word; by default quantile / (1 - quantile), so one
+    slow answer alone never sets the factor, two do). Predictions made at admission are scaled
+    by it, so a request is admitted when its objective holds at that confidence against what the
+    cost model leaves out (arrivals after it, host noise). Old answers fade even while no new
+    ones come: a bad spell that led to refusals (and so to no new answers) cannot keep admission
+    shut."""
 
-    def __init__(self, quantile: float, half_life: float = 15.0, prior: float = 4.0, horizon: float = 60.0):
+    def __init__(self, quantile: float, half_life: float = 15.0, prior: float | None = None, horizon: float = 60.0):
         self.quantile = quantile
-        self.half_life, self.prior, self.horizon = half_life, prior, horizon
+        self.half_life, self.horizon = half_life, horizon
+        self.prior = quantile / (1 - quantile) if prior is None else prior
         self.ratios: deque[tuple[float, float]] = deque(maxlen=256)  # (when, actual / predicted)
 
     def observe(self, now: float, predicted: float, actual: float) -> None:
@@ -145,17 +147,14 @@ class Calibration:
     def factor(self, now: float) -> float:
         while self.ratios and self.ratios[0][0] < now - self.horizon:
             self.ratios.popleft()
-        weighted = sorted((r, 0.5 ** ((now - t) / self.half_life)) for t, r in self.ratios)
+        weighted = sorted([(r, 0.5 ** ((now - t) / self.half_life)) for t, r in self.ratios] + [(1.0, self.prior)])
         total = sum(w for _, w in weighted)
-        if not total:
-            return 1.0
-        seen, q = 0.0, weighted[-1][0]
+        seen = 0.0
         for r, w in weighted:  # the weighted quantile: the first ratio with that share of the weight at or below it
             seen += w
             if seen >= self.quantile * total * (1 - 1e-12):
-                q = r
-                break
-        return min(10.0, max(0.5, 1 + (q - 1) * total / (total + self.prior)))
+                return min(10.0, max(0.5, r))
+        return min(10.0, max(0.5, weighted[-1][0]))
 
 
 class StepIntervals:

@@ -54,6 +54,15 @@ class SchedulerOutput:
     budget: int = 0  # tokens of the step's budget still free (while scheduling)
 
 
+def step_shape(scheduled: list[ScheduledSeq]) -> tuple[int, int, int]:
+    """(prefill tokens, decode rows, their context tokens) of a step, as the cost model counts them."""
+    # (a drafted sequence's rows are decode rows: 1 + len(draft) of them, each about its context;
+    # so is a one-token chunk)
+    decodes = [s for s in scheduled if s.num_new_tokens == 1 or s.draft]
+    prefill = sum(s.num_new_tokens for s in scheduled if s.num_new_tokens > 1 and not s.draft)
+    return prefill, sum(s.num_new_tokens for s in decodes), sum(s.seq.num_tokens * s.num_new_tokens for s in decodes)
+
+
 class Scheduler:
     """Owns the waiting and running sets; the KV manager owns the blocks."""
 
@@ -131,7 +140,10 @@ class Scheduler:
             admitting = self._admit(seq, out, keys, ctx)
             if admitting:
                 self._keep_first_token(seq, out, ctx)
-        for seq in self.waiting:
+        # (a running prompt held back counts too: steps that keep first tokens in time may leave
+        # it nothing, and it holds blocks)
+        ran = {s.seq.seq_id for s in out.scheduled}
+        for seq in self.waiting + [s for s in self.running if s.seq_id not in ran and s.num_tokens - s.num_computed > 1]:
             seq.waited_steps += 1
         return out
 
@@ -160,22 +172,20 @@ class Scheduler:
         return min(budget, ctx.decode_seqs + prefill)
 
     def _keep_first_token(self, seq: Sequence, out: SchedulerOutput, ctx: SchedContext) -> None:
-        """``seq`` just got a prompt chunk, the last of ``out`` so far: if it has a first-token
-        deadline, chunks after it (of requests behind it) fill the step only as far as its first
-        token can still come in time, after this step and those its prompt still needs
-        (``TPOT_STEP_SHARE`` of the time left: the cost model's error margin).
-        Otherwise the rest of the budget goes to requests with slack, and its first token waits
-        for their chunks. Not for a token out of reach whatever the step carries, nor for a
-        request served best effort: holding the step back would save nothing."""
-        if seq.ttft_deadline is None or seq.best_effort:
+        """``seq`` just got a prompt chunk, the last of ``out`` so far: if that is its last one and
+        it has a first-token deadline, chunks after it (of requests behind it) fill the step only
+        as far as the step still ends in time (``TPOT_STEP_SHARE`` of the time left: the cost
+        model's error margin). Otherwise the rest of the budget goes to requests with slack, and
+        its first token waits for their chunks. Not for a token out of reach whatever the step
+        carries, nor for a request served best effort: holding the step back would save nothing.
+        (An earlier chunk takes the whole budget left, unless a preemption gave some back.)"""
+        if seq.ttft_deadline is None or seq.best_effort or not out.scheduled[-1].samples:
             return
-        prefill = sum(s.num_new_tokens for s in out.scheduled if s.num_new_tokens > 1 and not s.draft)  # (the step's chunks)
-        chunk = max(1, self.config.max_num_batched_tokens - ctx.decode_seqs)
-        rest = seq.num_tokens - seq.num_computed - out.scheduled[-1].num_new_tokens  # (its prompt after this chunk)
-        left = seq.ttft_deadline - ctx.now - ctx.cost.prefill_time(rest, chunk, ctx.decode_seqs, ctx.decode_ctx)
-        if ctx.cost.max_prefill_tokens(left, ctx.decode_seqs, ctx.decode_ctx) < prefill:
+        prefill, rows, context = step_shape(out.scheduled)
+        left = seq.ttft_deadline - ctx.now
+        if ctx.cost.step_time(prefill, rows, context) > left:
             return
-        limit = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * left, ctx.decode_seqs, ctx.decode_ctx)
+        limit = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * left, rows, context)
         out.budget = min(out.budget, max(0, limit - prefill))
 
     def _fit(self, seq: Sequence, n: int, out: SchedulerOutput, keys) -> bool:
@@ -289,10 +299,10 @@ class Scheduler:
                 continue
             alone = SchedContext(ctx.now, ctx.kv, ctx.cost, ctx.budget, 0, 0, ctx.starve_steps)
             first = ctx.now + alone.prefill_eta(seq)
-            late = seq.ttft_deadline is not None and first > seq.ttft_deadline
-            if seq.e2e_deadline is not None:
-                late = late or first + alone.decode_eta(seq) > seq.e2e_deadline
-            if late:
+            late = {"ttft": seq.ttft_deadline is not None and first > seq.ttft_deadline,
+                    "deadline": seq.e2e_deadline is not None and first + alone.decode_eta(seq) > seq.e2e_deadline}
+            if any(late.values()):
+                seq.missed = tuple(k for k, v in late.items() if v)
                 self.finish(seq)
                 out.expired.append(seq)
 
