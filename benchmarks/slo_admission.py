@@ -3,7 +3,7 @@
     python benchmarks/slo_admission.py [--baseline REV] [--rounds 3] [--requests 60] [--seed 21]
         [--scenarios cold,idle-burst,overload] [--no-unsent]
 
-Three servers of the default model run the same two scenarios, one after the other:
+Three servers of the default model run the same scenarios, one after the other:
 - ``baseline``: the build at git revision REV (a worktree under /tmp), SLOs sent;
 - ``current``: this checkout, SLOs sent;
 - ``unsent``: this checkout, no SLO sent (every request served, first come first served): which
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=60, help="requests of the cold scenario")
     ap.add_argument("--seed", type=int, default=21)
     ap.add_argument("--scenarios", default="cold,idle-burst,overload",
-                    help="comma-separated, run in this order on each server (each later one after 12 s idle)")
+                    help="comma-separated, run in this order on each server (each after 12 s idle, but cold)")
     ap.add_argument("--unsent", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the server that is sent no SLO (which refusals could have been served)")
     args = ap.parse_args()

@@ -45,7 +45,7 @@ class Sequence:
         self.status = SeqStatus.WAITING
         self.pending_forks = pending_forks  # siblings to fork from this one when its prompt is done
         self.num_preemptions = 0
-        self.waited_steps = 0  # scheduling rounds spent waiting (for starvation guards)
+        self.waited_steps = 0  # scheduling rounds spent waiting, or held back mid-prompt (for starvation guards)
         self.missed: tuple[str, ...] = ()  # the objectives ("ttft", "deadline") it expired for
         self.slo = slo
         self.priority = priority
