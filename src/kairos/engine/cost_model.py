@@ -14,6 +14,7 @@ swing the predictions. Weights never go negative.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 
@@ -148,13 +149,10 @@ class Calibration:
         while self.ratios and self.ratios[0][0] < now - self.horizon:
             self.ratios.popleft()
         weighted = sorted([(r, 0.5 ** ((now - t) / self.half_life)) for t, r in self.ratios] + [(1.0, self.prior)])
-        total = sum(w for _, w in weighted)
-        seen = 0.0
-        for r, w in weighted:  # the weighted quantile: the first ratio with that share of the weight at or below it
-            seen += w
-            if seen >= self.quantile * total * (1 - 1e-12):
-                return min(10.0, max(0.5, r))
-        return min(10.0, max(0.5, weighted[-1][0]))
+        target = self.quantile * sum(w for _, w in weighted) * (1 - 1e-12)  # (the sum's rounding)
+        # the weighted quantile: the first ratio with that share of the weight at or below it
+        q = next(r for (r, _), seen in zip(weighted, itertools.accumulate(w for _, w in weighted)) if seen >= target)
+        return min(10.0, max(0.5, q))
 
 
 class StepIntervals:

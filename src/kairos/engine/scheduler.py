@@ -141,9 +141,12 @@ class Scheduler:
             if admitting:
                 self._keep_first_token(seq, out, ctx)
         # (a running prompt held back counts too: steps that keep first tokens in time may leave
-        # it nothing, and it holds blocks)
-        ran = {s.seq.seq_id for s in out.scheduled}
-        for seq in self.waiting + [s for s in self.running if s.seq_id not in ran and s.num_tokens - s.num_computed > 1]:
+        # it nothing, and it holds blocks; few run mid-prompt, so the step's rows are read only then)
+        held = [s for s in candidates if s.status is SeqStatus.RUNNING]
+        if held:
+            ran = {s.seq.seq_id for s in out.scheduled}
+            held = [s for s in held if s.seq_id not in ran]
+        for seq in self.waiting + held:
             seq.waited_steps += 1
         return out
 
