@@ -39,7 +39,7 @@ class StepInFlight:
     start: float  # engine clock at launch
     sched: SchedulerOutput
     outputs: list[SeqOutput] = field(default_factory=list)  # expiries, then the step's tokens
-    t0: float | None = None  # perf_counter when the forward pass was queued; None: nothing ran
+    t0: float | None = None  # timer reading when the forward pass was queued; None: nothing ran
     seqs: list[Sequence] = field(default_factory=list)  # the sequences that sample, in row order
     rows: list[SamplingRow] = field(default_factory=list)
     sample: DeviceSample | None = None
@@ -56,7 +56,9 @@ class EngineCore:
     """Owns the model runner, KV cache manager, scheduler and sampler of one model replica."""
 
     def __init__(self, config: EngineConfig, clock: Callable[[], float] = time.monotonic,
-                 cost_model: CostModel | None = None):
+                 cost_model: CostModel | None = None, timer: Callable[[], float] = time.perf_counter):
+        """``clock`` dates requests and steps (deadlines, step intervals); ``timer`` times the
+        device work of a step for the cost model. A simulation passes virtual time for both."""
         from kairos.loader import load_model, resolve_device, resolve_dtype
         from kairos.loader.hf_dir import generation_eos_ids
 
@@ -74,11 +76,11 @@ class EngineCore:
         self.kv = (PrefixCachingKVManager if cc.prefix_cache else KVCacheManager)(num_blocks, cc.block_size)
         self.runner = ModelRunner(model, arch, num_blocks, cc.block_size, self.device, self.dtype,
                                   cpu_kernels=config.model.cpu_kernels)
-        self.clock = clock
+        self.clock, self.timer = clock, timer
         self.cost = cost_model or CostModel()
         self.intervals = StepIntervals()
         self._last_step_end: float | None = None  # None: the engine idled since its last step
-        self._last_done = 0.0  # perf_counter when the last finished step's device work was seen done
+        self._last_done = 0.0  # timer reading when the last finished step's device work was seen done
         self.requests_expired = 0
         self.sampler = Sampler(self.device, config.model.seed)
         self.eos_token_ids = frozenset(arch.eos_token_ids) | generation_eos_ids(self.model_path)
@@ -225,7 +227,7 @@ class EngineCore:
         flight.outputs = unparked + self._expired_outputs(sched.expired)
         if not sched.scheduled:
             return flight
-        flight.t0 = time.perf_counter()
+        flight.t0 = self.timer()
         if prev is not None and prev.sample is not None:  # inputs that are its placeholders come from its tokens
             logits, flight.prompt = self.runner.execute(sched.scheduled, prev.sample.token_ids, prev.row_of)  # [S, V]
         else:
@@ -316,7 +318,7 @@ class EngineCore:
             take_prompt_logprobs(flight.prompt)
         # the step's device work is done (to_host waited for it); queued while the step before it
         # ran (async scheduling), its own work began when that one's ended
-        done = time.perf_counter()
+        done = self.timer()
         shape = step_shape(flight.sched.scheduled)  # (prefill tokens, decode rows, their context)
         self.cost.observe(*shape, done - max(flight.t0, self._last_done))
         self._last_done = done
