@@ -107,7 +107,9 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
                     j, s = queue.pop(0)
                     rid = f"{name}-{i}-{j}"
                     slo = SLO(s.slo.ttft_ms, s.slo.tpot_ms, s.slo.deadline_ms, name=s.slo.name)
-                    rec[rid] = {"slo": slo, "arrival": s.send_at + start, "first": None, "n": 0, "outcome": "ok"}
+                    cal = engine.slo_admission.stats()  # (the calibration it is admitted by)
+                    rec[rid] = {"slo": slo, "arrival": s.send_at + start, "first": None, "n": 0, "outcome": "ok",
+                                "cal": [cal["slo_ttft_calibration"], cal["slo_e2e_calibration"]]}
                     prompt = [noise.randrange(3, 500) for _ in range(s.prompt_tokens)]
                     params = SamplingParams(max_tokens=s.max_tokens, temperature=0.0, ignore_eos=True)
                     try:
