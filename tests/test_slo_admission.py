@@ -157,6 +157,7 @@ def test_the_engine_measures_what_steps_spent_on_prompts(tiny_llama):
     assert engine.intervals.overhead(clock()) == pytest.approx(0.019)
     assert engine.intervals.prefill_load(clock()) == pytest.approx(0.018)
     assert engine.stats()["step_prefill_load"] == pytest.approx(0.018)
+    assert engine.scheduler.context().prefill_load == pytest.approx(0.018)  # (the slack policy's too)
     engine.add_request(EngineRequest("batch", list(range(60, 70)), SamplingParams(max_tokens=10),
                                      slo=SLO(deadline_ms=10_000)))
     # a batch of 3: 13 ms and the 19 ms around it, stretched by the 1.8% that went to prompts
@@ -226,3 +227,34 @@ def test_the_engine_learns_from_admitted_requests_that_expire(tiny_llama):
     clock.t += 1.0  # (the engine stalled: it can no longer make its first token in 100 ms)
     assert [o.finish_reason for o in engine.step()] == ["expired"]
     assert [r for _, r in engine.slo_admission.calibration["ttft"].ratios] == [pytest.approx(1.0 / first)]
+
+
+def test_a_deadline_met_late_against_its_prediction_counts_as_on_time():
+    """The slack policy holds a batch request back while it has time to spare: finishing at 15 s
+    where 2 s was predicted, inside its 20 s, is no error of the prediction. A miss still counts
+    by how far it ran."""
+    sim = Sim()
+    adm = SLOAdmission(sim.sched, sim.cost, StepIntervals(), sim.clock, confidence=0.9)
+    adm.finished(admitted(sim, SLO(deadline_ms=20_000), (0.5, 2.0)), sim.clock() + 15.0)
+    adm.finished(admitted(sim, SLO(deadline_ms=20_000), (0.5, 2.0)), sim.clock() + 1.0)  # (early: as it ran)
+    adm.finished(admitted(sim, SLO(deadline_ms=20_000), (0.5, 2.0)), sim.clock() + 25.0)
+    assert [r for _, r in adm.calibration["e2e"].ratios] == [1.0, 0.5, 12.5]
+
+
+def test_slack_counts_tokens_at_the_pace_prompt_chunks_leave_them():
+    """Half the recent time went to prompt chunks: a deadline request's tokens come about twice
+    a decode step apart (as admission predicts them), so it has that much less slack, and the
+    policy starts it that much sooner."""
+    sim = Sim()
+    sim.sched.intervals = si = StepIntervals(horizon=10.0)
+    for i in range(10):  # a decode-only step of 15 ms (4 ms past the model's 11 ms), then a
+        # step of 515 ms with prompt chunks (515 - 11 - 4 = 500 ms of them): 10 times in the last 10 s
+        si.observe(90.0 + i, 0.015, 0.011, prefill=False)
+        si.observe(90.0 + i + 0.5, 0.515, 0.011, prefill=True)
+    seq = request(sim, SLO(deadline_ms=5000), max_tokens=11)
+    ctx = sim.sched.context()
+    assert ctx.overhead == pytest.approx(0.004) and ctx.prefill_load == pytest.approx(0.5)
+    per_token = (0.011 + 0.004) / (1 - 0.5)  # (under a step with a full chunk of 63 tokens: 78 ms)
+    assert ctx.token_time(1, seq.num_tokens) == pytest.approx(per_token)
+    assert ctx.decode_eta(seq) == pytest.approx(11 * per_token)
+    assert ctx.slack(seq) == pytest.approx(5.0 - ctx.prefill_eta(seq) - 11 * per_token)

@@ -94,7 +94,7 @@ class EngineCore:
         self.stops = StopRules(self.eos_token_ids, arch.vocab_size, self.max_model_len)
         spec = config.speculative
         self.proposer = NgramProposer(spec, self.max_model_len) if spec.speculative_tokens else None
-        self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock, self.proposer)
+        self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock, self.proposer, self.intervals)
         self.slo_admission = SLOAdmission(self.scheduler, self.cost, self.intervals, clock, config.scheduler.slo_confidence)
         self.apply = TokenApplier(self.stops, self.scheduler, self.slo_admission, self.proposer, self._finish)
         if config.model.cuda_graphs and self.device.type == "cuda" and self.runner.decode_kernel:

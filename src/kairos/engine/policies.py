@@ -36,6 +36,10 @@ class SchedContext:
     # kept (1: no promise running); prefill predictions stretch by its inverse
     prefill_share: float = 1.0
     decode_pace: float = 0.0  # seconds per step while TPOT promises pace the steps (0: none)
+    # the engine's recent steps (``StepIntervals``): seconds a step took past the cost model's
+    # decode step (the loop around it), and the share of time prompt chunks took
+    overhead: float = 0.0
+    prefill_load: float = 0.0
 
     def cached_tokens(self, seq: Sequence) -> int:
         """Tokens of ``seq`` whose KV exists: its own once started, else its cached prefix."""
@@ -48,9 +52,19 @@ class SchedContext:
         t = self.cost.prefill_time(tokens, max(1, self.budget - self.decode_seqs), self.decode_seqs, self.decode_ctx)
         return t / self.prefill_share
 
+    def token_time(self, decode_seqs: float, decode_ctx: float) -> float:
+        """Seconds per output token of a request decoding in a batch of ``decode_seqs``
+        (``decode_ctx`` context tokens): a decode-only step and the loop around it, stretched by
+        the prompt chunks that arrive meanwhile (at the recent ``prefill_load``); at most a step
+        that carries a full chunk (decodes go first, chunks fill the rest of each step)."""
+        decode = self.cost.step_time(0, decode_seqs, decode_ctx)
+        step = decode + self.overhead
+        full = step + self.cost.step_time(max(1, self.budget - decode_seqs), decode_seqs, decode_ctx) - decode
+        return min(step / (1 - self.prefill_load), full) if self.prefill_load < 1 else full
+
     def decode_eta(self, seq: Sequence) -> float:
-        step = self.cost.step_time(0, self.decode_seqs + 1, self.decode_ctx + seq.num_tokens)
-        return seq.remaining_decode * max(step, self.decode_pace)
+        per_token = self.token_time(self.decode_seqs + 1, self.decode_ctx + seq.num_tokens)
+        return seq.remaining_decode * max(per_token, self.decode_pace)
 
     def slack(self, seq: Sequence) -> float:
         """Seconds to spare before the tightest objective of ``seq`` would be missed (inf: none)."""

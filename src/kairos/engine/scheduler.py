@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kairos.config import SchedulerConfig
-from kairos.engine.cost_model import CostModel
+from kairos.engine.cost_model import CostModel, StepIntervals
 from kairos.engine.kv_cache import KVCacheManager
 from kairos.engine.policies import SchedContext, get_policy
 from kairos.engine.sequence import SeqStatus, Sequence
@@ -67,8 +67,10 @@ class Scheduler:
     """Owns the waiting and running sets; the KV manager owns the blocks."""
 
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, cost: CostModel | None = None,
-                 clock: Callable[[], float] = time.monotonic, proposer: NgramProposer | None = None):
+                 clock: Callable[[], float] = time.monotonic, proposer: NgramProposer | None = None,
+                 intervals: StepIntervals | None = None):
         self.config = config
+        self.intervals = intervals  # the engine's recent steps: how long a token takes under load
         self.proposer = proposer  # speculative decoding: drafts for decodes
         self.kv = kv
         self.cost = cost or CostModel()
@@ -89,6 +91,8 @@ class Scheduler:
         ctx = SchedContext(self.clock(), self.kv, self.cost, self.config.max_num_batched_tokens,
                            len(decodes), sum(s.num_tokens for s in decodes), self.config.starve_steps)
         ctx.decode_pace = self.decode_pace()
+        if self.intervals is not None:
+            ctx.overhead, ctx.prefill_load = self.intervals.overhead(ctx.now), self.intervals.prefill_load(ctx.now)
         if ctx.decode_pace:  # prefill gets what the paced decode steps leave
             ctx.prefill_share = max(0.05, 1 - self.cost.step_time(0, ctx.decode_seqs, ctx.decode_ctx) / ctx.decode_pace)
         return ctx
