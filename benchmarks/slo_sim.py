@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import subprocess
@@ -36,6 +37,7 @@ import tempfile
 TRUTH = (0.008, 0.17, 0.020, 0.0062, 0.025)
 LOOP_S = 0.003
 IDLE_S = 12.0
+DRIFT_S = 3.0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # (slo_admission's scenarios)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # (which slo_admission imports)
@@ -78,7 +80,7 @@ def tiny_model(path: str) -> None:
 
 
 def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: float, spikes: float, options: dict,
-             log=None) -> dict:
+             log=None, drift: float = 0.0) -> dict:
     """{scenario: [per request: [SLO class, outcome, met]]} of one seed on a fresh engine; each
     request's times (virtual seconds) and what admission promised or said, as JSON lines to ``log``."""
     from kairos.config import EngineConfig
@@ -90,6 +92,7 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
     from kairos.engine.slo import SLO, report
 
     clock, noise, truth = Clock(), random.Random(seed), CostModel(TRUTH, frozen=True)
+    slow = 0.0
     config = EngineConfig.from_kwargs(**{"model": model_dir, "device": "cpu", "block_size": 16, "num_blocks": 4096,
                                          "max_num_seqs": 64, "max_num_batched_tokens": 512, **options})
     engine = EngineCore(config, clock=clock, timer=clock)
@@ -110,7 +113,7 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
                     cal = engine.slo_admission.stats()  # (the calibration it is admitted by)
                     rec[rid] = {"slo": slo, "arrival": s.send_at + start, "first": None, "n": 0, "outcome": "ok",
                                 "cal": [cal["slo_ttft_calibration"], cal["slo_e2e_calibration"]]}
-                    prompt = [noise.randrange(3, 500) for _ in range(s.prompt_tokens)]
+                    prompt = [noise.randrange(3, 300) for _ in range(s.prompt_tokens)]  # (in any tiny vocabulary)
                     params = SamplingParams(max_tokens=s.max_tokens, temperature=0.0, ignore_eos=True)
                     try:
                         engine.add_request(EngineRequest(rid, prompt, params, s.send_at + start, slo))
@@ -123,7 +126,11 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
                 flight = engine.launch()
                 if flight.sched.scheduled:
                     step = truth.step_time(*step_shape(flight.sched.scheduled)) * noise.lognormvariate(0.0, jitter)
-                    clock.t += step * (3.0 if noise.random() < spikes else 1.0)
+                    step *= math.exp(slow) * (3.0 if noise.random() < spikes else 1.0)
+                    # the host's slow spells: log of a slowdown that drifts back to 0 over DRIFT_S
+                    keep = math.exp(-step / DRIFT_S)
+                    slow = slow * keep + drift * math.sqrt(1 - keep * keep) * noise.gauss(0.0, 1.0)
+                    clock.t += step
                 for out in engine.finish(flight):
                     r = rec[out.request_id]
                     if out.new_token_ids and r["first"] is None:
@@ -154,12 +161,13 @@ def run_build(src: str | None, args: argparse.Namespace, model_dir: str) -> dict
         log = open(args.log, "w") if args.log else None  # noqa: SIM115 - open for the whole run
         try:
             return {s: simulate(model_dir, scenario_specs(args.scenarios.split(","), s), s, args.jitter,
-                                args.spikes, options, log) for s in seeds(args.seeds)}
+                                args.spikes, options, log, args.drift) for s in seeds(args.seeds)}
         finally:
             if log is not None:
                 log.close()
     cmd = [sys.executable, os.path.abspath(__file__), "--json", "--model-dir", model_dir, "--seeds", args.seeds,
-           "--scenarios", args.scenarios, "--jitter", str(args.jitter), "--spikes", str(args.spikes)]
+           "--scenarios", args.scenarios, "--jitter", str(args.jitter), "--spikes", str(args.spikes),
+           "--drift", str(args.drift)]
     for kv in args.set:
         cmd += ["--set", kv]
     done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": src}, check=True, capture_output=True, text=True)
@@ -194,6 +202,8 @@ def main() -> None:
                     help="comma-separated, run in this order on one engine per seed")
     ap.add_argument("--jitter", type=float, default=0.1, help="sigma of each step's lognormal noise")
     ap.add_argument("--spikes", type=float, default=0.01, help="chance of a step taking 3x")
+    ap.add_argument("--drift", type=float, default=0.2,
+                    help="sigma of the log of a slowdown of the host that drifts back to none over 3 s")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an engine option for both builds (EngineConfig.from_kwargs), e.g. scheduling_policy=edf")
     ap.add_argument("--per-seed", action="store_true", help="also print met per seed")
@@ -220,7 +230,7 @@ def main() -> None:
         builds["current"] = run_build(None, args, model_dir)
     names = args.scenarios.split(",")
     cols = list(tally([]))
-    print(f"seeds {args.seeds}, jitter {args.jitter}, spikes {args.spikes}" + (f", {args.set}" if args.set else ""))
+    print(f"seeds {args.seeds}, jitter {args.jitter}, spikes {args.spikes}, drift {args.drift}" + (f", {args.set}" if args.set else ""))
     print("\n| scenario | build | " + " | ".join(cols) + " |\n|---|---|" + "---:|" * len(cols))
     for name in names:
         for build, runs in builds.items():
