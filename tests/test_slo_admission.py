@@ -122,12 +122,12 @@ def test_calibration_learns_only_from_predictions_of_a_fitted_cost_model():
     assert early.promised is not None and early.predicted is None
     for i in range(16):  # a prompt's step, then decode steps: fitted, but not yet of prefill
         sim.cost.observe(64 if i == 0 else 0, 1, 100 + i, 0.3 if i == 0 else 0.02)
-    assert sim.cost.fits == 1 and not sim.cost.fitted
+    assert sim.cost.fits == 2 and not sim.cost.fitted  # (fits at 8 and 16 steps)
     adm.admit(still := request(sim, SLO(ttft_ms=10_000)))
     assert still.predicted is None
     for i in range(16):  # 3 more with prompt chunks: 4 of each kind in the window
         sim.cost.observe(16 if i < 3 else 0, 1 + i % 3, 100, 0.02 + 0.001 * i)
-    assert sim.cost.fits == 2 and sim.cost.fitted and sim.cost.describe()["cost_fitted"] == 1.0
+    assert sim.cost.fits == 3 and sim.cost.fitted and sim.cost.describe()["cost_fitted"] == 1.0  # (32)
     late = request(sim, SLO(ttft_ms=10_000))
     adm.admit(late)
     assert late.predicted is not None

@@ -149,6 +149,24 @@ def test_step_budget_shrinks_to_keep_tpot_promises():
     assert {s.seq.request_id: s.num_new_tokens for s in sim2.step().scheduled} == {"chat": 1, "big": 400}
 
 
+def test_paced_steps_bank_time_for_prompt_chunks_worth_carrying():
+    """A step with any prefill costs 20 ms more here (on a CPU: layer by layer, not one C call).
+    A TPOT promise's bank of 20 prefill tokens would buy a chunk that pays as much to be carried
+    as it does work: the step decodes alone and banks, and the next carries a chunk of 61."""
+    sim = Sim(budget=512, num_blocks=256)
+    sim.cost = sim.sched.cost = CostModel((0.010, 0.1, 0.01, 0.0, 0.020), frozen=True)
+    assert sim.cost.worthwhile_chunk() == 40  # (40 ms of tokens, twice the 20 ms)
+    chat = sim.add("chat", 4, max_tokens=50, slo=SLO(tpot_ms=60))
+    sim.step()
+    assert chat.first_token_time is not None
+    sim.add("big", 400, max_tokens=2)
+    # 0.9 * 57 ms - 11 ms (a decode step) - 20 ms (to carry prefill) = 20 tokens: not worth it
+    assert {s.seq.request_id: s.num_new_tokens for s in sim.step().scheduled} == {"chat": 1}
+    # 0.9 * (2 * 57 - 11 ms) - 11 - 20 ms = 61 tokens
+    assert {s.seq.request_id: s.num_new_tokens for s in sim.step().scheduled} == {"chat": 1, "big": 61}
+    assert CostModel((0.010, 0.1, 0.01, 0.0, 0.0)).worthwhile_chunk() == 0  # (nothing to pay: any chunk)
+
+
 def test_tpot_promise_caps_the_batch():
     # 20 best-effort generations fill the batch; a chat request with a 30 ms TPOT promise joins.
     # A decode step costs 10 ms + 1 ms per sequence, so 0.85 * 30 ms holds at most 15 sequences.

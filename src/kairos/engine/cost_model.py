@@ -65,6 +65,13 @@ class CostModel:
             return 1 << 30
         return max(0, int(spare / per_token))
 
+    def worthwhile_chunk(self) -> int:
+        """Fewest prompt tokens worth a step with prefill: their time is twice what carrying any
+        prefill costs the step (``w4``: on a CPU the step runs layer by layer instead of in one
+        C call, on a GPU eagerly instead of from a graph). 0 when that cost is none."""
+        per_token = self.weights[1].item() / _SCALE[1]
+        return math.ceil(2 * self.weights[4].item() / per_token) if per_token > 0 else 0
+
     def max_decode_seqs(self, seconds: float, ctx_per_seq: float) -> int:
         """Most decoding sequences (of ``ctx_per_seq`` context tokens each) whose step takes at most
         ``seconds``; at least 1 (a lone request is served even if it cannot make it)."""
@@ -83,7 +90,10 @@ class CostModel:
             return
         self.samples.append((self.features(prefill_tokens, decode_seqs, decode_ctx), seconds))
         self._since_fit += 1
-        if self._since_fit >= self.refit_every:
+        # refit after half as many new steps as it has, up to ``refit_every``: a fresh engine
+        # leaves its defaults at its 8th step, not its 16th (fits at 8, 16, 32, 48, ... steps);
+        # meanwhile admission predicts from the defaults
+        if self._since_fit >= min(self.refit_every, max(4, len(self.samples) // 2)):
             self.fit()
 
     def fit(self, ridge: float = 1.0) -> None:

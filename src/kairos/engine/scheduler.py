@@ -170,12 +170,17 @@ class Scheduler:
         every ``j``: it may stop at any token; paced at ``TPOT_PACE`` of it for the jitter the client
         sees). Fast decode-only steps bank time against that schedule; a step may carry prefill
         chunks only as far as the banked time of the tightest running request allows
-        (``TPOT_STEP_SHARE`` of it: the cost model's error margin)."""
+        (``TPOT_STEP_SHARE`` of it: the cost model's error margin), and only chunks worth the
+        step's fixed cost of prefill (``CostModel.worthwhile_chunk``): a smaller one waits while
+        decode-only steps bank more. Spent as it came, a bank of 80 ms a step went to 20-token
+        chunks, each paying 25 ms to carry prefill at all (a CPU's, in the SLO simulator)."""
         budget = self.config.max_num_batched_tokens
         spare = [s.first_token_time + TPOT_PACE * s.tpot_s * s.num_output_tokens - ctx.now for s in self.tpot_bound()]
         if not spare:
             return budget
         prefill = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * min(spare), ctx.decode_seqs, ctx.decode_ctx)
+        if prefill < ctx.cost.worthwhile_chunk():
+            prefill = 0
         return min(budget, ctx.decode_seqs + prefill)
 
     def _keep_first_token(self, seq: Sequence, out: SchedulerOutput, ctx: SchedContext) -> None:
