@@ -37,14 +37,25 @@ class CostModel:
         self.fits = 0  # fits from samples so far (0: still the weights it was built with)
         self._informed = False  # a fit has seen enough steps with and without prompt chunks
 
+    @property
+    def weights(self) -> torch.Tensor:
+        return self._weights
+
+    @weights.setter
+    def weights(self, w: torch.Tensor) -> None:
+        # (a float copy too: the schedulers' policies ask for step times many times a step, and a
+        # tensor's tolist() per ask was most of their cost)
+        self._weights, self._w = w, w.tolist()
+
     @staticmethod
     def features(prefill_tokens: float, decode_seqs: float, decode_ctx: float) -> tuple[float, ...]:
         return (1.0, prefill_tokens / _SCALE[1], decode_seqs / _SCALE[2], decode_ctx / _SCALE[3],
                 1.0 if prefill_tokens > 0 else 0.0)
 
     def step_time(self, prefill_tokens: float, decode_seqs: float, decode_ctx: float) -> float:
-        x = self.features(prefill_tokens, decode_seqs, decode_ctx)
-        return float(sum(w * v for w, v in zip(self.weights.tolist(), x)))
+        w = self._w  # (the dot product of ``features`` and the weights, written out: a hot path)
+        return (w[0] + w[1] * prefill_tokens / _SCALE[1] + w[2] * decode_seqs / _SCALE[2]
+                + w[3] * decode_ctx / _SCALE[3] + (w[4] if prefill_tokens > 0 else 0.0))
 
     def prefill_time(self, tokens: int, budget: int, decode_seqs: int, decode_ctx: int) -> float:
         """Seconds to push ``tokens`` of prompt through steps of at most ``budget`` prefill tokens,
@@ -57,8 +68,8 @@ class CostModel:
 
     def max_prefill_tokens(self, seconds: float, decode_seqs: int, decode_ctx: int) -> int:
         """Most prefill tokens a step can carry next to these decodes and still take ``seconds``."""
-        per_token = self.weights[1].item() / _SCALE[1]
-        spare = seconds - self.step_time(0, decode_seqs, decode_ctx) - self.weights[4].item()
+        per_token = self._w[1] / _SCALE[1]
+        spare = seconds - self.step_time(0, decode_seqs, decode_ctx) - self._w[4]
         if spare <= 0:
             return 0
         if per_token <= 0:
@@ -69,13 +80,13 @@ class CostModel:
         """Fewest prompt tokens worth a step with prefill: their time is twice what carrying any
         prefill costs the step (``w4``: on a CPU the step runs layer by layer instead of in one
         C call, on a GPU eagerly instead of from a graph). 0 when that cost is none."""
-        per_token = self.weights[1].item() / _SCALE[1]
-        return math.ceil(2 * self.weights[4].item() / per_token) if per_token > 0 else 0
+        per_token = self._w[1] / _SCALE[1]
+        return math.ceil(2 * self._w[4] / per_token) if per_token > 0 else 0
 
     def max_decode_seqs(self, seconds: float, ctx_per_seq: float) -> int:
         """Most decoding sequences (of ``ctx_per_seq`` context tokens each) whose step takes at most
         ``seconds``; at least 1 (a lone request is served even if it cannot make it)."""
-        w = self.weights.tolist()
+        w = self._w
         per_seq = w[2] / _SCALE[2] + w[3] * ctx_per_seq / _SCALE[3]
         spare = seconds - w[0]
         if per_seq <= 0:

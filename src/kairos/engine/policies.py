@@ -68,13 +68,14 @@ class SchedContext:
 
     def slack(self, seq: Sequence) -> float:
         """Seconds to spare before the tightest objective of ``seq`` would be missed (inf: none)."""
-        slack = math.inf
-        if seq.ttft_deadline is not None:
-            slack = min(slack, seq.ttft_deadline - self.now - self.prefill_eta(seq))
-        if seq.e2e_deadline is not None:
-            slack = min(slack, seq.e2e_deadline - self.now - self.prefill_eta(seq) - self.decode_eta(seq))
-        if seq.tpot_deadline is not None:  # a request mid-answer is bound by its TPOT promise
-            slack = min(slack, seq.tpot_deadline - self.now - self.prefill_eta(seq) - self.decode_eta(seq))
+        if seq.ttft_deadline is None and seq.e2e_deadline is None and seq.tpot_deadline is None:
+            return math.inf
+        first = self.prefill_eta(seq)
+        slack = math.inf if seq.ttft_deadline is None else seq.ttft_deadline - self.now - first
+        ends = [d for d in (seq.e2e_deadline, seq.tpot_deadline) if d is not None]  # (a request
+        # mid-answer is bound by its TPOT promise as by a deadline)
+        if ends:
+            slack = min(slack, min(ends) - self.now - first - self.decode_eta(seq))
         return slack
 
 
