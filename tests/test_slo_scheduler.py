@@ -165,6 +165,12 @@ def test_paced_steps_bank_time_for_prompt_chunks_worth_carrying():
     # 0.9 * (2 * 57 - 11 ms) - 11 - 20 ms = 61 tokens
     assert {s.seq.request_id: s.num_new_tokens for s in sim.step().scheduled} == {"chat": 1, "big": 61}
     assert CostModel((0.010, 0.1, 0.01, 0.0, 0.0)).worthwhile_chunk() == 0  # (nothing to pay: any chunk)
+    small = Sim(budget=16, num_blocks=256)  # a step holds 15 prompt tokens at most, never 40: a
+    small.cost = small.sched.cost = sim.cost  # full one is worth it (no bank makes it any bigger)
+    small.add("chat", 4, max_tokens=50, slo=SLO(tpot_ms=60))
+    small.step()
+    small.add("big", 400, max_tokens=2)
+    assert {s.seq.request_id: s.num_new_tokens for s in small.step().scheduled} == {"chat": 1, "big": 15}
 
 
 def test_tpot_promise_caps_the_batch():

@@ -179,8 +179,8 @@ class Scheduler:
         if not spare:
             return budget
         prefill = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * min(spare), ctx.decode_seqs, ctx.decode_ctx)
-        if prefill < ctx.cost.worthwhile_chunk():
-            prefill = 0
+        if prefill < min(ctx.cost.worthwhile_chunk(), budget - ctx.decode_seqs):  # (a full step is
+            prefill = 0  # worth it where the budget holds fewer: no bank makes the chunk bigger)
         return min(budget, ctx.decode_seqs + prefill)
 
     def _keep_first_token(self, seq: Sequence, out: SchedulerOutput, ctx: SchedContext) -> None:
