@@ -5,7 +5,9 @@ machinery can be compared with a baseline on many seeds in a minute, without the
 run on a real server (``slo_admission.py``, which stays the measure of record).
 
     python benchmarks/slo_sim.py [--baseline REV] [--seeds 21-28] [--scenarios cold,idle-burst,overload]
-        [--jitter 0.1] [--spikes 0.01] [--set key=value ...] [--per-seed]
+        [--jitter 0.1] [--spikes 0.01] [--drift 0.2] [--set key=value ...] [--per-seed] [--log FILE]
+
+REV must be 43fd0b5 or later (EngineCore takes the ``timer`` the simulation drives).
 
 Scenarios run one after the other on one engine, with 12 s of (virtual) idle before each but
 the first, as ``slo_admission.py`` runs them on one server, on that script's very requests
@@ -84,6 +86,7 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
     """{scenario: [per request: [SLO class, outcome, met]]} of one seed on a fresh engine; each
     request's times (virtual seconds) and what admission promised or said, as JSON lines to ``log``."""
     from kairos.config import EngineConfig
+    from kairos.engine.admission import SLOInfeasible
     from kairos.engine.core import EngineCore
     from kairos.engine.cost_model import CostModel
     from kairos.engine.outputs import EngineRequest
@@ -111,13 +114,13 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
                     rid = f"{name}-{i}-{j}"
                     slo = SLO(s.slo.ttft_ms, s.slo.tpot_ms, s.slo.deadline_ms, name=s.slo.name)
                     cal = engine.slo_admission.stats()  # (the calibration it is admitted by)
-                    rec[rid] = {"slo": slo, "arrival": s.send_at + start, "first": None, "n": 0, "outcome": "ok",
+                    rec[rid] = {"slo": slo, "arrival": s.send_at + start, "first": None, "n": 0, "ends": 0, "outcome": "ok",
                                 "cal": [cal["slo_ttft_calibration"], cal["slo_e2e_calibration"]]}
                     prompt = [noise.randrange(3, 300) for _ in range(s.prompt_tokens)]  # (in any tiny vocabulary)
                     params = SamplingParams(max_tokens=s.max_tokens, temperature=0.0, ignore_eos=True)
                     try:
                         engine.add_request(EngineRequest(rid, prompt, params, s.send_at + start, slo))
-                    except ValueError as e:  # (SLOInfeasible: refused at arrival, 429)
+                    except SLOInfeasible as e:  # (refused at arrival: a server's 429)
                         rec[rid]["outcome"], rec[rid]["why"] = "refused", str(e)
                     else:
                         rec[rid]["promised"] = engine.admission(rid)
@@ -136,8 +139,10 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
                     if out.new_token_ids and r["first"] is None:
                         r["first"] = clock.t
                     r["n"] += len(out.new_token_ids)
-                    if out.finished:
-                        r["end"], r["outcome"] = clock.t, "expired" if out.finish_reason == "expired" else "ok"
+                    if out.finished:  # (an expiry ended it at launch, before the step's time)
+                        expired = out.finish_reason == "expired"
+                        r["end"], r["outcome"] = flight.start if expired else clock.t, "expired" if expired else "ok"
+                        r["ends"] += 1
                 clock.t += LOOP_S
             rows = results.setdefault(name, [])
             for rid, r in rec.items():
@@ -170,7 +175,9 @@ def run_build(src: str | None, args: argparse.Namespace, model_dir: str) -> dict
            "--drift", str(args.drift)]
     for kv in args.set:
         cmd += ["--set", kv]
-    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": src}, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True)
+    if done.returncode:  # (a build before EngineCore took a timer cannot run here: 43fd0b5 or later)
+        raise SystemExit(f"the baseline's simulation failed:\n{done.stderr[-3000:]}")
     return {int(k): v for k, v in json.loads(done.stdout).items()}
 
 

@@ -258,3 +258,12 @@ def test_slack_counts_tokens_at_the_pace_prompt_chunks_leave_them():
     assert ctx.token_time(1, seq.num_tokens) == pytest.approx(per_token)
     assert ctx.decode_eta(seq) == pytest.approx(11 * per_token)
     assert ctx.slack(seq) == pytest.approx(5.0 - ctx.prefill_eta(seq) - 11 * per_token)
+    calm = sim.sched.context()
+    calm.overhead = calm.prefill_load = 0.0  # (as the policy counted before: a decode step a token)
+    assert ctx.slack(seq) == pytest.approx(calm.slack(seq) - 11 * (per_token - 0.011))
+    # a running request ends by itself (frees its place) at that pace too: the urgency test
+    # compares a waiting request's slack with it
+    sim.sched.running.append(run := request(sim, SLO(deadline_ms=5000), max_tokens=11))
+    run.token_ids.append(7)
+    run.num_computed = run.num_tokens - 1  # (decoding: a batch of 1, as ``per_token`` counts)
+    assert sim.sched._natural_wait(sim.sched.context()) == pytest.approx(10 * per_token)

@@ -459,19 +459,3 @@ def test_a_prompt_held_back_behind_first_tokens_goes_first_once_it_starves():
     assert steps[3] == [("bulk", 64)]  # (u3 waits, and expires: 10 + 64 ms is past its 19)
     assert steps[4] == [("bulk", 64)] and bulk.num_computed == 192
 
-
-def test_the_cost_model_times_steps_with_the_engines_timer(tiny_llama):
-    """A simulation (``benchmarks/slo_sim.py``) charges each step virtual seconds: the cost model
-    learns those, not the host's time (a launched step runs until ``finish`` reads the timer)."""
-    from kairos.config import EngineConfig
-    from kairos.engine.core import EngineCore
-
-    clock = Clock()
-    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4), clock=clock, timer=clock)
-    engine.add_request(EngineRequest("a", list(range(3, 13)), SamplingParams(max_tokens=3)))
-    for seconds in (0.25, 0.125):
-        flight = engine.launch()
-        clock.t += seconds
-        engine.finish(flight)
-    assert [s[1] for s in engine.cost.samples] == [0.25, 0.125]
-    assert [s[0][1] for s in engine.cost.samples] == [0.1, 0.0]  # (10 prompt tokens, then a decode)

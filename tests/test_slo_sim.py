@@ -8,6 +8,9 @@ import json
 from pathlib import Path
 
 from kairos.bench.workloads import SLO, RequestSpec
+from kairos.engine.outputs import EngineRequest
+from kairos.engine.sampling_params import SamplingParams
+from sched_helpers import Clock
 
 SIM = Path(__file__).resolve().parents[1] / "benchmarks" / "slo_sim.py"
 
@@ -36,4 +39,22 @@ def test_the_simulation_is_the_same_every_run_and_each_request_ends_once(tiny_ll
     # light load: every admitted request met its SLO, with all its tokens, after its arrival
     assert all(r["met"] and r["n"] == s.max_tokens for r, s in zip(rows[:12], specs))
     assert all(0 < r["ttft"] <= r["e2e"] for r in rows[:12])
+    assert [r["ends"] for r in rows] == [1] * 12 + [0]  # (one outcome each: a last output, or the 429)
     assert rows[6]["arrival"] == 1.5  # (its send time, from its round's start)
+
+
+def test_the_cost_model_times_steps_with_the_engines_timer(tiny_llama):
+    """The simulation charges each step virtual seconds: the cost model learns those, not the
+    host's time (a launched step runs until ``finish`` reads the timer)."""
+    from kairos.config import EngineConfig
+    from kairos.engine.core import EngineCore
+
+    clock = Clock()
+    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4), clock=clock, timer=clock)
+    engine.add_request(EngineRequest("a", list(range(3, 13)), SamplingParams(max_tokens=3)))
+    for seconds in (0.25, 0.125):
+        flight = engine.launch()
+        clock.t += seconds
+        engine.finish(flight)
+    assert [s[1] for s in engine.cost.samples] == [0.25, 0.125]
+    assert [s[0][1] for s in engine.cost.samples] == [0.1, 0.0]  # (10 prompt tokens, then a decode)

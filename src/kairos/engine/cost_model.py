@@ -39,7 +39,8 @@ class CostModel:
 
     @property
     def weights(self) -> torch.Tensor:
-        return self._weights
+        """A copy (set them whole: the floats beside them follow only a set)."""
+        return self._weights.clone()
 
     @weights.setter
     def weights(self, w: torch.Tensor) -> None:
@@ -54,8 +55,8 @@ class CostModel:
 
     def step_time(self, prefill_tokens: float, decode_seqs: float, decode_ctx: float) -> float:
         w = self._w  # (the dot product of ``features`` and the weights, written out: a hot path)
-        return (w[0] + w[1] * prefill_tokens / _SCALE[1] + w[2] * decode_seqs / _SCALE[2]
-                + w[3] * decode_ctx / _SCALE[3] + (w[4] if prefill_tokens > 0 else 0.0))
+        return (w[0] + w[1] * (prefill_tokens / _SCALE[1]) + w[2] * (decode_seqs / _SCALE[2])
+                + w[3] * (decode_ctx / _SCALE[3]) + (w[4] if prefill_tokens > 0 else 0.0))
 
     def prefill_time(self, tokens: int, budget: int, decode_seqs: int, decode_ctx: int) -> float:
         """Seconds to push ``tokens`` of prompt through steps of at most ``budget`` prefill tokens,
@@ -81,7 +82,7 @@ class CostModel:
         prefill costs the step (``w4``: on a CPU the step runs layer by layer instead of in one
         C call, on a GPU eagerly instead of from a graph). 0 when that cost is none."""
         per_token = self._w[1] / _SCALE[1]
-        return math.ceil(2 * self._w[4] / per_token) if per_token > 0 else 0
+        return math.ceil(min(2 * self._w[4] / per_token, 1 << 30)) if per_token > 0 else 0
 
     def max_decode_seqs(self, seconds: float, ctx_per_seq: float) -> int:
         """Most decoding sequences (of ``ctx_per_seq`` context tokens each) whose step takes at most
@@ -92,9 +93,6 @@ class CostModel:
         if per_seq <= 0:
             return 1 << 30
         return max(1, int(spare / per_seq))
-
-    def decode_time(self, tokens: int, decode_seqs: int, decode_ctx: int) -> float:
-        return max(0, tokens) * self.step_time(0, decode_seqs, decode_ctx)
 
     def observe(self, prefill_tokens: int, decode_seqs: int, decode_ctx: int, seconds: float) -> None:
         if self.frozen or not math.isfinite(seconds) or seconds <= 0:

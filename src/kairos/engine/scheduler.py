@@ -171,16 +171,18 @@ class Scheduler:
         sees). Fast decode-only steps bank time against that schedule; a step may carry prefill
         chunks only as far as the banked time of the tightest running request allows
         (``TPOT_STEP_SHARE`` of it: the cost model's error margin), and only chunks worth the
-        step's fixed cost of prefill (``CostModel.worthwhile_chunk``): a smaller one waits while
-        decode-only steps bank more. Spent as it came, a bank of 80 ms a step went to 20-token
-        chunks, each paying 25 ms to carry prefill at all (a CPU's, in the SLO simulator)."""
+        step's fixed cost of prefill (``CostModel.worthwhile_chunk``), or a full step: a smaller
+        one waits while decode-only steps bank more. Spent as it came, a bank of 80 ms a step went
+        to 20-token chunks, each paying 25 ms to carry prefill at all (a CPU's, in the SLO
+        simulator). A short prompt waits too (a step or two), though its chunk would be all there
+        is: carried at once it pays as much, and the simulator's overload met 1221 instead of 1247."""
         budget = self.config.max_num_batched_tokens
         spare = [s.first_token_time + TPOT_PACE * s.tpot_s * s.num_output_tokens - ctx.now for s in self.tpot_bound()]
         if not spare:
             return budget
         prefill = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * min(spare), ctx.decode_seqs, ctx.decode_ctx)
-        if prefill < min(ctx.cost.worthwhile_chunk(), budget - ctx.decode_seqs):  # (a full step is
-            prefill = 0  # worth it where the budget holds fewer: no bank makes the chunk bigger)
+        if prefill < min(ctx.cost.worthwhile_chunk(), budget - ctx.decode_seqs):
+            prefill = 0
         return min(budget, ctx.decode_seqs + prefill)
 
     def _keep_first_token(self, seq: Sequence, out: SchedulerOutput, ctx: SchedContext) -> None:
@@ -276,9 +278,12 @@ class Scheduler:
         return slots[0]
 
     def _natural_wait(self, ctx: SchedContext) -> float:
-        """Predicted seconds until some running sequence ends by itself and frees its blocks."""
-        return min((ctx.cost.decode_time(s.remaining_decode, ctx.decode_seqs, ctx.decode_ctx) for s in self.running),
-                   default=0.0)
+        """Predicted seconds until some running sequence ends by itself and frees its blocks (its
+        tokens at the pace ``slack`` counts them: the two are compared)."""
+        if not self.running:
+            return 0.0
+        per_token = max(ctx.token_time(ctx.decode_seqs, ctx.decode_ctx), ctx.decode_pace)
+        return min(s.remaining_decode for s in self.running) * per_token
 
     def _victim(self, keys, than) -> Sequence | None:
         """The least urgent running sequence; None when ``than`` is given and it is not less urgent."""
