@@ -16,11 +16,12 @@ the first, as ``slo_admission.py`` runs them on one server, on that script's ver
 
 The hardware: ``TRUTH``, the cost model a server of the default model had fitted on this 2-core
 CPU by the end of ``slo_admission.py``'s overload scenario (its ``/stats``), times a lognormal
-jitter (``--jitter``, its sigma) and, with probability ``--spikes``, a 3x stall; plus ``LOOP_S``
-per step that the engine's timer does not see (the loop around the step, the API server's
-share of the CPU). Requests arrive between steps, as on a server. Not modelled: the HTTP
-layer, tokenization, host noise beyond the jitter; how close it comes to a real server is in
-``docs/benchmarks.md`` ("Session 14").
+jitter (``--jitter``, its sigma), with probability ``--spikes`` a 3x stall, and the host's slow
+spells (``--drift``: the sigma of the log of a slowdown that drifts back to none over 3 s);
+plus ``LOOP_S`` per step that the engine's timer does not see (the loop around the step, the
+API server's share of the CPU). Requests arrive between steps, as on a server. Not modelled:
+the HTTP layer, tokenization, a fresh process's slower first steps, async scheduling; how close
+it comes to real servers is in ``docs/benchmarks.md`` ("Session 14").
 """
 
 from __future__ import annotations
