@@ -458,4 +458,3 @@ def test_a_prompt_held_back_behind_first_tokens_goes_first_once_it_starves():
     assert steps[:3] == [[("u0", 8)], [("u1", 8)], [("u2", 8)]]
     assert steps[3] == [("bulk", 64)]  # (u3 waits, and expires: 10 + 64 ms is past its 19)
     assert steps[4] == [("bulk", 64)] and bulk.num_computed == 192
-

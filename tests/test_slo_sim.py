@@ -50,7 +50,8 @@ def test_the_cost_model_times_steps_with_the_engines_timer(tiny_llama):
     from kairos.engine.core import EngineCore
 
     clock = Clock()
-    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4), clock=clock, timer=clock)
+    engine = EngineCore(EngineConfig.from_kwargs(model=str(tiny_llama[1]), block_size=4, device="cpu"), clock=clock,
+                        timer=clock)
     engine.add_request(EngineRequest("a", list(range(3, 13)), SamplingParams(max_tokens=3)))
     for seconds in (0.25, 0.125):
         flight = engine.launch()
