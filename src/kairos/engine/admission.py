@@ -4,12 +4,13 @@ learned from how admitted requests actually fared."""
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 
 from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
 from kairos.engine.scheduler import Scheduler
-from kairos.engine.sequence import Sequence
+from kairos.engine.sequence import SeqStatus, Sequence
 from kairos.engine.slo import SLO
 
 
@@ -54,9 +55,22 @@ def predict(sch: Scheduler, cost: CostModel, intervals: StepIntervals, seq: Sequ
 
     stretched = ctx.token_time(batch, batch * ctx_per_seq)  # (any request's tokens)
     tpot = paced(min(max(stretched, step + backlog / seq.params.max_tokens), full))
-    first = ctx.now + sch.slot_wait(ahead, cap, paced(stretched)) + ctx.prefill_eta(seq, ahead_prefill)
+    first = ctx.now + slot_wait(ahead, cap, paced(stretched)) + ctx.prefill_eta(seq, ahead_prefill)
     last = first + (seq.params.max_tokens - 1) * tpot
     return first - seq.arrival_time, tpot, last - seq.arrival_time
+
+
+def slot_wait(ahead: list[Sequence], cap: int, step_s: float) -> float:
+    """Seconds until a place in a batch of ``cap`` frees for a request queued behind ``ahead``
+    (in the order they will run); every step is taken to last ``step_s``."""
+    running = sorted(s.remaining_decode * step_s for s in ahead if s.status is SeqStatus.RUNNING)
+    waiting = [s for s in ahead if s.status is SeqStatus.WAITING]
+    # places free at these times; the first (len(running) - cap) to finish free none (over cap)
+    slots = [0.0] * max(0, cap - len(running)) + running[max(0, len(running) - cap):]
+    heapq.heapify(slots)
+    for s in waiting:  # each queued request takes the next free place for its whole answer
+        heapq.heappush(slots, heapq.heappop(slots) + s.remaining_decode * step_s)
+    return slots[0]
 
 
 def slo_misses(slo: SLO, first: float, tpot: float, last: float) -> list[str]:

@@ -3,12 +3,11 @@ device (async scheduling); outputs are its only contract."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
@@ -16,40 +15,22 @@ from kairos.config import EngineConfig
 from kairos.engine.admission import SLOAdmission
 from kairos.engine.apply import TokenApplier, take_prompt_logprobs
 from kairos.engine.cost_model import CostModel, StepIntervals
-from kairos.engine.h2d import HostCopy, d2h, h2d
+from kairos.engine.flight import StepInFlight
+from kairos.engine.h2d import d2h, h2d
 from kairos.engine.intake import check_request
 from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
+from kairos.engine.live import LiveRequests
 from kairos.engine.outputs import EngineRequest, SeqOutput
-from kairos.engine.parking import GrammarWaits
 from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
-from kairos.engine.sampler import DeviceSample, PromptLogprobs, Sampler, SamplingRow
-from kairos.engine.scheduler import Scheduler, SchedulerOutput, step_shape
-from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
+from kairos.engine.sampler import Sampler, SamplingRow
+from kairos.engine.sched_output import step_shape
+from kairos.engine.scheduler import Scheduler
+from kairos.engine.sequence import SeqStatus, Sequence
 from kairos.engine.speculative import NgramProposer
 from kairos.engine.stopping import StopRules
 from kairos.engine.structured import StructuredOutputs
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StepInFlight:
-    """A launched step (:meth:`EngineCore.launch`), waiting for :meth:`EngineCore.finish`."""
-
-    start: float  # engine clock at launch
-    sched: SchedulerOutput
-    outputs: list[SeqOutput] = field(default_factory=list)  # expiries, then the step's tokens
-    t0: float | None = None  # timer reading when the forward pass was queued; None: nothing ran
-    seqs: list[Sequence] = field(default_factory=list)  # the sequences that sample, in row order
-    rows: list[SamplingRow] = field(default_factory=list)
-    sample: DeviceSample | None = None
-    # [S, V] logits whose sampling waits for the step before to be applied (a row needs its last
-    # token on the host: penalties count it, a grammar advances by it); None once sampled
-    logits: torch.Tensor | None = None
-    prompt: PromptLogprobs | None = None  # logprobs of prompt tokens its chunks found (prompt_logprobs)
-    row_of: dict[int, int] = field(default_factory=dict)  # seq id -> its (first) row in ``sample``
-    drafts: dict[int, list[int]] = field(default_factory=dict)  # seq id -> its draft (rows: 1 + len(draft))
-    done: HostCopy | None = None  # what finish waits for when the step samples nothing
 
 
 class EngineCore:
@@ -81,7 +62,6 @@ class EngineCore:
         self.intervals = StepIntervals()
         self._last_step_end: float | None = None  # None: the engine idled since its last step
         self._last_done = 0.0  # timer reading when the last finished step's device work was seen done
-        self.requests_expired = 0
         self.sampler = Sampler(self.device, config.model.seed)
         self.eos_token_ids = frozenset(arch.eos_token_ids) | generation_eos_ids(self.model_path)
         self.structured = StructuredOutputs(self._load_tokenizer, arch.vocab_size, list(self.eos_token_ids))
@@ -96,16 +76,13 @@ class EngineCore:
         self.proposer = NgramProposer(spec, self.max_model_len) if spec.speculative_tokens else None
         self.scheduler = Scheduler(config.scheduler, self.kv, self.cost, clock, self.proposer, self.intervals)
         self.slo_admission = SLOAdmission(self.scheduler, self.cost, self.intervals, clock, config.scheduler.slo_confidence)
-        self.apply = TokenApplier(self.stops, self.scheduler, self.slo_admission, self.proposer, self._finish)
+        self.live = LiveRequests(self.scheduler, self.kv, self.slo_admission, self.structured)
+        self.apply = TokenApplier(self.stops, self.scheduler, self.slo_admission, self.proposer, self.live.finish)
         if config.model.cuda_graphs and self.device.type == "cuda" and self.runner.decode_kernel:
             from kairos.engine.capture_record import start_decode_graphs
 
             start_decode_graphs(self.runner, config.scheduler.max_num_seqs, self.max_model_len, self.model_path,
                                 config.model.load_format)
-        self.requests: dict[str, list[Sequence | None]] = {}  # None: a sibling not forked yet
-        self._parked = GrammarWaits(self.structured)  # (not in the scheduler until their grammar compiles)
-        self._verdicts: list[tuple[str, str | None]] = []  # see take_verdicts
-        self._seq_ids = itertools.count()
         self._in_flight: deque[StepInFlight] = deque()  # launched, not finished yet (oldest first)
         logger.info("engine: %s on %s/%s, %d KV blocks of %d tokens, max_model_len %d",
                     arch.architecture, self.device, str(self.dtype).removeprefix("torch."),
@@ -120,11 +97,11 @@ class EngineCore:
         check_request(req, self.arch.vocab_size, self.max_model_len, self.kv)
         checked = self.structured.check(p.structured) if p.structured is not None else None
         arrival = self.clock() if req.arrival_time is None else req.arrival_time
-        seq = Sequence(next(self._seq_ids), req.request_id, 0, prompt, p, arrival, pending_forks=p.n - 1,
+        seq = Sequence(self.live.next_id(), req.request_id, 0, prompt, p, arrival, pending_forks=p.n - 1,
                        slo=req.slo, priority=req.priority)
         if req.slo is not None:
             self.slo_admission.admit(seq)
-        # (compiled for the tokenizer on its own thread: meanwhile the request waits in ``_parked``)
+        # (compiled for the tokenizer on its own thread: meanwhile the request is parked)
         grammar = self.structured.start(p.structured, checked) if checked is not None else None
         if grammar is not None and grammar.done():  # (compiled already)
             try:
@@ -132,23 +109,23 @@ class EngineCore:
             except Exception as e:  # noqa: BLE001 - a compile that failed for the tokenizer: refused
                 raise ValueError(str(e)) from None
             grammar = None
-        if not self.requests:  # work after idling (however the last requests ended): no interval spans the gap
+        if not self.live:  # work after idling (however the last requests ended): no interval spans the gap
             self._last_step_end = None
-        self.requests[req.request_id] = [seq] + [None] * (p.n - 1)
-        if grammar is None:
-            self.scheduler.add(seq)
-        else:
-            self._parked.park(req.request_id, seq, grammar)
+        self.live.add(seq, grammar)
+
+    @property
+    def requests(self) -> dict[str, list[Sequence | None]]:
+        """The live requests' sequences by request id (None: a sibling not forked yet)."""
+        return self.live.seqs
 
     def is_waiting_for_grammar(self, request_id: str) -> bool:
-        return request_id in self._parked
+        return request_id in self.live.parked
 
     def take_verdicts(self) -> list[tuple[str, str | None]]:
         """Requests that waited for their grammar since the last call: (id, None) for those now
         scheduled, (id, the error) for those that ended in "error" (their grammar failed). A
         driver that does not judge requests (``LLM``) still takes them, or they pile up."""
-        out, self._verdicts = self._verdicts, []
-        return out
+        return self.live.take_verdicts()
 
     def admission(self, request_id: str) -> tuple[float, float, float] | None:
         """What admission control predicted for an admitted SLO request: seconds from arrival to
@@ -158,50 +135,23 @@ class EngineCore:
 
     def abort(self, request_id: str) -> list[SeqOutput]:
         """End every unfinished sequence of a request (client gone, cancelled); frees its blocks."""
-        seqs = self.requests.pop(request_id, None)
-        if seqs is None:
-            return []
-        parked = self._parked.drop(request_id)  # (not in the scheduler)
-        out = []
-        for i, seq in enumerate(seqs):
-            if seq is not None and not parked:
-                self.scheduler.finish(seq)
-            out.append(SeqOutput(request_id, i, [], finish_reason="abort"))
-        return out
+        return self.live.abort(request_id)
 
     def finish_sequence(self, request_id: str, index: int) -> None:
         """End one sequence early (a stop string was found by the detokenizer)."""
-        seqs = self.requests.get(request_id)
-        if seqs is not None and seqs[index] is not None and request_id not in self._parked:
-            self._finish(seqs[index])
+        self.live.finish_sequence(request_id, index)
 
     def has_unfinished(self) -> bool:
-        return bool(self.requests)
+        return bool(self.live)
 
     def only_compiling(self) -> bool:
         """Whether every unfinished request waits for its grammar (a step would do nothing)."""
-        return bool(self._parked) and len(self._parked) == len(self.requests)
-
-    def _unpark(self) -> list[SeqOutput]:
-        """Requests whose grammar is compiled go to the scheduler (those it failed for end in "error")."""
-        out = []
-        for u in self._parked.ready(self.clock()):
-            self._verdicts.append((u.request_id, u.error))
-            if u.error is None and not u.expired:
-                self.scheduler.add(u.seq)
-                continue
-            if u.expired:  # (late for its grammar's compile, which admission does not predict: not learned from)
-                self.requests_expired += 1
-            del self.requests[u.request_id]
-            out += [SeqOutput(u.request_id, i, [], finish_reason="expired" if u.expired else "error",
-                              stop_reason=u.error, num_prompt_tokens=u.seq.num_prompt_tokens)
-                    for i in range(u.seq.params.n)]
-        return out
+        return self.live.only_compiling()
 
     def can_launch_ahead(self) -> bool:
         """Whether :meth:`launch` may queue the next step before the one in flight finishes
         (async scheduling): it is on, and one step is in flight, already sampled."""
-        return (self.config.scheduler.async_scheduling and len(self._in_flight) == 1 and bool(self.requests)
+        return (self.config.scheduler.async_scheduling and len(self._in_flight) == 1 and bool(self.live)
                 and self._in_flight[0].logits is None
                 and not self.only_compiling())  # (nothing to launch: a loop would spin while a grammar compiles)
 
@@ -220,11 +170,11 @@ class EngineCore:
         if self._in_flight and not self.can_launch_ahead():
             raise RuntimeError("a step is in flight: finish it first (or enable async scheduling)")
         prev = self._in_flight[-1] if self._in_flight else None
-        unparked = self._unpark() if self._parked else []
+        unparked = self.live.unpark(self.clock()) if self.live.parked else []
         flight = StepInFlight(self.clock(), self.scheduler.schedule())
         self._in_flight.append(flight)
         sched = flight.sched
-        flight.outputs = unparked + self._expired_outputs(sched.expired)
+        flight.outputs = unparked + self.live.expire(sched.expired, self.clock())
         if not sched.scheduled:
             return flight
         flight.t0 = self.timer()
@@ -235,25 +185,9 @@ class EngineCore:
         for seq, _, hi in flight.prompt.spans if flight.prompt is not None else ():
             seq.num_prompt_logprobs = hi  # (found: a recompute after a preemption does not find them again)
         copies: list[tuple[int, int]] = []
-        logit_rows: list[int] = []
         samples = [s.samples for s in sched.scheduled]  # read before num_computed moves
         self.scheduler.update(sched)
-        row = 0
-        for s, does_sample in zip(sched.scheduled, samples):
-            if does_sample and s.draft:  # (its last token's position, then each draft token's)
-                flight.drafts[s.seq.seq_id] = s.draft
-                logit_rows.extend(range(row, row + 1 + len(s.draft)))
-                flight.seqs.extend([s.seq] * (1 + len(s.draft)))
-                row += 1 + len(s.draft)
-            elif does_sample:
-                # siblings of an n > 1 request are forked here and share the parent's logits row
-                group = [s.seq] + (self._fork(s.seq, copies, s.fork_blocks) if s.seq.pending_forks else [])
-                logit_rows.extend([row] * len(group))
-                flight.seqs.extend(group)
-                row += 1
-            if s.fork_blocks:  # what the forks did not need (a full last block is shared)
-                self.kv.give_back(s.fork_blocks)
-                s.fork_blocks = []
+        logit_rows = flight.lay_out_rows(samples, lambda seq, held: self.live.fork(seq, copies, held), self.kv.give_back)
         if copies:
             self.runner.copy_blocks(copies)
         if flight.seqs:
@@ -279,11 +213,7 @@ class EngineCore:
         flight.rows = rows
         flight.sample = self.sampler.sample(logits, flight.rows)
         flight.logits = None
-        for j, q in enumerate(flight.seqs):
-            if q.status is not SeqStatus.FINISHED and q.seq_id not in flight.row_of:  # (a drafted one: once)
-                q.token_ids.append(PLACEHOLDER)
-                q.num_pending += 1
-                flight.row_of[q.seq_id] = j
+        flight.hold_places()
 
     def advance(self, flight: StepInFlight) -> tuple[list[SeqOutput], StepInFlight | None]:
         """Finish ``flight``, launching the next step first when it may go ahead (async
@@ -340,37 +270,6 @@ class EngineCore:
         return outputs
 
     # -- helpers -----------------------------------------------------------------------------
-    def _expired_outputs(self, expired: list[Sequence]) -> list[SeqOutput]:
-        out = []
-        now = self.clock()
-        for seq in expired:
-            self.requests_expired += 1
-            self.slo_admission.expired(seq, now)
-            seqs = self.requests.get(seq.request_id, [])
-            # siblings not forked yet expire with their parent
-            for i, s in enumerate(seqs):
-                if s is seq or (s is None and seq.index == 0):
-                    out.append(SeqOutput(seq.request_id, i, [], finish_reason="expired",
-                                         num_prompt_tokens=seq.num_prompt_tokens))
-            if seq.pending_forks:
-                seqs[1:] = [seq] * seq.pending_forks  # mark them ended for the bookkeeping below
-            self._finish(seq)
-        return out
-
-    def _fork(self, parent: Sequence, copies: list[tuple[int, int]], held: list[int]) -> list[Sequence]:
-        children, prev = [], parent
-        for index in range(1, parent.pending_forks + 1):
-            child = parent.fork(next(self._seq_ids), index)
-            copy = self.kv.fork(parent.seq_id, child.seq_id, parent.num_computed, held)
-            if copy:
-                copies.append(copy)
-            self.scheduler.add_running(child, after=prev)
-            self.requests[parent.request_id][index] = child
-            children.append(child)
-            prev = child
-        parent.pending_forks = 0
-        return children
-
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
         if seq.seed is not None and seq.generator is None:
             seq.generator = self.sampler.new_generator(seq.seed)
@@ -386,18 +285,12 @@ class EngineCore:
 
         return load_tokenizer(self.model_path)
 
-    def _finish(self, seq: Sequence) -> None:
-        self.scheduler.finish(seq)
-        seqs = self.requests.get(seq.request_id)
-        if seqs is not None and all(s is not None and s.status is SeqStatus.FINISHED for s in seqs):
-            del self.requests[seq.request_id]
-
     def stats(self) -> dict[str, int]:
         pool = self.kv.pool
         return {
             "num_running": len(self.scheduler.running),
             "num_waiting": len(self.scheduler.waiting),
-            "num_compiling": len(self._parked),  # (waiting for their grammar)
+            "num_compiling": len(self.live.parked),  # (waiting for their grammar)
             "kv_blocks_total": pool.num_usable,
             "kv_blocks_free": pool.num_free,
             "kv_blocks_used": pool.num_usable - pool.num_free,
@@ -409,7 +302,7 @@ class EngineCore:
             "step_interval_s": self.intervals.mean(self.clock()),
             "step_overhead_s": self.intervals.overhead(self.clock()),
             "step_prefill_load": self.intervals.prefill_load(self.clock()),
-            "requests_expired": self.requests_expired,
+            "requests_expired": self.live.expired,
             "num_preemptions": self.scheduler.num_preemptions,
             **({"spec_draft_tokens": self.proposer.drafted, "spec_accepted_tokens": self.proposer.accepted}
                if self.proposer is not None else {}),

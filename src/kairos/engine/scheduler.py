@@ -10,57 +10,21 @@ Waiting SLO requests whose objectives have become impossible end as ``expired``.
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from kairos.config import SchedulerConfig
 from kairos.engine.cost_model import CostModel, StepIntervals
 from kairos.engine.kv_cache import KVCacheManager
+from kairos.engine.pacing import TPOT_HEADROOM, TPOT_PACE, keep_first_token, token_budget
 from kairos.engine.policies import SchedContext, get_policy
+from kairos.engine.sched_output import (
+    ScheduledSeq,
+    SchedulerOutput,
+    step_shape,  # noqa: F401 - (here too: benchmarks/slo_sim.py runs older builds)
+)
 from kairos.engine.sequence import SeqStatus, Sequence
 from kairos.engine.speculative import NgramProposer
-
-# A TPOT promise caps the decode batch so that a decode-only step takes at most this share of
-# it: the rest is room for the prefill chunks of requests joining (``_token_budget``).
-TPOT_HEADROOM = 0.85
-# A step with prefill chunks may spend this share of the time a TPOT request has banked.
-TPOT_STEP_SHARE = 0.9
-# Tokens of a TPOT request are scheduled this share of its promise apart.
-TPOT_PACE = 0.95
-
-
-@dataclass
-class ScheduledSeq:
-    seq: Sequence
-    num_new_tokens: int  # token_ids[num_computed : num_computed + num_new_tokens] run this step
-    block_table: list[int]
-    fork_blocks: list[int] = field(default_factory=list)  # held for the siblings forked when it samples (n > 1)
-    # speculative decoding: tokens run after the sequence's last one (their positions sample too)
-    draft: list[int] = field(default_factory=list)
-
-    @property
-    def samples(self) -> bool:
-        """Whether this step reaches the end of the sequence's tokens (and so samples the next one)."""
-        return self.seq.num_computed + self.num_new_tokens - len(self.draft) == self.seq.num_tokens
-
-
-@dataclass
-class SchedulerOutput:
-    scheduled: list[ScheduledSeq] = field(default_factory=list)
-    preempted: list[Sequence] = field(default_factory=list)
-    expired: list[Sequence] = field(default_factory=list)
-    budget: int = 0  # tokens of the step's budget still free (while scheduling)
-
-
-def step_shape(scheduled: list[ScheduledSeq]) -> tuple[int, int, int]:
-    """(prefill tokens, decode rows, their context tokens) of a step, as the cost model counts them."""
-    # (a drafted sequence's rows are decode rows: 1 + len(draft) of them, each about its context;
-    # so is a one-token chunk)
-    decodes = [s for s in scheduled if s.num_new_tokens == 1 or s.draft]
-    prefill = sum(s.num_new_tokens for s in scheduled if s.num_new_tokens > 1 and not s.draft)
-    return prefill, sum(s.num_new_tokens for s in decodes), sum(s.seq.num_tokens * s.num_new_tokens for s in decodes)
 
 
 class Scheduler:
@@ -111,7 +75,7 @@ class Scheduler:
         out = SchedulerOutput()
         ctx = self.context()
         self._expire(ctx, out)
-        out.budget = self._token_budget(ctx)
+        out.budget = token_budget(ctx, self.tpot_bound(), self.config.max_num_batched_tokens)
         keys = {s.seq_id: self.policy(s, ctx) for s in self.running + self.waiting}
         self.running.sort(key=lambda s: keys[s.seq_id])
         # (1) decodes: one token each (not for a sequence whose last token is already on its way:
@@ -134,7 +98,7 @@ class Scheduler:
                 break
             if seq.status is SeqStatus.RUNNING:  # mid-prompt: phase (1) took only decodes
                 if self._fit(seq, min(seq.num_tokens - seq.num_computed, out.budget), out, keys):
-                    self._keep_first_token(seq, out, ctx)
+                    keep_first_token(seq, out, ctx)
                 continue
             if not admitting or seq.status is not SeqStatus.WAITING or seq in out.preempted:
                 continue  # finished, or preempted in this very round
@@ -143,7 +107,7 @@ class Scheduler:
             # waiting for blocks that only their progress would free, for ever)
             admitting = self._admit(seq, out, keys, ctx)
             if admitting:
-                self._keep_first_token(seq, out, ctx)
+                keep_first_token(seq, out, ctx)
         # (a running prompt held back counts too: steps that keep first tokens in time may leave
         # it nothing, and it holds blocks; few run mid-prompt, so the step's rows are read only then)
         held = [s for s in candidates if s.status is SeqStatus.RUNNING]
@@ -161,46 +125,6 @@ class Scheduler:
         if draft and not self.kv.can_allocate(seq.seq_id, seq.num_computed + 1 + len(draft)):
             return []
         return draft
-
-    def _token_budget(self, ctx: SchedContext) -> int:
-        """The step's token budget, shrunk to keep every TPOT promise of the running requests.
-
-        A request that promised ``tpot`` and had its first token at ``t1`` keeps its mean time per
-        token within the promise as long as its token ``j`` is out by ``t1 + tpot * (j - 1)`` (at
-        every ``j``: it may stop at any token; paced at ``TPOT_PACE`` of it for the jitter the client
-        sees). Fast decode-only steps bank time against that schedule; a step may carry prefill
-        chunks only as far as the banked time of the tightest running request allows
-        (``TPOT_STEP_SHARE`` of it: the cost model's error margin), and only chunks worth the
-        step's fixed cost of prefill (``CostModel.worthwhile_chunk``), or a full step: a smaller
-        one waits while decode-only steps bank more. Spent as it came, a bank of 80 ms a step went
-        to 20-token chunks, each paying 25 ms to carry prefill at all (a CPU's, in the SLO
-        simulator). A short prompt waits too (a step or two), though its chunk would be all there
-        is: carried at once it pays as much, and the simulator's overload met 1221 instead of 1247."""
-        budget = self.config.max_num_batched_tokens
-        spare = [s.first_token_time + TPOT_PACE * s.tpot_s * s.num_output_tokens - ctx.now for s in self.tpot_bound()]
-        if not spare:
-            return budget
-        prefill = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * min(spare), ctx.decode_seqs, ctx.decode_ctx)
-        if prefill < min(ctx.cost.worthwhile_chunk(), budget - ctx.decode_seqs):
-            prefill = 0
-        return min(budget, ctx.decode_seqs + prefill)
-
-    def _keep_first_token(self, seq: Sequence, out: SchedulerOutput, ctx: SchedContext) -> None:
-        """``seq`` just got a prompt chunk, the last of ``out`` so far: if that is its last one and
-        it has a first-token deadline, chunks after it (of requests behind it) fill the step only
-        as far as the step still ends in time (``TPOT_STEP_SHARE`` of the time left: the cost
-        model's error margin). Otherwise the rest of the budget goes to requests with slack, and
-        its first token waits for their chunks. Not for a token out of reach whatever the step
-        carries, nor for a request served best effort: holding the step back would save nothing.
-        (An earlier chunk takes the whole budget left, unless a preemption gave some back.)"""
-        if seq.ttft_deadline is None or seq.best_effort or not out.scheduled[-1].samples:
-            return
-        prefill, rows, context = step_shape(out.scheduled)
-        left = seq.ttft_deadline - ctx.now
-        if ctx.cost.step_time(prefill, rows, context) > left:
-            return
-        limit = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * left, rows, context)
-        out.budget = min(out.budget, max(0, limit - prefill))
 
     def _fit(self, seq: Sequence, n: int, out: SchedulerOutput, keys) -> bool:
         """Allocate ``n`` more tokens for a running sequence; when blocks run out, preempt the least
@@ -264,18 +188,6 @@ class Scheduler:
             return self.config.max_num_seqs
         ctx_per_seq = sum(s.num_tokens for s in seqs) / len(seqs)
         return min(self.config.max_num_seqs, ctx.cost.max_decode_seqs(TPOT_HEADROOM * min(tpots), ctx_per_seq))
-
-    def slot_wait(self, ahead: list[Sequence], cap: int, step_s: float) -> float:
-        """Seconds until a place in a batch of ``cap`` frees for a request queued behind ``ahead``
-        (in the order they will run); every step is taken to last ``step_s``."""
-        running = sorted(s.remaining_decode * step_s for s in ahead if s.status is SeqStatus.RUNNING)
-        waiting = [s for s in ahead if s.status is SeqStatus.WAITING]
-        # places free at these times; the first (len(running) - cap) to finish free none (over cap)
-        slots = [0.0] * max(0, cap - len(running)) + running[max(0, len(running) - cap):]
-        heapq.heapify(slots)
-        for s in waiting:  # each queued request takes the next free place for its whole answer
-            heapq.heappush(slots, heapq.heappop(slots) + s.remaining_decode * step_s)
-        return slots[0]
 
     def _natural_wait(self, ctx: SchedContext) -> float:
         """Predicted seconds until some running sequence ends by itself and frees its blocks (its

@@ -1,0 +1,60 @@
+"""How promises of time per output token (TPOT) and first-token deadlines shape a step: the
+token budget that keeps the running requests' TPOT promises, and the cut after a prompt's last
+chunk that keeps its first token in time."""
+
+from __future__ import annotations
+
+from kairos.engine.policies import SchedContext
+from kairos.engine.sched_output import SchedulerOutput, step_shape
+from kairos.engine.sequence import Sequence
+
+# A TPOT promise caps the decode batch so that a decode-only step takes at most this share of
+# it: the rest is room for the prefill chunks of requests joining (``token_budget``).
+TPOT_HEADROOM = 0.85
+# A step with prefill chunks may spend this share of the time a TPOT request has banked.
+TPOT_STEP_SHARE = 0.9
+# Tokens of a TPOT request are scheduled this share of its promise apart.
+TPOT_PACE = 0.95
+
+
+def token_budget(ctx: SchedContext, bound: list[Sequence], max_tokens: int) -> int:
+    """A step's token budget (``max_tokens`` at most), shrunk to keep every TPOT promise of the
+    running requests past their first token (``bound``).
+
+    A request that promised ``tpot`` and had its first token at ``t1`` keeps its mean time per
+    token within the promise as long as its token ``j`` is out by ``t1 + tpot * (j - 1)`` (at
+    every ``j``: it may stop at any token; paced at ``TPOT_PACE`` of it for the jitter the client
+    sees). Fast decode-only steps bank time against that schedule; a step may carry prefill
+    chunks only as far as the banked time of the tightest running request allows
+    (``TPOT_STEP_SHARE`` of it: the cost model's error margin), and only chunks worth the
+    step's fixed cost of prefill (``CostModel.worthwhile_chunk``), or a full step: a smaller
+    one waits while decode-only steps bank more. Spent as it came, a bank of 80 ms a step went
+    to 20-token chunks, each paying 25 ms to carry prefill at all (a CPU's, in the SLO
+    simulator). A short prompt waits too (a step or two), though its chunk would be all there
+    is: carried at once it pays as much, and the simulator's overload met 1221 instead of 1247."""
+    budget = max_tokens
+    spare = [s.first_token_time + TPOT_PACE * s.tpot_s * s.num_output_tokens - ctx.now for s in bound]
+    if not spare:
+        return budget
+    prefill = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * min(spare), ctx.decode_seqs, ctx.decode_ctx)
+    if prefill < min(ctx.cost.worthwhile_chunk(), budget - ctx.decode_seqs):
+        prefill = 0
+    return min(budget, ctx.decode_seqs + prefill)
+
+
+def keep_first_token(seq: Sequence, out: SchedulerOutput, ctx: SchedContext) -> None:
+    """``seq`` just got a prompt chunk, the last of ``out`` so far: if that is its last one and
+    it has a first-token deadline, chunks after it (of requests behind it) fill the step only
+    as far as the step still ends in time (``TPOT_STEP_SHARE`` of the time left: the cost
+    model's error margin). Otherwise the rest of the budget goes to requests with slack, and
+    its first token waits for their chunks. Not for a token out of reach whatever the step
+    carries, nor for a request served best effort: holding the step back would save nothing.
+    (An earlier chunk takes the whole budget left, unless a preemption gave some back.)"""
+    if seq.ttft_deadline is None or seq.best_effort or not out.scheduled[-1].samples:
+        return
+    prefill, rows, context = step_shape(out.scheduled)
+    left = seq.ttft_deadline - ctx.now
+    if ctx.cost.step_time(prefill, rows, context) > left:
+        return
+    limit = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * left, rows, context)
+    out.budget = min(out.budget, max(0, limit - prefill))
