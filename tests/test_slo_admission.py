@@ -267,3 +267,26 @@ def test_slack_counts_tokens_at_the_pace_prompt_chunks_leave_them():
     run.token_ids.append(7)
     run.num_computed = run.num_tokens - 1  # (decoding: a batch of 1, as ``per_token`` counts)
     assert sim.sched._natural_wait(sim.sched.context()) == pytest.approx(10 * per_token)
+
+
+def test_decode_eta_follows_the_context_and_the_cost_model():
+    """``decode_eta`` keeps its per-token line for a round: it must still be ``token_time`` of
+    the batch with the request after the context's load is set, after the cost model is refit,
+    and with prompt chunks filling every step (load 1: full steps)."""
+    sim = Sim()
+    seq = request(sim, SLO(deadline_ms=5000), max_tokens=11)
+    ctx = sim.sched.context()
+    ctx.decode_seqs, ctx.decode_ctx = 3, 900
+
+    def want() -> float:
+        return 11 * max(ctx.token_time(4, 900 + seq.num_tokens), ctx.decode_pace)
+
+    assert ctx.decode_eta(seq) == pytest.approx(want())
+    ctx.overhead, ctx.prefill_load = 0.004, 0.5
+    assert ctx.decode_eta(seq) == pytest.approx(want()) and want() > 11 * 0.015
+    sim.cost.weights = sim.cost.weights * 3
+    assert ctx.decode_eta(seq) == pytest.approx(want())
+    ctx.prefill_load = 1.0
+    assert ctx.decode_eta(seq) == pytest.approx(want())
+    ctx.decode_pace = 10.0
+    assert ctx.decode_eta(seq) == pytest.approx(110.0)

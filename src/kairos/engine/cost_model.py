@@ -47,6 +47,11 @@ class CostModel:
         # (a float copy too: the schedulers' policies ask for step times many times a step, and a
         # tensor's tolist() per ask was most of their cost)
         self._weights, self._w = w, w.tolist()
+        self.version = getattr(self, "version", -1) + 1  # (what was computed from the old ones is stale)
+
+    def per_context_token(self) -> float:
+        """Seconds a decode step takes per token of its rows' context."""
+        return self._w[3] / _SCALE[3]
 
     @staticmethod
     def features(prefill_tokens: float, decode_seqs: float, decode_ctx: float) -> tuple[float, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # config validation imports this module: keep torch out of it
@@ -40,6 +40,9 @@ class SchedContext:
     # decode step (the loop around it), and the share of time prompt chunks took
     overhead: float = 0.0
     prefill_load: float = 0.0
+    # ``decode_eta``'s per-token time as a line in the request's own context tokens, and what it
+    # was computed from (the fields above may be set after construction)
+    _line: tuple = field(default=(), repr=False, compare=False)
 
     def cached_tokens(self, seq: Sequence) -> int:
         """Tokens of ``seq`` whose KV exists: its own once started, else its cached prefix."""
@@ -63,7 +66,20 @@ class SchedContext:
         return min(step / (1 - self.prefill_load), full) if self.prefill_load < 1 else full
 
     def decode_eta(self, seq: Sequence) -> float:
-        per_token = self.token_time(self.decode_seqs + 1, self.decode_ctx + seq.num_tokens)
+        """Seconds for the rest of ``seq``'s answer joining the decodes (``token_time`` of the
+        batch with it, and at least the pace TPOT promises hold the steps to)."""
+        # token_time(decode_seqs + 1, decode_ctx + x) is min(k * (a + b x), f + b x): a, f and b
+        # are the same for every request of the round (computed once: a hot path of the policy)
+        key = (self.decode_seqs, self.decode_ctx, self.budget, self.overhead, self.prefill_load, self.cost.version)
+        if not self._line or self._line[0] != key:
+            rows = self.decode_seqs + 1
+            decode = self.cost.step_time(0, rows, self.decode_ctx)
+            full = self.overhead + self.cost.step_time(max(1, self.budget - rows), rows, self.decode_ctx)
+            stretch = 1 / (1 - self.prefill_load) if self.prefill_load < 1 else None  # (None: full steps)
+            self._line = (key, stretch, decode + self.overhead, full, self.cost.per_context_token())
+        _, k, a, f, b = self._line
+        x = b * seq.num_tokens
+        per_token = f + x if k is None else min(k * (a + x), f + x)
         return seq.remaining_decode * max(per_token, self.decode_pace)
 
     def slack(self, seq: Sequence) -> float:
