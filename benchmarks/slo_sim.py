@@ -41,6 +41,7 @@ TRUTH = (0.008, 0.17, 0.020, 0.0062, 0.025)
 LOOP_S = 0.003
 IDLE_S = 12.0
 DRIFT_S = 3.0
+DRIFT = 0.2  # (the default sigma: where the simulator came closest to real servers)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # (slo_admission's scenarios)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # (which slo_admission imports)
@@ -64,6 +65,28 @@ def scenario_specs(names: list[str], seed: int) -> dict[str, list[list]]:
     return {name: every[name] for name in names}
 
 
+class HostDrift:
+    """The host's slow spells, a function of (virtual) time alone: the log of the slowdown drifts
+    back to none over ``DRIFT_S`` (an Ornstein-Uhlenbeck path on a grid of ``dt``), with its own
+    random stream, so two builds meet the same spells at the same times however their steps fall
+    (common random numbers: the difference of their results is theirs, not the noise's)."""
+
+    def __init__(self, sigma: float, rng: random.Random, dt: float = 0.05):
+        self.sigma, self.rng, self.dt = sigma, rng, dt
+        self.t: float | None = None
+        self.log_slow = 0.0
+
+    def at(self, t: float) -> float:
+        """The slowdown factor at time ``t`` (times asked never go back)."""
+        if self.t is None:
+            self.t = t
+        keep = math.exp(-self.dt / DRIFT_S)
+        while self.t + self.dt <= t:
+            self.log_slow = self.log_slow * keep + self.sigma * math.sqrt(1 - keep * keep) * self.rng.gauss(0.0, 1.0)
+            self.t += self.dt
+        return math.exp(self.log_slow)
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = 1000.0
@@ -83,7 +106,7 @@ def tiny_model(path: str) -> None:
 
 
 def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: float, spikes: float, options: dict,
-             log=None, drift: float = 0.0) -> dict:
+             log=None, drift: float = DRIFT) -> dict:
     """{scenario: [per request: [SLO class, outcome, met]]} of one seed on a fresh engine; each
     request's times (virtual seconds) and what admission promised or said, as JSON lines to ``log``."""
     from kairos.config import EngineConfig
@@ -95,8 +118,10 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
     from kairos.engine.scheduler import step_shape
     from kairos.engine.slo import SLO, report
 
-    clock, noise, truth = Clock(), random.Random(seed), CostModel(TRUTH, frozen=True)
-    slow = 0.0
+    clock, truth = Clock(), CostModel(TRUTH, frozen=True)
+    # three random streams: each step's jitter and stalls, the host's slow spells (by time), the
+    # prompts' tokens (a change to one draws nothing from the others)
+    noise, host, words = random.Random(seed), HostDrift(drift, random.Random(f"drift-{seed}")), random.Random(f"words-{seed}")
     config = EngineConfig.from_kwargs(**{"model": model_dir, "device": "cpu", "block_size": 16, "num_blocks": 4096,
                                          "max_num_seqs": 64, "max_num_batched_tokens": 512, **options})
     engine = EngineCore(config, clock=clock, timer=clock)
@@ -117,7 +142,7 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
                     cal = engine.slo_admission.stats()  # (the calibration it is admitted by)
                     rec[rid] = {"slo": slo, "arrival": s.send_at + start, "first": None, "n": 0, "ends": 0, "outcome": "ok",
                                 "cal": [cal["slo_ttft_calibration"], cal["slo_e2e_calibration"]]}
-                    prompt = [noise.randrange(3, 300) for _ in range(s.prompt_tokens)]  # (in any tiny vocabulary)
+                    prompt = [words.randrange(3, 300) for _ in range(s.prompt_tokens)]  # (in any tiny vocabulary)
                     params = SamplingParams(max_tokens=s.max_tokens, temperature=0.0, ignore_eos=True)
                     try:
                         engine.add_request(EngineRequest(rid, prompt, params, s.send_at + start, slo))
@@ -130,11 +155,7 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
                 flight = engine.launch()
                 if flight.sched.scheduled:
                     step = truth.step_time(*step_shape(flight.sched.scheduled)) * noise.lognormvariate(0.0, jitter)
-                    step *= math.exp(slow) * (3.0 if noise.random() < spikes else 1.0)
-                    # the host's slow spells: log of a slowdown that drifts back to 0 over DRIFT_S
-                    keep = math.exp(-step / DRIFT_S)
-                    slow = slow * keep + drift * math.sqrt(1 - keep * keep) * noise.gauss(0.0, 1.0)
-                    clock.t += step
+                    clock.t += step * host.at(clock.t) * (3.0 if noise.random() < spikes else 1.0)
                 for out in engine.finish(flight):
                     r = rec[out.request_id]
                     if out.new_token_ids and r["first"] is None:
@@ -210,7 +231,7 @@ def main() -> None:
                     help="comma-separated, run in this order on one engine per seed")
     ap.add_argument("--jitter", type=float, default=0.1, help="sigma of each step's lognormal noise")
     ap.add_argument("--spikes", type=float, default=0.01, help="chance of a step taking 3x")
-    ap.add_argument("--drift", type=float, default=0.2,
+    ap.add_argument("--drift", type=float, default=DRIFT,
                     help="sigma of the log of a slowdown of the host that drifts back to none over 3 s")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an engine option for both builds (EngineConfig.from_kwargs), e.g. scheduling_policy=edf")
