@@ -26,11 +26,12 @@ class Clock:
 class Sim:
     """Scheduler + KV manager driven step by step; the clock advances by the cost model's step time."""
 
-    def __init__(self, policy="slack", num_blocks=64, block_size=4, max_num_seqs=8, budget=64, starve_steps=64):
+    def __init__(self, policy="slack", num_blocks=64, block_size=4, max_num_seqs=8, budget=64, starve_steps=64,
+                 **config):
         self.clock = Clock()
         self.cost = CostModel(COST, frozen=True)
         cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
-                              scheduling_policy=policy, starve_steps=starve_steps)
+                              scheduling_policy=policy, starve_steps=starve_steps, **config)
         self.sched = Scheduler(cfg, KVCacheManager(num_blocks, block_size), self.cost, self.clock)
         self.ids = iter(range(10_000))
         self.admitted: list[str] = []  # request ids in order of their first scheduled step
@@ -85,3 +86,18 @@ def hold_grammars(engine) -> threading.Event:
     compile_ = engine.structured._compile
     engine.structured._compile = lambda spec: (gate.wait(30), compile_(spec))[1]
     return gate
+
+
+def decoding_batch(yield_slack_s: float) -> Sim:
+    """A TPOT request (40 ms) and four batch requests (deadline 20 s) decoding, 90 ms in, on a
+    cost model where a decode row costs 2 ms and a prompt token 1 ms (the yield tests' scene)."""
+    from kairos.engine.slo import SLO
+
+    sim = Sim(budget=64, max_num_seqs=16, yield_slack_s=yield_slack_s)
+    sim.cost = sim.sched.cost = CostModel((0.010, 0.1, 0.02, 0.0), frozen=True)
+    sim.add("chat", 8, max_tokens=40, slo=SLO(tpot_ms=40))
+    for i in range(4):
+        sim.add(f"b{i}", 8, max_tokens=40, slo=SLO(deadline_ms=20_000))
+    for _ in range(3):  # (the prompts' step: 10 + 40 ms; two of 5 decodes: 20 ms each)
+        sim.step()
+    return sim

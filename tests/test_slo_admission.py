@@ -11,7 +11,7 @@ from kairos.engine.outputs import EngineRequest
 from kairos.engine.sampling_params import SamplingParams
 from kairos.engine.sequence import Sequence
 from kairos.engine.slo import SLO
-from sched_helpers import Clock, Sim, hold_grammars, timed_engine
+from sched_helpers import Clock, Sim, decoding_batch, hold_grammars, timed_engine
 
 # COST: a decode-only step of one sequence takes 11 ms, of two 12 ms
 
@@ -290,3 +290,22 @@ def test_decode_eta_follows_the_context_and_the_cost_model():
     assert ctx.decode_eta(seq) == pytest.approx(want())
     ctx.decode_pace = 10.0
     assert ctx.decode_eta(seq) == pytest.approx(110.0)
+
+
+@pytest.mark.parametrize("yield_slack_s", [1.0, 0.0])
+def test_a_first_token_predicted_counts_the_decodes_that_yield_to_it(yield_slack_s):
+    """Four batch decodes with 20 s to spare yield their turn to an interactive prompt of 60
+    tokens (``yielding_decodes``): admission predicts its prefill next to the one decode left
+    (a 72 ms step, at the share of the TPOT request's 38 ms pace that a 12 ms decode step leaves),
+    not next to five (59 + 1 tokens in steps of 79 and 21 ms, at the share a 20 ms step leaves).
+    Either way the prediction is not below what the scheduler then delivers."""
+    sim = decoding_batch(yield_slack_s)
+    ask = Sequence(99, "ask", 0, list(range(1, 61)), SamplingParams(max_tokens=4), arrival_time=sim.clock(),
+                   slo=SLO(ttft_ms=2000))
+    first = predict(sim.sched, sim.cost, StepIntervals(), ask)[0]
+    expected = 0.072 / (1 - 0.012 / 0.038) if yield_slack_s else 0.100 / (1 - 0.020 / 0.038)
+    assert first == pytest.approx(expected)
+    sim.sched.add(ask)
+    for _ in range(3):
+        sim.step()
+    assert ask.first_token_time - ask.arrival_time <= first

@@ -10,7 +10,7 @@ from kairos.engine.outputs import EngineRequest
 from kairos.engine.sampling_params import SamplingParams
 from kairos.engine.sequence import SeqStatus
 from kairos.engine.slo import SLO
-from sched_helpers import Clock, Sim, hold_grammars, timed_engine
+from sched_helpers import Clock, Sim, decoding_batch, hold_grammars, timed_engine
 
 
 def test_edf_orders_by_deadline_best_effort_last():
@@ -458,3 +458,69 @@ def test_a_prompt_held_back_behind_first_tokens_goes_first_once_it_starves():
     assert steps[:3] == [[("u0", 8)], [("u1", 8)], [("u2", 8)]]
     assert steps[3] == [("bulk", 64)]  # (u3 waits, and expires: 10 + 64 ms is past its 19)
     assert steps[4] == [("bulk", 64)] and bulk.num_computed == 192
+
+
+@pytest.mark.parametrize("yield_slack_s", [1.0, 0.0])
+def test_decodes_with_slack_yield_their_turn_to_a_prompt_with_a_first_token_deadline(yield_slack_s):
+    """Four batch requests decode with 20 s to spare when an interactive prompt of 60 tokens
+    arrives (and a batch prompt of 8, which goes after it). The TPOT request's banked time allows
+    a step of 66 ms; a decode row costs 2 ms and a prompt token 1 ms, so the four rows that sit
+    out make room for 8 more prompt tokens, and the first token comes 15 ms sooner. Once it is
+    out they decode again. With ``yield_slack_s=0`` they never yield."""
+    sim = decoding_batch(yield_slack_s)
+    assert sim.clock() == pytest.approx(100.090)
+    sim.add("later", 8, max_tokens=4, slo=SLO(deadline_ms=60_000))
+    ask = sim.add("ask", 60, max_tokens=4, slo=SLO(ttft_ms=2000))
+    steps = [[(s.seq.request_id, s.num_new_tokens) for s in sim.step().scheduled] for _ in range(3)]
+    batch = [(f"b{i}", 1) for i in range(4)]
+    if yield_slack_s:
+        assert steps == [[("chat", 1), ("ask", 54)], [("chat", 1), ("ask", 6), ("later", 8)],
+                         [("chat", 1), *batch, ("later", 1), ("ask", 1)]]
+        assert ask.first_token_time == pytest.approx(100.090 + 0.066 + 0.026)
+    else:
+        assert steps == [[("chat", 1), *batch, ("ask", 46)], [("chat", 1), *batch, ("ask", 14), ("later", 7)],
+                         [("chat", 1), *batch, ("later", 1), ("ask", 1)]]
+        assert ask.first_token_time == pytest.approx(100.090 + 0.066 + 0.041)
+
+
+def test_only_deadline_bound_decodes_with_slack_yield_and_only_to_a_first_token_deadline():
+    """Not a request with a TPOT promise, one served best effort (with or without an SLO), one
+    whose only objective was its first token (its slack never runs out: it would yield for ever),
+    nor one short of slack; and only to a prompt whose first token is promised."""
+    from kairos.engine.pacing import yielding_decodes
+
+    sim = Sim(budget=64, max_num_seqs=16)
+    # (the TPOT promise paces every decode at 0.475 s: 38 tokens left take 18 s)
+    spare = sim.add("spare", 8, max_tokens=40, slo=SLO(deadline_ms=60_000))
+    sim.add("short", 8, max_tokens=40, slo=SLO(deadline_ms=18_500))  # (0.4 s of slack)
+    tpot = sim.add("tpot", 8, max_tokens=40, slo=SLO(tpot_ms=500, deadline_ms=60_000))
+    sim.add("plain", 8, max_tokens=40)
+    sim.add("answered", 8, max_tokens=40, slo=SLO(ttft_ms=5000))  # (no objective left once it has its first token)
+    served_anyway = sim.add("best", 8, max_tokens=40, slo=SLO(deadline_ms=60_000, on_miss="best_effort"))
+    served_anyway.best_effort = True  # (as admission marks one it could not promise)
+    sim.step()
+    sim.step()
+    sched, ctx = sim.sched, sim.sched.context()
+    assert ctx.slack(tpot) > 1.0  # (it has the slack, but a TPOT promise to keep)
+
+    def yielding(head, slack_s=1.0) -> list[str]:
+        return [s.request_id for s in yielding_decodes(sched.running, head, ctx, slack_s).values()]
+
+    late = sim.add("late", 20, slo=SLO(ttft_ms=2000, on_miss="best_effort"))
+    late.best_effort = True
+    ask = sim.add("ask", 20, slo=SLO(ttft_ms=2000))
+    assert yielding(None) == [] and yielding(late) == [] and yielding(sim.add("batch", 20, slo=SLO(deadline_ms=9000))) == []
+    assert yielding(ask) == ["spare"]
+    assert yielding(ask, 0.0) == [] and yielding(ask, 50.0) == []  # (it has 42 s)
+    assert spare.status is SeqStatus.RUNNING
+
+
+def test_decodes_do_not_yield_to_a_prompt_that_cannot_start():
+    """The batch is full (``max_num_seqs``): the interactive prompt waits whatever the decodes
+    do, so they go on (yielding would only idle the engine)."""
+    sim = Sim(budget=64, max_num_seqs=4)
+    for i in range(4):
+        sim.add(f"b{i}", 8, max_tokens=40, slo=SLO(deadline_ms=20_000))
+    sim.step()
+    sim.add("ask", 20, slo=SLO(ttft_ms=9000))
+    assert [(s.seq.request_id, s.num_new_tokens) for s in sim.step().scheduled] == [(f"b{i}", 1) for i in range(4)]

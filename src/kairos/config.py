@@ -92,6 +92,9 @@ class SchedulerConfig:
     starve_steps: int = field(default=64, metadata={"help": "steps a request may be passed over before it goes first"})
     slo_confidence: float = field(default=0.9, metadata={"help": "admit an SLO request when its objectives hold at "
                                   "this quantile of the engine's own recent prediction errors"})
+    yield_slack_s: float = field(default=1.0, metadata={"help": "while a first-token deadline waits on prompt work, "
+                                 "a running request bound only by a deadline skips its decode in a step if it has "
+                                 "more than this many seconds of slack (the time goes to the prompt); 0: never"})
     async_scheduling: bool | None = field(default=None, metadata={"help": "schedule and queue step N+1 while step N "
                                           "runs on the device, its sampled tokens fed on the device (default: on "
                                           "GPUs; a CPU computes while it launches, so there it would only delay tokens)"})
@@ -102,6 +105,8 @@ class SchedulerConfig:
         if not 0.5 <= self.slo_confidence < 1:
             raise ValueError(f"slo_confidence must be in [0.5, 1), got {self.slo_confidence}")
         get_policy(self.scheduling_policy)  # raises on an unknown name
+        if not 0 <= self.yield_slack_s < float("inf"):
+            raise ValueError(f"yield_slack_s must be a non-negative number of seconds, got {self.yield_slack_s}")
         if self.starve_steps < 1:
             raise ValueError(f"starve_steps must be >= 1, got {self.starve_steps}")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 
 from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
+from kairos.engine.pacing import yielding_decodes
 from kairos.engine.scheduler import Scheduler
 from kairos.engine.sequence import SeqStatus, Sequence
 from kairos.engine.slo import SLO
@@ -55,7 +56,12 @@ def predict(sch: Scheduler, cost: CostModel, intervals: StepIntervals, seq: Sequ
 
     stretched = ctx.token_time(batch, batch * ctx_per_seq)  # (any request's tokens)
     tpot = paced(min(max(stretched, step + backlog / seq.params.max_tokens), full))
-    first = ctx.now + slot_wait(ahead, cap, paced(stretched)) + ctx.prefill_eta(seq, ahead_prefill)
+    # decodes that yield their turn to its prompt when it goes first (``yielding_decodes``) leave
+    # its chunks more room
+    lighter = ctx.without(yielding_decodes(sch.running, seq, ctx, sch.config.yield_slack_s))
+    if lighter is not ctx and ctx.decode_pace:
+        lighter.prefill_share = sch.prefill_share(lighter)
+    first = ctx.now + slot_wait(ahead, cap, paced(stretched)) + lighter.prefill_eta(seq, ahead_prefill)
     last = first + (seq.params.max_tokens - 1) * tpot
     return first - seq.arrival_time, tpot, last - seq.arrival_time
 

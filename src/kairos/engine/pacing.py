@@ -1,6 +1,7 @@
 """How promises of time per output token (TPOT) and first-token deadlines shape a step: the
-token budget that keeps the running requests' TPOT promises, and the cut after a prompt's last
-chunk that keeps its first token in time."""
+token budget that keeps the running requests' TPOT promises, the cut after a prompt's last
+chunk that keeps its first token in time, and the decodes that yield their turn to a prompt
+with a first-token deadline."""
 
 from __future__ import annotations
 
@@ -58,3 +59,18 @@ def keep_first_token(seq: Sequence, out: SchedulerOutput, ctx: SchedContext) -> 
         return
     limit = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * left, rows, context)
     out.budget = min(out.budget, max(0, limit - prefill))
+
+
+def yielding_decodes(running: list[Sequence], head: Sequence | None, ctx: SchedContext,
+                     slack_s: float) -> dict[int, Sequence]:
+    """seq id -> running sequence whose decode sits out this step, when the prompt work that goes
+    first (``head``: one that can run this step) is a prompt with a first-token deadline: those
+    bound only by a deadline (no TPOT promise: a token may come late; not best effort: those keep
+    their pace, unranked) with more than ``slack_s`` seconds of slack. Each row left out is time
+    for that prompt within the step's limits (the TPOT promises of others, ``token_budget``); a
+    decode yields only while its slack lasts, which the policy recounts each step, so its
+    deadline holds as the policy would hold it anyway."""
+    if not slack_s or head is None or head.ttft_deadline is None or head.best_effort:
+        return {}
+    return {s.seq_id: s for s in running if s.num_tokens - s.num_computed == 1 and s.tpot_s is None
+            and s.e2e_deadline is not None and not s.best_effort and ctx.slack(s) > slack_s}

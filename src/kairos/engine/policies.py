@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # config validation imports this module: keep torch out of it
@@ -43,6 +43,13 @@ class SchedContext:
     # ``decode_eta``'s per-token time as a line in the request's own context tokens, and what it
     # was computed from (the fields above may be set after construction)
     _line: tuple = field(default=(), repr=False, compare=False)
+
+    def without(self, seqs: dict[int, Sequence]) -> SchedContext:
+        """This context with ``seqs`` (running decodes) out of the decode batch."""
+        if not seqs:
+            return self
+        return replace(self, decode_seqs=self.decode_seqs - len(seqs),
+                       decode_ctx=self.decode_ctx - sum(s.num_tokens for s in seqs.values()), _line=())
 
     def cached_tokens(self, seq: Sequence) -> int:
         """Tokens of ``seq`` whose KV exists: its own once started, else its cached prefix."""

@@ -16,7 +16,13 @@ from collections.abc import Callable
 from kairos.config import SchedulerConfig
 from kairos.engine.cost_model import CostModel, StepIntervals
 from kairos.engine.kv_cache import KVCacheManager
-from kairos.engine.pacing import TPOT_HEADROOM, TPOT_PACE, keep_first_token, token_budget
+from kairos.engine.pacing import (
+    TPOT_HEADROOM,
+    TPOT_PACE,
+    keep_first_token,
+    token_budget,
+    yielding_decodes,
+)
 from kairos.engine.policies import SchedContext, get_policy
 from kairos.engine.sched_output import (
     ScheduledSeq,
@@ -57,9 +63,13 @@ class Scheduler:
         ctx.decode_pace = self.decode_pace()
         if self.intervals is not None:
             ctx.overhead, ctx.prefill_load = self.intervals.overhead(ctx.now), self.intervals.prefill_load(ctx.now)
-        if ctx.decode_pace:  # prefill gets what the paced decode steps leave
-            ctx.prefill_share = max(0.05, 1 - self.cost.step_time(0, ctx.decode_seqs, ctx.decode_ctx) / ctx.decode_pace)
+        if ctx.decode_pace:
+            ctx.prefill_share = self.prefill_share(ctx)
         return ctx
+
+    def prefill_share(self, ctx: SchedContext) -> float:
+        """Share of the time prefill gets from steps paced at ``ctx.decode_pace``: what its decodes leave."""
+        return max(0.05, 1 - self.cost.step_time(0, ctx.decode_seqs, ctx.decode_ctx) / ctx.decode_pace)
 
     def tpot_bound(self) -> list[Sequence]:
         """Running requests past their first token with a TPOT promise."""
@@ -75,12 +85,15 @@ class Scheduler:
         out = SchedulerOutput()
         ctx = self.context()
         self._expire(ctx, out)
-        out.budget = token_budget(ctx, self.tpot_bound(), self.config.max_num_batched_tokens)
         keys = {s.seq_id: self.policy(s, ctx) for s in self.running + self.waiting}
         self.running.sort(key=lambda s: keys[s.seq_id])
+        yielding = yielding_decodes(self.running, self._prefill_head(keys, ctx), ctx, self.config.yield_slack_s)
+        out.budget = token_budget(ctx.without(yielding), self.tpot_bound(), self.config.max_num_batched_tokens)
         # (1) decodes: one token each (not for a sequence whose last token is already on its way:
-        # under async scheduling its previous step, still on the device, samples that one)
-        decodes = [s for s in self.running if s.num_tokens - s.num_computed == 1 and not s.all_sampled]
+        # under async scheduling its previous step, still on the device, samples that one; nor
+        # for one that yields its turn to a prompt with a first-token deadline)
+        decodes = [s for s in self.running if s.num_tokens - s.num_computed == 1 and not s.all_sampled
+                   and s.seq_id not in yielding]
         for i, seq in enumerate(decodes):
             if out.budget <= 0:
                 break
@@ -117,6 +130,20 @@ class Scheduler:
         for seq in self.waiting + held:
             seq.waited_steps += 1
         return out
+
+    def _prefill_head(self, keys, ctx: SchedContext) -> Sequence | None:
+        """The prompt work that goes first this step, if it can run: mid-prompt, or waiting with
+        a place in the batch and a block free (else decodes yielding to it would only idle)."""
+        if not self.config.yield_slack_s:
+            return None
+        work = [s for s in self.running if s.num_tokens - s.num_computed > 1] + [s for s in self.waiting if not s.all_sampled]
+        if not work:
+            return None
+        head = min(work, key=lambda s: keys[s.seq_id])
+        if head.status is SeqStatus.WAITING and (len(self.running) >= self.seq_cap(ctx, head)
+                                                 or not self.kv.can_allocate(head.seq_id, head.num_computed + 1)):
+            return None
+        return head
 
     def _draft(self, seq: Sequence, budget: int) -> list[int]:
         """Speculative decoding's draft for ``seq``, if it fits in the blocks free now: a draft
