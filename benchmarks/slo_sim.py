@@ -71,15 +71,13 @@ class HostDrift:
     random stream, so two builds meet the same spells at the same times however their steps fall
     (common random numbers: the difference of their results is theirs, not the noise's)."""
 
-    def __init__(self, sigma: float, rng: random.Random, dt: float = 0.05):
+    def __init__(self, sigma: float, rng: random.Random, start: float, dt: float = 0.05):
         self.sigma, self.rng, self.dt = sigma, rng, dt
-        self.t: float | None = None
+        self.t = start  # (the grid's origin: the clock's start, the same for every build)
         self.log_slow = 0.0
 
     def at(self, t: float) -> float:
         """The slowdown factor at time ``t`` (times asked never go back)."""
-        if self.t is None:
-            self.t = t
         keep = math.exp(-self.dt / DRIFT_S)
         while self.t + self.dt <= t:
             self.log_slow = self.log_slow * keep + self.sigma * math.sqrt(1 - keep * keep) * self.rng.gauss(0.0, 1.0)
@@ -121,7 +119,7 @@ def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: flo
     clock, truth = Clock(), CostModel(TRUTH, frozen=True)
     # three random streams: each step's jitter and stalls, the host's slow spells (by time), the
     # prompts' tokens (a change to one draws nothing from the others)
-    noise, host, words = random.Random(seed), HostDrift(drift, random.Random(f"drift-{seed}")), random.Random(f"words-{seed}")
+    noise, host, words = random.Random(seed), HostDrift(drift, random.Random(f"drift-{seed}"), clock.t), random.Random(f"words-{seed}")
     config = EngineConfig.from_kwargs(**{"model": model_dir, "device": "cpu", "block_size": 16, "num_blocks": 4096,
                                          "max_num_seqs": 64, "max_num_batched_tokens": 512, **options})
     engine = EngineCore(config, clock=clock, timer=clock)

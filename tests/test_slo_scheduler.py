@@ -8,7 +8,7 @@ from kairos import SLOInfeasible
 from kairos.engine.cost_model import CostModel
 from kairos.engine.outputs import EngineRequest
 from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.sequence import SeqStatus
+from kairos.engine.sequence import SeqStatus, Sequence
 from kairos.engine.slo import SLO
 from sched_helpers import Clock, Sim, decoding_batch, hold_grammars, timed_engine
 
@@ -486,13 +486,15 @@ def test_decodes_with_slack_yield_their_turn_to_a_prompt_with_a_first_token_dead
 def test_only_deadline_bound_decodes_with_slack_yield_and_only_to_a_first_token_deadline():
     """Not a request with a TPOT promise, one served best effort (with or without an SLO), one
     whose only objective was its first token (its slack never runs out: it would yield for ever),
-    nor one short of slack; and only to a prompt whose first token is promised."""
+    nor one short of slack (1 s and a fifth of its tokens' predicted time); and only to a prompt
+    whose first token is promised and still within reach."""
     from kairos.engine.pacing import yielding_decodes
 
     sim = Sim(budget=64, max_num_seqs=16)
     # (the TPOT promise paces every decode at 0.475 s: 38 tokens left take 18 s)
     spare = sim.add("spare", 8, max_tokens=40, slo=SLO(deadline_ms=60_000))
     sim.add("short", 8, max_tokens=40, slo=SLO(deadline_ms=18_500))  # (0.4 s of slack)
+    sim.add("margin", 8, max_tokens=40, slo=SLO(deadline_ms=21_000))  # (2.9 s: under 1 s + a fifth of 18 s)
     tpot = sim.add("tpot", 8, max_tokens=40, slo=SLO(tpot_ms=500, deadline_ms=60_000))
     sim.add("plain", 8, max_tokens=40)
     sim.add("answered", 8, max_tokens=40, slo=SLO(ttft_ms=5000))  # (no objective left once it has its first token)
@@ -511,6 +513,8 @@ def test_only_deadline_bound_decodes_with_slack_yield_and_only_to_a_first_token_
     ask = sim.add("ask", 20, slo=SLO(ttft_ms=2000))
     assert yielding(None) == [] and yielding(late) == [] and yielding(sim.add("batch", 20, slo=SLO(deadline_ms=9000))) == []
     assert yielding(ask) == ["spare"]
+    lost = sim.add("lost", 200, slo=SLO(ttft_ms=100))  # (200 prompt tokens take 0.21 s even alone)
+    assert yielding(lost) == []
     assert yielding(ask, 0.0) == [] and yielding(ask, 50.0) == []  # (it has 42 s)
     assert spare.status is SeqStatus.RUNNING
 
@@ -524,3 +528,21 @@ def test_decodes_do_not_yield_to_a_prompt_that_cannot_start():
     sim.step()
     sim.add("ask", 20, slo=SLO(ttft_ms=9000))
     assert [(s.seq.request_id, s.num_new_tokens) for s in sim.step().scheduled] == [(f"b{i}", 1) for i in range(4)]
+
+
+def test_decodes_that_yielded_to_a_prompt_that_could_not_start_after_all_still_run():
+    """The prompt had blocks for its chunk but not for its sibling's (``n=2``), and is not urgent
+    enough to preempt: the step would have been empty (and the next, and the next: the engine
+    spinning); the decodes that yielded to it run after all."""
+    sim = Sim(budget=64, max_num_seqs=16, num_blocks=9, block_size=4)
+    for i in range(2):
+        sim.add(f"b{i}", 8, max_tokens=40, slo=SLO(deadline_ms=20_000))
+    sim.step()
+    sim.step()
+    assert sim.sched.kv.pool.num_free == 2
+    ask = Sequence(99, "ask", 0, list(range(1, 9)), SamplingParams(max_tokens=4, n=2), pending_forks=1,
+                   arrival_time=sim.clock(), slo=SLO(ttft_ms=60_000))
+    sim.sched.add(ask)
+    for _ in range(2):
+        assert [(s.seq.request_id, s.num_new_tokens) for s in sim.step().scheduled] == [("b0", 1), ("b1", 1)]
+    assert ask.status is SeqStatus.WAITING

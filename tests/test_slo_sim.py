@@ -30,7 +30,7 @@ def test_the_simulation_is_the_same_every_run_and_each_request_ends_once(tiny_ll
     specs.append(RequestSpec(12, 1.0, "", 40, 4, tight))  # (no first token comes in 1 ms)
     plan = {"mix": [specs[:6], specs[6:]]}  # (the second round after 12 s idle)
     logs = [io.StringIO(), io.StringIO()]
-    results = [sim.simulate(str(tiny_llama[1]), plan, 21, 0.1, 0.01, {}, log) for log in logs]
+    results = [sim.simulate(str(tiny_llama[1]), plan, 21, 0.1, 0.01, {}, log, drift=0.0) for log in logs]
     assert results[0] == results[1] and logs[0].getvalue() == logs[1].getvalue()
     rows = [json.loads(line) for line in logs[0].getvalue().splitlines()]
     assert [r["id"] for r in rows] == [f"mix-{k}-{j}" for k in (0, 1) for j in range(len(plan["mix"][k]))]

@@ -56,12 +56,14 @@ def predict(sch: Scheduler, cost: CostModel, intervals: StepIntervals, seq: Sequ
 
     stretched = ctx.token_time(batch, batch * ctx_per_seq)  # (any request's tokens)
     tpot = paced(min(max(stretched, step + backlog / seq.params.max_tokens), full))
+    wait = slot_wait(ahead, cap, paced(stretched))
     # decodes that yield their turn to its prompt when it goes first (``yielding_decodes``) leave
-    # its chunks more room
-    lighter = ctx.without(yielding_decodes(sch.running, seq, ctx, sch.config.yield_slack_s))
+    # its chunks more room: those whose slack lasts until its first token would come without them
+    until = wait + ctx.prefill_eta(seq, ahead_prefill)
+    lighter = ctx.without(yielding_decodes(sch.running, seq, ctx, sch.config.yield_slack_s, lasting=until))
     if lighter is not ctx and ctx.decode_pace:
         lighter.prefill_share = sch.prefill_share(lighter)
-    first = ctx.now + slot_wait(ahead, cap, paced(stretched)) + lighter.prefill_eta(seq, ahead_prefill)
+    first = ctx.now + wait + lighter.prefill_eta(seq, ahead_prefill)
     last = first + (seq.params.max_tokens - 1) * tpot
     return first - seq.arrival_time, tpot, last - seq.arrival_time
 

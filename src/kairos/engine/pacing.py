@@ -16,6 +16,9 @@ TPOT_HEADROOM = 0.85
 TPOT_STEP_SHARE = 0.9
 # Tokens of a TPOT request are scheduled this share of its promise apart.
 TPOT_PACE = 0.95
+# A decode yields its turn to a first token only with slack beyond this share of its remaining
+# tokens' predicted time (``yielding_decodes``).
+YIELD_MARGIN = 0.2
 
 
 def token_budget(ctx: SchedContext, bound: list[Sequence], max_tokens: int) -> int:
@@ -61,16 +64,21 @@ def keep_first_token(seq: Sequence, out: SchedulerOutput, ctx: SchedContext) -> 
     out.budget = min(out.budget, max(0, limit - prefill))
 
 
-def yielding_decodes(running: list[Sequence], head: Sequence | None, ctx: SchedContext,
-                     slack_s: float) -> dict[int, Sequence]:
+def yielding_decodes(running: list[Sequence], head: Sequence | None, ctx: SchedContext, slack_s: float,
+                     lasting: float = 0.0) -> dict[int, Sequence]:
     """seq id -> running sequence whose decode sits out this step, when the prompt work that goes
-    first (``head``: one that can run this step) is a prompt with a first-token deadline: those
-    bound only by a deadline (no TPOT promise: a token may come late; not best effort: those keep
-    their pace, unranked) with more than ``slack_s`` seconds of slack. Each row left out is time
-    for that prompt within the step's limits (the TPOT promises of others, ``token_budget``); a
-    decode yields only while its slack lasts, which the policy recounts each step, so its
-    deadline holds as the policy would hold it anyway."""
+    first (``head``: one that can run this step) is a prompt whose first-token deadline it can
+    still make: those bound only by a deadline (no TPOT promise: a token may come late; not best
+    effort: those keep their pace, unranked) with slack to spare: more than ``slack_s`` seconds
+    and a fifth of their remaining tokens' time (a margin for the error of that estimate), for
+    ``lasting`` seconds more. Each row left out is time for that prompt within the step's limits
+    (the TPOT promises of others, ``token_budget``); a decode yields only while its slack
+    lasts, which the policy recounts each step."""
     if not slack_s or head is None or head.ttft_deadline is None or head.best_effort:
         return {}
+    # (not for a first token out of reach even on an idle engine: yielding would save nothing)
+    if ctx.now + ctx.cost.prefill_time(max(1, head.remaining_prefill), ctx.budget, 0, 0) > head.ttft_deadline:
+        return {}
     return {s.seq_id: s for s in running if s.num_tokens - s.num_computed == 1 and s.tpot_s is None
-            and s.e2e_deadline is not None and not s.best_effort and ctx.slack(s) > slack_s}
+            and s.e2e_deadline is not None and not s.best_effort
+            and ctx.slack(s) > slack_s + YIELD_MARGIN * ctx.decode_eta(s) + lasting}

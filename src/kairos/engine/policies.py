@@ -77,7 +77,8 @@ class SchedContext:
         batch with it, and at least the pace TPOT promises hold the steps to)."""
         # token_time(decode_seqs + 1, decode_ctx + x) is min(k * (a + b x), f + b x): a, f and b
         # are the same for every request of the round (computed once: a hot path of the policy)
-        key = (self.decode_seqs, self.decode_ctx, self.budget, self.overhead, self.prefill_load, self.cost.version)
+        key = (self.decode_seqs, self.decode_ctx, self.budget, self.overhead, self.prefill_load, id(self.cost),
+               self.cost.version)
         if not self._line or self._line[0] != key:
             rows = self.decode_seqs + 1
             decode = self.cost.step_time(0, rows, self.decode_ctx)

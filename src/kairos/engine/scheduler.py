@@ -1,7 +1,8 @@
 """Continuous batching under one token budget, ordered by a policy, with SLO-aware preemption and expiry.
 
 Each step: (1) decode tokens of running sequences, most urgent first, preempting the least
-urgent running sequence when blocks run out; (2) prefill work — running sequences mid-prompt
+urgent running sequence when blocks run out (those bound only by a deadline, with slack to
+spare, sit out a step whose first prompt work has a first-token deadline: ``yielding_decodes``); (2) prefill work — running sequences mid-prompt
 and waiting ones — in policy order while the budget, the sequence limit and free blocks
 allow (and, past a chunk of a request with a first-token deadline, while that token stays in
 time). A waiting SLO request that would otherwise miss may preempt less urgent running work.
@@ -87,7 +88,8 @@ class Scheduler:
         self._expire(ctx, out)
         keys = {s.seq_id: self.policy(s, ctx) for s in self.running + self.waiting}
         self.running.sort(key=lambda s: keys[s.seq_id])
-        yielding = yielding_decodes(self.running, self._prefill_head(keys, ctx), ctx, self.config.yield_slack_s)
+        head = self._prefill_head(keys, ctx)
+        yielding = yielding_decodes(self.running, head, ctx, self.config.yield_slack_s)
         out.budget = token_budget(ctx.without(yielding), self.tpot_bound(), self.config.max_num_batched_tokens)
         # (1) decodes: one token each (not for a sequence whose last token is already on its way:
         # under async scheduling its previous step, still on the device, samples that one; nor
@@ -129,20 +131,31 @@ class Scheduler:
             held = [s for s in held if s.seq_id not in ran]
         for seq in self.waiting + held:
             seq.waited_steps += 1
+        if yielding and not out.scheduled:
+            # the prompt they yielded to got nothing after all (a preemption, blocks taken): they
+            # decode rather than leave the step empty. (A step of fewer decodes while the prompt
+            # waits for a worthwhile chunk is no loss: it banks the TPOT requests' time faster.)
+            for seq in yielding.values():
+                if seq.status is SeqStatus.RUNNING:
+                    out.budget = max(out.budget, 0) + 1
+                    self._fit(seq, 1, out, keys)
         return out
 
     def _prefill_head(self, keys, ctx: SchedContext) -> Sequence | None:
-        """The prompt work that goes first this step, if it can run: mid-prompt, or waiting with
-        a place in the batch and a block free (else decodes yielding to it would only idle)."""
+        """The prompt work that goes first this step if decodes may yield to it: a prompt with a
+        first-token deadline, mid-prompt or waiting with a place in the batch and blocks for a
+        first chunk (else the decodes yielding to it would only idle)."""
         if not self.config.yield_slack_s:
             return None
         work = [s for s in self.running if s.num_tokens - s.num_computed > 1] + [s for s in self.waiting if not s.all_sampled]
-        if not work:
+        head = min(work, key=lambda s: keys[s.seq_id], default=None)
+        if head is None or head.ttft_deadline is None or head.best_effort:
             return None
-        head = min(work, key=lambda s: keys[s.seq_id])
-        if head.status is SeqStatus.WAITING and (len(self.running) >= self.seq_cap(ctx, head)
-                                                 or not self.kv.can_allocate(head.seq_id, head.num_computed + 1)):
-            return None
+        if head.status is SeqStatus.WAITING:
+            cached = ctx.cached_tokens(head)
+            chunk = min(head.num_tokens - cached, self.config.max_num_batched_tokens)
+            if len(self.running) >= self.seq_cap(ctx, head) or not self.kv.can_allocate(head.seq_id, cached + chunk):
+                return None
         return head
 
     def _draft(self, seq: Sequence, budget: int) -> list[int]:
