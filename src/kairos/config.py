@@ -94,7 +94,8 @@ class SchedulerConfig:
                                   "this quantile of the engine's own recent prediction errors"})
     yield_slack_s: float = field(default=1.0, metadata={"help": "while a first-token deadline waits on prompt work, "
                                  "a running request bound only by a deadline skips its decode in a step if it has "
-                                 "more than this many seconds of slack (the time goes to the prompt); 0: never"})
+                                 "more than this many seconds of slack, plus a fifth of its remaining tokens' time "
+                                 "(the time goes to the prompt); 0: never"})
     async_scheduling: bool | None = field(default=None, metadata={"help": "schedule and queue step N+1 while step N "
                                           "runs on the device, its sampled tokens fed on the device (default: on "
                                           "GPUs; a CPU computes while it launches, so there it would only delay tokens)"})
