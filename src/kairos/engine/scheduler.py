@@ -2,10 +2,10 @@
 
 Each step: (1) decode tokens of running sequences, most urgent first, preempting the least
 urgent running sequence when blocks run out (those bound only by a deadline, with slack to
-spare, sit out a step whose first prompt work has a first-token deadline: ``yielding_decodes``); (2) prefill work — running sequences mid-prompt
-and waiting ones — in policy order while the budget, the sequence limit and free blocks
-allow (and, past a chunk of a request with a first-token deadline, while that token stays in
-time). A waiting SLO request that would otherwise miss may preempt less urgent running work.
+spare, sit out a step whose first prompt work has a first-token deadline: ``yielding_decodes``);
+(2) prefill work — running sequences mid-prompt and waiting ones — in policy order while the
+budget, the sequence limit and free blocks allow (and, past a chunk of a request with a
+first-token deadline, while that token stays in time). A waiting SLO request that would otherwise miss may preempt less urgent running work.
 Waiting SLO requests whose objectives have become impossible end as ``expired``.
 """
 
@@ -136,7 +136,7 @@ class Scheduler:
             # decode rather than leave the step empty. (A step of fewer decodes while the prompt
             # waits for a worthwhile chunk is no loss: it banks the TPOT requests' time faster.)
             for seq in yielding.values():
-                if seq.status is SeqStatus.RUNNING:
+                if seq.status is SeqStatus.RUNNING and not seq.all_sampled:
                     out.budget = max(out.budget, 0) + 1
                     self._fit(seq, 1, out, keys)
         return out
