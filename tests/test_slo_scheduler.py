@@ -546,3 +546,46 @@ def test_decodes_that_yielded_to_a_prompt_that_could_not_start_after_all_still_r
     for _ in range(2):
         assert [(s.seq.request_id, s.num_new_tokens) for s in sim.step().scheduled] == [("b0", 1), ("b1", 1)]
     assert ask.status is SeqStatus.WAITING
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_yields_change_when_tokens_come_not_which(tiny_llama, async_scheduling):
+    """Through the engine (a tiny model; ``n=2`` forks; async scheduling or not): batch requests
+    that yield to an interactive prompt produce the very tokens they produce without yields, each
+    request ends once with all its tokens, and the yields did happen (a step without the batch
+    decodes while the prompt ran)."""
+    def run(yield_slack_s: float) -> tuple[dict, int]:
+        clock = Clock()
+        engine = timed_engine(tiny_llama[1], clock, yield_slack_s=yield_slack_s, async_scheduling=async_scheduling,
+                              max_num_batched_tokens=16)
+        batch = SLO(deadline_ms=20_000)
+        for i in range(3):
+            engine.add_request(EngineRequest(f"b{i}", list(range(3 + i, 13 + i)),
+                                             SamplingParams(max_tokens=12, n=2 if i == 0 else 1, ignore_eos=True,
+                                                            temperature=0.0), slo=batch))
+        got: dict[tuple[str, int], list[int]] = {}
+        ends: dict[tuple[str, int], int] = {}
+        skipped, flight = 0, None
+        for step in range(200):
+            if step == 4:
+                engine.add_request(EngineRequest("ask", list(range(20, 60)), SamplingParams(max_tokens=4, ignore_eos=True),
+                                                 slo=SLO(ttft_ms=5000)))
+            if not engine.has_unfinished() and flight is None:
+                break
+            if flight is None:
+                flight = engine.launch()
+            rows = {s.seq.request_id for s in flight.sched.scheduled}
+            skipped += "ask" in rows and not rows & {"b0", "b1", "b2"}
+            outs, flight = engine.advance(flight)
+            clock.t += 0.01
+            for o in outs:
+                got.setdefault((o.request_id, o.index), []).extend(o.new_token_ids)
+                ends[(o.request_id, o.index)] = ends.get((o.request_id, o.index), 0) + (o.finish_reason is not None)
+        assert set(ends.values()) == {1} and len(ends) == 5
+        return got, skipped
+
+    yielded, skipped = run(1.0)
+    plain, never = run(0.0)
+    assert skipped > 0 and never == 0
+    assert {k: v for k, v in yielded.items() if k[0] != "ask"} == {k: v for k, v in plain.items() if k[0] != "ask"}
+    assert all(len(v) == (4 if k[0] == "ask" else 12) for k, v in yielded.items())
