@@ -61,8 +61,6 @@ def predict(sch: Scheduler, cost: CostModel, intervals: StepIntervals, seq: Sequ
     # its chunks more room: those whose slack lasts until its first token would come without them
     until = wait + ctx.prefill_eta(seq, ahead_prefill)
     lighter = ctx.without(yielding_decodes(sch.running, seq, ctx, sch.config.yield_slack_s, lasting=until))
-    if lighter is not ctx and ctx.decode_pace:
-        lighter.prefill_share = sch.prefill_share(lighter)
     first = ctx.now + wait + lighter.prefill_eta(seq, ahead_prefill)
     last = first + (seq.params.max_tokens - 1) * tpot
     return first - seq.arrival_time, tpot, last - seq.arrival_time

@@ -44,12 +44,22 @@ class SchedContext:
     # was computed from (the fields above may be set after construction)
     _line: tuple = field(default=(), repr=False, compare=False)
 
+    def paced_share(self) -> float:
+        """The ``prefill_share`` that steps paced at ``decode_pace`` leave: what their decodes do not take."""
+        if not self.decode_pace:
+            return 1.0
+        return max(0.05, 1 - self.cost.step_time(0, self.decode_seqs, self.decode_ctx) / self.decode_pace)
+
     def without(self, seqs: dict[int, Sequence]) -> SchedContext:
-        """This context with ``seqs`` (running decodes) out of the decode batch."""
+        """This context with ``seqs`` (running decodes) out of the decode batch (and the share
+        of paced steps they took given to prefill)."""
         if not seqs:
             return self
-        return replace(self, decode_seqs=self.decode_seqs - len(seqs),
-                       decode_ctx=self.decode_ctx - sum(s.num_tokens for s in seqs.values()), _line=())
+        ctx = replace(self, decode_seqs=self.decode_seqs - len(seqs),
+                      decode_ctx=self.decode_ctx - sum(s.num_tokens for s in seqs.values()), _line=())
+        if ctx.decode_pace:
+            ctx.prefill_share = ctx.paced_share()
+        return ctx
 
     def cached_tokens(self, seq: Sequence) -> int:
         """Tokens of ``seq`` whose KV exists: its own once started, else its cached prefix."""
@@ -67,28 +77,33 @@ class SchedContext:
         (``decode_ctx`` context tokens): a decode-only step and the loop around it, stretched by
         the prompt chunks that arrive meanwhile (at the recent ``prefill_load``); at most a step
         that carries a full chunk (decodes go first, chunks fill the rest of each step)."""
+        return self._per_token(self._token_line(decode_seqs, decode_ctx), 0.0)
+
+    def _token_line(self, decode_seqs: float, decode_ctx: float) -> tuple:
+        # ``token_time`` of a batch with ``x`` more context tokens is min((a + b x) / room, f + b x):
+        # (room: the share of time prompt chunks leave, None: none; a: a decode-only step and the
+        # loop around it; f: a step with a full chunk; b: a step's time per context token)
         decode = self.cost.step_time(0, decode_seqs, decode_ctx)
-        step = decode + self.overhead
-        full = step + self.cost.step_time(max(1, self.budget - decode_seqs), decode_seqs, decode_ctx) - decode
-        return min(step / (1 - self.prefill_load), full) if self.prefill_load < 1 else full
+        full = self.overhead + self.cost.step_time(max(1, self.budget - decode_seqs), decode_seqs, decode_ctx)
+        room = 1 - self.prefill_load if self.prefill_load < 1 else None
+        return room, decode + self.overhead, full, self.cost.per_context_token()
+
+    @staticmethod
+    def _per_token(line: tuple, context_tokens: float) -> float:
+        room, a, f, b = line
+        x = b * context_tokens
+        return f + x if room is None else min((a + x) / room, f + x)
 
     def decode_eta(self, seq: Sequence) -> float:
         """Seconds for the rest of ``seq``'s answer joining the decodes (``token_time`` of the
         batch with it, and at least the pace TPOT promises hold the steps to)."""
-        # token_time(decode_seqs + 1, decode_ctx + x) is min(k * (a + b x), f + b x): a, f and b
-        # are the same for every request of the round (computed once: a hot path of the policy)
+        # (the batch's line is the same for every request of the round: computed once, a hot
+        # path of the policy; keyed by what it reads, as fields may be set after construction)
         key = (self.decode_seqs, self.decode_ctx, self.budget, self.overhead, self.prefill_load, id(self.cost),
                self.cost.version)
         if not self._line or self._line[0] != key:
-            rows = self.decode_seqs + 1
-            decode = self.cost.step_time(0, rows, self.decode_ctx)
-            full = self.overhead + self.cost.step_time(max(1, self.budget - rows), rows, self.decode_ctx)
-            stretch = 1 / (1 - self.prefill_load) if self.prefill_load < 1 else None  # (None: full steps)
-            self._line = (key, stretch, decode + self.overhead, full, self.cost.per_context_token())
-        _, k, a, f, b = self._line
-        x = b * seq.num_tokens
-        per_token = f + x if k is None else min(k * (a + x), f + x)
-        return seq.remaining_decode * max(per_token, self.decode_pace)
+            self._line = (key, self._token_line(self.decode_seqs + 1, self.decode_ctx))
+        return seq.remaining_decode * max(self._per_token(self._line[1], seq.num_tokens), self.decode_pace)
 
     def slack(self, seq: Sequence) -> float:
         """Seconds to spare before the tightest objective of ``seq`` would be missed (inf: none)."""

@@ -64,13 +64,8 @@ class Scheduler:
         ctx.decode_pace = self.decode_pace()
         if self.intervals is not None:
             ctx.overhead, ctx.prefill_load = self.intervals.overhead(ctx.now), self.intervals.prefill_load(ctx.now)
-        if ctx.decode_pace:
-            ctx.prefill_share = self.prefill_share(ctx)
+        ctx.prefill_share = ctx.paced_share()  # (prefill gets what the paced decode steps leave)
         return ctx
-
-    def prefill_share(self, ctx: SchedContext) -> float:
-        """Share of the time prefill gets from steps paced at ``ctx.decode_pace``: what its decodes leave."""
-        return max(0.05, 1 - self.cost.step_time(0, ctx.decode_seqs, ctx.decode_ctx) / ctx.decode_pace)
 
     def tpot_bound(self) -> list[Sequence]:
         """Running requests past their first token with a TPOT promise."""
@@ -88,7 +83,12 @@ class Scheduler:
         self._expire(ctx, out)
         keys = {s.seq_id: self.policy(s, ctx) for s in self.running + self.waiting}
         self.running.sort(key=lambda s: keys[s.seq_id])
-        head = self._prefill_head(keys, ctx)
+        # prefill chunks and admissions, in policy order (for phase (2); a sequence phase (1)
+        # preempts is skipped there)
+        candidates = ([s for s in self.running if s.num_tokens - s.num_computed > 1]
+                      + [s for s in self.waiting if not s.all_sampled])
+        candidates.sort(key=lambda s: keys[s.seq_id])
+        head = self._prefill_head(candidates[0], ctx) if candidates else None
         yielding = yielding_decodes(self.running, head, ctx, self.config.yield_slack_s)
         out.budget = token_budget(ctx.without(yielding), self.tpot_bound(), self.config.max_num_batched_tokens)
         # (1) decodes: one token each (not for a sequence whose last token is already on its way:
@@ -103,10 +103,7 @@ class Scheduler:
                 draft = self._draft(seq, out.budget - (len(decodes) - 1 - i)) if self.proposer is not None else []
                 if self._fit(seq, 1 + len(draft), out, keys) and draft:
                     out.scheduled[-1].draft = draft
-        # (2) prefill chunks and admissions, in policy order
-        candidates = ([s for s in self.running if s.num_tokens - s.num_computed > 1]
-                      + [s for s in self.waiting if not s.all_sampled])
-        candidates.sort(key=lambda s: keys[s.seq_id])
+        # (2) prefill chunks and admissions
         admitting = True
         for seq in candidates:
             if out.budget <= 0:
@@ -141,15 +138,11 @@ class Scheduler:
                     self._fit(seq, 1, out, keys)
         return out
 
-    def _prefill_head(self, keys, ctx: SchedContext) -> Sequence | None:
-        """The prompt work that goes first this step if decodes may yield to it: a prompt with a
-        first-token deadline, mid-prompt or waiting with a place in the batch and blocks for a
-        first chunk (else the decodes yielding to it would only idle)."""
-        if not self.config.yield_slack_s:
-            return None
-        work = [s for s in self.running if s.num_tokens - s.num_computed > 1] + [s for s in self.waiting if not s.all_sampled]
-        head = min(work, key=lambda s: keys[s.seq_id], default=None)
-        if head is None or head.ttft_deadline is None or head.best_effort:
+    def _prefill_head(self, head: Sequence, ctx: SchedContext) -> Sequence | None:
+        """``head``, the prompt work that goes first this step, if decodes may yield to it: a
+        prompt with a first-token deadline, mid-prompt or waiting with a place in the batch and
+        blocks for a first chunk (else the decodes yielding to it would only idle)."""
+        if not self.config.yield_slack_s or head.ttft_deadline is None or head.best_effort:
             return None
         if head.status is SeqStatus.WAITING:
             cached = ctx.cached_tokens(head)
