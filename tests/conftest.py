@@ -11,6 +11,19 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
+@pytest.fixture(scope="session", autouse=True)
+def auto_dtype_is_float32():
+    """``dtype="auto"`` is float32 in the tests on every CPU: their references are transformers in
+    float32, and on a CPU with bfloat16 units (AVX512-BF16, AMX) ``auto`` would pick bfloat16.
+    Tests of that choice fake the CPU's flags (test_cpu_kernels); tests of bfloat16 ask for it."""
+    from kairos.loader import model as model_loader
+
+    real = model_loader.cpu_has_bf16
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model_loader, "cpu_has_bf16", lambda: False)
+        yield real  # (for the tests of the choice)
+
+
 TINY_COMMON = dict(
     vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

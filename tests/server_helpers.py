@@ -24,6 +24,8 @@ class ServerProcess:
 
     def __init__(self, *args: str, timeout: float = 180.0, env: dict[str, str] | None = None,
                  keep_log: bool = True):
+        if "--dtype" not in args:  # the tests' expectations are float32's, whatever the CPU has
+            args = (*args, "--dtype", "float32")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(

@@ -65,7 +65,7 @@ def test_empty_prompt(llm):
 
 def test_prompt_too_long_leaves_nothing_behind(llm):
     good, long = prompts_of([10])[0], prompts_of([70])[0]
-    with pytest.raises(ValueError, match="maximum context length is 64 tokens, but 86 were requested"):
+    with pytest.raises(ValueError, match="maximum context length is 64 tokens. However, you requested 86 tokens"):
         llm.generate([good, long], SamplingParams(max_tokens=16))
     assert not llm.engine.has_unfinished()
     assert not llm.processor.states

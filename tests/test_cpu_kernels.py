@@ -214,19 +214,47 @@ def test_rope_store_kv_matches_reference_rope_and_writes_slots():
     assert v_cache[[2, 4, 5, 6, 8, 9, 10]].abs().sum() == 0  # nothing else written
 
 
-def test_auto_dtype_keeps_float32_for_gguf_where_kernels_run(monkeypatch, tiny_llama, tmp_path):
+AVX2 = "fpu sse2 avx avx2 fma f16c bmi2"
+CPUS = {  # (platform.machine(), /proc/cpuinfo flags) -> what dtype="auto" picks for a GGUF, an HF dir
+    "avx2-only (AMD Zen 3)": ("x86_64", AVX2, "float32", "float32"),
+    "avx-512 (Skylake-SP)": ("x86_64", AVX2 + " avx512f avx512bw avx512vl avx512_vnni", "float32", "float32"),
+    "avx512-bf16 and amx (Sapphire Rapids)": ("x86_64", AVX2 + " avx512f avx512_bf16 amx_bf16 amx_tile amx_int8",
+                                              "float32", "bfloat16"),
+    "non-x86 (aarch64)": ("aarch64", "", "float32", "float32"),
+}
+
+
+@pytest.mark.parametrize("cpu", list(CPUS))
+def test_auto_dtype_and_kernels_on_a_faked_cpu(cpu, monkeypatch, tiny_llama, tmp_path, auto_dtype_is_float32):
+    """The decision alone, on each kind of CPU (its flags faked; the kernels' build is not run):
+    a GGUF stays float32 where the kernels run (they read its blocks), else bfloat16 where the CPU
+    has bfloat16 units; an HF directory is bfloat16 only there."""
     from kairos.config import ModelConfig
+    from kairos.kernels import cpu as kernels
     from kairos.loader import model as model_loader
 
-    gguf = tmp_path / "m.gguf"
-    gguf.write_bytes(b"")  # only the suffix is read
-    cpu_dev = torch.device("cpu")
-    monkeypatch.setattr(model_loader, "cpu_has_bf16", lambda: True)  # as on a CPU with AVX512-BF16
-    assert model_loader.resolve_dtype(ModelConfig(model=str(gguf)), cpu_dev) == torch.float32
-    assert model_loader.resolve_dtype(ModelConfig(model=str(gguf), cpu_kernels=False), cpu_dev) == torch.bfloat16
-    assert model_loader.resolve_dtype(ModelConfig(model=str(tiny_llama[1])), cpu_dev) == torch.bfloat16
-    monkeypatch.setattr(model_loader, "cpu_has_bf16", lambda: False)
-    assert model_loader.resolve_dtype(ModelConfig(model=str(tiny_llama[1])), cpu_dev) == torch.float32
+    machine, flags, want_gguf, want_hf = CPUS[cpu]
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: set(flags.split()))
+    monkeypatch.setattr(kernels.platform, "machine", lambda: machine)
+    monkeypatch.setattr(kernels, "_build", lambda flags: "built")  # (no compile for a CPU that is not this one)
+    monkeypatch.setattr(model_loader, "cpu_has_bf16", auto_dtype_is_float32)  # (the real one: the tests pin it)
+    kernels.load.cache_clear()
+    try:
+        assert kernels.load() == ("built" if machine == "x86_64" else None)
+        gguf = tmp_path / "m.gguf"
+        gguf.write_bytes(b"")  # only the suffix is read
+        cpu_dev = torch.device("cpu")
+
+        def auto(**kw) -> str:
+            return str(model_loader.resolve_dtype(ModelConfig(**kw), cpu_dev)).removeprefix("torch.")
+
+        assert auto(model=str(gguf)) == want_gguf
+        assert auto(model=str(tiny_llama[1])) == want_hf
+        # without the kernels a GGUF is dense: bfloat16 where the CPU has the units for it
+        assert auto(model=str(gguf), cpu_kernels=False) == want_hf
+        assert auto(model=str(tiny_llama[1]), dtype="float32") == "float32"
+    finally:
+        kernels.load.cache_clear()  # (the next test loads this CPU's kernels)
 
 
 def _quantize_linears(model, tied: bool) -> dict[str, tuple[str, torch.Tensor]]:

@@ -126,6 +126,6 @@ def test_a_prompt_of_the_whole_context_is_scored_by_one_token_past_it(tiny_llama
     out = llm.generate([prompt], SamplingParams(max_tokens=1, prompt_logprobs=1, **GREEDY))[0]
     check(model, prompt, out.prompt_logprobs, 1)
     assert (len(out.outputs[0].token_ids), out.outputs[0].finish_reason) == (1, "length")
-    with pytest.raises(ValueError, match="maximum context length is 24 tokens, but 26 were requested"):
+    with pytest.raises(ValueError, match="maximum context length is 24 tokens. However, you requested 26 tokens"):
         llm.generate([prompt], SamplingParams(max_tokens=2, **GREEDY))
     assert_pool_whole(llm.engine)

@@ -114,7 +114,10 @@ def test_manager_hits_refcounts_and_eviction_under_pressure():
     # LRU leaf 2 is evicted before its parent 1; freed blocks go to the front of the free list
     assert kv.allocate(4, 20) == [2, 1, 3, 4, 5]
     assert kv.evicted_blocks == 2
-    assert kv.stats()["prefix_cache_hit_tokens"] == 12
+    # the hit statistics count sequences that started (the scheduler's word), not lookups
+    assert kv.stats()["prefix_cache_hit_tokens"] == 0
+    kv.count_hit(10, 8)
+    assert kv.stats()["prefix_cache_queried_tokens"] == 10 and kv.stats()["prefix_cache_hit_tokens"] == 8
 
 
 @pytest.fixture(scope="module")

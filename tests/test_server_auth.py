@@ -100,4 +100,12 @@ def test_the_load_generator_sends_the_key_beside_the_slo_headers():
     _, _, headers = _body(spec, Target("http://x", "m", "completions", True, api_key=KEY), [])
     assert headers == {"Authorization": f"Bearer {KEY}", "X-Kairos-TTFT-Ms": "500", "X-Kairos-SLO-Class": "i"}
     assert "Authorization" not in _body(spec, Target("http://x", "m", "completions", True), [])[2]
+    # a class may carry the body's priority (vLLM's field; Kairos reads the same one), SLO or not
+    ranked = RequestSpec(0, 0.0, "hi", 1, 4, SLO.parse("chat:ttft_ms=500,priority=-2"))
+    for send_slo in (True, False):
+        _, body, _ = _body(ranked, Target("http://x", "m", "completions", send_slo), [])
+        assert body["priority"] == -2 and ("slo" in body) == send_slo
+    assert "priority" not in _body(spec, Target("http://x", "m", "completions", True), [])[1]
+    with pytest.raises(ValueError, match="SLO field priority must be an integer, got '1.5'"):
+        SLO.parse("x:priority=1.5")
     assert KEY not in repr(BenchConfig(api_key=KEY))

@@ -313,6 +313,16 @@ def test_a_compile_that_fails_with_the_tokenizer_is_a_refusal_before_any_stream(
             assert (r.status_code, r.json()) == (400, {"error": expected}), r.text
         r = httpx.post(srv.url + "/v1/completions", json=body | {"guided_regex": None, "max_tokens": 3}, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+        # the context rule is the engine's, at the API too: one token past a full context is scored
+        whole = body | {"guided_regex": None, "prompt": [5] * 128, "max_tokens": 1}
+        r = httpx.post(srv.url + "/v1/completions", json=whole, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"] == {"prompt_tokens": 128, "completion_tokens": 1,
+                                                              "total_tokens": 129} | r.json()["usage"]
+        r = httpx.post(srv.url + "/v1/completions", json=whole | {"max_tokens": 2}, timeout=60)
+        assert (r.status_code, r.json()) == (400, {"error": {
+            "message": "This model's maximum context length is 128 tokens. However, you requested 130 tokens "
+                       "(128 in the prompt, 2 in the completion). Please reduce the length.",
+            "type": "invalid_request_error", "param": "max_tokens", "code": "context_length_exceeded"}})
         stats = srv.stats()
         assert (stats["num_compiling"], stats["num_requests_in_flight"], stats["kv_blocks_active"]) == (0, 0, 0)
     finally:

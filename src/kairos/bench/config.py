@@ -25,7 +25,7 @@ class BenchConfig:
     num_prefix_groups: int = field(default=1, metadata={"help": "distinct shared prefixes"})
     turns: int = field(default=1, metadata={"help": "turns per multi-turn chat session"})
     max_concurrency: int | None = field(default=None, metadata={"help": "requests in flight at most (a request due meanwhile waits for a slot), as vLLM's"})
-    slo: tuple[str, ...] = field(default=(), metadata={"help": "SLO class [NAME:]ttft_ms=..,tpot_ms=..,deadline_ms=.. (repeatable; round-robin; NAME default: default)"})
+    slo: tuple[str, ...] = field(default=(), metadata={"help": "SLO class [NAME:]ttft_ms=..,tpot_ms=..,deadline_ms=..,priority=.. (repeatable; round-robin; NAME default: default; priority: the body field, as is: vLLM serves lower values first, Kairos higher)"})
     trace: str | None = field(default=None, metadata={"help": "JSONL trace: timestamp, input_length, output_length (replayed at its own times)"})
     sweep: str | None = field(default=None, metadata={"help": "comma-separated rates to sweep (overrides --rate; each rate draws its own prompts)"})
     target_attainment: float = field(default=0.9, metadata={"help": "attainment that defines capacity in a sweep"})

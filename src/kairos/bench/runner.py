@@ -58,6 +58,8 @@ def _body(spec: RequestSpec, target: Target, history: list[dict]) -> tuple[str, 
     headers = target.auth()
     slo = {k: v for k, v in (("ttft_ms", spec.slo.ttft_ms), ("tpot_ms", spec.slo.tpot_ms),
                              ("deadline_ms", spec.slo.deadline_ms)) if v is not None}
+    if spec.slo.priority is not None:  # (vLLM's and Kairos' body field, each read by its own order)
+        body["priority"] = spec.slo.priority
     if target.send_slo and slo:
         body["slo"] = {**slo, "class": spec.slo.name}  # (the class: the server's metrics count by it)
         headers.update({f"X-Kairos-{k.removesuffix('_ms').upper()}-Ms": str(v) for k, v in slo.items()})

@@ -17,6 +17,8 @@ class SLO:
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     deadline_ms: float | None = None
+    # sent as the body's ``priority`` field, as is: vLLM serves lower values first, Kairos higher
+    priority: int | None = None
 
     def met(self, ttft_s: float | None, tpot_s: float | None, e2e_s: float) -> bool:
         if self.ttft_ms is not None and (ttft_s is None or ttft_s * 1000 > self.ttft_ms):
@@ -28,15 +30,22 @@ class SLO:
     @classmethod
     def parse(cls, text: str) -> SLO:
         """``name:ttft_ms=1000,tpot_ms=150``, ``batch:deadline_ms=60000``, ``ttft_ms=500`` (the
-        class named "default"), or ``batch`` (a class without objectives)."""
+        class named "default"), or ``batch`` (a class without objectives); ``priority=N`` adds the
+        body field ``priority`` to the class's requests."""
         name, colon, rest = text.partition(":")
         if "=" in name:  # (no name: every field is in ``text``)
             name, rest = "default", text
         kw = {}
         for part in filter(None, rest.split(",")):
             k, _, v = part.partition("=")
+            if k == "priority":
+                try:
+                    kw[k] = int(v)
+                except ValueError:
+                    raise ValueError(f"SLO field priority must be an integer, got {v!r} in {text!r}") from None
+                continue
             if k not in ("ttft_ms", "tpot_ms", "deadline_ms"):
-                raise ValueError(f"unknown SLO field {k!r} in {text!r} (ttft_ms, tpot_ms, deadline_ms)")
+                raise ValueError(f"unknown SLO field {k!r} in {text!r} (ttft_ms, tpot_ms, deadline_ms, priority)")
             try:
                 kw[k] = float(v)
             except ValueError:

@@ -140,6 +140,18 @@ class SLOAdmission:
                 took = min(took, seq.predicted[1])
             self.calibration["e2e"].observe(now, seq.predicted[1], took)
 
+    def aborted(self, seq: Sequence, now: float) -> None:
+        """An admitted request ended by its client (or cancelled): past an objective it had not met
+        by then it is a miss of it, by as long as it waited; before, it says nothing of the
+        predictions (the client left early)."""
+        if seq.predicted is None:
+            return
+        waited = now - seq.arrival_time
+        if seq.slo.ttft_ms is not None and seq.first_token_time is None and waited * 1000 > seq.slo.ttft_ms:
+            self.calibration["ttft"].observe(now, seq.predicted[0], waited)
+        if seq.slo.deadline_ms is not None and waited * 1000 > seq.slo.deadline_ms:
+            self.calibration["e2e"].observe(now, seq.predicted[1], waited)
+
     def expired(self, seq: Sequence, now: float) -> None:
         """An admitted request ended unserved, as it could no longer meet the objectives in
         ``seq.missed``: a miss of each, by at least the objective itself (ended early, its answer

@@ -94,7 +94,7 @@ class EngineCore:
         p, prompt = req.params, req.prompt_token_ids
         if req.request_id in self.requests:
             raise ValueError(f"request_id {req.request_id!r} is already in use")
-        check_request(req, self.arch.vocab_size, self.max_model_len, self.kv)
+        check_request(req, self.arch.vocab_size, self.max_model_len, self.kv, self.config.scheduler.max_num_seqs)
         checked = self.structured.check(p.structured) if p.structured is not None else None
         arrival = self.clock() if req.arrival_time is None else req.arrival_time
         seq = Sequence(self.live.next_id(), req.request_id, 0, prompt, p, arrival, pending_forks=p.n - 1,

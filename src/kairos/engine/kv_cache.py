@@ -100,6 +100,10 @@ class KVCacheManager:
     def cache(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
         """Offer the sequence's computed full blocks to the cache."""
 
+    def count_hit(self, num_tokens: int, num_hit: int) -> None:
+        """A sequence started with ``num_hit`` of its ``num_tokens`` tokens matched (the hit
+        statistics count started sequences, not lookups an admission then undid)."""
+
     def stats(self) -> dict[str, float]:
         return {}
 
@@ -149,9 +153,11 @@ class PrefixCachingKVManager(KVCacheManager):
         self.pool.incref(m.blocks)
         self.block_tables[seq_id] = list(m.blocks)
         self._relock(seq_id, m.node)
-        self.queried_tokens += len(token_ids)
-        self.hit_tokens += m.num_blocks * self.block_size
         return m.num_blocks * self.block_size
+
+    def count_hit(self, num_tokens: int, num_hit: int) -> None:
+        self.queried_tokens += num_tokens
+        self.hit_tokens += num_hit
 
     def cache(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
         table = self.block_tables[seq_id]

@@ -57,14 +57,18 @@ class LiveRequests:
         return out
 
     def abort(self, request_id: str) -> list[SeqOutput]:
-        """Ends every unfinished sequence of a request; frees its blocks."""
+        """Ends every unfinished sequence of a request ("abort" outputs for those alone); frees its blocks."""
         seqs = self.seqs.pop(request_id, None)
         if seqs is None:
             return []
         parked = self.parked.drop(request_id)  # (not in the scheduler)
         out = []
+        now = self.admission.clock()
         for i, seq in enumerate(seqs):
+            if seq is not None and seq.status is SeqStatus.FINISHED:
+                continue  # (a sibling that ended already had its one outcome)
             if seq is not None and not parked:
+                self.admission.aborted(seq, now)
                 self.scheduler.finish(seq)
             out.append(SeqOutput(request_id, i, [], finish_reason="abort"))
         return out
@@ -72,6 +76,8 @@ class LiveRequests:
     def finish_sequence(self, request_id: str, index: int) -> None:
         seqs = self.seqs.get(request_id)
         if seqs is not None and seqs[index] is not None and request_id not in self.parked:
+            if seqs[index].status is not SeqStatus.FINISHED:  # (a stop string: it ended as it should)
+                self.admission.finished(seqs[index], self.admission.clock())
             self.finish(seqs[index])
 
     def finish(self, seq: Sequence) -> None:
@@ -104,12 +110,14 @@ class LiveRequests:
         for seq in expired:
             self.expired += 1
             self.admission.expired(seq, now)
-            seqs = self.seqs.get(seq.request_id, [])
-            for i, s in enumerate(seqs):
-                if s is seq or (s is None and seq.index == 0):
-                    out.append(SeqOutput(seq.request_id, i, [], finish_reason="expired",
-                                         num_prompt_tokens=seq.num_prompt_tokens))
-            if seq.pending_forks:
+            # (siblings that expire in the same round are all finished already: the first one's
+            # ``finish`` ends the request, so each one's output is made from the sequence itself)
+            unforked = range(1, seq.pending_forks + 1) if seq.index == 0 else range(0)
+            for i in [seq.index, *unforked]:
+                out.append(SeqOutput(seq.request_id, i, [], finish_reason="expired",
+                                     num_prompt_tokens=seq.num_prompt_tokens))
+            seqs = self.seqs.get(seq.request_id)
+            if seq.pending_forks and seqs is not None:
                 seqs[1:] = [seq] * seq.pending_forks  # mark them ended for the bookkeeping below
             self.finish(seq)
         return out

@@ -43,7 +43,9 @@ def token_budget(ctx: SchedContext, bound: list[Sequence], max_tokens: int) -> i
     prefill = ctx.cost.max_prefill_tokens(TPOT_STEP_SHARE * min(spare), ctx.decode_seqs, ctx.decode_ctx)
     if prefill < min(ctx.cost.worthwhile_chunk(), budget - ctx.decode_seqs):
         prefill = 0
-    return min(budget, ctx.decode_seqs + prefill)
+    # (at least a token: a step with work waiting never has a budget of 0, or nothing would
+    # move again; ``bound`` holds only decoding requests, so this floor is one of their decodes)
+    return max(1, min(budget, ctx.decode_seqs + prefill))
 
 
 def keep_first_token(seq: Sequence, out: SchedulerOutput, ctx: SchedContext) -> None:

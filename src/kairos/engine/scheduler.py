@@ -68,8 +68,11 @@ class Scheduler:
         return ctx
 
     def tpot_bound(self) -> list[Sequence]:
-        """Running requests past their first token with a TPOT promise."""
-        return [s for s in self.running if s.tpot_s and s.first_token_time is not None]
+        """Running requests decoding past their first token with a TPOT promise (not one that
+        recomputes its tokens after a preemption: its schedule ran on while it waited, and a
+        bank overdrawn by a request that cannot decode would leave every step a budget of 0)."""
+        return [s for s in self.running if s.tpot_s and s.first_token_time is not None
+                and s.num_tokens - s.num_computed <= 1]
 
     def decode_pace(self, extra: Sequence | None = None) -> float:
         """Seconds per step while the tightest TPOT promise (of ``tpot_bound`` and ``extra``) paces
@@ -147,7 +150,7 @@ class Scheduler:
         if head.status is SeqStatus.WAITING:
             cached = ctx.cached_tokens(head)
             chunk = min(head.num_tokens - cached, self.config.max_num_batched_tokens)
-            if len(self.running) >= self.seq_cap(ctx, head) or not self.kv.can_allocate(head.seq_id, cached + chunk):
+            if not self.has_room(ctx, head) or not self.kv.can_allocate(head.seq_id, cached + chunk):
                 return None
         return head
 
@@ -193,7 +196,7 @@ class Scheduler:
         n = min(seq.num_tokens - seq.num_computed, out.budget)
         reserve = seq.pending_forks if seq.num_computed + n == seq.num_tokens else 0
         urgent = not seq.best_effort and ctx.slack(seq) < self._natural_wait(ctx)
-        while len(self.running) >= self.seq_cap(ctx, seq) or not self.kv.can_allocate(
+        while not self.has_room(ctx, seq) or not self.kv.can_allocate(
                 seq.seq_id, seq.num_computed + n, reserve):
             victim = self._victim(keys, than=keys[seq.seq_id]) if urgent else None
             if victim is not None and not victim.best_effort and \
@@ -206,11 +209,20 @@ class Scheduler:
                 return False
             self._preempt(victim, out)
             n = min(seq.num_tokens - seq.num_computed, out.budget)  # the victim's tokens are free again
+        if fresh and not seq.wants_prompt_logprobs:
+            self.kv.count_hit(seq.num_tokens, seq.num_computed)
         self.waiting.remove(seq)
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
         self._schedule(seq, n, out, reserve)
         return True
+
+    def has_room(self, ctx: SchedContext, seq: Sequence) -> bool:
+        """Whether waiting ``seq`` and the siblings it will fork fit in the batch beside the running
+        sequences and the siblings those will fork (``seq_cap``). An idle batch always has room:
+        intake refuses ``n`` over ``max_num_seqs``, and a TPOT cap below ``n`` would never lift."""
+        seats = len(self.running) + sum(s.pending_forks for s in self.running)
+        return not self.running or seats + 1 + seq.pending_forks <= self.seq_cap(ctx, seq)
 
     def seq_cap(self, ctx: SchedContext, extra: Sequence | None = None) -> int:
         """Most running sequences for which a decode step keeps the tightest TPOT promise among the

@@ -64,14 +64,23 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def usable(flags: set[str], machine: str) -> bool:
+    """Whether the kernels can run on a CPU of ``machine`` (``platform.machine()``) with ``flags``."""
+    return machine in ("x86_64", "AMD64") and set(_REQUIRED_FLAGS) <= flags
+
+
 @cache
 def load() -> ctypes.CDLL | None:
     """The compiled kernels, built on first use into the cache; None where they cannot run."""
+    flags = cpu_flags()
+    if not usable(flags, platform.machine()):
+        return None
+    return _build(flags)
+
+
+def _build(flags: set[str]) -> ctypes.CDLL | None:
     from kairos.loader.tokenizer import cache_dir
 
-    flags = cpu_flags()
-    if platform.machine() not in ("x86_64", "AMD64") or not set(_REQUIRED_FLAGS) <= flags:
-        return None
     # -march=native: the build is for this CPU, so the key includes its flags
     key = hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, *sorted(CSRC.glob("*.h"))]) + " ".join(sorted(flags)).encode()).hexdigest()[:16]
     lib_path = cache_dir() / "kernels" / f"kairos_cpu-{key}.so"

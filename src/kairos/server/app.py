@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kairos
 from kairos.engine import structured
-from kairos.engine.sampling_params import SamplingParams, StructuredOutput
+from kairos.engine.sampling_params import SamplingParams, StructuredOutput, check_context_length
 from kairos.server import tools as tool_calls
 from kairos.server.chat_template import ChatRenderer, load_template
 from kairos.server.client import EngineClient
@@ -154,13 +154,11 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         vocab = client.ready.vocab_size
         if params.logit_bias and params.logit_bias[-1][0] >= vocab:  # (sorted, non-negative: SamplingParams)
             raise APIError(400, f"logit_bias keys must be token ids in [0, {vocab})", param="logit_bias")
-        limit = client.ready.max_model_len
         asked = 0 if getattr(req, "echo_only", False) else params.max_tokens  # (echo_only: one token, never shown)
-        if prompt_len + asked > limit:
-            raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you requested "
-                                f"{prompt_len + asked} tokens ({prompt_len} in the prompt, "
-                                f"{asked} in the completion). Please reduce the length.",
-                           param="max_tokens", code="context_length_exceeded")
+        try:
+            check_context_length(prompt_len, asked, client.ready.max_model_len)
+        except ValueError as e:
+            raise APIError(400, str(e), param="max_tokens", code="context_length_exceeded") from None
         return params
 
     def need_tokenizer(param: str) -> None:
