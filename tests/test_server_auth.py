@@ -65,7 +65,7 @@ def test_v1_routes_need_the_key_from_the_environment(tiny_llama, monkeypatch):
         assert httpx.get(url + "/v1/models", headers=auth, timeout=30).status_code == 200
         r = httpx.post(url + "/v1/completions", json={**body, "prompt": [[5]] * 1025}, headers=auth, timeout=30)
         assert (r.status_code, r.json()["error"]["message"]) == (
-            400, "at most 1024 prompts in one request (--max-pending), got 1025")
+            400, "at most 1024 sequences in one request (prompts x n; --max-pending), got 1025 x 1")
         # refused by the engine (n copies cannot fit in 63 blocks): a 400 before any stream starts
         r = httpx.post(url + "/v1/completions", json={**body, "n": 100, "stream": True}, headers=auth, timeout=30)
         assert (r.status_code, r.json()["error"]["message"]) == (

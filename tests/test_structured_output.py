@@ -363,3 +363,23 @@ def test_the_grammar_cache_keeps_the_recent_within_its_count_and_characters(tiny
     assert cache.cached() == [big]
     cache.matcher(c)
     assert cache.cached() == [c]  # (big went: 35 > 20)
+
+
+def test_the_grammar_cache_keeps_within_the_memory_its_compiles_kept(tiny_tok, monkeypatch):
+    from kairos.engine import structured
+
+    tok = tiny_tok[2]
+    cache = StructuredOutputs(lambda: tok, 320, [EOS], max_cached_bytes=100 << 20)
+    # each compile reads the resident memory before and after: these kept 60, 30 and 50 MB
+    readings = iter([0, 60 << 20, 60 << 20, 90 << 20, 90 << 20, 140 << 20])
+    monkeypatch.setattr(structured, "resident_bytes", lambda: next(readings))
+    trims = []
+    monkeypatch.setattr(structured, "release_memory", lambda: trims.append(1))
+    a, b, c = (StructuredOutput(regex=r) for r in ("[a-c]{2}", "[0-9]{4}", "x+"))
+    cache.matcher(a)
+    cache.matcher(b)
+    assert cache.cached() == [a, b] and not trims  # 90 MB
+    cache.matcher(c)  # 140 MB: the least recent goes, and its memory goes back to the system
+    assert cache.cached() == [b, c] and trims == [1]
+    with pytest.raises(ValueError, match="unrolls to 1010000 elements"):
+        cache.matcher(StructuredOutput(regex="((a{101}){100}){100}"))

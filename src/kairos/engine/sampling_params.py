@@ -11,6 +11,7 @@ _MAX_LOGPROBS = 20
 _MAX_BIAS = 100.0  # OpenAI's logit_bias range
 _MAX_SPEC_CHARS = 256 << 10  # a structured output's schema, regex, grammar or choices (compiling is not free)
 _GREEDY_BELOW = 1e-5  # a temperature under this samples greedily
+_MAX_TEMPERATURE = 2.0  # OpenAI's bound (past it, a near-uniform draw over the whole vocabulary)
 # a repetition penalty divides or multiplies float32 logits: past these it is 0 or inf there (NaNs)
 _PENALTY_RANGE = (1e-30, 1e30)
 
@@ -99,8 +100,8 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
             bad("n", "must be >= 1")
         if self.max_tokens < 1:
             bad("max_tokens", "must be >= 1")
-        if not self.temperature >= 0.0:
-            bad("temperature", "must be >= 0")
+        if not 0.0 <= self.temperature <= _MAX_TEMPERATURE:
+            bad("temperature", f"must be in [0, {_MAX_TEMPERATURE:g}]")
         if not 0.0 < self.top_p <= 1.0:
             bad("top_p", "must be in (0, 1]")
         if self.top_k < -1:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 import msgspec
 
+from kairos.engine.grammar_limits import regex_elements, release_memory, resident_bytes
 from kairos.engine.sampling_params import StructuredOutput
 
 _STACK_BYTES = 256 << 20  # (reserved, not committed: the pages a compile touches)
@@ -37,6 +38,12 @@ _MAX_GBNF_CHARS = 32 << 10  # GBNF converts to Lark in Python, in time quadratic
 # compiled JSON schema holds up to ~60 bytes per character of it (benchmarks/grammar_memory.py)
 _CACHED = 64
 _CACHED_CHARS = 4 << 20
+# and the memory their compiles kept (a 26-character regex that unrolls to a million states kept
+# ~150 MB): measured as the process's resident memory across each compile
+_CACHED_BYTES = 512 << 20
+# a regex whose repetitions unroll to more elements than this is refused before it is compiled
+# (``((a{101}){100}){100}``: 1,010,000; compiling it takes seconds and ~150 MB)
+_MAX_REGEX_ELEMENTS = 100_000
 
 
 class Compiler:
@@ -87,10 +94,12 @@ class StructuredOutputs:
     constrained request pays nothing for it."""
 
     def __init__(self, load_tokenizer: Callable[[], Any], vocab_size: int, eos_token_ids: list[int],
-                 max_cached: int = _CACHED, max_cached_chars: int = _CACHED_CHARS) -> None:
+                 max_cached: int = _CACHED, max_cached_chars: int = _CACHED_CHARS,
+                 max_cached_bytes: int = _CACHED_BYTES) -> None:
         self._load_tokenizer = load_tokenizer
-        self.max_cached, self.max_cached_chars = max_cached, max_cached_chars
-        self._cached_chars = 0
+        self.max_cached, self.max_cached_chars, self.max_cached_bytes = max_cached, max_cached_chars, max_cached_bytes
+        self._cached_chars = self._cached_bytes = 0
+        self._kept: dict[StructuredOutput, int] = {}  # spec -> bytes its compile kept (resident memory)
         self.vocab_size = vocab_size
         self.eos_token_ids = [t for t in sorted(eos_token_ids) if t < vocab_size]
         self._ll = None  # llguidance.LLTokenizer
@@ -118,7 +127,7 @@ class StructuredOutputs:
                 self._cache.move_to_end(spec)
                 fut.set_result(self._cache[spec])
                 return fut
-            entry = self._compiling[spec] = [self._compilers()[1].submit(self._compile, checked), 0]
+            entry = self._compiling[spec] = [self._compilers()[1].submit(self._measured, spec, checked), 0]
         entry[1] += 1  # (its users: a compile no one waits for any more is dropped)
         return entry[0]
 
@@ -145,13 +154,23 @@ class StructuredOutputs:
     def _settle(self, spec: StructuredOutput, fut: Future) -> None:
         """A finished compile leaves ``_compiling``: into the cache, when it succeeded."""
         del self._compiling[spec]
-        if not fut.cancelled() and fut.exception() is None:
-            self._cache[spec] = fut.result()  # (kept for the next request with it)
-            self._cached_chars += spec.chars()
-            # the least recently used go first; the newest stays, however large
-            while len(self._cache) > 1 and (len(self._cache) > self.max_cached
-                                            or self._cached_chars > self.max_cached_chars):
-                self._cached_chars -= self._cache.popitem(last=False)[0].chars()
+        if fut.cancelled() or fut.exception() is not None:
+            self._kept.pop(spec, None)
+            release_memory()  # (what a failed compile built)
+            return
+        self._cache[spec] = fut.result()  # (kept for the next request with it)
+        self._cached_chars += spec.chars()
+        self._cached_bytes += self._kept.get(spec, 0)
+        # the least recently used go first; the newest stays, however large
+        evicted = False
+        while len(self._cache) > 1 and (len(self._cache) > self.max_cached or self._cached_chars > self.max_cached_chars
+                                        or self._cached_bytes > self.max_cached_bytes):
+            old = self._cache.popitem(last=False)[0]
+            self._cached_chars -= old.chars()
+            self._cached_bytes -= self._kept.pop(old, 0)
+            evicted = True
+        if evicted:
+            release_memory()
 
     def cached(self) -> list[StructuredOutput]:
         """The compiled grammars kept, least recently used first."""
@@ -175,6 +194,15 @@ class StructuredOutputs:
             for t in self._threads:
                 weakref.finalize(self, t.close)  # (engines come and go in tests)
         return self._threads
+
+    def _measured(self, spec: StructuredOutput, checked: StructuredOutput) -> LLMatcher:
+        """``checked`` compiled, and the memory that kept noted under ``spec`` (read by the
+        engine's thread once the future is done)."""
+        self._tokenizer()  # (loaded first: not the grammar's memory)
+        before = resident_bytes()
+        m = self._compile(checked)
+        self._kept[spec] = max(0, resident_bytes() - before)
+        return m
 
     def _compile(self, spec: StructuredOutput) -> LLMatcher:
         from llguidance import LLMatcher
@@ -243,6 +271,9 @@ def prepare(spec: StructuredOutput) -> StructuredOutput:
 
     if spec.grammar is not None and not is_lark_syntax(spec.grammar):
         spec = StructuredOutput(grammar=_gbnf_to_lark(spec.grammar))
+    if spec.regex is not None and (n := regex_elements(spec.regex)) > _MAX_REGEX_ELEMENTS:
+        raise ValueError(f"structured output regex unrolls to {n} elements (its repetitions multiplied out), "
+                         f"more than {_MAX_REGEX_ELEMENTS}")
     error = LLMatcher.validate_grammar(grammar_of(spec), limits=_limits())
     if error:
         raise ValueError(f"structured output does not compile: {short_error(error)}")
@@ -253,3 +284,4 @@ def short_error(error: str, limit: int = 300) -> str:
     """An error for a 400 body: llguidance's quote the grammar, which may be 256 KiB."""
     error = error.strip()
     return error if len(error) <= limit else error[:limit] + f"... ({len(error) - limit} more characters)"
+

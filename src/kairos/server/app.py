@@ -40,6 +40,7 @@ from kairos.server.serving import (
     new_id,
     vllm_prompt_logprobs,
 )
+from kairos.server.tokenizing import Tokenizing
 
 
 def cancel_on_disconnect(handler):
@@ -76,7 +77,7 @@ MAX_N = 128  # completions per prompt (OpenAI's bound): n sequences' state is bu
 def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="Kairos", version=kairos.__version__)
     metrics = ServerMetrics(model_name)
-    gen = Generator(client, tokenizer, metrics, config.max_pending)
+    gen = Generator(client, tokenizer, metrics, config.max_pending, config.request_timeout)
     aliases = {model_name, "default", client.config.model.model}
 
     @app.exception_handler(APIError)
@@ -165,12 +166,14 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         if tokenizer is None:  # (a model directory without one: token ids in and out only)
             raise APIError(400, "this model has no tokenizer: send the prompt as token ids", param=param)
 
-    def encode(prompt) -> tuple[str | None, list[int]]:
+    tokens = Tokenizing(tokenizer, client.ready.max_model_len)
+
+    async def encode(prompt, fit: bool) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             if not prompt:
                 raise APIError(400, "prompt must not be empty", param="prompt")
             need_tokenizer("prompt")
-            return prompt, tokenizer(unicode(prompt, "prompt")).input_ids
+            return prompt, await tokens.ids(unicode(prompt, "prompt"), "prompt", fit=fit)
         if not prompt:
             raise APIError(400, "prompt must not be empty", param="prompt")
         if min(prompt) < 0 or max(prompt) >= client.ready.vocab_size:
@@ -206,11 +209,12 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         prompts = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
         if not prompts:
             raise APIError(400, "prompt must not be empty", param="prompt")
-        if len(prompts) > config.max_pending:
-            raise APIError(400, f"at most {config.max_pending} prompts in one request (--max-pending), got "
-                                f"{len(prompts)}", param="prompt")
+        if len(prompts) * req.n > config.max_pending:
+            raise APIError(400, f"at most {config.max_pending} sequences in one request (prompts x n; --max-pending), "
+                                f"got {len(prompts)} x {req.n}", param="prompt")
+        fit = req.truncate_prompt_tokens is None  # (a prompt cut to its last tokens may be as long as it likes)
         encoded = [(t if len(cut) == len(ids) else None, cut)  # (a truncated prompt's text: its ids' decode)
-                   for t, ids in map(encode, prompts) for cut in [truncated(req, ids)]]
+                   for t, ids in [await encode(p, fit) for p in prompts] for cut in [truncated(req, ids)]]
         spec = await structured_spec(req)
         params = [sampling(req, len(ids), 16, spec) for _, ids in encoded]
         slo, priority = request_slo(req, request)
@@ -250,7 +254,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, str(e), param=str(e).split(" ", 1)[0]) from None
         need_tokenizer("messages")
         text = render(req)
-        ids = truncated(req, tokenizer(text, add_special_tokens=req.add_special_tokens).input_ids)
+        ids = truncated(req, await tokens.ids(text, "messages", fit=req.truncate_prompt_tokens is None,
+                                              add_special_tokens=req.add_special_tokens))
         max_default = max(1, min(config.default_max_tokens, client.ready.max_model_len - len(ids)))
         params = sampling(req, len(ids), max_default, await structured_spec(req))
         slo, priority = request_slo(req, request)
@@ -278,8 +283,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             text, special = render(req), False
         else:
             text, special = unicode(req.prompt, "prompt"), True
-        ids = tokenizer(text, add_special_tokens=special if req.add_special_tokens is None else req.add_special_tokens
-                        ).input_ids
+        ids = await tokens.ids(text, "prompt" if req.messages is None else "messages", fit=False,
+                               add_special_tokens=special if req.add_special_tokens is None else req.add_special_tokens)
         strs = tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
         return {"count": len(ids), "max_model_len": client.ready.max_model_len, "tokens": ids, "token_strs": strs}
 
@@ -289,7 +294,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         need_tokenizer("tokens")
         if req.tokens and (min(req.tokens) < 0 or max(req.tokens) >= client.ready.vocab_size):
             raise APIError(400, f"token ids must be in [0, {client.ready.vocab_size})", param="tokens")
-        return {"prompt": tokenizer.decode(req.tokens)}
+        return {"prompt": await tokens.text(req.tokens)}
 
     @app.get("/v1/models")
     async def models():
@@ -300,6 +305,10 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
     async def health():
         if client.dead:
             return error(503, f"engine unavailable: {client.dead}", "server_error", code="engine_dead")
+        silent = client.silent_for()
+        if silent > config.engine_stall_timeout:
+            return error(503, f"engine stalled: no word from its loop for {silent:.1f} s", "server_error",
+                         code="engine_stalled")
         return {"status": "ok"}
 
     @app.get("/version")

@@ -6,7 +6,10 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+import shutil
+import sys
 import tempfile
+import time
 import uuid
 
 import msgspec
@@ -51,8 +54,13 @@ class EngineClient:
         self.stats: dict[str, float] = {}
         self.dead: str | None = None
         self.queues: dict[str, asyncio.Queue] = {}
+        self._widths: dict[str, int] = {}  # request id -> its n
+        self.sequences = 0  # of the requests in ``queues`` (what --max-pending bounds)
         self._ctx = zmq.asyncio.Context()
-        base = os.path.join(tempfile.gettempdir(), f"kairos-{uuid.uuid4().hex[:12]}")
+        # Linux: abstract sockets (no file to leave behind); elsewhere files in a private folder,
+        # removed at shutdown
+        self._dir = None if sys.platform == "linux" else tempfile.mkdtemp(prefix="kairos-")
+        base = f"@kairos-{uuid.uuid4().hex}" if self._dir is None else os.path.join(self._dir, "engine")
         self._in_addr, self._out_addr = f"ipc://{base}-in", f"ipc://{base}-out"
         self._in = self._ctx.socket(zmq.PUSH)
         self._in.bind(self._in_addr)
@@ -62,6 +70,7 @@ class EngineClient:
         self._dec = msgspec.msgpack.Decoder(EngineOutput)
         self.proc: mp.Process | None = None
         self._tasks: list[asyncio.Task] = []
+        self.last_heard = time.monotonic()  # when the engine last sent anything (a heartbeat at least each second)
 
     async def start(self, timeout: float = 600.0) -> EngineReady:
         self.proc = mp.get_context("spawn").Process(
@@ -81,23 +90,31 @@ class EngineClient:
             if asyncio.get_running_loop().time() > deadline:
                 raise EngineDeadError("engine did not become ready in time")
         self.ready, self.stats = msg, msg.stats
+        self.last_heard = time.monotonic()
         self._tasks = [asyncio.create_task(self._read_outputs()), asyncio.create_task(self._watch_process())]
         return msg
+
+    def silent_for(self) -> float:
+        """Seconds since the engine last sent anything: past a few, its loop is stalled (stopped,
+        or stuck in a step), though its process lives."""
+        return time.monotonic() - self.last_heard
 
     def add(self, request: EngineRequest) -> asyncio.Queue:
         if self.dead:
             raise EngineDeadError(self.dead)
         q: asyncio.Queue = asyncio.Queue()
         self.queues[request.request_id] = q
+        self._widths[request.request_id] = request.params.n
+        self.sequences += request.params.n
         try:
             self._send(AddRequest(request))
         except BaseException:
-            del self.queues[request.request_id]  # (a slot held for ever would count against max_pending)
+            self._forget(request.request_id)  # (a slot held for ever would count against max_pending)
             raise
         return q
 
     def abort(self, request_id: str) -> None:
-        if self.queues.pop(request_id, None) is not None and not self.dead:
+        if self._forget(request_id) is not None and not self.dead:
             self._send(AbortRequest(request_id))
 
     def finish_sequence(self, request_id: str, index: int) -> None:
@@ -106,7 +123,11 @@ class EngineClient:
 
     def release(self, request_id: str) -> None:
         """Forget a request that has finished (nothing is sent to the engine)."""
-        self.queues.pop(request_id, None)
+        self._forget(request_id)
+
+    def _forget(self, request_id: str) -> asyncio.Queue | None:
+        self.sequences -= self._widths.pop(request_id, 0)
+        return self.queues.pop(request_id, None)
 
     def _send(self, msg) -> None:
         self._in.send(self._enc.encode(msg), copy=False)  # PUSH to one local peer: never blocks in practice
@@ -114,6 +135,7 @@ class EngineClient:
     async def _read_outputs(self) -> None:
         while True:
             msg = self._dec.decode(await self._out.recv())
+            self.last_heard = time.monotonic()
             if isinstance(msg, StepOutputs):
                 if msg.stats is not None:
                     self.stats = msg.stats
@@ -122,7 +144,7 @@ class EngineClient:
                     if q is not None:
                         q.put_nowait(o)
             elif isinstance(msg, RequestRejected):
-                q = self.queues.pop(msg.request_id, None)
+                q = self._forget(msg.request_id)
                 if q is not None:
                     q.put_nowait(RequestRejectedError(msg.message, msg.code))
             elif isinstance(msg, Admitted):
@@ -146,6 +168,8 @@ class EngineClient:
         for q in self.queues.values():
             q.put_nowait(EngineDeadError(why))
         self.queues.clear()
+        self._widths.clear()
+        self.sequences = 0
 
     async def shutdown(self) -> None:
         for t in self._tasks:
@@ -159,3 +183,5 @@ class EngineClient:
         self._in.close(0)
         self._out.close(0)
         self._ctx.term()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)

@@ -40,19 +40,33 @@ class ServerConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8000, metadata={"help": "port to listen on"})
     served_model_name: str | None = field(default=None, metadata={"help": "model name in the API (default: from the model file)"})
-    max_pending: int = field(default=1024, metadata={"help": "requests in flight before new ones get 503"})
+    max_pending: int = field(default=1024, metadata={"help": "sequences in flight (a prompt with n counts n) before new requests get 503; a request of more gets 400"})
     max_body_bytes: int = field(default=8 << 20, metadata={"help": "largest request body accepted"})
     default_max_tokens: int = field(default=1024, metadata={"help": "chat max_tokens when the request sets none (capped by the context)"})
     allowed_origins: tuple[str, ...] = field(default=(), metadata={"help": "a web origin whose pages may call this server from a browser (CORS; repeatable, '*' for any): none by default, since a page on any site could otherwise read a local server's answers"})
     tool_call_parser: str | None = field(default=None, metadata={"help": "the model's tool-call format, for tool_choice \"auto\": hermes (Hermes, Qwen2.5, Qwen3) or llama3_json (Llama 3.x); without one, \"auto\" is a 400 (\"required\" and named functions need none)"})
     chat_template: str | None = field(default=None, metadata={"help": "a Jinja chat template, or a file holding one, for a model without one or in place of its own (vLLM's --chat-template)"})
-    api_key: str | None = field(default=None, repr=False, metadata={"help": "require 'Authorization: Bearer KEY' on the /v1 routes, as vLLM's (health, metrics, version, stats, tokenize stay open; default: $KAIROS_API_KEY if set, else none)"})
+    max_header_bytes: int = field(default=64 << 10, metadata={"help": "largest request line and headers accepted (431 past it)"})
+    header_timeout: float = field(default=10.0, metadata={"help": "seconds a client may take to send a request's line and headers (408, connection closed)"})
+    body_timeout: float = field(default=60.0, metadata={"help": "seconds a client may take to send a request's body once its headers are in (408, connection closed)"})
+    max_connections: int = field(default=2048, metadata={"help": "open connections at most: a request on one more gets 503 (uvicorn's limit_concurrency)"})
+    engine_stall_timeout: float = field(default=5.0, metadata={"help": "seconds without a word from the engine's loop (it sends one each second) after which /health answers 503 engine_stalled"})
+    request_timeout: float | None = field(default=None, metadata={"help": "seconds a request may take from arrival to its last token; past it the server answers 504 (or ends the stream with that error) and aborts it (default: none)"})
+    api_key: str | None = field(default=None, repr=False, metadata={"help": "require 'Authorization: Bearer KEY' on the /v1 routes and on /tokenize and /detokenize, as vLLM's (health, metrics, version, stats stay open; default: $KAIROS_API_KEY if set, else none)"})
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.max_pending < 1 or self.max_body_bytes < 1 or self.default_max_tokens < 1:
             raise ValueError("max_pending, max_body_bytes and default_max_tokens must be >= 1")
+        if self.max_header_bytes < 1024 or self.max_connections < 1:
+            raise ValueError("max_header_bytes must be >= 1024 and max_connections >= 1")
+        if not (self.header_timeout > 0 and self.body_timeout > 0):
+            raise ValueError("header_timeout and body_timeout must be > 0 s")
+        if not self.engine_stall_timeout > 1.0:
+            raise ValueError(f"engine_stall_timeout must be > 1 s (the engine's heartbeat), got {self.engine_stall_timeout}")
+        if self.request_timeout is not None and not self.request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0 s, got {self.request_timeout}")
         if self.tool_call_parser is not None and self.tool_call_parser not in PARSERS:
             raise ValueError(f"tool_call_parser must be one of {', '.join(PARSERS)}, got {self.tool_call_parser!r}")
         for origin in self.allowed_origins:

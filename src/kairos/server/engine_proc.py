@@ -25,12 +25,14 @@ from kairos.server.messages import (
     EngineOutput,
     EngineReady,
     FinishSequence,
+    Heartbeat,
     RequestRejected,
     Shutdown,
     StepOutputs,
 )
 
 IDLE_POLL_MS = 200  # while idle, wake this often to notice a dead parent
+HEARTBEAT_S = 1.0  # a loop that has sent nothing for this long says it is alive (the API's /health)
 STATS_EVERY_S = 0.25
 
 logger = logging.getLogger("kairos.engine")
@@ -50,8 +52,11 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
     enc = msgspec.msgpack.Encoder()
     dec = msgspec.msgpack.Decoder(EngineInput)
 
+    last_sent = [time.monotonic()]
+
     def send(msg: EngineOutput) -> None:
         out.send(enc.encode(msg))
+        last_sent[0] = time.monotonic()
 
     try:
         from kairos.engine.core import EngineCore
@@ -127,6 +132,8 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                 if fresh:
                     last_stats = now
                 send(StepOutputs(aborted + outputs, engine.stats() if fresh else None))
+            if time.monotonic() - last_sent[0] >= HEARTBEAT_S:
+                send(Heartbeat())
     except Exception as e:  # report, then exit non-zero: the API process turns this into 503s
         send(EngineFailed(f"{type(e).__name__}: {e}"))
         traceback.print_exc()

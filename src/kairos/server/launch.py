@@ -37,6 +37,7 @@ async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
         from kairos.engine.heap import freeze_startup_heap
         from kairos.loader.tokenizer import load_tokenizer
         from kairos.server.app import build_app
+        from kairos.server.http import ConnectionLimits, protocol
 
         tokenizer = await asyncio.to_thread(load_tokenizer, path)
         ready = await starting
@@ -54,8 +55,10 @@ async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
             # engine is stopped; our handlers below just ask it to exit, and we exit 0.
             yield
 
-    server = Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
-                                   timeout_graceful_shutdown=5))
+    limits = ConnectionLimits(cfg.max_header_bytes, cfg.header_timeout, cfg.body_timeout)
+    server = Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5,
+                                   http=protocol(limits), h11_max_incomplete_event_size=cfg.max_header_bytes,
+                                   limit_concurrency=cfg.max_connections))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))

@@ -62,4 +62,8 @@ class EngineFailed(msgspec.Struct, tag=True):
     message: str
 
 
-EngineOutput = EngineReady | StepOutputs | RequestRejected | Admitted | EngineFailed
+class Heartbeat(msgspec.Struct, tag=True):
+    """The engine's loop is alive: sent when it has sent nothing else for a second."""
+
+
+EngineOutput = EngineReady | StepOutputs | RequestRejected | Admitted | EngineFailed | Heartbeat

@@ -50,18 +50,29 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+def guarded(path: str) -> bool:
+    """Whether ``path`` wants the API key: the OpenAI routes and the tokenizer's (they spend the
+    server's CPU on what a caller sends); health, metrics, version and stats stay open to probes
+    and scrapers, as vLLM's."""
+    return path.startswith("/v1") or path in ("/tokenize", "/detokenize")
+
+
 class ApiKey:
-    """401 for a request to an OpenAI route (``/v1/...``) without ``Authorization: Bearer <key>``,
-    as vLLM's ``--api-key``; the others (health, metrics, version, stats, tokenize) stay open to
-    probes and scrapers, as there. A CORS middleware, if one comes, must wrap this one."""
+    """401 for a request to a :func:`guarded` route without ``Authorization: Bearer <key>`` (one
+    such header: two are a 400), as vLLM's ``--api-key``. A CORS middleware, if one comes, must
+    wrap this one."""
 
     def __init__(self, app, key: str):
         self.app = app
         self.expected = f"Bearer {key}".encode()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1") and scope["method"] != "OPTIONS":
-            given = dict(scope["headers"]).get(b"authorization", b"")
+        if scope["type"] == "http" and guarded(scope["path"]) and scope["method"] != "OPTIONS":
+            given = [v for k, v in scope["headers"] if k == b"authorization"]
+            if len(given) > 1:  # (which one counts would be the server's guess: refused)
+                await error(400, "more than one Authorization header")(scope, receive, send)
+                return
+            given = given[0] if given else b""
             if not hmac.compare_digest(given, self.expected):  # constant time: no key guessed byte by byte
                 message = ("Incorrect API key provided." if given else
                            "You didn't provide an API key. Pass it as 'Authorization: Bearer YOUR_KEY'.")

@@ -52,16 +52,29 @@ class Tracked:
 class Generator:
     """Runs engine requests for the HTTP handlers; detokenizes and applies stop strings here."""
 
-    def __init__(self, client: EngineClient, tokenizer, metrics: ServerMetrics, max_pending: int):
+    def __init__(self, client: EngineClient, tokenizer, metrics: ServerMetrics, max_pending: int,
+                 timeout: float | None = None):
         self.client = client
         self.processor = OutputProcessor(tokenizer)
         self.metrics = metrics
         self.max_pending = max_pending
+        self.timeout = timeout  # seconds from a request's arrival to its end (None: no limit)
+
+    async def _next(self, q: asyncio.Queue, arrival: float):
+        """The next item of a request's queue; ``APIError`` 504 once its time is up."""
+        if self.timeout is None:
+            return await q.get()
+        try:
+            return await asyncio.wait_for(q.get(), max(0.0, arrival + self.timeout - time.monotonic()))
+        except TimeoutError:
+            raise APIError(504, f"request timed out after {self.timeout:g} s (--request-timeout)", "timeout_error",
+                           code="request_timeout") from None
 
     def check_capacity(self, new: int) -> None:
-        """Refuse up front (before any response starts, so streams get a real 503 status)."""
-        if len(self.client.queues) + new > self.max_pending:
-            raise APIError(503, f"server is at capacity ({self.max_pending} requests in flight); retry later",
+        """Refuse up front (before any response starts, so streams get a real 503 status) what
+        would take the sequences in flight past ``max_pending`` (a prompt with ``n`` is n of them)."""
+        if self.client.sequences + new > self.max_pending:
+            raise APIError(503, f"server is at capacity ({self.max_pending} sequences in flight); retry later",
                            "server_error", code="queue_full")
 
     async def submit(self, text: str | None, ids: list[int], params: SamplingParams,
@@ -77,8 +90,8 @@ class Generator:
             raise APIError(400, f"the request cannot be sent to the engine: {e}") from None
         tr = Tracked(rid, out, q, arrival, slo)
         try:
-            first = await q.get()
-        except BaseException:  # the client went away while the verdict was pending
+            first = await self._next(q, arrival)
+        except BaseException:  # the client went away while the verdict was pending (or its time ran out)
             self.client.abort(rid)
             self.processor.abort(rid)
             raise
@@ -108,7 +121,11 @@ class Generator:
                 # one chunk for several tokens: under load, the per-chunk work (JSON, the socket
                 # write, the task switch) is paid per wake-up, not per token
                 items, error = [], None
-                item = await tr.queue.get()
+                try:
+                    item = await self._next(tr.queue, tr.arrival)
+                except APIError:
+                    outcome = "timeout"
+                    raise
                 while True:
                     if isinstance(item, Exception):
                         error = item
@@ -150,7 +167,7 @@ class Generator:
     async def start_all(self, prompts: list[tuple[str | None, list[int], SamplingParams]],
                         slo: SLO | None, priority: int) -> list[Tracked]:
         """Submit several prompts; if one is refused, the ones already in are aborted."""
-        self.check_capacity(len(prompts))
+        self.check_capacity(sum(p.n for _, _, p in prompts))
         started: list[Tracked] = []
         try:
             for text, ids, params in prompts:

@@ -1,0 +1,144 @@
+"""A real server on 127.0.0.1 against a hostile but fair client: grammars that would eat the
+engine's memory, oversized and slow request heads and bodies, huge prompts, a stalled engine."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import signal
+import socket
+import time
+
+import httpx
+import pytest
+
+from kairos.engine.grammar_limits import regex_elements
+from server_helpers import ServerProcess
+
+KEY = "sk-hardening"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_tok):
+    before = set(glob.glob("/tmp/kairos-*"))
+    srv = ServerProcess("--model", str(tiny_tok[1]), "--num-blocks", "64", "--max-model-len", "128",
+                        "--api-key", KEY, "--header-timeout", "1", "--body-timeout", "1", "--request-timeout", "3",
+                        "--engine-stall-timeout", "2", "--max-pending", "8")
+    yield srv
+    srv.stop()
+    assert set(glob.glob("/tmp/kairos-*")) == before  # (the engine's sockets are abstract: no files)
+
+
+def engine_rss(srv) -> int:
+    with open(f"/proc/{srv.stats()['engine_pid']}/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS:"))
+
+
+def raw(srv, data: bytes, wait: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=wait) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def test_regexes_that_unroll_past_the_limit_are_refused_before_the_engine(server):
+    assert regex_elements("((a{101}){100}){100}") == 1_010_000 and regex_elements("[0-9]{3}") == 3
+    url = server.url + "/v1/completions"
+    body = {"prompt": "n=", "max_tokens": 4, "temperature": 0}
+    rss = engine_rss(server)
+    for i in range(64):  # (distinct: no compile is shared)
+        rx = f"(({'ab'[i % 2]}{{{101 + i}}}){{100}}){{100}}"
+        r = httpx.post(url, json=body | {"structured_outputs": {"regex": rx}}, headers=AUTH, timeout=30)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["message"] == (
+            f"structured_outputs: structured output regex unrolls to {(101 + i) * 10000} elements (its repetitions "
+            "multiplied out), more than 100000")
+    assert engine_rss(server) - rss < 100 << 20
+    r = httpx.post(url, json=body | {"structured_outputs": {"regex": "[0-9]{2}"}}, headers=AUTH, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"].isdigit()
+
+
+def test_a_request_head_past_the_limit_is_431_and_slow_clients_are_cut_off(server):
+    r = httpx.get(server.url + "/health", headers={"X-Big": "x" * (70 << 10)}, timeout=10)
+    assert r.status_code == 431
+    assert r.json()["error"]["message"] == "request line and headers exceed 65536 bytes"
+    # headers that never end, then a body shorter than its Content-Length: 408 and the connection closed
+    out = raw(server, b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    assert out.startswith(b"HTTP/1.1 408 ") and b"did not send its request within 1 s" in out
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+    out = raw(server, head + b"Authorization: Bearer " + KEY.encode() + b"\r\n\r\n{\"prompt\":")
+    assert out.startswith(b"HTTP/1.1 408 ") and b"did not send its body within 1 s" in out
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+
+
+def test_tokenizing_wants_the_key_and_huge_prompts_are_refused_by_their_length(server):
+    for path, body in (("/tokenize", {"prompt": "yes no"}), ("/detokenize", {"tokens": [5, 6]})):
+        assert httpx.post(server.url + path, json=body, timeout=10).status_code == 401
+        assert httpx.post(server.url + path, json=body, headers=AUTH, timeout=10).status_code == 200
+    two = {"Authorization": f"Bearer {KEY}"}
+    r = httpx.post(server.url + "/tokenize", json={"prompt": "yes"}, timeout=10,
+                   headers=httpx.Headers([("Authorization", two["Authorization"])] * 2))
+    assert (r.status_code, r.json()["error"]["message"]) == (400, "more than one Authorization header")
+    # 4 MB: far past 128 tokens whatever they are, refused without being tokenized
+    huge = "yes no maybe " * 300_000
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": huge, "max_tokens": 1}, headers=AUTH, timeout=30)
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "context_length_exceeded" and err["param"] == "prompt"
+    assert err["message"].startswith(f"This model's maximum context length is 128 tokens. However, your prompt of "
+                                     f"{len(huge)} characters is longer than that")
+
+    async def main():  # /tokenize of the same text runs off the event loop: /health answers meanwhile
+        async with httpx.AsyncClient(timeout=60) as http:
+            order = []
+
+            async def tok():
+                r = await http.post(server.url + "/tokenize", json={"prompt": huge}, headers=AUTH)
+                order.append(("tokenize", r.status_code))
+
+            async def health():
+                await asyncio.sleep(0.2)
+                r = await http.get(server.url + "/health")
+                order.append(("health", r.status_code))
+
+            await asyncio.gather(tok(), health())
+            return order
+
+    assert asyncio.run(main()) == [("health", 200), ("tokenize", 200)]
+
+
+def test_sampling_bounds_and_sequences_in_flight(server):
+    url = server.url + "/v1/completions"
+    for t in (2.5, 1e308):
+        r = httpx.post(url, json={"prompt": [5, 6], "max_tokens": 2, "temperature": t}, headers=AUTH, timeout=10)
+        assert (r.status_code, r.json()["error"]["message"]) == (400, f"temperature must be in [0, 2], got {t!r}")
+    r = httpx.post(url, json={"prompt": [[5, 6]] * 3, "n": 3, "max_tokens": 2}, headers=AUTH, timeout=10)
+    assert (r.status_code, r.json()["error"]["message"]) == (
+        400, "at most 8 sequences in one request (prompts x n; --max-pending), got 3 x 3")
+
+
+def test_a_stalled_engine_fails_health_and_requests_time_out(server):
+    pid = server.stats()["engine_pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": [5, 6], "max_tokens": 4}, headers=AUTH,
+                       timeout=30)
+        assert r.status_code == 504 and r.json()["error"] == {
+            "message": "request timed out after 3 s (--request-timeout)", "type": "timeout_error", "param": None,
+            "code": "request_timeout"}
+        assert time.monotonic() - t0 >= 3
+        r = httpx.get(server.url + "/health", timeout=10)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_stalled"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while httpx.get(server.url + "/health", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": [5, 6], "max_tokens": 4}, headers=AUTH, timeout=30)
+    assert r.status_code == 200 and server.stats()["num_requests_in_flight"] == 0
