@@ -239,7 +239,7 @@ def _err(server, body, path="/v1/chat/completions", raw=None):
      {"message": f"The model `gpt-9` does not exist. Served: `{MODEL}`.", "type": "not_found_error",
       "param": "model", "code": "model_not_found"}),
     ({"model": MODEL, "messages": ASK, "temperature": -1}, 400,
-     {"message": "temperature must be >= 0, got -1.0", "type": "invalid_request_error", "param": "temperature", "code": None}),
+     {"message": "temperature must be in [0, 2], got -1.0", "type": "invalid_request_error", "param": "temperature", "code": None}),
     ({"model": MODEL, "messages": ASK, "n": 0}, 400,
      {"message": "n must be in [1, 128], got 0", "type": "invalid_request_error", "param": "n", "code": None}),
     ({"model": MODEL, "messages": ASK, "n": 2**70}, 400, None),  # (int64: a validation error naming n)

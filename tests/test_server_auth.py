@@ -74,7 +74,9 @@ def test_v1_routes_need_the_key_from_the_environment(tiny_llama, monkeypatch):
         r = httpx.post(url + "/v1/completions", json={**body, "prompt": "hello"}, headers=auth, timeout=30)
         assert (r.status_code, r.json()["error"]["message"]) == (
             400, "this model has no tokenizer: send the prompt as token ids")
-        r = httpx.post(url + "/tokenize", json={"prompt": "hello"}, timeout=30)  # (not a /v1 route: open, as vLLM's)
+        r = httpx.post(url + "/tokenize", json={"prompt": "hello"}, timeout=30)  # (the tokenizer's routes want it too)
+        assert r.status_code == 401
+        r = httpx.post(url + "/tokenize", json={"prompt": "hello"}, headers=auth, timeout=30)
         assert (r.status_code, r.json()["error"]["param"]) == (400, "prompt")
         # CORS: a preflight needs no key; a 401 still tells the page's origin it may read it
         pre = httpx.options(url + "/v1/completions", timeout=30, headers={
