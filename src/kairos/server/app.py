@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import kairos
 from kairos.engine import structured
 from kairos.engine.sampling_params import SamplingParams, StructuredOutput, check_context_length
+from kairos.server import openapi_doc
 from kairos.server import tools as tool_calls
 from kairos.server.chat_template import ChatRenderer, load_template
 from kairos.server.client import EngineClient
@@ -94,7 +95,9 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException):
-        return error(e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error")
+        response = error(e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error")
+        response.headers.update(e.headers or {})  # (a 405's Allow)
+        return response
 
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     if config.api_key:
@@ -324,4 +327,5 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
     async def prom():
         return Response(metrics.render(client.stats), media_type="text/plain; version=0.0.4")
 
+    openapi_doc.install(app, bool(config.api_key))
     return app
