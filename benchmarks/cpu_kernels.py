@@ -65,8 +65,8 @@ def linear_table(rows: list[int]) -> None:
 
 def step_table(batches: list[int], steps: int) -> None:
     from kairos import LLM, SamplingParams
-    from kairos.engine.outputs import EngineRequest
     from kairos.models.llama import LlamaForCausalLM
+    from kairos.wire.outputs import EngineRequest
 
     print("\nengine decode steps, 128-token prompts, greedy (median step after the prefill): kernels with the")
     print("whole stack in one C call, the same kernels called per module, torch only; the stack with int8 activations")
@@ -103,10 +103,10 @@ def step_table(batches: list[int], steps: int) -> None:
 def big_batch_table(steps: int) -> None:
     """Prefill chunks and 64-sequence decode steps: tiled GEMM vs dequantize + MKL above 8 rows."""
     from kairos import LLM, SamplingParams
-    from kairos.engine.outputs import EngineRequest
     from kairos.kernels import cpu
     from kairos.models import gguf_linear
     from kairos.models.llama import LlamaForCausalLM
+    from kairos.wire.outputs import EngineRequest
 
     def deq_mkl(x, w):  # what batches above 8 rows ran before the tiled GEMM
         return cpu.gguf_gemm(x, w, tiled=False) if x.shape[0] <= 8 else F.linear(x, cpu.dequantize(w))
@@ -153,8 +153,8 @@ def attention_table(shapes: list[tuple[int, int]]) -> None:
 
 
 def _attention_row(b: int, ctx: int, hq: int = 9, hkv: int = 3, d: int = 64, bs: int = 16, layers: int = 30) -> None:
-    from kairos.engine.attention import AttentionMetadata, _decode
     from kairos.kernels.cpu import paged_decode_attention
+    from kairos.layers.attention import AttentionMetadata, _decode
 
     gen = torch.Generator().manual_seed(0)
     nblk = (ctx + bs - 1) // bs

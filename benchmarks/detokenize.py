@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from kairos.engine.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, byte_table
+from kairos.detok.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, byte_table
 from kairos.loader import load_tokenizer
 from kairos.loader.default import default_model_path
 

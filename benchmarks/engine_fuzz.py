@@ -34,12 +34,12 @@ import torch
 
 from kairos.config import EngineConfig
 from kairos.engine.core import EngineCore
-from kairos.engine.cost_model import CostModel
-from kairos.engine.outputs import EngineRequest, SeqOutput
-from kairos.engine.policies import POLICIES
-from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.sched_output import step_shape
-from kairos.engine.slo import SLO
+from kairos.sched.cost_model import CostModel
+from kairos.sched.output import step_shape
+from kairos.sched.policies import POLICIES
+from kairos.wire.outputs import EngineRequest, SeqOutput
+from kairos.wire.sampling_params import SamplingParams
+from kairos.wire.slo import SLO
 
 # seconds per step: 10 ms, and (in the cost model's features) prefill tokens and decode rows
 COST = (0.010, 0.1, 0.01, 0.0)

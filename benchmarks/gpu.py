@@ -1,4 +1,4 @@
-"""Issue 8's figures on a GPU: batch-1 decode vs the HBM roofline, offline throughput vs Hugging
+"""The GPU figures: batch-1 decode vs the HBM roofline, offline throughput vs Hugging
 Face generate, start-up with and without CUDA graphs (and their record), the Triton decode
 attention with and without split contexts.
 
@@ -104,7 +104,7 @@ def mem_bandwidth(s: Setup) -> float:
 def decode_step_ms(s: Setup, graphs: bool) -> tuple[float, int, list[int]]:
     """(median decode step in ms at batch 1, weight bytes, the batch sizes replayed from graphs)."""
     from kairos import SamplingParams
-    from kairos.engine.outputs import EngineRequest
+    from kairos.wire.outputs import EngineRequest
 
     llm = s.llm(cuda_graphs=graphs, max_num_seqs=64)
     eng = llm.engine

@@ -24,10 +24,10 @@ def main() -> None:
     ap.add_argument("--props", default="100,1000")
     ap.add_argument("--schemas", type=int, default=16)
     args = ap.parse_args()
-    from kairos.engine.sampling_params import StructuredOutput
-    from kairos.engine.structured import StructuredOutputs
+    from kairos.grammar.structured import StructuredOutputs
     from kairos.loader import load_tokenizer
     from kairos.loader.default import resolve_model_path
+    from kairos.wire.sampling_params import StructuredOutput
 
     tok = load_tokenizer(resolve_model_path("default"))
     print(f"{'props':>5} {'schemas':>7} {'chars':>9} {'MiB':>6} {'bytes/char':>10}")

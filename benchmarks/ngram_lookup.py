@@ -17,7 +17,7 @@ import tracemalloc
 
 import numpy as np
 
-from kairos.engine.speculative import NgramIndex
+from kairos.sched.speculative import NgramIndex
 
 
 def scan(tokens: list[int], n_min: int, n_max: int, k: int) -> list[int]:

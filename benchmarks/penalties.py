@@ -20,13 +20,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from kairos.engine.h2d import h2d
-from kairos.engine.sampler import SamplingRow, apply_penalties
-from kairos.engine.sampling_params import SamplingParams
+from kairos.wire.sampling_params import SamplingParams
+from kairos.worker.h2d import h2d
+from kairos.worker.sampler import SamplingRow, apply_penalties
 
 
 def per_row(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    """The loop apply_penalties replaced (before session 10)."""
+    """The loop apply_penalties replaced (the per-row Python loop it was before)."""
     vocab = logits.shape[1]
     for i, r in enumerate(rows):
         p = r.params

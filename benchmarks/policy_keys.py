@@ -14,8 +14,8 @@ import sys
 import timeit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from kairos.engine.cost_model import CostModel  # noqa: E402
-from kairos.engine.slo import SLO  # noqa: E402
+from kairos.sched.cost_model import CostModel  # noqa: E402
+from kairos.wire.slo import SLO  # noqa: E402
 from sched_helpers import Sim  # noqa: E402
 
 

@@ -15,8 +15,8 @@ import time
 
 from kairos.config import EngineConfig
 from kairos.engine.core import EngineCore
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.sampling_params import SamplingParams
+from kairos.wire.outputs import EngineRequest
+from kairos.wire.sampling_params import SamplingParams
 
 
 def run(cfg: EngineConfig, prompts: list[list[int]], output_len: int):

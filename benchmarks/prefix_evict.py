@@ -15,7 +15,7 @@ import random
 import statistics
 import time
 
-from kairos.engine.kv_cache import PrefixCachingKVManager
+from kairos.kv.manager import PrefixCachingKVManager
 
 
 def per_block_ms(nodes: int, running: bool, unlocked: int = 1000, bs: int = 16, blocks_per_seq: int = 64) -> float:

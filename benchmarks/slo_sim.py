@@ -27,6 +27,7 @@ it comes to real servers is in ``docs/benchmarks.md`` ("Session 14").
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -103,18 +104,33 @@ def tiny_model(path: str) -> None:
     tf.LlamaForCausalLM(cfg).save_pretrained(path)
 
 
+def layout_name(name: str, *modules: str):
+    """``name`` from the first of ``modules`` that exists and has it (builds differ in layout)."""
+    for module in modules:
+        try:
+            found = getattr(importlib.import_module(module), name, None)
+        except ModuleNotFoundError:
+            continue
+        if found is not None:
+            return found
+    raise ImportError(f"{name} is in none of {modules}")
+
+
 def simulate(model_dir: str, plan: dict[str, list[list]], seed: int, jitter: float, spikes: float, options: dict,
              log=None, drift: float = DRIFT) -> dict:
     """{scenario: [per request: [SLO class, outcome, met]]} of one seed on a fresh engine; each
     request's times (virtual seconds) and what admission promised or said, as JSON lines to ``log``."""
     from kairos.config import EngineConfig
-    from kairos.engine.admission import SLOInfeasible
     from kairos.engine.core import EngineCore
-    from kairos.engine.cost_model import CostModel
-    from kairos.engine.outputs import EngineRequest
-    from kairos.engine.sampling_params import SamplingParams
-    from kairos.engine.scheduler import step_shape
-    from kairos.engine.slo import SLO, report
+
+    # (a baseline build may predate the package layout of today's)
+    SLOInfeasible = layout_name("SLOInfeasible", "kairos.sched.admission", "kairos.engine.admission")
+    CostModel = layout_name("CostModel", "kairos.sched.cost_model", "kairos.engine.cost_model")
+    step_shape = layout_name("step_shape", "kairos.sched.output", "kairos.engine.sched_output", "kairos.engine.scheduler")
+    EngineRequest = layout_name("EngineRequest", "kairos.wire.outputs", "kairos.engine.outputs")
+    SamplingParams = layout_name("SamplingParams", "kairos.wire.sampling_params", "kairos.engine.sampling_params")
+    SLO = layout_name("SLO", "kairos.wire.slo", "kairos.engine.slo")
+    report = layout_name("report", "kairos.wire.slo", "kairos.engine.slo")
 
     clock, truth = Clock(), CostModel(TRUTH, frozen=True)
     # three random streams: each step's jitter and stalls, the host's slow spells (by time), the

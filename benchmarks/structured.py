@@ -20,10 +20,10 @@ import time
 import torch
 
 from kairos import LLM, SamplingParams, StructuredOutput
-from kairos.engine.sampler import Sampler, SamplingRow, apply_grammar
-from kairos.engine.structured import StructuredOutputs
+from kairos.grammar.structured import StructuredOutputs
 from kairos.loader import load_tokenizer
 from kairos.loader.default import default_model_path
+from kairos.worker.sampler import Sampler, SamplingRow, apply_grammar
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
                                            "age": {"type": "integer"}, "city": {"type": "string", "maxLength": 24}},

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from kairos.config import EngineConfig
 from kairos.engine.core import EngineCore
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.sampling_params import SamplingParams
+from kairos.wire.outputs import EngineRequest
+from kairos.wire.sampling_params import SamplingParams
 
 GREEDY = dict(temperature=0.0, ignore_eos=True)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 
 from kairos.config import SchedulerConfig
-from kairos.engine.cost_model import CostModel
-from kairos.engine.kv_cache import KVCacheManager
-from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.scheduler import Scheduler
-from kairos.engine.sequence import Sequence
+from kairos.kv.manager import KVCacheManager
+from kairos.sched.cost_model import CostModel
+from kairos.sched.scheduler import Scheduler
+from kairos.sched.sequence import Sequence
+from kairos.wire.sampling_params import SamplingParams
 
 # 10 ms per step + 1 ms per prefill token + 1 ms per decoding sequence
 COST = (0.010, 0.1, 0.01, 0.0)
@@ -91,7 +91,7 @@ def hold_grammars(engine) -> threading.Event:
 def decoding_batch(yield_slack_s: float) -> Sim:
     """A TPOT request (40 ms) and four batch requests (deadline 20 s) decoding, 90 ms in, on a
     cost model where a decode row costs 2 ms and a prompt token 1 ms (the yield tests' scene)."""
-    from kairos.engine.slo import SLO
+    from kairos.wire.slo import SLO
 
     sim = Sim(budget=64, max_num_seqs=16, yield_slack_s=yield_slack_s)
     sim.cost = sim.sched.cost = CostModel((0.010, 0.1, 0.02, 0.0), frozen=True)

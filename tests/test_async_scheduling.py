@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from kairos import LLM, SamplingParams
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.sequence import PLACEHOLDER
+from kairos.sched.sequence import PLACEHOLDER
+from kairos.wire.outputs import EngineRequest
 
 from conftest import hf_greedy, needs_default_model
 from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from kairos.engine.sampling_params import SamplingParams
+from kairos.wire.sampling_params import SamplingParams
 
 from conftest import hf_greedy
 from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of, run

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kairos.engine.block_table import BlockTableRows
+from kairos.kv.block_table import BlockTableRows
 
 
 def test_rows_follow_growing_tables_and_pad_with_the_null_block():

@@ -9,11 +9,11 @@ import os
 import pytest
 import torch
 
-from kairos.engine import capture_record
-from kairos.engine.capture_record import CaptureRecord, enable_decode_graphs, model_key, stack_key
-from kairos.engine.decode_graphs import DecodeGraphs, capture_sizes, eager_capture
-from kairos.engine.sampling_params import SamplingParams
 from kairos.kernels import cpu
+from kairos.wire.sampling_params import SamplingParams
+from kairos.worker import capture_record
+from kairos.worker.capture_record import CaptureRecord, enable_decode_graphs, model_key, stack_key
+from kairos.worker.decode_graphs import DecodeGraphs, capture_sizes, eager_capture
 
 from conftest import hf_greedy
 from engine_helpers import GREEDY, make_engine, prompts_of, run

@@ -280,7 +280,6 @@ def _quantize_linears(model, tied: bool) -> dict[str, tuple[str, torch.Tensor]]:
 def test_decode_stack_is_the_module_path_in_one_call(kind, int8, tmp_path_factory, monkeypatch):
     """Whole-stack decode (one C call) gives bit-identical logits to the per-module kernels
     (also with int8 activations, which both paths then use)."""
-    from kairos.engine.sampling_params import SamplingParams
     from kairos.models.cpu_layers import (
         KernelLlamaForCausalLM,
         KernelLlamaInt8Act,
@@ -288,6 +287,7 @@ def test_decode_stack_is_the_module_path_in_one_call(kind, int8, tmp_path_factor
     )
     from kairos.models.gguf_linear import attach_gguf_blocks
     from kairos.models.llama import PACKED_SHARDS, LlamaForCausalLM
+    from kairos.wire.sampling_params import SamplingParams
 
     from conftest import make_tiny
     from engine_helpers import GREEDY, make_engine, run

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from kairos.engine.decode_graphs import capture_sizes, eager_capture
-from kairos.engine.sampling_params import SamplingParams
 from kairos.kernels import cpu
+from kairos.wire.sampling_params import SamplingParams
+from kairos.worker.decode_graphs import capture_sizes, eager_capture
 
 from conftest import hf_greedy
 from engine_helpers import GREEDY, make_engine, prompts_of, run

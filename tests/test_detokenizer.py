@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from kairos.engine.detokenizer import (
+from kairos.detok.detokenizer import (
     ByteLevelDetokenizer,
     IncrementalDetokenizer,
     StopStringMatcher,
     byte_table,
     decoder,
 )
-from kairos.engine.output_processor import OutputProcessor
-from kairos.engine.outputs import SeqOutput
-from kairos.engine.sampling_params import SamplingParams
+from kairos.detok.output_processor import OutputProcessor
+from kairos.wire.outputs import SeqOutput
+from kairos.wire.sampling_params import SamplingParams
 
 from conftest import needs_default_model
 
@@ -228,8 +228,8 @@ def test_added_tokens_decode_by_the_byte_level_rule():
 def test_logprob_bytes_are_the_tokens_own_bytes(default_tokenizer):
     """A token holding part of a character reads as U+FFFD alone; its ``bytes`` (OpenAI's field
     for rebuilding such text) are its own, so the tokens of "🙂" add up to its UTF-8."""
-    from kairos.engine.outputs import TokenLogprob
     from kairos.server.serving import chat_logprobs
+    from kairos.wire.outputs import TokenLogprob
 
     tok = default_tokenizer
     ids = tok("🙂", add_special_tokens=False).input_ids

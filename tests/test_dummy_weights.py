@@ -14,8 +14,8 @@ import torch
 
 from kairos.cli import build_parser, engine_config_from_args
 from kairos.config import ModelConfig
-from kairos.engine.sampling_params import SamplingParams
 from kairos.loader.default import ModelNotFoundError
+from kairos.wire.sampling_params import SamplingParams
 
 from conftest import needs_default_model
 from engine_helpers import assert_pool_whole, make_engine, prompts_of

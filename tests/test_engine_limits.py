@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.sampling_params import SamplingParams, check_context_length
-from kairos.engine.sched_output import SchedulerOutput
-from kairos.engine.sequence import SeqStatus
-from kairos.engine.slo import SLO
+from kairos.sched.output import SchedulerOutput
+from kairos.sched.sequence import SeqStatus
+from kairos.wire.outputs import EngineRequest
+from kairos.wire.sampling_params import SamplingParams, check_context_length
+from kairos.wire.slo import SLO
 from sched_helpers import Clock, Sim, timed_engine
 
 from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of, run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kairos.engine.sampling_params import SamplingParams
+from kairos.wire.sampling_params import SamplingParams
 
 from conftest import hf_greedy
 from engine_helpers import GREEDY, make_engine, prompts_of, run
@@ -47,7 +47,7 @@ def test_cuda_graph_steps_equal_eager_steps(tiny_model):
 
 
 def test_sampling_queues_on_the_gpu_without_waiting_for_it():
-    from kairos.engine.sampler import Sampler, SamplingRow
+    from kairos.worker.sampler import Sampler, SamplingRow
 
     dev = torch.device("cuda")
     logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -83,7 +83,7 @@ def test_sampling_queues_on_the_gpu_without_waiting_for_it():
 
 
 def test_async_steps_equal_transformers_and_read_their_tokens_without_waiting_for_the_next(tiny_llama):
-    from kairos.engine.outputs import EngineRequest
+    from kairos.wire.outputs import EngineRequest
 
     model, path = tiny_llama
     prompts = prompts_of([5, 17, 33])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kairos.engine.sampling_params import SamplingParams
 from kairos.kernels import cpu as cpu_kernels
+from kairos.wire.sampling_params import SamplingParams
 
 from conftest import hf_greedy
 from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of, run
@@ -53,7 +53,7 @@ def test_chunked_prefill(references):
 
 def test_chunked_prefill_with_kv_expanded_for_masked_gqa(references, monkeypatch):
     # the CUDA path of masked grouped-query prefill (K/V repeated to the query heads), run here
-    from kairos.engine import attention
+    from kairos.layers import attention
 
     path, prompts, refs = references
     monkeypatch.setattr(attention, "expand_masked_gqa", lambda device: True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from kairos.config import CacheConfig, SchedulerConfig
-from kairos.engine.kv_cache import BlockPool, KVCacheManager
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.runner import kv_cache_bytes
-from kairos.engine.sampling_params import SamplingParams
+from kairos.kv.manager import BlockPool, KVCacheManager
+from kairos.wire.outputs import EngineRequest
+from kairos.wire.sampling_params import SamplingParams
+from kairos.worker.runner import kv_cache_bytes
 
 from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of, run
 
@@ -191,7 +191,7 @@ def test_reclaimable_blocks_as_the_definition_with_running_and_finished_sequence
     way its answer is the definition's: free blocks + unlocked cached blocks held by the tree alone."""
     import random
 
-    from kairos.engine.kv_cache import PrefixCachingKVManager
+    from kairos.kv.manager import PrefixCachingKVManager
 
     rng = random.Random(0)
     kv = PrefixCachingKVManager(40, 2)

@@ -86,8 +86,8 @@ def test_a_preempted_request_reports_its_prompt_logprobs_once(tiny_llama, async_
 
 
 def test_a_prompt_preempted_between_its_chunks_finds_each_logprob_once(tiny_llama):
-    from kairos.engine.outputs import EngineRequest
-    from kairos.engine.scheduler import SchedulerOutput
+    from kairos.sched.scheduler import SchedulerOutput
+    from kairos.wire.outputs import EngineRequest
 
     from engine_helpers import make_engine
 
@@ -109,7 +109,7 @@ def test_a_prompt_preempted_between_its_chunks_finds_each_logprob_once(tiny_llam
 
 
 def _as_logprob(token_id: int, p):
-    from kairos.engine.output_processor import Logprob
+    from kairos.detok.output_processor import Logprob
 
     if p is None:
         return Logprob(token_id, "", None, [], [])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kairos.engine.kv_cache import PrefixCachingKVManager
-from kairos.engine.radix_cache import RadixCache
-from kairos.engine.sampling_params import SamplingParams
+from kairos.kv.manager import PrefixCachingKVManager
+from kairos.kv.radix import RadixCache
+from kairos.wire.sampling_params import SamplingParams
 
 from conftest import hf_greedy
 from engine_helpers import GREEDY, assert_pool_whole, make_engine, prompts_of, run

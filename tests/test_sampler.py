@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kairos import LLM
-from kairos.engine.sampler import Sampler, SamplingRow, apply_bias, apply_penalties
-from kairos.engine.sampling_params import SamplingParams
+from kairos.wire.sampling_params import SamplingParams
+from kairos.worker.sampler import Sampler, SamplingRow, apply_bias, apply_penalties
 
 from engine_helpers import make_engine, prompts_of, run
 

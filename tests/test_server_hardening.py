@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from kairos.engine.grammar_limits import regex_elements
+from kairos.grammar.limits import regex_elements
 from server_helpers import ServerProcess
 
 KEY = "sk-hardening"
@@ -24,11 +24,10 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def server(tiny_tok):
     before = set(glob.glob("/tmp/kairos-*"))
     srv = ServerProcess("--model", str(tiny_tok[1]), "--num-blocks", "64", "--max-model-len", "128",
-                        "--api-key", KEY, "--header-timeout", "1", "--body-timeout", "1", "--request-timeout", "3",
-                        "--engine-stall-timeout", "2", "--max-pending", "8")
+                        "--api-key", KEY, "--header-timeout", "1", "--body-timeout", "1", "--max-pending", "8")
     yield srv
     srv.stop()
-    assert set(glob.glob("/tmp/kairos-*")) == before  # (the engine's sockets are abstract: no files)
+    assert set(glob.glob("/tmp/kairos-*")) == before  # (the engine's socket folder goes with the server)
 
 
 def engine_rss(srv) -> int:
@@ -48,6 +47,7 @@ def raw(srv, data: bytes, wait: float = 5.0) -> bytes:
 
 def test_regexes_that_unroll_past_the_limit_are_refused_before_the_engine(server):
     assert regex_elements("((a{101}){100}){100}") == 1_010_000 and regex_elements("[0-9]{3}") == 3
+    assert regex_elements(r"\p{L}((a{101}){100}){100}") == 1_010_001  # (Rust's syntax, read as a stand-in)
     url = server.url + "/v1/completions"
     body = {"prompt": "n=", "max_tokens": 4, "temperature": 0}
     rss = engine_rss(server)
@@ -59,6 +59,9 @@ def test_regexes_that_unroll_past_the_limit_are_refused_before_the_engine(server
             f"structured_outputs: structured output regex unrolls to {(101 + i) * 10000} elements (its repetitions "
             "multiplied out), more than 100000")
     assert engine_rss(server) - rss < 100 << 20
+    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^((a{101}){100}){100}$"}}}
+    r = httpx.post(url, json=body | {"structured_outputs": {"json": schema}}, headers=AUTH, timeout=30)
+    assert r.status_code == 400 and "unrolls to 1010002 elements" in r.json()["error"]["message"]  # (^ and $)
     r = httpx.post(url, json=body | {"structured_outputs": {"regex": "[0-9]{2}"}}, headers=AUTH, timeout=30)
     assert r.status_code == 200 and r.json()["choices"][0]["text"].isdigit()
 
@@ -67,6 +70,9 @@ def test_a_request_head_past_the_limit_is_431_and_slow_clients_are_cut_off(serve
     r = httpx.get(server.url + "/health", headers={"X-Big": "x" * (70 << 10)}, timeout=10)
     assert r.status_code == 431
     assert r.json()["error"]["message"] == "request line and headers exceed 65536 bytes"
+    # a header that never ends is counted as it comes (the parser hands over none of it)
+    out = raw(server, b"GET /health HTTP/1.1\r\nX-Endless: " + b"x" * (70 << 10))
+    assert out.startswith(b"HTTP/1.1 431 ")
     # headers that never end, then a body shorter than its Content-Length: 408 and the connection closed
     out = raw(server, b"GET /health HTTP/1.1\r\nHost: x\r\n")
     assert out.startswith(b"HTTP/1.1 408 ") and b"did not send its request within 1 s" in out
@@ -101,7 +107,7 @@ def test_tokenizing_wants_the_key_and_huge_prompts_are_refused_by_their_length(s
                 order.append(("tokenize", r.status_code))
 
             async def health():
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.05)
                 r = await http.get(server.url + "/health")
                 order.append(("health", r.status_code))
 
@@ -119,9 +125,21 @@ def test_sampling_bounds_and_sequences_in_flight(server):
     r = httpx.post(url, json={"prompt": [[5, 6]] * 3, "n": 3, "max_tokens": 2}, headers=AUTH, timeout=10)
     assert (r.status_code, r.json()["error"]["message"]) == (
         400, "at most 8 sequences in one request (prompts x n; --max-pending), got 3 x 3")
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "yes"}],
+                                                              "n": 9, "max_tokens": 2}, headers=AUTH, timeout=10)
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "n")
 
 
-def test_a_stalled_engine_fails_health_and_requests_time_out(server):
+def test_a_stalled_engine_fails_health_and_requests_time_out(tiny_tok):
+    server = ServerProcess("--model", str(tiny_tok[1]), "--num-blocks", "64", "--max-model-len", "128",
+                           "--api-key", KEY, "--request-timeout", "3", "--engine-stall-timeout", "2")
+    try:
+        stalled(server)
+    finally:
+        server.stop()
+
+
+def stalled(server) -> None:
     pid = server.stats()["engine_pid"]
     os.kill(pid, signal.SIGSTOP)
     try:

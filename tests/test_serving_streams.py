@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from kairos.engine.output_processor import CompletionOutput, Logprob
-from kairos.engine.outputs import SeqOutput
-from kairos.engine.sampling_params import SamplingParams
+from kairos.detok.output_processor import CompletionOutput, Logprob
 from kairos.server.serving import Generator, Tracked, completion_logprobs, merge
+from kairos.wire.outputs import SeqOutput
+from kairos.wire.sampling_params import SamplingParams
 
 
 def test_merge_hands_over_each_item_before_its_stream_moves_on():

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from kairos.engine.admission import SLOAdmission, predict
-from kairos.engine.cost_model import CostModel, StepIntervals
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.sequence import Sequence
-from kairos.engine.slo import SLO
+from kairos.sched.admission import SLOAdmission, predict
+from kairos.sched.cost_model import CostModel, StepIntervals
+from kairos.sched.sequence import Sequence
+from kairos.wire.outputs import EngineRequest
+from kairos.wire.sampling_params import SamplingParams
+from kairos.wire.slo import SLO
 from sched_helpers import Clock, Sim, decoding_batch, hold_grammars, timed_engine
 
 # COST: a decode-only step of one sequence takes 11 ms, of two 12 ms
@@ -169,7 +169,7 @@ def test_the_engine_measures_what_steps_spent_on_prompts(tiny_llama):
 def test_a_wait_for_a_grammar_is_not_a_step_interval(tiny_tok):
     import time
 
-    from kairos.engine.sampling_params import StructuredOutput
+    from kairos.wire.sampling_params import StructuredOutput
 
     clock = Clock()
     engine = timed_engine(tiny_tok[1], clock, device="cpu")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from kairos import SLOInfeasible
-from kairos.engine.cost_model import CostModel
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.sequence import SeqStatus, Sequence
-from kairos.engine.slo import SLO
+from kairos.sched.cost_model import CostModel
+from kairos.sched.sequence import SeqStatus, Sequence
+from kairos.wire.outputs import EngineRequest
+from kairos.wire.sampling_params import SamplingParams
+from kairos.wire.slo import SLO
 from sched_helpers import Clock, Sim, decoding_batch, hold_grammars, timed_engine
 
 
@@ -246,7 +246,7 @@ def test_cost_model_learns_what_a_prefill_step_costs_on_top():
 
 
 def test_calibration_quantile_and_ageing():
-    from kairos.engine.cost_model import Calibration
+    from kairos.sched.cost_model import Calibration
 
     # at the 90th percentile the model's word weighs as 9 fresh answers on time (0.9 / 0.1)
     cal = Calibration(0.9, half_life=10.0, horizon=60.0)
@@ -333,7 +333,7 @@ def test_an_idle_gap_after_an_abort_is_not_a_step_interval(tiny_llama):
 
 
 def test_step_intervals_forget_old_steps_as_they_go():
-    from kairos.engine.cost_model import StepIntervals
+    from kairos.sched.cost_model import StepIntervals
 
     si = StepIntervals(horizon=10.0)
     for i in range(1000):  # a step every 0.1 s for 100 s, no one asking for the mean
@@ -358,7 +358,7 @@ def test_running_prompts_go_on_behind_a_request_that_cannot_start():
 
 
 def test_an_expired_request_misses_its_slo_however_early_it_ended():
-    from kairos.engine.slo import report
+    from kairos.wire.slo import report
 
     slo = SLO(deadline_ms=1500)
     kept = report(slo, arrival=0.0, first=0.2, end=1.0, n_tokens=5)
@@ -368,7 +368,7 @@ def test_an_expired_request_misses_its_slo_however_early_it_ended():
 
 
 def test_a_request_waiting_for_its_grammar_expires_at_its_deadline(tiny_tok):
-    from kairos.engine.sampling_params import StructuredOutput
+    from kairos.wire.sampling_params import StructuredOutput
 
     clock = Clock()
     engine = timed_engine(tiny_tok[1], clock, device="cpu")
@@ -488,7 +488,7 @@ def test_only_deadline_bound_decodes_with_slack_yield_and_only_to_a_first_token_
     whose only objective was its first token (its slack never runs out: it would yield for ever),
     nor one short of slack (1 s and a fifth of its tokens' predicted time); and only to a prompt
     whose first token is promised and still within reach."""
-    from kairos.engine.pacing import yielding_decodes
+    from kairos.sched.pacing import yielding_decodes
 
     sim = Sim(budget=64, max_num_seqs=16)
     # (the TPOT promise paces every decode at 0.475 s: 38 tokens left take 18 s)

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from kairos.bench.workloads import SLO, RequestSpec
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.sampling_params import SamplingParams
+from kairos.wire.outputs import EngineRequest
+from kairos.wire.sampling_params import SamplingParams
 from sched_helpers import Clock
 
 SIM = Path(__file__).resolve().parents[1] / "benchmarks" / "slo_sim.py"

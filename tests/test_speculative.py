@@ -11,7 +11,7 @@ import pytest
 
 from kairos import LLM, SamplingParams
 from kairos.config import EngineConfig
-from kairos.engine.speculative import NgramIndex
+from kairos.sched.speculative import NgramIndex
 
 from conftest import hf_greedy
 from engine_helpers import GREEDY, assert_pool_whole, prompts_of

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from kairos import LLM, SamplingParams, StructuredOutput
-from kairos.engine.sampler import unpack_bits, unpack_bits_on
-from kairos.engine.structured import StructuredOutputs, grammar_of, prepare
+from kairos.grammar.structured import StructuredOutputs, grammar_of, prepare
+from kairos.worker.sampler import unpack_bits, unpack_bits_on
 
 from engine_helpers import assert_pool_whole, prompts_of
 
@@ -178,7 +178,7 @@ DEEP = """
 import json, sys
 from transformers import AutoTokenizer
 from kairos import StructuredOutput
-from kairos.engine.structured import Compiler, StructuredOutputs, prepare
+from kairos.grammar.structured import Compiler, StructuredOutputs, prepare
 defs = {f"d{i}": {"type": "array", "items": {"$ref": f"#/$defs/d{i + 1}"}} for i in range(1500)}
 defs["d1500"] = {"type": "integer"}
 spec = StructuredOutput(json=json.dumps({"$defs": defs, "$ref": "#/$defs/d0"}))  # 94 KB
@@ -255,7 +255,7 @@ def test_a_grammar_failing_after_some_tokens_leaves_cache_and_pool_right(tiny_to
 def test_requests_wait_for_their_grammar_while_the_engine_steps_on(tiny_tok, async_scheduling):
     import threading
 
-    from kairos.engine.outputs import EngineRequest
+    from kairos.wire.outputs import EngineRequest
 
     from engine_helpers import make_engine, run
 
@@ -366,7 +366,7 @@ def test_the_grammar_cache_keeps_the_recent_within_its_count_and_characters(tiny
 
 
 def test_the_grammar_cache_keeps_within_the_memory_its_compiles_kept(tiny_tok, monkeypatch):
-    from kairos.engine import structured
+    from kairos.grammar import structured
 
     tok = tiny_tok[2]
     cache = StructuredOutputs(lambda: tok, 320, [EOS], max_cached_bytes=100 << 20)

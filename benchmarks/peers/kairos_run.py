@@ -28,7 +28,7 @@ def _kwargs(items: list[str]) -> dict:
 def main() -> None:
     mode, prompts_path, output_len = sys.argv[1], sys.argv[2], int(sys.argv[3])
     from kairos import LLM, SamplingParams
-    from kairos.engine.outputs import EngineRequest
+    from kairos.wire.outputs import EngineRequest
 
     with open(prompts_path) as f:
         prompts = json.load(f)

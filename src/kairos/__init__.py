@@ -9,9 +9,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "LLM": "kairos.engine.llm", "SamplingParams": "kairos.engine.sampling_params", "SLO": "kairos.engine.slo",
-    "StructuredOutput": "kairos.engine.sampling_params", "SLOInfeasible": "kairos.engine.admission",
-    "RequestOutput": "kairos.engine.output_processor", "CompletionOutput": "kairos.engine.output_processor",
+    "LLM": "kairos.engine.llm", "SamplingParams": "kairos.wire.sampling_params", "SLO": "kairos.wire.slo",
+    "StructuredOutput": "kairos.wire.sampling_params", "SLOInfeasible": "kairos.sched.admission",
+    "RequestOutput": "kairos.detok.output_processor", "CompletionOutput": "kairos.detok.output_processor",
 }
 __all__ = ["LLM", "SLO", "SLOInfeasible", "SamplingParams", "StructuredOutput", "RequestOutput", "CompletionOutput"]
 __version__ = "0.1.0"

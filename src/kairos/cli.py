@@ -65,7 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import logging
 
     from kairos.engine.llm import LLM
-    from kairos.engine.sampling_params import SamplingParams
+    from kairos.wire.sampling_params import SamplingParams
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,

@@ -101,7 +101,7 @@ class SchedulerConfig:
                                           "GPUs; a CPU computes while it launches, so there it would only delay tokens)"})
 
     def __post_init__(self) -> None:
-        from kairos.engine.policies import get_policy
+        from kairos.sched.policies import get_policy
 
         if not 0.5 <= self.slo_confidence < 1:
             raise ValueError(f"slo_confidence must be in [0.5, 1), got {self.slo_confidence}")

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from kairos.engine.admission import SLOAdmission
-from kairos.engine.outputs import PromptLogprob, SeqOutput, TokenLogprob
-from kairos.engine.sampler import PromptLogprobs, SamplerOutput
-from kairos.engine.scheduler import Scheduler
-from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
-from kairos.engine.speculative import NgramProposer
 from kairos.engine.stopping import StopRules
-from kairos.engine.structured import short_error
+from kairos.grammar.structured import short_error
+from kairos.sched.admission import SLOAdmission
+from kairos.sched.scheduler import Scheduler
+from kairos.sched.sequence import PLACEHOLDER, SeqStatus, Sequence
+from kairos.sched.speculative import NgramProposer
+from kairos.wire.outputs import PromptLogprob, SeqOutput, TokenLogprob
+from kairos.worker.sampler import PromptLogprobs, SamplerOutput
 
 logger = logging.getLogger(__name__)
 

@@ -12,23 +12,23 @@ from dataclasses import replace
 import torch
 
 from kairos.config import EngineConfig
-from kairos.engine.admission import SLOAdmission
 from kairos.engine.apply import TokenApplier, take_prompt_logprobs
-from kairos.engine.cost_model import CostModel, StepIntervals
 from kairos.engine.flight import StepInFlight
-from kairos.engine.h2d import d2h, h2d
 from kairos.engine.intake import check_request
-from kairos.engine.kv_cache import KVCacheManager, PrefixCachingKVManager
 from kairos.engine.live import LiveRequests
-from kairos.engine.outputs import EngineRequest, SeqOutput
-from kairos.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
-from kairos.engine.sampler import Sampler, SamplingRow
-from kairos.engine.sched_output import step_shape
-from kairos.engine.scheduler import Scheduler
-from kairos.engine.sequence import SeqStatus, Sequence
-from kairos.engine.speculative import NgramProposer
 from kairos.engine.stopping import StopRules
-from kairos.engine.structured import StructuredOutputs
+from kairos.grammar.structured import StructuredOutputs
+from kairos.kv.manager import KVCacheManager, PrefixCachingKVManager
+from kairos.sched.admission import SLOAdmission
+from kairos.sched.cost_model import CostModel, StepIntervals
+from kairos.sched.output import step_shape
+from kairos.sched.scheduler import Scheduler
+from kairos.sched.sequence import SeqStatus, Sequence
+from kairos.sched.speculative import NgramProposer
+from kairos.wire.outputs import EngineRequest, SeqOutput
+from kairos.worker.h2d import d2h, h2d
+from kairos.worker.runner import ModelRunner, kv_bytes_per_block, kv_cache_bytes
+from kairos.worker.sampler import Sampler, SamplingRow
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class EngineCore:
         self.live = LiveRequests(self.scheduler, self.kv, self.slo_admission, self.structured)
         self.apply = TokenApplier(self.stops, self.scheduler, self.slo_admission, self.proposer, self.live.finish)
         if config.model.cuda_graphs and self.device.type == "cuda" and self.runner.decode_kernel:
-            from kairos.engine.capture_record import start_decode_graphs
+            from kairos.worker.capture_record import start_decode_graphs
 
             start_decode_graphs(self.runner, config.scheduler.max_num_seqs, self.max_model_len, self.model_path,
                                 config.model.load_format)

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kairos.engine.h2d import HostCopy
-from kairos.engine.outputs import SeqOutput
-from kairos.engine.sampler import DeviceSample, PromptLogprobs, SamplingRow
-from kairos.engine.sched_output import SchedulerOutput
-from kairos.engine.sequence import PLACEHOLDER, SeqStatus, Sequence
+from kairos.sched.output import SchedulerOutput
+from kairos.sched.sequence import PLACEHOLDER, SeqStatus, Sequence
+from kairos.wire.outputs import SeqOutput
+from kairos.worker.h2d import HostCopy
+from kairos.worker.sampler import DeviceSample, PromptLogprobs, SamplingRow
 
 
 @dataclass

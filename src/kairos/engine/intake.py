@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from kairos.engine.kv_cache import KVCacheManager
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.sampling_params import check_context_length
+from kairos.kv.manager import KVCacheManager
+from kairos.wire.outputs import EngineRequest
+from kairos.wire.sampling_params import check_context_length
 
 
 def check_request(req: EngineRequest, vocab_size: int, max_model_len: int, kv: KVCacheManager,

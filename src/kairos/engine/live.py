@@ -7,13 +7,13 @@ from __future__ import annotations
 import itertools
 from concurrent.futures import Future
 
-from kairos.engine.admission import SLOAdmission
-from kairos.engine.kv_cache import KVCacheManager
-from kairos.engine.outputs import SeqOutput
 from kairos.engine.parking import GrammarWaits
-from kairos.engine.scheduler import Scheduler
-from kairos.engine.sequence import SeqStatus, Sequence
-from kairos.engine.structured import StructuredOutputs
+from kairos.grammar.structured import StructuredOutputs
+from kairos.kv.manager import KVCacheManager
+from kairos.sched.admission import SLOAdmission
+from kairos.sched.scheduler import Scheduler
+from kairos.sched.sequence import SeqStatus, Sequence
+from kairos.wire.outputs import SeqOutput
 
 
 class LiveRequests:

@@ -8,12 +8,12 @@ from collections.abc import Sequence as Seq
 from typing import Any
 
 from kairos.config import EngineConfig
+from kairos.detok.output_processor import OutputProcessor, RequestOutput
 from kairos.engine.core import EngineCore
-from kairos.engine.heap import freeze_startup_heap
-from kairos.engine.output_processor import OutputProcessor, RequestOutput
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.slo import SLO
+from kairos.heap import freeze_startup_heap
+from kairos.wire.outputs import EngineRequest
+from kairos.wire.sampling_params import SamplingParams
+from kairos.wire.slo import SLO
 
 Prompt = str | list[int]
 Message = dict[str, Any]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import NamedTuple
 
-from kairos.engine.sequence import Sequence
-from kairos.engine.structured import StructuredOutputs
+from kairos.grammar.structured import StructuredOutputs
+from kairos.sched.sequence import Sequence
 
 
 class Unparked(NamedTuple):

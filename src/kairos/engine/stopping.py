@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kairos.engine.sequence import Sequence
+from kairos.sched.sequence import Sequence
 
 
 class StopRules:

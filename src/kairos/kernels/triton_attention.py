@@ -102,7 +102,7 @@ def self_check(device: torch.device, dtype: torch.dtype, hq: int = 8, hkv: int =
     ``d``) and KV block size ``bs`` (the variant its steps compile), on a small case (a partial
     block, a one-token context). The runner keeps the torch path when not: a GPU stack where
     Triton fails costs speed, not answers."""
-    from kairos.engine.attention import AttentionMetadata, _decode
+    from kairos.layers.attention import AttentionMetadata, _decode
 
     gen = torch.Generator().manual_seed(0)
     k_cache, v_cache = (torch.randn(7, bs, hkv, d, generator=gen) for _ in range(2))

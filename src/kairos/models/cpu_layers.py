@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kairos.engine.attention import paged_attention
 from kairos.kernels import cpu
+from kairos.layers.attention import paged_attention
 from kairos.models.gguf_linear import GGUFLinear, GGUFLinearInt8Act
 from kairos.models.llama import MLP, Attention, LlamaForCausalLM, RMSNorm
 

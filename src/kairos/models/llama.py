@@ -3,7 +3,7 @@
 Parameter names follow Hugging Face checkpoints, except that q/k/v and gate/up projections
 are packed into one matmul each; ``load_weight`` maps checkpoint names onto them. Inputs are
 flattened across sequences: ``input_ids, positions: [T]``; attention reads and writes the
-paged KV cache through :class:`~kairos.engine.attention.AttentionMetadata`.
+paged KV cache through :class:`~kairos.layers.attention.AttentionMetadata`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kairos.engine.attention import AttentionMetadata, paged_attention
+from kairos.layers.attention import AttentionMetadata, paged_attention
 from kairos.models.arch import ArchConfig
 from kairos.models.rope import RotaryEmbedding, apply_rope
 

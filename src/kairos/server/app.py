@@ -13,8 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kairos
-from kairos.engine import structured
-from kairos.engine.sampling_params import SamplingParams, StructuredOutput, check_context_length
+from kairos.grammar import structured
 from kairos.server import openapi_doc
 from kairos.server import tools as tool_calls
 from kairos.server.chat_template import ChatRenderer, load_template
@@ -42,6 +41,7 @@ from kairos.server.serving import (
     vllm_prompt_logprobs,
 )
 from kairos.server.tokenizing import Tokenizing
+from kairos.wire.sampling_params import SamplingParams, StructuredOutput, check_context_length
 
 
 def cancel_on_disconnect(handler):
@@ -165,6 +165,11 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
             raise APIError(400, str(e), param="max_tokens", code="context_length_exceeded") from None
         return params
 
+    def check_width(prompts: int, n: int) -> None:
+        if prompts * n > config.max_pending:  # (never served: more than the server holds in flight at once)
+            raise APIError(400, f"at most {config.max_pending} sequences in one request (prompts x n; --max-pending), "
+                                f"got {prompts} x {n}", param="prompt" if prompts > 1 else "n")
+
     def need_tokenizer(param: str) -> None:
         if tokenizer is None:  # (a model directory without one: token ids in and out only)
             raise APIError(400, "this model has no tokenizer: send the prompt as token ids", param=param)
@@ -212,9 +217,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         prompts = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
         if not prompts:
             raise APIError(400, "prompt must not be empty", param="prompt")
-        if len(prompts) * req.n > config.max_pending:
-            raise APIError(400, f"at most {config.max_pending} sequences in one request (prompts x n; --max-pending), "
-                                f"got {len(prompts)} x {req.n}", param="prompt")
+        check_width(len(prompts), req.n)
         fit = req.truncate_prompt_tokens is None  # (a prompt cut to its last tokens may be as long as it likes)
         encoded = [(t if len(cut) == len(ids) else None, cut)  # (a truncated prompt's text: its ids' decode)
                    for t, ids in [await encode(p, fit) for p in prompts] for cut in [truncated(req, ids)]]
@@ -256,6 +259,7 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         except ValueError as e:
             raise APIError(400, str(e), param=str(e).split(" ", 1)[0]) from None
         need_tokenizer("messages")
+        check_width(1, req.n)
         text = render(req)
         ids = truncated(req, await tokens.ids(text, "messages", fit=req.truncate_prompt_tokens is None,
                                               add_special_tokens=req.add_special_tokens))

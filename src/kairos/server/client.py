@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import tempfile
 import time
-import uuid
 
 import msgspec
 import zmq
 import zmq.asyncio
 
 from kairos.config import EngineConfig
-from kairos.engine.outputs import EngineRequest
-from kairos.server.engine_proc import run_engine
-from kairos.server.messages import (
+from kairos.wire.messages import (
     AbortRequest,
     AddRequest,
     Admitted,
@@ -31,6 +28,7 @@ from kairos.server.messages import (
     Shutdown,
     StepOutputs,
 )
+from kairos.wire.outputs import EngineRequest
 
 logger = logging.getLogger("kairos.server")
 
@@ -45,6 +43,11 @@ class RequestRejectedError(ValueError):
         self.code = code
 
 
+def _engine_main(*args) -> None:
+    """The engine process's entry (spawned): the engine is imported there, never in this process."""
+    importlib.import_module("kairos.engine.proc").run_engine(*args)
+
+
 class EngineClient:
     """Async front of the engine process. ``add`` returns a queue of ``SeqOutput`` (or an exception)."""
 
@@ -57,10 +60,10 @@ class EngineClient:
         self._widths: dict[str, int] = {}  # request id -> its n
         self.sequences = 0  # of the requests in ``queues`` (what --max-pending bounds)
         self._ctx = zmq.asyncio.Context()
-        # Linux: abstract sockets (no file to leave behind); elsewhere files in a private folder,
-        # removed at shutdown
-        self._dir = None if sys.platform == "linux" else tempfile.mkdtemp(prefix="kairos-")
-        base = f"@kairos-{uuid.uuid4().hex}" if self._dir is None else os.path.join(self._dir, "engine")
+        # sockets in a folder of this user's alone (abstract sockets would leave no file, but any
+        # local user could connect to them), removed at shutdown
+        self._dir = tempfile.mkdtemp(prefix="kairos-")
+        base = os.path.join(self._dir, "engine")
         self._in_addr, self._out_addr = f"ipc://{base}-in", f"ipc://{base}-out"
         self._in = self._ctx.socket(zmq.PUSH)
         self._in.bind(self._in_addr)
@@ -74,7 +77,7 @@ class EngineClient:
 
     async def start(self, timeout: float = 600.0) -> EngineReady:
         self.proc = mp.get_context("spawn").Process(
-            target=run_engine, args=(self.config, self._in_addr, self._out_addr, logging.getLogger().level or logging.INFO),
+            target=_engine_main, args=(self.config, self._in_addr, self._out_addr, logging.getLogger().level or logging.INFO),
             name="kairos-engine", daemon=True)
         self.proc.start()
         deadline = asyncio.get_running_loop().time() + timeout
@@ -183,5 +186,4 @@ class EngineClient:
         self._in.close(0)
         self._out.close(0)
         self._ctx.term()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -33,7 +33,9 @@ def protocol(limits: ConnectionLimits) -> type[asyncio.Protocol] | str:
     class Limited(HttpToolsProtocol):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self._head = 0
+            self._head = 0  # bytes of the head's parts the parser handed over
+            self._raw = 0  # bytes received while a head is being read (a header without an end is in no part yet)
+            self._in_head = True
             self._timer = self.loop.call_later(limits.head_timeout, self._too_slow, "its request")
 
         def connection_lost(self, exc) -> None:
@@ -43,6 +45,8 @@ def protocol(limits: ConnectionLimits) -> type[asyncio.Protocol] | str:
         def data_received(self, data: bytes) -> None:
             # (uvicorn's, but for a head too large: 431, not its 400 for a parse error)
             self._unset_keepalive_if_required()
+            if self._in_head:
+                self._raw += len(data)
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserCallbackError as e:
@@ -57,10 +61,13 @@ def protocol(limits: ConnectionLimits) -> type[asyncio.Protocol] | str:
                     self.handle_websocket_upgrade()
                 else:
                     self._unsupported_upgrade_warning()
+            else:  # (still in a head after all it sent: a header without an end counts too)
+                if self._in_head and self._raw > limits.max_head_bytes:
+                    self._answer(431, f"request line and headers exceed {limits.max_head_bytes} bytes")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._head = 0
+            self._head, self._in_head = 0, True
             if self._timer is None:  # (a later request of a kept-alive connection)
                 self._timer = self.loop.call_later(limits.head_timeout, self._too_slow, "its request")
 
@@ -73,12 +80,14 @@ def protocol(limits: ConnectionLimits) -> type[asyncio.Protocol] | str:
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            self._in_head, self._raw = False, 0
             self._stop_timer()
             self._timer = self.loop.call_later(limits.body_timeout, self._too_slow, "its body")
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             self._stop_timer()
+            self._in_head = True  # (the next request's head, if the connection is kept)
             super().on_message_complete()
 
         def _count(self, n: int) -> None:

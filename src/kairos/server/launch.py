@@ -34,7 +34,7 @@ async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
     try:
         import uvicorn
 
-        from kairos.engine.heap import freeze_startup_heap
+        from kairos.heap import freeze_startup_heap
         from kairos.loader.tokenizer import load_tokenizer
         from kairos.server.app import build_app
         from kairos.server.http import ConnectionLimits, protocol

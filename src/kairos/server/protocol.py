@@ -10,10 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kairos.engine.sampling_params import SamplingParams, StructuredOutput
-from kairos.engine.slo import SLO
 from kairos.server.tools import Tool, ToolCallIn, ToolChoice, ToolPlan, constraint, template_call
 from kairos.server.tools import plan as plan_tools
+from kairos.wire.sampling_params import SamplingParams, StructuredOutput
+from kairos.wire.slo import SLO
 
 # integers travel to the engine as msgpack int64: a larger one is a 400 here, not a failure to send
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]

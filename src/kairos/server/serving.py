@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from kairos.engine.output_processor import CompletionOutput, Logprob, OutputProcessor, RequestOutput
-from kairos.engine.outputs import EngineRequest
-from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.slo import SLO, report
+from kairos.detok.output_processor import CompletionOutput, Logprob, OutputProcessor, RequestOutput
 from kairos.server.client import EngineClient, RequestRejectedError
-from kairos.server.messages import Admitted
 from kairos.server.metrics import ServerMetrics
 from kairos.server.protocol import new_id, now
+from kairos.wire.messages import Admitted
+from kairos.wire.outputs import EngineRequest
+from kairos.wire.sampling_params import SamplingParams
+from kairos.wire.slo import SLO, report
 
 
 class APIError(Exception):
@@ -66,7 +66,7 @@ class Generator:
             return await q.get()
         try:
             return await asyncio.wait_for(q.get(), max(0.0, arrival + self.timeout - time.monotonic()))
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # (distinct before Python 3.11)
             raise APIError(504, f"request timed out after {self.timeout:g} s (--request-timeout)", "timeout_error",
                            code="request_timeout") from None
 

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from kairos.engine.sampling_params import StructuredOutput
 from kairos.server.tool_parsers import PARSERS, AutoStream, ToolParser
+from kairos.wire.sampling_params import StructuredOutput
 
 _NO_PARAMETERS = {"type": "object", "properties": {}}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import traceback
 
@@ -16,7 +17,7 @@ import msgspec
 import zmq
 
 from kairos.config import EngineConfig
-from kairos.server.messages import (
+from kairos.wire.messages import (
     AbortRequest,
     AddRequest,
     Admitted,
@@ -32,10 +33,22 @@ from kairos.server.messages import (
 )
 
 IDLE_POLL_MS = 200  # while idle, wake this often to notice a dead parent
-HEARTBEAT_S = 1.0  # a loop that has sent nothing for this long says it is alive (the API's /health)
+HEARTBEAT_S = 1.0  # the process says it is alive this often (the API's /health), from a thread of its own
 STATS_EVERY_S = 0.25
 
 logger = logging.getLogger("kairos.engine")
+
+
+def _heartbeats(ctx: zmq.Context, output_addr: str, stop: threading.Event) -> None:
+    sock = ctx.socket(zmq.PUSH)  # (its own socket: a ZMQ socket is not shared between threads)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(output_addr)
+    beat = msgspec.msgpack.Encoder().encode(Heartbeat())
+    try:
+        while not stop.wait(HEARTBEAT_S):
+            sock.send(beat)
+    finally:
+        sock.close(0)  # (before the context ends: it waits for every socket)
 
 
 def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_level: int = logging.INFO) -> None:
@@ -52,19 +65,22 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
     enc = msgspec.msgpack.Encoder()
     dec = msgspec.msgpack.Decoder(EngineInput)
 
-    last_sent = [time.monotonic()]
+    stop = threading.Event()
+    beating = threading.Thread(target=_heartbeats, args=(ctx, output_addr, stop), name="kairos-heartbeat", daemon=True)
 
     def send(msg: EngineOutput) -> None:
         out.send(enc.encode(msg))
-        last_sent[0] = time.monotonic()
 
     try:
         from kairos.engine.core import EngineCore
-        from kairos.engine.heap import freeze_startup_heap
+        from kairos.heap import freeze_startup_heap
 
         engine = EngineCore(config)
         freeze_startup_heap()
         send(EngineReady(str(engine.model_path), engine.max_model_len, engine.arch.vocab_size, engine.stats()))
+        # (a thread: a long step, a prefill of thousands of tokens on a CPU, is not a stall; a
+        # process stopped or gone sends nothing)
+        beating.start()
         last_stats = 0.0
         poller = zmq.Poller()
         poller.register(inp, zmq.POLLIN)
@@ -132,13 +148,14 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                 if fresh:
                     last_stats = now
                 send(StepOutputs(aborted + outputs, engine.stats() if fresh else None))
-            if time.monotonic() - last_sent[0] >= HEARTBEAT_S:
-                send(Heartbeat())
     except Exception as e:  # report, then exit non-zero: the API process turns this into 503s
         send(EngineFailed(f"{type(e).__name__}: {e}"))
         traceback.print_exc()
         os._exit(1)
     finally:
+        stop.set()
+        if beating.is_alive():
+            beating.join(2)
         inp.close(0)
         out.close()
         ctx.term()

@@ -35,8 +35,8 @@ class CaptureRecord(msgspec.Struct, frozen=True):
 def _sources_digest() -> str:
     """The code a captured step runs: the model definitions, attention, graph buffers, kernels."""
     root = Path(__file__).resolve().parents[1]
-    files = sorted((root / "models").glob("*.py")) + [root / "engine" / f for f in ("attention.py", "decode_graphs.py",
-                                                                                   "runner.py")]
+    files = (sorted((root / "models").glob("*.py")) + [root / "layers" / "attention.py"]
+             + [root / "worker" / f for f in ("decode_graphs.py", "runner.py")])
     files += sorted((root / "kernels").glob("*triton*.py"))
     h = hashlib.sha256()
     for f in files:
@@ -96,8 +96,8 @@ def save(directory: Path, key: str, record: CaptureRecord) -> None:
 def start_decode_graphs(runner, max_num_seqs: int, max_model_len: int, model_path: Path, load_format: str) -> None:
     """Capture the decode graphs of a CUDA runner at start-up, within ``CUDA_GRAPH_BUDGET_S``
     (sizes left over run eagerly); a capture that fails leaves every decode step eager."""
-    from kairos.engine.decode_graphs import capture_sizes, cuda_capture
     from kairos.loader.tokenizer import cache_dir
+    from kairos.worker.decode_graphs import capture_sizes, cuda_capture
 
     try:
         enable_decode_graphs(runner, capture_sizes(max_num_seqs), max_model_len, cuda_capture(), CUDA_GRAPH_BUDGET_S,

@@ -8,11 +8,11 @@ import heapq
 import math
 from collections.abc import Callable
 
-from kairos.engine.cost_model import Calibration, CostModel, StepIntervals
-from kairos.engine.pacing import yielding_decodes
-from kairos.engine.scheduler import Scheduler
-from kairos.engine.sequence import SeqStatus, Sequence
-from kairos.engine.slo import SLO
+from kairos.sched.cost_model import Calibration, CostModel, StepIntervals
+from kairos.sched.pacing import yielding_decodes
+from kairos.sched.scheduler import Scheduler
+from kairos.sched.sequence import SeqStatus, Sequence
+from kairos.wire.slo import SLO
 
 
 class SLOInfeasible(ValueError):

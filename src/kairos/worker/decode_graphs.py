@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import torch
 
-from kairos.engine.attention import AttentionMetadata
-from kairos.engine.kv_cache import NULL_BLOCK
+from kairos.kv.manager import NULL_BLOCK
+from kairos.layers.attention import AttentionMetadata
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kairos.engine.kv_cache import NULL_BLOCK
+from kairos.kv.manager import NULL_BLOCK
 
 
 class BlockTableRows:

@@ -5,9 +5,9 @@ with a first-token deadline."""
 
 from __future__ import annotations
 
-from kairos.engine.policies import SchedContext
-from kairos.engine.sched_output import SchedulerOutput, step_shape
-from kairos.engine.sequence import Sequence
+from kairos.sched.output import SchedulerOutput, step_shape
+from kairos.sched.policies import SchedContext
+from kairos.sched.sequence import Sequence
 
 # A TPOT promise caps the decode batch so that a decode-only step takes at most this share of
 # it: the rest is room for the prefill chunks of requests joining (``token_budget``).
@@ -32,10 +32,8 @@ def token_budget(ctx: SchedContext, bound: list[Sequence], max_tokens: int) -> i
     chunks only as far as the banked time of the tightest running request allows
     (``TPOT_STEP_SHARE`` of it: the cost model's error margin), and only chunks worth the
     step's fixed cost of prefill (``CostModel.worthwhile_chunk``), or a full step: a smaller
-    one waits while decode-only steps bank more. Spent as it came, a bank of 80 ms a step went
-    to 20-token chunks, each paying 25 ms to carry prefill at all (a CPU's, in the SLO
-    simulator). A short prompt waits too (a step or two), though its chunk would be all there
-    is: carried at once it pays as much, and the simulator's overload met 1221 instead of 1247."""
+    one waits while decode-only steps bank more (a short prompt too: carried at once, its chunk
+    pays the same fixed cost)."""
     budget = max_tokens
     spare = [s.first_token_time + TPOT_PACE * s.tpot_s * s.num_output_tokens - ctx.now for s in bound]
     if not spare:

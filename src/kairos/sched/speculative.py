@@ -17,7 +17,7 @@ from __future__ import annotations
 from weakref import WeakKeyDictionary
 
 from kairos.config import SpeculativeConfig
-from kairos.engine.sequence import Sequence
+from kairos.sched.sequence import Sequence
 
 
 class NgramIndex:

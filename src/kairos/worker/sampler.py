@@ -5,7 +5,7 @@ so a seeded row needs only its own noise vector and is independent of the rest o
 Logprobs are those of the raw model distribution (before penalties and temperature), as vLLM v1.
 
 Everything runs on the logits' device, noise included (the generators live there), with the
-per-row parameters sent by :func:`~kairos.engine.h2d.h2d`: on a GPU :meth:`Sampler.sample`
+per-row parameters sent by :func:`~kairos.worker.h2d.h2d`: on a GPU :meth:`Sampler.sample`
 queues kernels and never waits, and a step waits once, when :meth:`Sampler.to_host` reads the
 token ids (then the logprobs, already computed, in the same wait).
 """
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kairos.engine.h2d import HostCopy, d2h, h2d
-from kairos.engine.sampling_params import SamplingParams
+from kairos.wire.sampling_params import SamplingParams
+from kairos.worker.h2d import HostCopy, d2h, h2d
 
 _WORD = 32  # tokens per int32 word of a grammar's bitmask
 

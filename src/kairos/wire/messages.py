@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from kairos.engine.outputs import EngineRequest, SeqOutput
+from kairos.wire.outputs import EngineRequest, SeqOutput
 
 
 class AddRequest(msgspec.Struct, tag=True):

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 import msgspec
 
-from kairos.engine.grammar_limits import regex_elements, release_memory, resident_bytes
-from kairos.engine.sampling_params import StructuredOutput
+from kairos.grammar.limits import regex_elements, release_memory, resident_bytes, schema_patterns
+from kairos.wire.sampling_params import StructuredOutput
 
 _STACK_BYTES = 256 << 20  # (reserved, not committed: the pages a compile touches)
 _MAX_GBNF_CHARS = 32 << 10  # GBNF converts to Lark in Python, in time quadratic in its rules
@@ -271,9 +271,11 @@ def prepare(spec: StructuredOutput) -> StructuredOutput:
 
     if spec.grammar is not None and not is_lark_syntax(spec.grammar):
         spec = StructuredOutput(grammar=_gbnf_to_lark(spec.grammar))
-    if spec.regex is not None and (n := regex_elements(spec.regex)) > _MAX_REGEX_ELEMENTS:
-        raise ValueError(f"structured output regex unrolls to {n} elements (its repetitions multiplied out), "
-                         f"more than {_MAX_REGEX_ELEMENTS}")
+    regexes = [spec.regex] if spec.regex is not None else schema_patterns(_json_or_none(spec.json))
+    for rx in regexes:
+        if (n := regex_elements(rx)) > _MAX_REGEX_ELEMENTS:
+            raise ValueError(f"structured output regex unrolls to {n} elements (its repetitions multiplied out), "
+                             f"more than {_MAX_REGEX_ELEMENTS}")
     error = LLMatcher.validate_grammar(grammar_of(spec), limits=_limits())
     if error:
         raise ValueError(f"structured output does not compile: {short_error(error)}")
@@ -285,3 +287,9 @@ def short_error(error: str, limit: int = 300) -> str:
     error = error.strip()
     return error if len(error) <= limit else error[:limit] + f"... ({len(error) - limit} more characters)"
 
+
+def _json_or_none(text: str | None):
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:  # (the grammar's own check says what is wrong with it)
+        return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kairos.engine.sequence import Sequence
+from kairos.sched.sequence import Sequence
 
 
 @dataclass

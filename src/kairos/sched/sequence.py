@@ -8,8 +8,8 @@ import time
 import numpy as np
 import torch
 
-from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.slo import SLO
+from kairos.wire.sampling_params import SamplingParams
+from kairos.wire.slo import SLO
 
 # A token sampled by a step still on the device (async scheduling): it holds the token's place in
 # ``token_ids`` until the step finishes; the runner reads its value from the device meanwhile.

@@ -15,23 +15,19 @@ import time
 from collections.abc import Callable
 
 from kairos.config import SchedulerConfig
-from kairos.engine.cost_model import CostModel, StepIntervals
-from kairos.engine.kv_cache import KVCacheManager
-from kairos.engine.pacing import (
+from kairos.kv.manager import KVCacheManager
+from kairos.sched.cost_model import CostModel, StepIntervals
+from kairos.sched.output import ScheduledSeq, SchedulerOutput
+from kairos.sched.pacing import (
     TPOT_HEADROOM,
     TPOT_PACE,
     keep_first_token,
     token_budget,
     yielding_decodes,
 )
-from kairos.engine.policies import SchedContext, get_policy
-from kairos.engine.sched_output import (
-    ScheduledSeq,
-    SchedulerOutput,
-    step_shape,  # noqa: F401 - (here too: benchmarks/slo_sim.py runs older builds)
-)
-from kairos.engine.sequence import SeqStatus, Sequence
-from kairos.engine.speculative import NgramProposer
+from kairos.sched.policies import SchedContext, get_policy
+from kairos.sched.sequence import SeqStatus, Sequence
+from kairos.sched.speculative import NgramProposer
 
 
 class Scheduler:

@@ -8,16 +8,16 @@ import torch
 from torch import nn
 
 from kairos.config import CacheConfig, parse_size
-from kairos.engine.attention import AttentionMetadata, PrefillChunk
-from kairos.engine.block_table import BlockTableRows
-from kairos.engine.decode_graphs import Capture, DecodeGraphs
-from kairos.engine.h2d import h2d
-from kairos.engine.kv_cache import NULL_BLOCK
-from kairos.engine.sampler import PromptLogprobs, prompt_logprobs
-from kairos.engine.scheduler import ScheduledSeq
 from kairos.kernels import triton_attention
 from kairos.kernels.cpu import decode_attention_supported
+from kairos.kv.block_table import BlockTableRows
+from kairos.kv.manager import NULL_BLOCK
+from kairos.layers.attention import AttentionMetadata, PrefillChunk
 from kairos.models import ArchConfig
+from kairos.sched.scheduler import ScheduledSeq
+from kairos.worker.decode_graphs import Capture, DecodeGraphs
+from kairos.worker.h2d import h2d
+from kairos.worker.sampler import PromptLogprobs, prompt_logprobs
 
 
 def kv_bytes_per_block(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> int:

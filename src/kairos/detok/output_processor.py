@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kairos.engine.detokenizer import (
+from kairos.detok.detokenizer import (
     ByteLevelDetokenizer,
     ByteTable,
     IncrementalDetokenizer,
@@ -16,8 +16,8 @@ from kairos.engine.detokenizer import (
     byte_table,
     decoder,
 )
-from kairos.engine.outputs import SeqOutput
-from kairos.engine.sampling_params import SamplingParams
+from kairos.wire.outputs import SeqOutput
+from kairos.wire.sampling_params import SamplingParams
 
 
 @dataclass

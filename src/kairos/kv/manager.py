@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from kairos.engine.radix_cache import Node, RadixCache
+from kairos.kv.radix import Node, RadixCache
 
 NULL_BLOCK = 0
 

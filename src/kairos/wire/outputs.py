@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from kairos.engine.sampling_params import SamplingParams
-from kairos.engine.slo import SLO
+from kairos.wire.sampling_params import SamplingParams
+from kairos.wire.slo import SLO
 
 
 class EngineRequest(msgspec.Struct, frozen=True):

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # config validation imports this module: keep torch out of it
-    from kairos.engine.cost_model import CostModel
-    from kairos.engine.kv_cache import KVCacheManager
-    from kairos.engine.sequence import Sequence
+    from kairos.kv.manager import KVCacheManager
+    from kairos.sched.cost_model import CostModel
+    from kairos.sched.sequence import Sequence
 
 
 @dataclass
