@@ -53,7 +53,7 @@ def regex_elements(pattern: str) -> int:
             warnings.simplefilter("ignore")  # (re's FutureWarnings on Rust's syntax: [[:alpha:]])
             return walk(_p.parse(readable))
     except RecursionError:
-        return 1 << 62  # (nested past Python's stack: too deep to build either)
+        return 0  # (nested past Python's stack: llguidance refuses it for its depth)
     except (_c.error, OverflowError, ValueError):
         bound = len(pattern)
         for m in _COUNTED.finditer(pattern):

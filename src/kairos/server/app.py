@@ -166,6 +166,8 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         return params
 
     def check_width(prompts: int, n: int) -> None:
+        if not 1 <= n <= MAX_N:  # (checked before n of anything is built)
+            raise APIError(400, f"n must be in [1, {MAX_N}], got {n}", param="n")
         if prompts * n > config.max_pending:  # (never served: more than the server holds in flight at once)
             raise APIError(400, f"at most {config.max_pending} sequences in one request (prompts x n; --max-pending), "
                                 f"got {prompts} x {n}", param="prompt" if prompts > 1 else "n")
