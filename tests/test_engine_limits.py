@@ -7,8 +7,9 @@ import pytest
 
 from kairos.sched.output import SchedulerOutput
 from kairos.sched.sequence import SeqStatus
+from kairos.wire.checks import check_context_length
 from kairos.wire.outputs import EngineRequest
-from kairos.wire.sampling_params import SamplingParams, check_context_length
+from kairos.wire.sampling_params import SamplingParams
 from kairos.wire.slo import SLO
 from sched_helpers import Clock, Sim, timed_engine
 

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from kairos.kv.manager import KVCacheManager
+from kairos.wire.checks import check_context_length, check_logit_bias, check_prompt_ids
 from kairos.wire.outputs import EngineRequest
-from kairos.wire.sampling_params import check_context_length
 
 
 def check_request(req: EngineRequest, vocab_size: int, max_model_len: int, kv: KVCacheManager,
@@ -13,12 +13,8 @@ def check_request(req: EngineRequest, vocab_size: int, max_model_len: int, kv: K
     """Raises ``ValueError`` when ``req`` cannot be served by a model of ``vocab_size`` tokens and
     ``max_model_len`` positions, with the blocks of ``kv`` and steps of ``max_num_seqs`` sequences."""
     p, prompt = req.params, req.prompt_token_ids
-    if not prompt:
-        raise ValueError("prompt must not be empty")
-    if min(prompt) < 0 or max(prompt) >= vocab_size:
-        raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
-    if p.logit_bias and p.logit_bias[-1][0] >= vocab_size:
-        raise ValueError(f"logit_bias keys must be token ids in [0, {vocab_size})")
+    check_prompt_ids(prompt, vocab_size)
+    check_logit_bias(p.logit_bias, vocab_size)
     check_context_length(len(prompt), p.max_tokens, max_model_len)
     if kv.blocks_needed(-1, len(prompt)) + p.n - 1 > kv.pool.num_usable:
         raise ValueError(f"n={p.n} with a {len(prompt)}-token prompt does not fit in the KV cache")

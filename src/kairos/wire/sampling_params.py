@@ -16,18 +16,6 @@ _MAX_TEMPERATURE = 2.0  # OpenAI's bound (past it, a near-uniform draw over the 
 _PENALTY_RANGE = (1e-30, 1e30)
 
 
-def check_context_length(prompt_len: int, max_tokens: int, max_model_len: int) -> None:
-    """Raises ``ValueError`` (OpenAI's words) when a prompt of ``prompt_len`` tokens and
-    ``max_tokens`` to sample do not fit in ``max_model_len`` positions: the API's and the engine's
-    one rule. The last token sampled is never fed, so one alone needs no room: a prompt of
-    ``max_model_len`` may still be scored (``prompt_logprobs``; ``echo`` with ``max_tokens`` 0,
-    which samples one token and shows none) by sampling one token."""
-    if prompt_len + max_tokens > max_model_len + (max_tokens == 1):
-        raise ValueError(f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-                         f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
-                         f"completion). Please reduce the length.")
-
-
 class StructuredOutput(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Constrain the output to a language (vLLM's ``structured_outputs``): exactly one field is set.
     Validated on construction (its form; the grammar compiles when the engine takes the request)."""
