@@ -102,8 +102,11 @@ def protocol(limits: ConnectionLimits) -> type[asyncio.Protocol] | str:
 
         def _too_slow(self, what: str) -> None:
             self._timer = None
-            if self.cycle is not None and not self.cycle.response_complete and self.cycle.response_started:
-                self.transport.close()  # (an answer is on its way already: only the connection can go)
+            c = self.cycle  # (for a head: the request before it, if any; for a body: its own)
+            if c is not None and (c.response_started if what == "its body" else not c.response_complete):
+                # an answer is on its way (a 401 before the body, or the answer to a request
+                # pipelined before this head): a 408 would be read as part of it, so only close
+                self.transport.close()
             else:
                 seconds = limits.head_timeout if what == "its request" else limits.body_timeout
                 self._answer(408, f"the client did not send {what} within {seconds:g} s")
