@@ -41,10 +41,9 @@ def predict(sch: Scheduler, cost: CostModel, intervals: StepIntervals, seq: Sequ
     # last token; those ahead run before its first). At most a step that carries a full chunk,
     # and the pace a TPOT promise holds the steps to. Not the mean of recent steps: after an
     # idle spell those are the prefill steps of a burst, the slowest there are.
-    decode = cost.step_time(0, batch, batch * ctx_per_seq)
-    step = decode + ctx.overhead
+    line = ctx.token_line(batch, batch * ctx_per_seq)
+    decode, step, full = line.decode, line.step, line.full
     chunk = max(1, ctx.budget - batch)
-    full = step + cost.step_time(chunk, batch, batch * ctx_per_seq) - decode
     behind = sum(s.remaining_prefill - (0 if s.num_computed else ctx.cached_tokens(s))
                  for s in sch.waiting + sch.running if keys[s.seq_id] > key and s.num_tokens - s.num_computed > 1)
     backlog = (cost.prefill_time(behind, chunk, batch, batch * ctx_per_seq) - math.ceil(behind / chunk) * decode
@@ -54,7 +53,7 @@ def predict(sch: Scheduler, cost: CostModel, intervals: StepIntervals, seq: Sequ
     def paced(t: float) -> float:
         return max(step, min(t, pace)) if pace else t
 
-    stretched = ctx.token_time(batch, batch * ctx_per_seq)  # (any request's tokens)
+    stretched = line.per_token(0.0)  # (any request's tokens)
     tpot = paced(min(max(stretched, step + backlog / seq.params.max_tokens), full))
     wait = slot_wait(ahead, cap, paced(stretched))
     # decodes that yield their turn to its prompt when it goes first (``yielding_decodes``) leave

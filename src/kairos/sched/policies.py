@@ -13,12 +13,28 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # config validation imports this module: keep torch out of it
     from kairos.kv.manager import KVCacheManager
     from kairos.sched.cost_model import CostModel
     from kairos.sched.sequence import Sequence
+
+
+class TokenLine(NamedTuple):
+    """A decode step's time in a batch, and a token's: ``per_token(x)`` with ``x`` more context
+    tokens is ``min((step + b x) / room, full + b x)`` (decodes go first; prompt chunks take the
+    ``1 - room`` share of the time lately, and at most fill a step)."""
+
+    room: float | None  # the share of time prompt chunks leave (None: none)
+    decode: float  # a decode-only step (the cost model's)
+    step: float  # and the loop around it (the engine's recent overhead)
+    full: float  # a step that carries a full chunk, with the loop
+    per_ctx: float  # a step's time per context token
+
+    def per_token(self, context_tokens: float) -> float:
+        x = self.per_ctx * context_tokens
+        return self.full + x if self.room is None else min((self.step + x) / self.room, self.full + x)
 
 
 @dataclass
@@ -77,22 +93,14 @@ class SchedContext:
         (``decode_ctx`` context tokens): a decode-only step and the loop around it, stretched by
         the prompt chunks that arrive meanwhile (at the recent ``prefill_load``); at most a step
         that carries a full chunk (decodes go first, chunks fill the rest of each step)."""
-        return self._per_token(self._token_line(decode_seqs, decode_ctx), 0.0)
+        return self.token_line(decode_seqs, decode_ctx).per_token(0.0)
 
-    def _token_line(self, decode_seqs: float, decode_ctx: float) -> tuple:
-        # ``token_time`` of a batch with ``x`` more context tokens is min((a + b x) / room, f + b x):
-        # (room: the share of time prompt chunks leave, None: none; a: a decode-only step and the
-        # loop around it; f: a step with a full chunk; b: a step's time per context token)
+    def token_line(self, decode_seqs: float, decode_ctx: float) -> TokenLine:
+        """The time model of a decode step of this batch (the scheduler's and admission's one)."""
         decode = self.cost.step_time(0, decode_seqs, decode_ctx)
         full = self.overhead + self.cost.step_time(max(1, self.budget - decode_seqs), decode_seqs, decode_ctx)
         room = 1 - self.prefill_load if self.prefill_load < 1 else None
-        return room, decode + self.overhead, full, self.cost.per_context_token()
-
-    @staticmethod
-    def _per_token(line: tuple, context_tokens: float) -> float:
-        room, a, f, b = line
-        x = b * context_tokens
-        return f + x if room is None else min((a + x) / room, f + x)
+        return TokenLine(room, decode, decode + self.overhead, full, self.cost.per_context_token())
 
     def decode_eta(self, seq: Sequence) -> float:
         """Seconds for the rest of ``seq``'s answer joining the decodes (``token_time`` of the
@@ -102,8 +110,8 @@ class SchedContext:
         key = (self.decode_seqs, self.decode_ctx, self.budget, self.overhead, self.prefill_load, id(self.cost),
                self.cost.version)
         if not self._line or self._line[0] != key:
-            self._line = (key, self._token_line(self.decode_seqs + 1, self.decode_ctx))
-        return seq.remaining_decode * max(self._per_token(self._line[1], seq.num_tokens), self.decode_pace)
+            self._line = (key, self.token_line(self.decode_seqs + 1, self.decode_ctx))
+        return seq.remaining_decode * max(self._line[1].per_token(seq.num_tokens), self.decode_pace)
 
     def slack(self, seq: Sequence) -> float:
         """Seconds to spare before the tightest objective of ``seq`` would be missed (inf: none)."""
