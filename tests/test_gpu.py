@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.fixture(autouse=True)
 def _graph_records_in_tmp(tmp_path, monkeypatch):
     """Capture records go to a test folder, not the user's ~/.cache/kairos/graphs."""
-    monkeypatch.setattr("kairos.engine.core.cache_dir", lambda: tmp_path)
+    monkeypatch.setattr("kairos.loader.tokenizer.cache_dir", lambda: tmp_path)  # (read at each use)
 
 
 def test_greedy_equals_transformers_on_cuda(tiny_model):

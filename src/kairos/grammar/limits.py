@@ -17,10 +17,15 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _p
 
 _REPEATS = {_c.MAX_REPEAT, _c.MIN_REPEAT, getattr(_c, "POSSESSIVE_REPEAT", _c.MAX_REPEAT)}
-# Rust's regex syntax that Python's ``re`` lacks, rewritten to a stand-in of the same size
-_RUST_ONLY = [(re.compile(r"\\[pP](\{[^}]*\}|[A-Za-z])"), "."), (re.compile(r"\(\?<(?=[A-Za-z_])"), "(?P<"),
-              (re.compile(r"\\z"), "$")]
-_COUNTED = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+# Rust's regex syntax that Python's ``re`` lacks, rewritten to a stand-in of the same size (an
+# escape only after an even run of backslashes: ``\\p{3}`` is a backslash and three p's)
+_UNESCAPED = r"(?<!\\)((?:\\\\)*)"
+_RUST_ONLY = [(re.compile(_UNESCAPED + r"\\[pP](?:\{[^}]*\}|[A-Za-z])"), r"\1."),
+              (re.compile(_UNESCAPED + r"\\[xuU]\{[0-9A-Fa-f]+\}"), r"\1."),
+              (re.compile(_UNESCAPED + r"\\z"), r"\1$"),
+              (re.compile(r"\(\?<(?=[A-Za-z_])"), "(?P<")]
+# a counted repetition, not an escape's braces
+_COUNTED = re.compile(_UNESCAPED + r"(?<![\\xuUpP])\{(\d+)(?:,(\d*))?\}")
 
 
 def regex_elements(pattern: str) -> int:
@@ -57,7 +62,7 @@ def regex_elements(pattern: str) -> int:
     except (_c.error, OverflowError, ValueError):
         bound = len(pattern)
         for m in _COUNTED.finditer(pattern):
-            bound *= max(1, int(m.group(2) or m.group(1)))
+            bound *= max(1, int(m.group(3) or m.group(2)))
         return bound
 
 

@@ -63,6 +63,9 @@ class EngineClient:
         # sockets in a folder of this user's alone (abstract sockets would leave no file, but any
         # local user could connect to them), removed at shutdown
         self._dir = tempfile.mkdtemp(prefix="kairos-")
+        if len(self._dir) > 80:  # (a socket's path has ~107 bytes at most: a long $TMPDIR would not fit)
+            os.rmdir(self._dir)
+            self._dir = tempfile.mkdtemp(prefix="kairos-", dir="/tmp")
         base = os.path.join(self._dir, "engine")
         self._in_addr, self._out_addr = f"ipc://{base}-in", f"ipc://{base}-out"
         self._in = self._ctx.socket(zmq.PUSH)
@@ -98,8 +101,9 @@ class EngineClient:
         return msg
 
     def silent_for(self) -> float:
-        """Seconds since the engine last sent anything: past a few, its loop is stalled (stopped,
-        or stuck in a step), though its process lives."""
+        """Seconds since the engine process last sent anything (a heartbeat each second, from a
+        thread of its own): past a few, the process is stopped, swapped out or gone. A loop stuck
+        inside a step while that thread runs is not seen here."""
         return time.monotonic() - self.last_heard
 
     def add(self, request: EngineRequest) -> asyncio.Queue:

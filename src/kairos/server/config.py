@@ -50,7 +50,7 @@ class ServerConfig:
     header_timeout: float = field(default=10.0, metadata={"help": "seconds a client may take to send a request's line and headers (408, connection closed)"})
     body_timeout: float = field(default=60.0, metadata={"help": "seconds a client may take to send a request's body once its headers are in (408, connection closed)"})
     max_connections: int = field(default=2048, metadata={"help": "open connections at most: a request on one more gets 503 (uvicorn's limit_concurrency)"})
-    engine_stall_timeout: float = field(default=5.0, metadata={"help": "seconds without a word from the engine's loop (it sends one each second) after which /health answers 503 engine_stalled"})
+    engine_stall_timeout: float = field(default=5.0, metadata={"help": "seconds without a word from the engine process (a heartbeat each second, from a thread of its own) after which /health answers 503 engine_stalled"})
     request_timeout: float | None = field(default=None, metadata={"help": "seconds a request may take from arrival to its last token; past it the server answers 504 (or ends the stream with that error) and aborts it (default: none)"})
     api_key: str | None = field(default=None, repr=False, metadata={"help": "require 'Authorization: Bearer KEY' on the /v1 routes and on /tokenize and /detokenize, as vLLM's (health, metrics, version, stats stay open; default: $KAIROS_API_KEY if set, else none)"})
 

@@ -51,7 +51,7 @@ def protocol(limits: ConnectionLimits) -> type[asyncio.Protocol] | str:
                 self.parser.feed_data(data)
             except httptools.HttpParserCallbackError as e:
                 if isinstance(e.__context__, HeadTooLarge):
-                    self._answer(431, f"request line and headers exceed {limits.max_head_bytes} bytes")
+                    self._head_too_large()
                     return
                 self.send_400_response("Invalid HTTP request received.")
             except httptools.HttpParserError:
@@ -63,7 +63,7 @@ def protocol(limits: ConnectionLimits) -> type[asyncio.Protocol] | str:
                     self._unsupported_upgrade_warning()
             else:  # (still in a head after all it sent: a header without an end counts too)
                 if self._in_head and self._raw > limits.max_head_bytes:
-                    self._answer(431, f"request line and headers exceed {limits.max_head_bytes} bytes")
+                    self._head_too_large()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -100,8 +100,17 @@ def protocol(limits: ConnectionLimits) -> type[asyncio.Protocol] | str:
                 self._timer.cancel()
                 self._timer = None
 
+        def _head_too_large(self) -> None:
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.transport.close()  # (an answer to a request before it is on its way: a 431 would land in it)
+            else:
+                self._answer(431, f"request line and headers exceed {limits.max_head_bytes} bytes")
+
         def _too_slow(self, what: str) -> None:
             self._timer = None
+            if what == "its body" and self.pipeline:  # (queued behind an answer: uvicorn reads nothing meanwhile)
+                self._timer = self.loop.call_later(limits.body_timeout, self._too_slow, what)
+                return
             c = self.cycle  # (for a head: the request before it, if any; for a body: its own)
             if c is not None and (c.response_started if what == "its body" else not c.response_complete):
                 # an answer is on its way (a 401 before the body, or the answer to a request
