@@ -163,3 +163,45 @@ def stalled(server) -> None:
         time.sleep(0.1)
     r = httpx.post(server.url + "/v1/completions", json={"prompt": [5, 6], "max_tokens": 4}, headers=AUTH, timeout=30)
     assert r.status_code == 200 and server.stats()["num_requests_in_flight"] == 0
+
+
+def test_the_heartbeat_says_how_long_the_loop_is_in_its_step_and_health_sees_it():
+    import threading
+    from types import SimpleNamespace
+
+    import msgspec
+    import zmq
+    from fastapi.testclient import TestClient
+
+    from kairos.engine.proc import _heartbeats
+    from kairos.server.app import build_app
+    from kairos.server.config import ServerConfig
+    from kairos.wire.messages import EngineOutput, Heartbeat
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind("inproc://heartbeats")
+    stop, in_step = threading.Event(), [time.monotonic() - 40.0]  # (a step that began 40 s ago)
+    beats = threading.Thread(target=_heartbeats, args=(ctx, "inproc://heartbeats", stop, in_step))
+    beats.start()
+    try:
+        assert pull.poll(5000)
+        beat = msgspec.msgpack.Decoder(EngineOutput).decode(pull.recv())
+        assert isinstance(beat, Heartbeat) and 40.0 <= beat.step_s < 50.0
+    finally:
+        stop.set()
+        beats.join(5)
+        pull.close(0)
+        ctx.term()
+    # /health: a process heard from lately, whose loop has been in one step past the limit
+    heard = {"silent": 0.5, "step": 0.0}
+    client = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(model="m")), dead=None,
+                             ready=SimpleNamespace(max_model_len=64, vocab_size=300),
+                             silent_for=lambda: heard["silent"], in_step_for=lambda: heard["step"])
+    http = TestClient(build_app(client, None, "m", ServerConfig(engine_step_timeout=30)))
+    assert http.get("/health").json() == {"status": "ok"}
+    heard["step"] = 31.0
+    r = http.get("/health")
+    assert (r.status_code, r.json()["error"]) == (503, {
+        "message": "engine stalled: its loop has been in one step for 31.0 s", "type": "server_error", "param": None,
+        "code": "engine_stalled"})

@@ -39,14 +39,17 @@ STATS_EVERY_S = 0.25
 logger = logging.getLogger("kairos.engine")
 
 
-def _heartbeats(ctx: zmq.Context, output_addr: str, stop: threading.Event) -> None:
+def _heartbeats(ctx: zmq.Context, output_addr: str, stop: threading.Event, in_step: list[float | None]) -> None:
+    """Each second: a heartbeat, with how long the loop has been in its step (``in_step[0]``: when
+    the step began, None between steps)."""
     sock = ctx.socket(zmq.PUSH)  # (its own socket: a ZMQ socket is not shared between threads)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(output_addr)
-    beat = msgspec.msgpack.Encoder().encode(Heartbeat())
+    enc = msgspec.msgpack.Encoder()
     try:
         while not stop.wait(HEARTBEAT_S):
-            sock.send(beat)
+            began = in_step[0]
+            sock.send(enc.encode(Heartbeat(0.0 if began is None else time.monotonic() - began)))
     finally:
         sock.close(0)  # (before the context ends: it waits for every socket)
 
@@ -66,7 +69,9 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
     dec = msgspec.msgpack.Decoder(EngineInput)
 
     stop = threading.Event()
-    beating = threading.Thread(target=_heartbeats, args=(ctx, output_addr, stop), name="kairos-heartbeat", daemon=True)
+    in_step: list[float | None] = [None]  # when the step the loop runs began (read by the heartbeats)
+    beating = threading.Thread(target=_heartbeats, args=(ctx, output_addr, stop, in_step), name="kairos-heartbeat",
+                               daemon=True)
 
     def send(msg: EngineOutput) -> None:
         out.send(enc.encode(msg))
@@ -124,11 +129,13 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
             if os.getppid() != parent:  # the API process died: do not linger as an orphan
                 logger.error("API process is gone; engine exiting")
                 return
+            in_step[0] = time.monotonic()
             if flight is None and engine.has_unfinished():
                 flight = engine.launch()
             outputs = []
             if flight is not None:
                 outputs, flight = engine.advance(flight)
+            in_step[0] = None
             for rid, error in engine.take_verdicts():  # (before the outputs: a first token follows its Admitted)
                 if rid in unjudged:
                     verdict = unjudged.pop(rid)

@@ -24,6 +24,7 @@ from kairos.wire.messages import (
     EngineOutput,
     EngineReady,
     FinishSequence,
+    Heartbeat,
     RequestRejected,
     Shutdown,
     StepOutputs,
@@ -77,6 +78,7 @@ class EngineClient:
         self.proc: mp.Process | None = None
         self._tasks: list[asyncio.Task] = []
         self.last_heard = time.monotonic()  # when the engine last sent anything (a heartbeat at least each second)
+        self._step_began: float | None = None  # when the step its loop is in began, as its last heartbeat said
 
     async def start(self, timeout: float = 600.0) -> EngineReady:
         self.proc = mp.get_context("spawn").Process(
@@ -102,9 +104,13 @@ class EngineClient:
 
     def silent_for(self) -> float:
         """Seconds since the engine process last sent anything (a heartbeat each second, from a
-        thread of its own): past a few, the process is stopped, swapped out or gone. A loop stuck
-        inside a step while that thread runs is not seen here."""
+        thread of its own): past a few, the process is stopped, swapped out or gone (a loop stuck
+        in a step: :meth:`in_step_for`)."""
         return time.monotonic() - self.last_heard
+
+    def in_step_for(self) -> float:
+        """Seconds the engine's loop has been inside one step (0: between steps, as far as heard)."""
+        return 0.0 if self._step_began is None else time.monotonic() - self._step_began
 
     def add(self, request: EngineRequest) -> asyncio.Queue:
         if self.dead:
@@ -143,6 +149,8 @@ class EngineClient:
         while True:
             msg = self._dec.decode(await self._out.recv())
             self.last_heard = time.monotonic()
+            self._step_began = (self.last_heard - msg.step_s if isinstance(msg, Heartbeat) and msg.step_s
+                                else None)  # (any other word: the loop got past a step)
             if isinstance(msg, StepOutputs):
                 if msg.stats is not None:
                     self.stats = msg.stats

@@ -48,9 +48,12 @@ async def health(request: Request):
     s = state(request)
     if s.client.dead:
         return error(503, f"engine unavailable: {s.client.dead}", "server_error", code="engine_dead")
-    silent = s.client.silent_for()
+    silent, stepping = s.client.silent_for(), s.client.in_step_for()
     if silent > s.config.engine_stall_timeout:
         return error(503, f"engine stalled: no word from its process for {silent:.1f} s", "server_error",
+                     code="engine_stalled")
+    if stepping > s.config.engine_step_timeout:
+        return error(503, f"engine stalled: its loop has been in one step for {stepping:.1f} s", "server_error",
                      code="engine_stalled")
     return {"status": "ok"}
 
@@ -64,7 +67,7 @@ async def version():
 async def stats(request: Request):
     client = state(request).client
     return {**client.stats, "num_requests_in_flight": len(client.queues),
-            "engine_pid": client.proc.pid if client.proc else None}
+            "engine_pid": client.proc.pid if client.proc else None, "engine_in_step_s": client.in_step_for()}
 
 
 @router.get("/metrics")

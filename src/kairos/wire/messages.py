@@ -63,7 +63,10 @@ class EngineFailed(msgspec.Struct, tag=True):
 
 
 class Heartbeat(msgspec.Struct, tag=True):
-    """The engine's loop is alive: sent when it has sent nothing else for a second."""
+    """The engine process is alive (sent each second from a thread of its own), and how long its
+    loop has been inside the step it is running (0: between steps)."""
+
+    step_s: float = 0.0
 
 
 EngineOutput = EngineReady | StepOutputs | RequestRejected | Admitted | EngineFailed | Heartbeat
