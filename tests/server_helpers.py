@@ -20,16 +20,16 @@ def free_port() -> int:
 
 class ServerProcess:
     """``env``: added to the environment; ``keep_log=False``: its output is dropped (a long
-    benchmark would fill the pipe that keeps it)."""
+    benchmark would fill the pipe that keeps it); ``command``: ``router`` starts a router."""
 
     def __init__(self, *args: str, timeout: float = 180.0, env: dict[str, str] | None = None,
-                 keep_log: bool = True):
-        if "--dtype" not in args:  # the tests' expectations are float32's, whatever the CPU has
+                 keep_log: bool = True, port: int | None = None, command: str = "serve"):
+        if "--dtype" not in args and command == "serve":  # the tests' expectations are float32's, whatever the CPU has
             args = (*args, "--dtype", "float32")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kairos.cli", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", "kairos.cli", command, "--port", str(self.port), *args],
             stdout=subprocess.PIPE if keep_log else subprocess.DEVNULL, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
         deadline = time.monotonic() + timeout

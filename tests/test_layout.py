@@ -16,7 +16,7 @@ ALLOWED = {
     "grammar": ({"wire"}, False),
     "detok": ({"wire"}, False),
     "server": ({"wire", "grammar", "detok", "config", "loader", "heap", "kairos"}, False),
-    "kv": (set(), False),
+    "kv": ({"wire"}, False),  # (block hashes: the names the router knows cached blocks by)
     "sched": ({"wire", "kv", "config"}, True),
     "worker": ({"wire", "kv", "sched", "layers", "models", "kernels", "config", "loader"}, True),
     "layers": ({"kernels"}, True),
@@ -25,6 +25,8 @@ ALLOWED = {
     "loader": ({"config", "models", "kernels"}, True),
     "engine": ({"wire", "grammar", "detok", "sched", "kv", "worker", "config", "loader", "heap"}, True),
     "bench": ({"loader"}, False),
+    # the router: an API-side process (the server's request models, errors and tokenizing)
+    "cluster": ({"wire", "server", "grammar", "detok", "config", "loader", "heap", "kairos"}, False),
     # the policy names' registry is the scheduler's: config checks a name against it, lazily
     "config": ({"sched"}, False),
 }
@@ -95,7 +97,8 @@ def test_the_api_process_reaches_nothing_of_the_engine_at_import():
             rel / "__init__.py" if (rel / "__init__.py").is_file() else None
 
     seen, todo = set(), [f"kairos.{p}" for p in ("server.launch", "server.app", "wire.messages", "detok.output_processor",
-                                                 "grammar.structured", "bench.main", "cli")]
+                                                 "grammar.structured", "bench.main", "cli",
+                                                 "cluster.launch", "cluster.app", "cluster.router", "cluster.local")]
     while todo:
         module = todo.pop()
         if module in seen:

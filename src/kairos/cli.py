@@ -9,10 +9,17 @@ import os
 import sys
 import types
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kairos.cluster.config import FleetConfig, RouterConfig
 from kairos.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
 
+if TYPE_CHECKING:
+    from kairos.server.config import ServerConfig
+
+# the HTTP server's settings a router has too
+_ROUTER_HTTP = ("host", "port", "api_key", "max_body_bytes", "allowed_origins", "max_header_bytes", "header_timeout",
+                "body_timeout", "max_connections", "chat_template")
 _ENGINE_PARTS = (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig),
                  ("speculative", SpeculativeConfig))
 
@@ -25,11 +32,12 @@ def _scalar_type(tp: Any) -> type:
     return tp
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                    only: tuple[str, ...] | None = None) -> None:
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or only is not None and f.name not in only:
             continue
         tp = _scalar_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
@@ -40,6 +48,25 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
             group.add_argument(flag, action="append", type=typing.get_args(tp)[0], default=None, help=f.metadata.get("help"))
         else:
             group.add_argument(flag, type=tp, default=default, help=f.metadata.get("help"))
+
+
+def config_argv(obj: Any, skip: tuple[str, ...] = ()) -> list[str]:
+    """The flags that rebuild ``obj`` (a configuration dataclass) from its defaults: the inverse
+    of ``add_config_args`` for values that differ from them."""
+    out: list[str] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in skip or f.default is not dataclasses.MISSING and value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):
+            for v in value:
+                out += [flag, str(v)]
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -82,7 +109,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
 
     from kairos.server.config import ServerConfig
@@ -97,7 +123,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"kairos serve: {e}", file=sys.stderr)
         return 2
+    engine_cfg = engine_config_from_args(args)
+    fleet_cfg = FleetConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FleetConfig)})
+    if fleet_cfg.replicas > 1:
+        from kairos.cluster.launch import run_router
+        from kairos.cluster.local import LocalFleet
+
+        router_cfg = _router_config(args, tokenizer=engine_cfg.model.model)
+        replica_args = [a for part in (engine_cfg.model, engine_cfg.cache, engine_cfg.scheduler, engine_cfg.speculative)
+                        for a in config_argv(part)]
+        replica_args += config_argv(server_cfg, skip=("host", "port", "api_key", "allowed_origins"))
+        env = {"KAIROS_API_KEY": server_cfg.api_key} if server_cfg.api_key else {}
+        return _run(run_router(router_cfg, server_cfg, LocalFleet(fleet_cfg, replica_args, env)))
     from kairos.server.launch import serve
+
+    return _run(serve(engine_cfg, server_cfg))
+
+
+def _run(main) -> int:
+    import asyncio
 
     try:  # (uvicorn[standard]) a faster event loop: less of the API process per streamed token
         import uvloop
@@ -105,7 +149,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run = uvloop.run
     except (ImportError, AttributeError):  # (uvloop.run came in 0.18)
         run = asyncio.run
-    return run(serve(engine_config_from_args(args), server_cfg))
+    return run(main)
+
+
+def _router_config(args: argparse.Namespace, **given) -> RouterConfig:
+    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(RouterConfig)}
+    values["upstream"] = tuple(values["upstream"] or ())
+    values.update({k: v for k, v in given.items() if values.get(k) is None})
+    return RouterConfig(**{k: v for k, v in values.items() if v is not None})
+
+
+def _http_config(args: argparse.Namespace) -> ServerConfig:
+    from kairos.server.config import ServerConfig
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig) if hasattr(args, f.name)}
+    values["allowed_origins"] = tuple(values.get("allowed_origins") or ())
+    if values.get("api_key") is None and "KAIROS_API_KEY" in os.environ:
+        values["api_key"] = os.environ["KAIROS_API_KEY"]
+    return ServerConfig(**values)
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    import logging
+
+    from kairos.cluster.launch import run_router
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg, http = _router_config(args), _http_config(args)
+        if not cfg.upstream:
+            raise ValueError("give at least one --upstream URL")
+    except ValueError as e:
+        print(f"kairos router: {e}", file=sys.stderr)
+        return 2
+    return _run(run_router(cfg, http))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -151,7 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(srv, ServerConfig)
     for _, cls in _ENGINE_PARTS:
         add_config_args(srv, cls)
+    add_config_args(srv, FleetConfig)
+    add_config_args(srv, RouterConfig, skip=("upstream",))
     srv.set_defaults(func=cmd_serve)
+
+    rt = sub.add_parser("router", help="one OpenAI endpoint over OpenAI-compatible servers already running",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_args(rt, RouterConfig)
+    add_config_args(rt, ServerConfig, only=_ROUTER_HTTP)
+    rt.set_defaults(func=cmd_router)
 
     from kairos.bench.config import BenchConfig
 

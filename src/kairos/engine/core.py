@@ -303,6 +303,14 @@ class EngineCore:
             "step_overhead_s": self.intervals.overhead(self.clock()),
             "step_prefill_load": self.intervals.prefill_load(self.clock()),
             "requests_expired": self.live.expired,
+            # what a router predicts this replica's answers from (with the cost model above)
+            "kv_block_size": self.kv.block_size,
+            "max_num_seqs": self.scheduler.config.max_num_seqs,
+            "max_num_batched_tokens": self.scheduler.config.max_num_batched_tokens,
+            "queued_prefill_tokens": sum(s.remaining_prefill for s in self.scheduler.waiting + self.scheduler.running
+                                         if s.num_tokens - s.num_computed > 1),
+            "decode_context_tokens": sum(s.num_tokens for s in self.scheduler.running
+                                         if s.num_tokens - s.num_computed <= 1),
             "num_preemptions": self.scheduler.num_preemptions,
             **({"spec_draft_tokens": self.proposer.drafted, "spec_accepted_tokens": self.proposer.accepted}
                if self.proposer is not None else {}),

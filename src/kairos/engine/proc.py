@@ -83,6 +83,7 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
         engine = EngineCore(config)
         freeze_startup_heap()
         send(EngineReady(str(engine.model_path), engine.max_model_len, engine.arch.vocab_size, engine.stats()))
+        engine.kv.cache_events()  # (starts its journal: the cache is empty, nothing to say yet)
         # (a thread: a long step, a prefill of thousands of tokens on a CPU, is not a stall; a
         # process stopped or gone sends nothing)
         beating.start()
@@ -154,7 +155,11 @@ def run_engine(config: EngineConfig, input_addr: str, output_addr: str, log_leve
                 fresh = not engine.has_unfinished() or now - last_stats >= STATS_EVERY_S
                 if fresh:
                     last_stats = now
-                send(StepOutputs(aborted + outputs, engine.stats() if fresh else None))
+                if fresh:
+                    events, snapshot = engine.kv.cache_events()
+                    send(StepOutputs(aborted + outputs, engine.stats(), events, snapshot))
+                else:
+                    send(StepOutputs(aborted + outputs))
     except Exception as e:  # report, then exit non-zero: the API process turns this into 503s
         send(EngineFailed(f"{type(e).__name__}: {e}"))
         traceback.print_exc()

@@ -107,6 +107,11 @@ class KVCacheManager:
     def stats(self) -> dict[str, float]:
         return {}
 
+    def cache_events(self) -> tuple[list[int], bool]:
+        """What the prefix cache gained (+hash) and lost (-hash) since the last call, and whether
+        that is instead the whole cache (a snapshot). Without a prefix cache: nothing, ever."""
+        return [], False
+
     def fork(self, parent_id: int, child_id: int, num_tokens: int, held: list[int] | None = None
              ) -> tuple[int, int] | None:
         """Share the parent's full blocks with a child; copy a partly filled last block (into one
@@ -135,6 +140,8 @@ class PrefixCachingKVManager(KVCacheManager):
     to every block in its table and a lock on its deepest cached node, so blocks in use are
     never evicted. Unlocked blocks are evicted (LRU leaves first) only when the pool runs dry.
     """
+
+    JOURNAL_LIMIT = 1 << 16
 
     def __init__(self, num_blocks: int, block_size: int):
         super().__init__(num_blocks, block_size)
@@ -179,6 +186,17 @@ class PrefixCachingKVManager(KVCacheManager):
     def take(self, n: int) -> list[int]:
         self._ensure_free(n)
         return super().take(n)
+
+    def cache_events(self) -> tuple[list[int], bool]:
+        """What the prefix cache gained (+hash) and lost (-hash) since the last call, and whether
+        that is instead the whole cache (a snapshot: the first call, or a journal grown past
+        ``JOURNAL_LIMIT`` undrained). Keeps a journal from the first call on."""
+        journal = self.tree.journal
+        if journal is not None and len(journal) <= self.JOURNAL_LIMIT:
+            self.tree.journal = []
+            return journal, False
+        self.tree.journal = []
+        return [n.hash for n in self.tree.nodes()], True
 
     def fork(self, parent_id: int, child_id: int, num_tokens: int, held: list[int] | None = None
              ) -> tuple[int, int] | None:

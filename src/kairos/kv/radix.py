@@ -15,6 +15,8 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
+from kairos.wire.blockhash import ROOT, block_hash
+
 
 @dataclass(eq=False)
 class Node:
@@ -24,6 +26,7 @@ class Node:
     children: dict[tuple[int, ...], Node] = field(default_factory=dict)
     lock_ref: int = 0  # sequences using this node or a descendant
     last_access: int = 0
+    hash: int = ROOT  # of the prefix up to and with this block (``kairos.wire.blockhash``)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class RadixCache:
         # a walk of the whole tree, which in a busy server fills the pool (and is walked per block).
         self._leaves: list[tuple[int, int, Node]] = []
         self._pushes = itertools.count()
+        # what its owner reports of the cache: the hash of each node added (+h) and evicted (-h),
+        # in order, for whoever drains it (None: not kept)
+        self.journal: list[int] | None = None
 
     def _keys(self, token_ids: list[int]):
         bs = self.block_size
@@ -82,8 +88,10 @@ class RadixCache:
         for key, block in zip(self._keys(token_ids), blocks):
             child = node.children.get(key)
             if child is None:
-                child = Node(key, block, node)
+                child = Node(key, block, node, hash=block_hash(node.hash, key))
                 node.children[key] = child
+                if self.journal is not None:
+                    self.journal.append(child.hash)
                 self.num_cached_blocks += 1
                 self.num_unlocked += 1
                 taken.append(block)
@@ -122,6 +130,8 @@ class RadixCache:
             self.num_cached_blocks -= 1
             self.num_unlocked -= 1
             evicted.append(leaf.block)
+            if self.journal is not None:
+                self.journal.append(-leaf.hash)
             if parent is not self.root:
                 self._offer(parent)
         return evicted

@@ -12,7 +12,7 @@ from kairos.sched.cost_model import Calibration, CostModel, StepIntervals
 from kairos.sched.pacing import yielding_decodes
 from kairos.sched.scheduler import Scheduler
 from kairos.sched.sequence import SeqStatus, Sequence
-from kairos.wire.slo import SLO
+from kairos.wire.slo import slo_misses
 
 
 class SLOInfeasible(ValueError):
@@ -76,18 +76,6 @@ def slot_wait(ahead: list[Sequence], cap: int, step_s: float) -> float:
     for s in waiting:  # each queued request takes the next free place for its whole answer
         heapq.heappush(slots, heapq.heappop(slots) + s.remaining_decode * step_s)
     return slots[0]
-
-
-def slo_misses(slo: SLO, first: float, tpot: float, last: float) -> list[str]:
-    """The objectives that (first token, per token, last token) seconds miss, in words."""
-    misses = []
-    if slo.ttft_ms is not None and first * 1000 > slo.ttft_ms:
-        misses.append(f"predicted TTFT {first * 1000:.0f} ms > ttft_ms {slo.ttft_ms:g}")
-    if slo.tpot_ms is not None and tpot * 1000 > slo.tpot_ms:
-        misses.append(f"predicted TPOT {tpot * 1000:.0f} ms > tpot_ms {slo.tpot_ms:g}")
-    if slo.deadline_ms is not None and last * 1000 > slo.deadline_ms:
-        misses.append(f"predicted completion {last * 1000:.0f} ms > deadline_ms {slo.deadline_ms:g}")
-    return misses
 
 
 class SLOAdmission:

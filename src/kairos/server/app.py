@@ -26,6 +26,16 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
                                    Generator(client, tokenizer, metrics, config.max_pending, config.request_timeout),
                                    RequestChecks(client, tokenizer, model_name, config))
 
+    install_common(app, config.max_body_bytes, config.api_key, config.allowed_origins)
+    app.include_router(routes_openai.router)
+    app.include_router(routes_misc.router)
+    openapi_doc.install(app, bool(config.api_key))
+    return app
+
+
+def install_common(app: FastAPI, max_body_bytes: int, api_key: str | None, allowed_origins: tuple[str, ...]) -> None:
+    """What every Kairos HTTP front (a server, a router) answers alike: OpenAI-style errors for
+    bad input, the body limit, the API key, CORS."""
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError):
         return error(e.status, e.message, e.type, e.param, e.code)
@@ -44,13 +54,9 @@ def build_app(client: EngineClient, tokenizer, model_name: str, config: ServerCo
         response.headers.update(e.headers or {})  # (a 405's Allow)
         return response
 
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-    if config.api_key:
-        app.add_middleware(ApiKey, key=config.api_key)  # (added after: runs before, ahead of any body read)
-    if config.allowed_origins:  # outermost: its headers go on every answer, a 401 or 413 too
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["*"],
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    if api_key:
+        app.add_middleware(ApiKey, key=api_key)  # (added after: runs before, ahead of any body read)
+    if allowed_origins:  # outermost: its headers go on every answer, a 401 or 413 too
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["*"],
                            allow_headers=["*"])
-    app.include_router(routes_openai.router)
-    app.include_router(routes_misc.router)
-    openapi_doc.install(app, bool(config.api_key))
-    return app

@@ -56,6 +56,8 @@ class EngineClient:
         self.config = config
         self.ready: EngineReady | None = None
         self.stats: dict[str, float] = {}
+        self.cached_blocks: set[int] = set()  # the engine's prefix cache, as block hashes
+        self.watchers: set[asyncio.Queue] = set()  # /stats/stream readers: each gets (events, snapshot)
         self.dead: str | None = None
         self.queues: dict[str, asyncio.Queue] = {}
         self._widths: dict[str, int] = {}  # request id -> its n
@@ -154,6 +156,7 @@ class EngineClient:
             if isinstance(msg, StepOutputs):
                 if msg.stats is not None:
                     self.stats = msg.stats
+                    self._cache_changed(msg.cache_events or [], msg.cache_snapshot)
                 for o in msg.outputs:
                     q = self.queues.get(o.request_id)
                     if q is not None:
@@ -169,6 +172,24 @@ class EngineClient:
             elif isinstance(msg, EngineFailed):
                 self._fail(f"engine failed: {msg.message}")
                 return
+
+    def _cache_changed(self, events: list[int], snapshot: bool) -> None:
+        if snapshot:
+            self.cached_blocks = set(events)
+        else:
+            for h in events:
+                if h > 0:
+                    self.cached_blocks.add(h)
+                else:
+                    self.cached_blocks.discard(-h)
+        if events or snapshot:
+            for q in self.watchers:
+                if q.qsize() > 256:  # a reader that fell behind: its backlog becomes one snapshot
+                    while not q.empty():
+                        q.get_nowait()
+                    q.put_nowait(([], True))
+                else:
+                    q.put_nowait((events, snapshot))
 
     async def _watch_process(self) -> None:
         while self.proc is not None and self.proc.is_alive():

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 import kairos
 from kairos.server.middleware import error
@@ -43,18 +47,23 @@ async def detokenize(req: DetokenizeRequest, request: Request):
     return {"prompt": await s.checks.tokens.text(req.tokens)}
 
 
-@router.get("/health")
-async def health(request: Request):
-    s = state(request)
+def _problem(s) -> tuple[str, str] | None:
+    """What keeps the server from serving, as (code, message); None when it is healthy."""
     if s.client.dead:
-        return error(503, f"engine unavailable: {s.client.dead}", "server_error", code="engine_dead")
+        return "engine_dead", f"engine unavailable: {s.client.dead}"
     silent, stepping = s.client.silent_for(), s.client.in_step_for()
     if silent > s.config.engine_stall_timeout:
-        return error(503, f"engine stalled: no word from its process for {silent:.1f} s", "server_error",
-                     code="engine_stalled")
+        return "engine_stalled", f"engine stalled: no word from its process for {silent:.1f} s"
     if stepping > s.config.engine_step_timeout:
-        return error(503, f"engine stalled: its loop has been in one step for {stepping:.1f} s", "server_error",
-                     code="engine_stalled")
+        return "engine_stalled", f"engine stalled: its loop has been in one step for {stepping:.1f} s"
+    return None
+
+
+@router.get("/health")
+async def health(request: Request):
+    problem = _problem(state(request))
+    if problem is not None:
+        return error(503, problem[1], "server_error", code=problem[0])
     return {"status": "ok"}
 
 
@@ -65,9 +74,52 @@ async def version():
 
 @router.get("/stats")
 async def stats(request: Request):
-    client = state(request).client
+    return _stats(state(request).client)
+
+
+def _stats(client) -> dict:
     return {**client.stats, "num_requests_in_flight": len(client.queues),
             "engine_pid": client.proc.pid if client.proc else None, "engine_in_step_s": client.in_step_for()}
+
+
+@router.get("/stats/stream")
+async def stats_stream(request: Request):
+    """Server-sent events for a router: the engine's stats whenever they change (at most every
+    0.1 s, at least every second) and its prefix cache's changes as block hashes (``cache``:
+    +h added, -h evicted; the first event, or one with ``cache_snapshot``, holds the whole set)."""
+    s = state(request)
+    client = s.client
+    q: asyncio.Queue = asyncio.Queue()
+    client.watchers.add(q)
+
+    def stats() -> dict:
+        problem = _problem(s)
+        return {**_stats(client), "health": "ok" if problem is None else problem[1]}
+
+    def event(body: dict) -> bytes:
+        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+    async def events():
+        try:
+            yield event({"stats": stats(), "cache": sorted(client.cached_blocks), "cache_snapshot": True})
+            seen, last = client.stats, time.monotonic()
+            while not client.dead:
+                await asyncio.sleep(0.1)
+                changes, snapshot = [], False
+                while not q.empty():
+                    more, whole = q.get_nowait()
+                    changes, snapshot = (list(client.cached_blocks), True) if whole else (changes + more, snapshot)
+                if changes or snapshot or client.stats is not seen or time.monotonic() - last >= 1.0:
+                    body = {"stats": stats()}
+                    if changes or snapshot:
+                        body |= {"cache": changes, "cache_snapshot": snapshot}
+                    yield event(body)
+                    seen, last = client.stats, time.monotonic()
+            yield event({"dead": client.dead})
+        finally:
+            client.watchers.discard(q)
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 @router.get("/metrics")

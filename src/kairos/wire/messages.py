@@ -39,6 +39,10 @@ class EngineReady(msgspec.Struct, tag=True):
 class StepOutputs(msgspec.Struct, tag=True):
     outputs: list[SeqOutput]
     stats: dict[str, float] | None = None  # None: unchanged since the last message that had them
+    # the prefix cache's block hashes (``kairos.wire.blockhash``) added (+h) and evicted (-h) since
+    # the last message with stats, in order; ``cache_snapshot``: they are instead all it holds
+    cache_events: list[int] | None = None
+    cache_snapshot: bool = False
 
 
 class RequestRejected(msgspec.Struct, tag=True):

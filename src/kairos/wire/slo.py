@@ -62,3 +62,15 @@ def report(slo: SLO | None, arrival: float, first: float | None, end: float, n_t
     deadline_met = None if slo.deadline_ms is None else (e2e <= slo.deadline_ms and not expired)
     met = not expired and all(x is not False for x in (ttft_met, tpot_met, deadline_met))
     return SLOReport(ttft, tpot, e2e, ttft_met, tpot_met, deadline_met, met, slo.name, *predicted)
+
+
+def slo_misses(slo: SLO, first: float, tpot: float, last: float) -> list[str]:
+    """The objectives that (first token, per token, last token) seconds miss, in words."""
+    misses = []
+    if slo.ttft_ms is not None and first * 1000 > slo.ttft_ms:
+        misses.append(f"predicted TTFT {first * 1000:.0f} ms > ttft_ms {slo.ttft_ms:g}")
+    if slo.tpot_ms is not None and tpot * 1000 > slo.tpot_ms:
+        misses.append(f"predicted TPOT {tpot * 1000:.0f} ms > tpot_ms {slo.tpot_ms:g}")
+    if slo.deadline_ms is not None and last * 1000 > slo.deadline_ms:
+        misses.append(f"predicted completion {last * 1000:.0f} ms > deadline_ms {slo.deadline_ms:g}")
+    return misses

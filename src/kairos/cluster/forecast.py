@@ -1,0 +1,39 @@
+"""What a replica would give a request: its first token, time per token and last token, from the
+state it pushes (cost model, queue, batch) and the router's own view of what it sent since.
+
+The engine's admission predicts from its whole queue in its policy's order; the router sees only
+totals, so it takes the replica's queue as first come, first served: the prompt tokens queued
+there are computed before this one's. The replica's own admission is the final judge (a refusal
+there sends the request to the next best replica once)."""
+
+from __future__ import annotations
+
+from kairos.cluster.policies import Forecast
+from kairos.wire.costs import StepCost
+
+DEFAULT_MAX_NUM_SEQS, DEFAULT_BUDGET = 64, 512  # (the engine's CPU defaults, for a replica that says none)
+
+
+def forecast(stats: dict[str, float], prompt_tokens: int, cached_tokens: int, max_tokens: int,
+             in_flight: int = 0, pending_prefill: int = 0) -> Forecast:
+    """``stats``: the replica's last pushed ``/stats``; ``in_flight`` and ``pending_prefill``: the
+    requests the router has there and the uncached prompt tokens of those not yet started, which
+    its stats may not show yet."""
+    cost = StepCost.from_stats(stats)
+    overhead = float(stats.get("step_overhead_s", 0.0))  # (the loop around a step: what the model misses)
+    cap = int(stats.get("max_num_seqs") or DEFAULT_MAX_NUM_SEQS)
+    budget = int(stats.get("max_num_batched_tokens") or DEFAULT_BUDGET)
+    active = max(int(stats.get("num_running", 0) + stats.get("num_waiting", 0)), in_flight)
+    batch = min(cap, active + 1)
+    ctx = float(stats.get("decode_context_tokens", 0)) + prompt_tokens
+    queued = max(int(stats.get("queued_prefill_tokens", 0)), pending_prefill) + max(0, prompt_tokens - cached_tokens)
+    chunk = max(1, budget - (batch - 1))  # (decodes go first in a step; chunks fill the rest)
+    steps = -(-queued // chunk)
+    first = cost.prefill_time(queued, chunk, batch - 1, ctx) + steps * overhead
+    # a token: a decode step of the batch it joins, stretched by the prompt work arriving meanwhile
+    load = min(0.8, float(stats.get("step_prefill_load", 0.0)))
+    tpot = (cost.step_time(0, batch, ctx) + overhead) / (1 - load)
+    last = first + max(0, max_tokens - 1) * tpot
+    first *= float(stats.get("slo_ttft_calibration", 1.0))
+    last *= float(stats.get("slo_e2e_calibration", 1.0))
+    return Forecast(first, tpot, max(first, last))

@@ -1,0 +1,105 @@
+"""Replicas as local processes: ``kairos serve`` on a loopback port each, pinned to its share of
+the cores, restarted when it exits (a bounded number of times), stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+import httpx
+
+from kairos.cluster.config import FleetConfig
+
+logger = logging.getLogger("kairos.cluster")
+RESTART_WINDOW_S = 300.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalFleet:
+    """``serve_args``: the ``kairos serve`` flags every replica gets (the engine's; not host/port)."""
+
+    def __init__(self, cfg: FleetConfig, serve_args: list[str], env: dict[str, str] | None = None):
+        self.cfg, self.serve_args = cfg, serve_args
+        self.env = {**os.environ, **(env or {})}
+        self.cores = cfg.core_sets()
+        self.ports = [free_port() for _ in range(cfg.replicas)]
+        self.procs: list[asyncio.subprocess.Process | None] = [None] * cfg.replicas
+        self.restarts: list[list[float]] = [[] for _ in range(cfg.replicas)]
+        self._stopping = False
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.ports]
+
+    async def _spawn(self, i: int) -> None:
+        cores = self.cores[i]
+        env = {**self.env, "OMP_NUM_THREADS": str(len(cores))}
+        self.procs[i] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kairos.cli", "serve", *self.serve_args, "--host", "127.0.0.1",
+            "--port", str(self.ports[i]), env=env, preexec_fn=lambda: os.sched_setaffinity(0, cores),
+            start_new_session=True)  # (its own group: a Ctrl-C reaches the router, which stops it in order)
+        logger.info("replica %d: pid %d on cores %s, port %d", i, self.procs[i].pid, cores, self.ports[i])
+
+    async def start(self, timeout: float = 600.0) -> None:
+        """Start every replica and wait until each answers /health."""
+        for i in range(self.cfg.replicas):
+            await self._spawn(i)
+        async with httpx.AsyncClient() as http:
+            await asyncio.gather(*(self._ready(http, i, timeout) for i in range(self.cfg.replicas)))
+        self._tasks = [asyncio.create_task(self._supervise(i)) for i in range(self.cfg.replicas)]
+
+    async def _ready(self, http: httpx.AsyncClient, i: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[i]
+            if proc.returncode is not None:
+                raise RuntimeError(f"replica {i} exited with code {proc.returncode} while starting")
+            try:
+                if (await http.get(self.urls[i] + "/health", timeout=2)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"replica {i} did not become healthy in {timeout:.0f} s")
+
+    async def _supervise(self, i: int) -> None:
+        while True:
+            code = await self.procs[i].wait()
+            if self._stopping:
+                return
+            now = time.monotonic()
+            self.restarts[i] = [t for t in self.restarts[i] if now - t < RESTART_WINDOW_S] + [now]
+            if len(self.restarts[i]) > self.cfg.max_restarts:
+                logger.error("replica %d exited with code %s; restarted %d times in %.0f s: left down", i, code,
+                             self.cfg.max_restarts, RESTART_WINDOW_S)
+                return
+            logger.warning("replica %d exited with code %s: restarting it", i, code)
+            await asyncio.sleep(0.5)
+            await self._spawn(i)
+
+    async def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM every replica (each drains and stops its engine), SIGKILL what is left after ``grace``."""
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        live = [p for p in self.procs if p is not None and p.returncode is None]
+        for p in live:
+            p.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in live)), grace)
+        except TimeoutError:
+            for p in live:
+                if p.returncode is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+            await asyncio.gather(*(p.wait() for p in live))

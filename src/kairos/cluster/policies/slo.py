@@ -1,0 +1,46 @@
+"""Deadline-aware dispatch: a request with an SLO goes where its predicted slack is largest, and is
+refused (429 slo_infeasible) only when no replica can meet it; one without goes cache-aware."""
+
+from __future__ import annotations
+
+import math
+
+from kairos.cluster.policies import Ask, Candidate, Decision, Forecast, Tuning, register
+from kairos.cluster.policies.cache_aware import CacheAware
+from kairos.wire.slo import SLO, slo_misses
+
+
+def slack(slo: SLO, f: Forecast) -> float:
+    """The share of its tightest objective a forecast leaves to spare (negative: missed by it)."""
+    pairs = [(slo.ttft_ms, f.ttft_s), (slo.tpot_ms, f.tpot_s), (slo.deadline_ms, f.e2e_s)]
+    return min(((ms / 1000 - s) / (ms / 1000) for ms, s in pairs if ms is not None), default=math.inf)
+
+
+def misses(slo: SLO, f: Forecast) -> list[str]:
+    return slo_misses(slo, f.ttft_s, f.tpot_s, f.e2e_s)
+
+
+@register("slo")
+class SLOPolicy:
+    def __init__(self, tuning: Tuning):
+        self.fallback = CacheAware(tuning)
+
+    def choose(self, ask: Ask, candidates: list[Candidate]) -> Decision:
+        slo = ask.slo
+        known = [c for c in candidates if c.forecast is not None]
+        if slo is None or not known:
+            return self.fallback.choose(ask, candidates)
+        ranked = sorted(known, key=lambda c: (-slack(slo, c.forecast), c.load, c.index))
+        feasible = [c.index for c in ranked if not misses(slo, c.forecast)]
+        unknown = [c.index for c in candidates if c.forecast is None]  # (no cost model: not a known miss)
+        infeasible = [c.index for c in ranked if c.index not in feasible]
+        best = ranked[0].forecast
+        if feasible:
+            return Decision(feasible + unknown + infeasible, "slo", forecast=best)
+        if unknown:
+            return Decision(unknown + infeasible, "slo_unknown", forecast=best)
+        if slo.on_miss == "best_effort":
+            return Decision(infeasible, "slo_best_effort", forecast=best)
+        return Decision(infeasible, "slo", forecast=best,
+                        refusal="no replica can meet the SLO: " + "; ".join(misses(slo, best)) +
+                        " (the best replica's prediction; set slo.on_miss to \"best_effort\" to be served anyway)")

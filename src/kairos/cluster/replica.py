@@ -1,0 +1,175 @@
+"""A replica as the router knows it, and the task that keeps that knowledge current.
+
+A Kairos replica pushes its state over ``GET /stats/stream`` (stats at most every 0.1 s, its
+prefix cache's changes as block hashes): the router's view of its load and cache is what the
+replica reports, not a guess. Any other OpenAI-compatible server is health-checked instead, and
+the router keeps its own approximation of what it sent there."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+
+import httpx
+
+from kairos.wire.blockhash import chain
+
+logger = logging.getLogger("kairos.cluster")
+APPROX_BLOCK = 16  # tokens per block of the router's own view of a replica's cache
+FRESH_S = 2.0  # what was sent this recently counts as cached even before the replica reports it
+SILENT_S = 3.0  # a state channel quiet this long (it beats each second) is a replica gone
+
+
+class Replica:
+    def __init__(self, index: int, url: str, approx_blocks: int):
+        self.index, self.url = index, url.rstrip("/")
+        self.healthy = False
+        self.kairos: bool | None = None  # None: not known yet (no channel opened)
+        self.why_down = "not checked yet"
+        self.stats: dict[str, float] = {}
+        self.cached: set[int] = set()  # its prefix cache's block hashes (Kairos replicas)
+        self.sent: OrderedDict[int, float] = OrderedDict()  # block hash -> when sent, least recent first
+        self.approx_blocks = approx_blocks
+        self.in_flight = 0
+        self.pending_prefill = 0  # uncached prompt tokens of requests sent there, not yet started
+        self.ttft_ewma: float | None = None  # seconds to first byte of streams, as the router saw them
+        self.tpot_ewma: float | None = None
+        self.models: list[dict] = []
+
+    @property
+    def block_size(self) -> int:
+        return int(self.stats.get("kv_block_size", APPROX_BLOCK)) if self.kairos else APPROX_BLOCK
+
+    def matched(self, token_ids: list[int], hashes: dict[int, list[int]], exact: bool, now: float) -> int:
+        """Prompt tokens this replica holds cached: as it reports (``exact``: the ids are the
+        model's tokens), else as the router's view of what it sent has it. ``hashes``: block size
+        -> the prompt's chained block hashes (filled as needed)."""
+        bs = self.block_size if exact else APPROX_BLOCK
+        hs = hashes.get(bs)
+        if hs is None:
+            hs = hashes[bs] = chain(token_ids, bs)
+        n = 0
+        for h in hs:
+            t = self.sent.get(h)
+            reported = exact and self.kairos and h in self.cached
+            if not (reported or (t is not None and (not (exact and self.kairos) or now - t < FRESH_S))):
+                break
+            n += 1
+        return n * bs
+
+    def remember(self, token_ids: list[int], hashes: dict[int, list[int]], now: float) -> None:
+        """What was just sent here (LRU, ``approx_blocks`` at most)."""
+        hs = hashes.get(APPROX_BLOCK) or chain(token_ids, APPROX_BLOCK)
+        if self.kairos and self.block_size != APPROX_BLOCK:
+            hs = hs + (hashes.get(self.block_size) or chain(token_ids, self.block_size))
+        for h in hs:
+            self.sent[h] = now
+            self.sent.move_to_end(h)
+        while len(self.sent) > self.approx_blocks:
+            self.sent.popitem(last=False)
+
+    def down(self, why: str) -> None:
+        if self.healthy:
+            logger.warning("replica %s is out: %s", self.url, why)
+        self.healthy, self.why_down = False, why
+
+    def up(self) -> None:
+        if not self.healthy:
+            logger.info("replica %s is in", self.url)
+        self.healthy, self.why_down = True, ""
+
+    def observe(self, ttft: float | None, tpot: float | None) -> None:
+        a = 0.2
+        if ttft is not None:
+            self.ttft_ewma = ttft if self.ttft_ewma is None else (1 - a) * self.ttft_ewma + a * ttft
+        if tpot is not None:
+            self.tpot_ewma = tpot if self.tpot_ewma is None else (1 - a) * self.tpot_ewma + a * tpot
+
+    def apply(self, event: dict) -> None:
+        """One event of the state channel."""
+        if "dead" in event:
+            self.down(f"engine dead: {event['dead']}")
+            return
+        if "stats" in event:
+            self.stats = event["stats"]
+        if event.get("cache_snapshot"):
+            self.cached = set(event.get("cache") or ())
+        else:
+            for h in event.get("cache") or ():
+                if h > 0:
+                    self.cached.add(h)
+                else:
+                    self.cached.discard(-h)
+        health = self.stats.get("health")
+        if health not in (None, "ok"):
+            self.down(str(health))
+        else:
+            self.up()
+
+
+async def watch(rep: Replica, http: httpx.AsyncClient, interval: float, headers: dict[str, str]) -> None:
+    """Keep ``rep`` current for ever: its state channel while it has one, else health checks;
+    a replica that fails either is out, and probed with backoff (``interval`` up to 8x)."""
+    backoff = interval
+    while True:
+        try:
+            if rep.kairos is not False:
+                await _channel(rep, http, headers)
+            else:
+                await _probe(rep, http, headers)
+                if rep.healthy:
+                    backoff = interval
+                    await asyncio.sleep(interval)
+                    continue
+        except asyncio.CancelledError:
+            raise
+        except (httpx.HTTPError, OSError, ValueError, TimeoutError) as e:
+            rep.down(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+        else:
+            if rep.kairos and rep.healthy:
+                rep.down("state channel closed")
+        if rep.healthy:
+            backoff = interval
+            continue
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 8 * interval)
+
+
+async def _channel(rep: Replica, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    async with http.stream("GET", rep.url + "/stats/stream", headers=headers) as resp:
+        if resp.status_code in (404, 405):  # not a Kairos server: health checks instead
+            rep.kairos = False
+            return
+        resp.raise_for_status()
+        rep.kairos = True
+        await _models(rep, http, headers)
+        lines = resp.aiter_lines()
+        while True:
+            line = await asyncio.wait_for(anext(lines), SILENT_S)
+            if line.startswith("data: "):
+                rep.apply(json.loads(line[6:]))
+                if not rep.healthy and "dead" in line:
+                    return
+
+
+async def _probe(rep: Replica, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    resp = await http.get(rep.url + "/health", headers=headers)
+    if resp.status_code != 200:
+        rep.down(f"/health answered {resp.status_code}")
+        return
+    if not rep.models:
+        await _models(rep, http, headers)
+    rep.up()
+
+
+async def _models(rep: Replica, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    resp = await http.get(rep.url + "/v1/models", headers=headers)
+    if resp.status_code == 200:
+        rep.models = resp.json().get("data", [])
+
+
+def now() -> float:
+    return time.monotonic()

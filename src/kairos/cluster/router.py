@@ -1,0 +1,203 @@
+"""The router's dispatch: a request's candidates (load, cached prefix, forecast per healthy
+replica), the policy's decision, and the relay to the chosen replica, retried once on the next
+best when the first fails before its first byte or refuses the SLO."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi.responses import Response, StreamingResponse
+
+from kairos.cluster.config import RouterConfig
+from kairos.cluster.forecast import forecast
+from kairos.cluster.metrics import RouterMetrics
+from kairos.cluster.policies import Ask, Candidate, Decision, Forecast, Tuning, make_policy
+from kairos.cluster.prompts import PromptReader
+from kairos.cluster.replica import Replica, watch
+from kairos.server.middleware import error
+from kairos.server.protocol import ChatCompletionRequest, CompletionRequest, slo_from
+from kairos.server.serving import APIError
+
+# request headers relayed to a replica (the rest are hop-by-hop or set anew)
+_RELAYED = {"authorization", "content-type", "accept", "user-agent", "x-request-id"}
+_RETRIED_STATUS = {502, 503, 504}  # (the replica could not take it: another may)
+
+
+class Router:
+    def __init__(self, cfg: RouterConfig, replicas: list[Replica], reader: PromptReader,
+                 api_key: str | None = None):
+        self.cfg, self.replicas, self.reader = cfg, replicas, reader
+        self.policy = make_policy(cfg.routing_policy, Tuning(cfg.balance_beta, cfg.balance_abs_threshold,
+                                                             cfg.balance_rel_threshold))
+        self.metrics = RouterMetrics()
+        self.sessions: OrderedDict[str, int] = OrderedDict()
+        self._auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http: httpx.AsyncClient | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=self.cfg.connect_timeout),
+                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+        self._tasks = [asyncio.create_task(watch(r, self.http, self.cfg.health_interval, self._auth))
+                       for r in self.replicas]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.http is not None:
+            await self.http.aclose()
+
+    def healthy(self) -> list[Replica]:
+        return [r for r in self.replicas if r.healthy]
+
+    def model_names(self) -> set[str]:
+        return {m.get("id") for r in self.replicas for m in r.models} | {"default"}
+
+    async def dispatch(self, path: str, req: ChatCompletionRequest | CompletionRequest, raw: bytes, headers) -> Response:
+        arrival = time.perf_counter()
+        names = self.model_names()
+        if req.model is not None and len(names) > 1 and req.model not in names:
+            shown = req.model.encode("utf-8", "backslashreplace").decode()
+            served = ", ".join(f"`{n}`" for n in sorted(names - {"default"}))
+            raise APIError(404, f"The model `{shown}` does not exist. Served: {served}.", "not_found_error",
+                           param="model", code="model_not_found")
+        try:
+            slo, _ = slo_from(req.slo, req.priority, headers)
+        except ValueError as e:
+            raise APIError(400, str(e), param="slo") from None
+        healthy = self.healthy()
+        if not healthy:
+            self.metrics.refusals.labels("no_replica").inc()
+            raise APIError(503, "no replica is available: " + "; ".join(f"{r.url}: {r.why_down}" for r in self.replicas),
+                           "server_error", code="no_replica")
+        ids, exact, ntok = await self.reader.read(req)
+        max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or 16
+        now, hashes = time.monotonic(), {}
+        cands = []
+        for r in healthy:
+            matched = r.matched(ids, hashes, exact, now)
+            cands.append(Candidate(r.index, r.in_flight, matched, self._forecast(r, ntok, matched, max_tokens)))
+        user = (req.model_extra or {}).get("user")  # (the OpenAI field: an end user's id, a string)
+        session = headers.get("x-kairos-session") or (user if isinstance(user, str) else None)
+        decision = self._sticky(session, cands) or self.policy.choose(Ask(ntok, slo), cands)
+        self.metrics.decisions.labels(self.cfg.routing_policy, decision.reason).inc()
+        if decision.refusal is not None:
+            self.metrics.refusals.labels("slo_infeasible").inc()
+            return _refusal(decision)
+        matched = {c.index: c.matched for c in cands}
+        self.metrics.prompt.inc(ntok)
+        return await self._relay(path, raw, headers, decision, matched, ids, hashes, ntok, arrival, session)
+
+    def _forecast(self, r: Replica, ntok: int, matched: int, max_tokens: int) -> Forecast | None:
+        if r.kairos and r.stats:
+            return forecast(r.stats, ntok, matched, max_tokens, r.in_flight, r.pending_prefill)
+        if r.ttft_ewma is None:
+            return None  # (nothing measured there yet)
+        return Forecast(r.ttft_ewma, r.tpot_ewma or 0.0, r.ttft_ewma + (max_tokens - 1) * (r.tpot_ewma or 0.0))
+
+    def _sticky(self, session: str | None, cands: list[Candidate]) -> Decision | None:
+        if not session or self.cfg.max_sessions == 0:
+            return None
+        at = self.sessions.get(session)
+        if at is None or all(c.index != at for c in cands):
+            return None
+        return Decision([at] + [c.index for c in cands if c.index != at], "sticky")
+
+    def _stick(self, session: str | None, index: int) -> None:
+        if session and self.cfg.max_sessions:
+            self.sessions[session] = index
+            self.sessions.move_to_end(session)
+            while len(self.sessions) > self.cfg.max_sessions:
+                self.sessions.popitem(last=False)
+
+    async def _relay(self, path, raw, headers, decision: Decision, matched, ids, hashes, ntok, arrival,
+                     session: str | None) -> Response:
+        relayed = {k: v for k, v in headers.items() if k in _RELAYED or k.startswith("x-kairos-")}
+        last: Response | None = None
+        for attempt, index in enumerate(decision.order[:2]):
+            rep = self.replicas[index]
+            uncached = max(0, ntok - matched.get(index, 0))
+            rep.in_flight += 1
+            rep.pending_prefill += uncached
+            rep.remember(ids, hashes, time.monotonic())
+            if attempt == 0:
+                self.metrics.overhead.observe(time.perf_counter() - arrival)
+            sent = time.perf_counter()
+            resp = None
+            try:
+                resp = await self.http.send(self.http.build_request("POST", rep.url + path, content=raw, headers=relayed),
+                                            stream=True)
+                if resp.status_code in _RETRIED_STATUS or (resp.status_code == 429 and attempt == 0):
+                    content = await resp.aread()
+                    await resp.aclose()
+                    answer = self._answer(rep, resp, content)
+                    if resp.status_code == 429 and b"slo_infeasible" not in content:
+                        return answer  # (a refusal of another kind stands)
+                    last = answer
+                    self.metrics.retries.labels(f"status_{resp.status_code}").inc()
+                    continue
+                body = resp.aiter_raw()
+                first = await anext(body, b"")  # a failure before the first byte is retried elsewhere
+            except httpx.TransportError as e:
+                rep.in_flight -= 1
+                if resp is not None:
+                    await resp.aclose()
+                self.metrics.retries.labels(type(e).__name__).inc()
+                if isinstance(e, httpx.ConnectError):
+                    rep.down(f"{type(e).__name__} relaying a request")
+                last = error(502, f"replica {rep.url} failed before answering: {type(e).__name__}", "server_error",
+                             code="replica_failed")
+                continue
+            except BaseException:  # (the client went away meanwhile)
+                rep.in_flight -= 1
+                if resp is not None:
+                    await resp.aclose()
+                raise
+            finally:
+                rep.pending_prefill -= uncached  # (started, or failed: no longer queued there)
+            self._stick(session, index)
+            self.metrics.matched.inc(matched.get(index, 0))
+            self.metrics.requests.labels(rep.url, str(resp.status_code)).inc()
+            out = {k: v for k, v in resp.headers.items() if k in ("content-type", "x-request-id")}
+            out["x-kairos-replica"] = rep.url
+            return StreamingResponse(self._pipe(rep, resp, first, body, sent), status_code=resp.status_code,
+                                     headers=out)
+        assert last is not None
+        return last
+
+    def _answer(self, rep: Replica, resp: httpx.Response, content: bytes) -> Response:
+        rep.in_flight -= 1
+        self.metrics.requests.labels(rep.url, str(resp.status_code)).inc()
+        headers = {k: v for k, v in resp.headers.items() if k in ("content-type", "retry-after")}
+        headers["x-kairos-replica"] = rep.url
+        return Response(content, status_code=resp.status_code, headers=headers)
+
+    async def _pipe(self, rep: Replica, resp: httpx.Response, first: bytes, body: AsyncIterator[bytes],
+                    sent: float) -> AsyncIterator[bytes]:
+        t_first = time.perf_counter()
+        events = first.count(b"data: ")
+        try:
+            if first:
+                yield first
+            async for chunk in body:
+                events += chunk.count(b"data: ")
+                yield chunk
+        finally:
+            rep.in_flight -= 1
+            await resp.aclose()
+            if events > 2:  # (a stream: time to its first byte, then per event)
+                rep.observe(t_first - sent, (time.perf_counter() - t_first) / (events - 1))
+
+
+def _refusal(decision: Decision) -> Response:
+    body = {"error": {"message": decision.refusal, "type": "slo_infeasible_error", "param": "slo",
+                      "code": "slo_infeasible"}}
+    if decision.forecast is not None:
+        body["error"]["predicted"] = decision.forecast.as_ms()
+    return Response(json.dumps(body), status_code=429, media_type="application/json")
