@@ -13,6 +13,13 @@ off, and the stack with int8 activations: step time and output tokens per second
 layers that dequantize the blocks and call MKL above 8 rows (the path before the tiled GEMM).
 Table 4: decode attention of all 30 layers (the default model's 9 query / 3 KV heads of 64)
 over a paged cache with scattered blocks: the C kernel vs the torch path (gathered blocks, SDPA).
+
+    python benchmarks/cpu_kernels.py --isa [--isa-rows 1,4,16] [--attention 1x256,...]
+
+``--isa``: only the AVX2 kernels vs their AVX-512 variants (``cpu.set_isa``) on the same CPU, in
+turns, the best of several rounds: the default model's linear layers (random blocks of its
+shapes, no download) and its decode attention. A variant is on by default (``cpu.VARIANTS``)
+only where it wins here.
 """
 
 from __future__ import annotations
@@ -172,6 +179,80 @@ def _attention_row(b: int, ctx: int, hq: int = 9, hkv: int = 3, d: int = 64, bs:
     print(f"{b:>5} {ctx:>8} {c:>9.2f} {t:>8.2f} {t / c:>8.2f} {gbs:>7.1f}")
 
 
+def _best(fns: dict[str, object], rounds: int, n: int) -> dict[str, float]:
+    """ms per call of each fn, the best of ``rounds`` (taken in turns, so a busy core hurts all)."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            best[k] = min(best[k], _time(fn, n))
+    return best
+
+
+def isa_table(rows: list[int], attention: list[tuple[int, int]], rounds: int = 5) -> None:
+    from kairos.kernels import cpu
+
+    def weight(kind: str, n: int, k: int) -> cpu.GGUFWeight:  # random blocks: the kernels' time is data-blind
+        gen = torch.Generator().manual_seed(n * k)
+        d = (torch.rand(n, k // 32, generator=gen) * 0.01).half()
+        if kind == "q4_1":
+            return cpu.GGUFWeight(kind, torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen), d, -8 * d)
+        return cpu.GGUFWeight(kind, torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen), d, None)
+
+    h, i, v, layers = 576, 1536, 49152, 30  # SmolLM2-135M: 9 query / 3 KV heads of 64
+    shapes = [(960, h), (h, h), (2 * i, h), (h, i)]
+    ws = [weight("q4_1", n, k) for _ in range(layers) for n, k in shapes]
+    head = weight("q8_0", v, h)
+    flags = cpu.cpu_flags()
+    print(f"\nAVX2 kernels vs AVX-512 variants, {torch.get_num_threads()} threads; AVX-512 variants this CPU has: "
+          f"{[name for name, (bit, need, _) in cpu.VARIANTS.items() if set(need) <= flags] or 'none'}")
+    print("the default model's shapes: 30 layers' linears (Q4_1) and the lm_head (Q8_0), ms per pass, best of "
+          f"{rounds}; float32: the kernel picked by rows (few-row up to 8 rows, 16 with AVX-512; above, the "
+          "tiled GEMM, AVX2 only); int8 act: up to 8 rows")
+    print(f"{'rows':>5} {'path':>14} {'layers avx2':>12} {'avx512':>8} {'ratio':>6} {'head avx2':>10} {'avx512':>8} "
+          f"{'ratio':>6}")
+    with torch.inference_mode():
+        for m in rows:
+            xs = {k: torch.randn(m, k) for k in (h, i)}
+            paths = {"float32": {}, "int8 act": {"int8_activations": True}}
+            if m > 8:
+                paths["few-row forced"] = {"tiled": False}
+            for name, kw in paths.items():
+                res = {}
+                for part, mods, n in (("layers", ws, 3), ("head", [head], 5)):
+                    def run(mods=mods, kw=kw, xs=xs):
+                        for w in mods:
+                            cpu.gguf_gemm(xs[w.shape[1]], w, **kw)
+
+                    fns = {isa: (lambda isa=isa, run=run: (cpu.set_isa(isa), run())) for isa in ("avx2", "avx512")}
+                    res[part] = _best(fns, rounds, n)
+                lt, ht = res["layers"], res["head"]
+                print(f"{m:>5} {name:>14} {lt['avx2']:>12.2f} {lt['avx512']:>8.2f} {lt['avx2'] / lt['avx512']:>6.2f} "
+                      f"{ht['avx2']:>10.2f} {ht['avx512']:>8.2f} {ht['avx2'] / ht['avx512']:>6.2f}")
+    if attention:
+        print("\ndecode attention, 30 layers, 9/3 heads of 64, blocks of 16 in random order: ms per step")
+        print(f"{'batch':>5} {'context':>8} {'avx2':>8} {'avx512':>8} {'ratio':>6}")
+        for b, ctx in attention:
+            t = {isa: _attention_ms(b, ctx, isa, rounds) for isa in ("avx2", "avx512")}
+            print(f"{b:>5} {ctx:>8} {t['avx2']:>8.2f} {t['avx512']:>8.2f} {t['avx2'] / t['avx512']:>6.2f}")
+    cpu.set_isa("auto")
+
+
+def _attention_ms(b: int, ctx: int, isa: str, rounds: int, hq: int = 9, hkv: int = 3, d: int = 64, bs: int = 16,
+                  layers: int = 30) -> float:
+    from kairos.kernels import cpu
+
+    gen = torch.Generator().manual_seed(0)
+    nblk = (ctx + bs - 1) // bs
+    caches = [(torch.randn(b * nblk + 1, bs, hkv, d, generator=gen), torch.randn(b * nblk + 1, bs, hkv, d, generator=gen))
+              for _ in range(layers)]
+    tables = (torch.randperm(b * nblk, generator=gen) + 1).view(b, nblk).to(torch.int32)
+    lens = torch.full((b,), ctx, dtype=torch.int32)
+    q = torch.randn(b, hq, d, generator=gen)
+    cpu.set_isa(isa)
+    return _best({isa: lambda: [cpu.paged_decode_attention(q, k, v, tables, lens, d**-0.5) for k, v in caches]},
+                 rounds, 5)[isa]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="1,4,8,12,16,32,64,128,512")
@@ -180,8 +261,14 @@ def main() -> None:
     ap.add_argument("--big-batches", action=argparse.BooleanOptionalAction, default=True,
                     help="the big-batch table: tiled GEMM vs dequantize + MKL")
     ap.add_argument("--attention", default="1x256,8x256,64x192,64x512", help="BxCONTEXT shapes ('' skips)")
+    ap.add_argument("--isa", action="store_true", help="only the AVX2 vs AVX-512 tables")
+    ap.add_argument("--isa-rows", default="1,4,16")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.isa:
+        isa_table([int(x) for x in args.isa_rows.split(",")],
+                  [tuple(int(v) for v in x.split("x")) for x in args.attention.split(",") if x])
+        return
     if args.rows:
         linear_table([int(x) for x in args.rows.split(",")])
     if args.batches:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 import torch
@@ -72,6 +74,87 @@ def test_int8_activation_gemm_is_the_quantized_rows_times_w(kind, m):
     assert ((y.double() - exact.double()).abs() <= bound).all()
     with pytest.raises(ValueError, match="leave tiled as None"):
         cpu.gguf_gemm(x, qw, tiled=False, int8_activations=True)
+
+
+HAS = {name: set(need) <= cpu.cpu_flags() for name, (_, need, _) in cpu.VARIANTS.items()}
+
+
+@pytest.fixture
+def set_isa():
+    """cpu.set_isa, the choice in force before the test restored after it."""
+    prev = cpu.set_isa("auto")
+    yield cpu.set_isa
+    cpu.set_isa(prev)
+
+
+def _both_isas(set_isa, fn):
+    out = {}
+    for choice in ("avx2", "avx512"):
+        set_isa(choice)
+        out[choice] = fn()
+    return out["avx2"], out["avx512"]
+
+
+@pytest.mark.skipif(not HAS["gemm"], reason="no AVX-512 F/BW/VL/DQ on this CPU: only the AVX2 kernels run")
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("k", [160, 576])  # an odd and an even number of blocks (the default model's K)
+def test_avx512_gemm_is_the_avx2_gemm_bit_for_bit(kind, k, set_isa):
+    """gguf_gemm_avx512.c does in each lane what the AVX2 kernel does in the lane it stands for,
+    in the same order: the same bits at every row count (tiles of 8, 4 and 1-3 rows)."""
+    blocks, w = _blocks(70, k, kind)
+    qw = cpu.GGUFWeight.from_blocks(kind, blocks)
+    for m in range(1, 19):
+        x = torch.randn(m, k + 40, generator=torch.Generator().manual_seed(m))[:, 20 : 20 + k]  # strided rows
+        a, b = _both_isas(set_isa, lambda x=x: cpu.gguf_gemm(x, qw, tiled=False))
+        assert torch.equal(a, b), m
+        torch.testing.assert_close(b, (x.double() @ w.double().T).float(), rtol=1e-5, atol=1e-4)
+        if 8 < m <= 16:
+            # picked by rows: the few-row kernel under AVX-512, the tiled GEMM under AVX2, which adds
+            # each output's products in k order: the same float32 products summed in another order
+            a, b = _both_isas(set_isa, lambda x=x: cpu.gguf_gemm(x, qw))
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+            assert torch.equal(b, cpu.gguf_gemm(x, qw, tiled=False))
+
+
+@pytest.mark.skipif(not HAS["q8_vnni"], reason="no AVX-512 VNNI on this CPU: the int8 path runs its AVX2 tiles")
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("k", [160, 576])
+def test_vnni_int8_gemm_is_the_avx2_int8_gemm_bit_for_bit(kind, k, set_isa):
+    """vpdpbusd gives the int32 sums vpmaddubsw + vpmaddwd give, and the float FMAs follow the
+    AVX2 tile's even/odd accumulators lane for lane (gguf_gemm_q8_vnni.c): the same bits."""
+    blocks, w = _blocks(70, k, kind)
+    if kind == "q8_0":
+        blocks.view(70, -1, 34)[:5, :, 2:] = 0x80  # weights of -128: |w| = 128 still fits vpdpbusd's unsigned side
+    qw = cpu.GGUFWeight.from_blocks(kind, blocks)
+    w = cpu.dequantize(qw)
+    for m in range(1, 9):
+        x = torch.randn(m, k + 40, generator=torch.Generator().manual_seed(m))[:, 20 : 20 + k] * 3
+        x[0, 32:64] = 0.0  # an all-zero block: scale 0
+        a, b = _both_isas(set_isa, lambda x=x: cpu.gguf_gemm(x, qw, int8_activations=True))
+        assert torch.equal(a, b), m
+        torch.testing.assert_close(b, (_int8_rows(x) @ w.double().T).float(), rtol=1e-5, atol=1e-4)
+
+
+def test_isa_choice_follows_the_cpu_flags(monkeypatch):
+    avx2 = {"fpu", "sse2", "avx", "avx2", "fma", "f16c"}
+    skylake = avx2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
+    gemm, vnni = cpu.VARIANTS["gemm"][0], cpu.VARIANTS["q8_vnni"][0]
+    assert cpu.isa_bits(avx2, "auto") == cpu.isa_bits(avx2, "avx512") == 0  # nothing the CPU lacks
+    assert cpu.isa_bits(avx2 | {"avx512f"}, "avx512") == 0  # AVX-512 F alone is not enough
+    assert cpu.isa_bits(skylake, "auto") == gemm
+    assert cpu.isa_bits(skylake | {"avx512_vnni"}, "auto") == gemm | vnni
+    assert cpu.isa_bits(skylake | {"avx512_vnni"}, "avx2") == 0
+    with pytest.raises(ValueError, match="CPU ISA must be one of"):
+        cpu.isa_bits(skylake, "sse4")
+    # the environment's choice, read when the library loads
+    monkeypatch.setenv(cpu.ISA_ENV, "avx2")
+    cpu.load.cache_clear()
+    try:
+        assert ctypes.c_int.in_dll(cpu.load(), "kairos_isa").value == 0
+    finally:
+        monkeypatch.delenv(cpu.ISA_ENV)
+        cpu.load.cache_clear()
+    assert ctypes.c_int.in_dll(cpu.load(), "kairos_isa").value == cpu.isa_bits(cpu.cpu_flags(), "auto")
 
 
 def test_gguf_gemm_tiled_sums_in_k_order():

@@ -1,4 +1,4 @@
-"""CPU kernels torch lacks for this engine (``csrc/*.c``: x86-64, AVX2 + FMA + F16C).
+"""CPU kernels torch lacks for this engine (``csrc/*.c``: x86-64, AVX2 + FMA + F16C; AVX-512 variants).
 
 - :func:`gguf_gemm`: matmuls straight from GGUF Q4_1 / Q8_0 blocks with float32 activations.
   A decode step of a few sequences is bound by reading the weights: float32 weights of a 135M
@@ -10,9 +10,12 @@
 - :func:`paged_decode_attention`: one query token per sequence against the paged KV cache,
   read in place (the torch path gathers every context into a padded copy first).
 
-The C files are compiled once per machine with the system C compiler into Kairos' cache and
-loaded with ctypes (calls release the GIL). Where that cannot be done (no compiler, another
-CPU) :func:`load` returns None and callers keep their torch paths.
+The C files are compiled once with the system C compiler into Kairos' cache and loaded with
+ctypes (calls release the GIL). Where that cannot be done (no compiler, another CPU)
+:func:`load` returns None and callers keep their torch paths. The build targets AVX2; the
+AVX-512 variants in it (``*_avx512.c``, ``*_vnni.c``) are switched on at load by the CPU's flags
+(:func:`isa_bits`; ``KAIROS_CPU_ISA=avx2`` keeps the AVX2 kernels, ``avx512`` runs every variant
+the CPU has, also those off by default).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -37,6 +41,15 @@ SOURCES = sorted(CSRC.glob("*.c"))
 # bytes per block of 32 weights (GGUF layout): Q4_1 = f16 d, f16 m, 16 nibble bytes; Q8_0 = f16 d, 32 int8
 BLOCK_BYTES = {"q4_1": 20, "q8_0": 34}
 _REQUIRED_FLAGS = ("avx2", "fma", "f16c")
+_AVX512_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+ISA_ENV = "KAIROS_CPU_ISA"
+ISA_CHOICES = ("auto", "avx2", "avx512")
+# The AVX-512 variants (csrc/simd.h: ISA_*): their bit, the CPU flags they need, and whether
+# "auto" runs them (only where they beat the AVX2 kernels: benchmarks/cpu_kernels.py --isa).
+VARIANTS = {
+    "gemm": (1, _AVX512_FLAGS, True),
+    "q8_vnni": (2, (*_AVX512_FLAGS, "avx512_vnni"), True),
+}
 _i64, _ptr, _f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 _SIGNATURES = {
     "gguf_matmul": [_i64, _ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64],
@@ -46,6 +59,7 @@ _SIGNATURES = {
     "silu_mul": [_ptr, _i64, _i64, _ptr],
     "dequant_q4_1": [_ptr, _ptr, _ptr, _i64, _i64, _ptr],
     "dequant_q8_0": [_ptr, _ptr, _i64, _i64, _ptr],
+    "kairos_set_isa": [_i64],
     "decode_stack": [_ptr, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64,
                      _f32, _f32, _ptr, _ptr, _i64],
 }
@@ -69,6 +83,29 @@ def usable(flags: set[str], machine: str) -> bool:
     return machine in ("x86_64", "AMD64") and set(_REQUIRED_FLAGS) <= flags
 
 
+def isa_bits(flags: set[str], choice: str) -> int:
+    """The AVX-512 variants to run (``VARIANTS`` bits) on a CPU with ``flags``: none for "avx2",
+    every one the CPU has for "avx512", those of them on by default for "auto"."""
+    if choice not in ISA_CHOICES:
+        raise ValueError(f"CPU ISA must be one of {ISA_CHOICES}, not {choice!r}")
+    return sum(bit for bit, need, default in VARIANTS.values()
+               if choice != "avx2" and set(need) <= flags and (default or choice == "avx512"))
+
+
+_isa = ["auto"]  # the choice in force
+
+
+def set_isa(choice: str) -> str:
+    """Switch which kernel variants run (a choice as for :func:`isa_bits`), process-wide; not
+    while a kernel runs (for tests and benchmarks that compare them). Returns the previous choice."""
+    bits = isa_bits(cpu_flags(), choice)
+    lib = load()
+    if lib is not None:
+        lib.kairos_set_isa(bits)
+    prev, _isa[0] = _isa[0], choice
+    return prev
+
+
 @cache
 def load() -> ctypes.CDLL | None:
     """The compiled kernels, built on first use into the cache; None where they cannot run."""
@@ -81,8 +118,11 @@ def load() -> ctypes.CDLL | None:
 def _build(flags: set[str]) -> ctypes.CDLL | None:
     from kairos.loader.tokenizer import cache_dir
 
-    # -march=native: the build is for this CPU, so the key includes its flags
-    key = hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, *sorted(CSRC.glob("*.h"))]) + " ".join(sorted(flags)).encode()).hexdigest()[:16]
+    # AVX2 baseline, not -march=native: the library runs on any AVX2 CPU (the AVX-512 code in it
+    # carries its own target attributes) and its AVX2 kernels are AVX2 code on every machine, so
+    # they can be compared with the AVX-512 variants.
+    cflags = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
+    key = hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, *sorted(CSRC.glob("*.h"))]) + " ".join(cflags).encode()).hexdigest()[:16]
     lib_path = cache_dir() / "kernels" / f"kairos_cpu-{key}.so"
     if not lib_path.is_file():
         cc = shutil.which("cc") or shutil.which("gcc")
@@ -93,8 +133,7 @@ def _build(flags: set[str]) -> ctypes.CDLL | None:
             lib_path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
                 out = Path(tmp) / lib_path.name
-                subprocess.run([cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-o", str(out),
-                                *map(str, SOURCES), "-lm"], check=True, capture_output=True, timeout=120)
+                subprocess.run([cc, *cflags, "-o", str(out), *map(str, SOURCES), "-lm"], check=True, capture_output=True, timeout=120)
                 out.replace(lib_path)  # atomic: a concurrent start sees all or nothing
             for old in lib_path.parent.glob("kairos_cpu-*.so"):  # builds of older sources
                 if old != lib_path:
@@ -108,6 +147,12 @@ def _build(flags: set[str]) -> ctypes.CDLL | None:
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
+    choice = os.environ.get(ISA_ENV) or "auto"
+    if choice not in ISA_CHOICES:
+        logger.warning("%s=%s is not one of %s: auto", ISA_ENV, choice, ISA_CHOICES)
+        choice = "auto"
+    lib.kairos_set_isa(isa_bits(flags, choice))
+    _isa[0] = choice
     return lib
 
 

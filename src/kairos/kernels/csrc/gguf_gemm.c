@@ -20,49 +20,65 @@
 
 #include "simd.h"
 
-static inline __m256 dot32(__m256 w0, __m256 w1, __m256 w2, __m256 w3, const float *x) {
-    /* two chains, not one: the block's sum is ready sooner and more blocks overlap */
-    __m256 s0 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), _mm256_mul_ps(w0, _mm256_loadu_ps(x)));
-    __m256 s1 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), _mm256_mul_ps(w2, _mm256_loadu_ps(x + 16)));
-    return _mm256_add_ps(s0, s1);
-}
+/* lo += db * (w0 x[0:8] + w2 x[16:24]), hi += db * (w1 x[8:16] + w3 x[24:32]): weights j and
+ * j + 16 share a lane, which is how gguf_gemm_avx512.c's 16 lanes hold a block, so both compute
+ * the same bits (lanes 0-7 of its accumulator are lo, 8-15 hi); two FMA chains per row, too. */
+#define DOT32(lo, hi, db, xp)                                                                      \
+    lo = _mm256_fmadd_ps(db, _mm256_fmadd_ps(w2, _mm256_loadu_ps((xp) + 16), _mm256_mul_ps(w0, _mm256_loadu_ps(xp))), lo); \
+    hi = _mm256_fmadd_ps(db, _mm256_fmadd_ps(w3, _mm256_loadu_ps((xp) + 24), _mm256_mul_ps(w1, _mm256_loadu_ps((xp) + 8))), hi);
 
-/* Row n of W (qs: nb * 16 bytes, d, m: nb halves) against MT = 1..3 rows of x (decode steps);
- * xs: block sums [MT, nb]. About 16 instructions per block: at 1 row the core bounds this, not
- * memory (17-20 GB/s of the 48 a plain sum streams here), so the row's scales are widened to
- * float32 once, for a broadcast per block. */
+/* w0..w3: weights 0-7, 8-15, 16-23, 24-31 of block b as floats (unscaled). Q4_1: one byte per
+ * int32 lane, low nibble = weight j, high nibble = weight j + 16. */
+#define Q4_1_W(b)                                                                                  \
+    __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 16 * (b))));        \
+    __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 16 * (b) + 8)));    \
+    __m256 w0 = _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)), w1 = _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)); \
+    __m256 w2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), w3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4));
+#define Q8_0_W8(b, k) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 32 * (b) + 8 * (k)))))
+#define Q8_0_W(b) __m256 w0 = Q8_0_W8(b, 0), w1 = Q8_0_W8(b, 1), w2 = Q8_0_W8(b, 2), w3 = Q8_0_W8(b, 3);
+
+/* Block b of one weight row into accumulator set e of MT rows of x. */
+#define FEW_BLOCK(MT, DECODE, b, e)                                                                \
+    {                                                                                              \
+        DECODE(b)                                                                                  \
+        __m256 db = _mm256_broadcast_ss(df + (b));                                                 \
+        for (int i = 0; i < MT; i++) { DOT32(lo[i][e], hi[i][e], db, x + i * ldx + 32 * (b)) }     \
+    }
+/* Row n of W against MT = 1..3 rows of x (decode steps): declares s[MT], each row's 8 lane sums.
+ * About 16 instructions per block: at 1 row the core bounds this, not memory (17-20 GB/s of the
+ * 48 a plain sum streams here), so the row's scales are widened to float32 once, for a broadcast
+ * per block, and at 1 row even and odd blocks go to two accumulator sets (four FMA chains). */
+#define FEW_TILE_BODY(MT, DECODE)                                                                  \
+    float df[nb];                                                                                  \
+    h2f_row(d, nb, df);                                                                            \
+    __m256 lo[MT][2], hi[MT][2], s[MT];                                                            \
+    for (int i = 0; i < MT; i++) lo[i][0] = lo[i][1] = hi[i][0] = hi[i][1] = _mm256_setzero_ps(); \
+    int64_t b = 0;                                                                                 \
+    if (MT == 1)                                                                                   \
+        for (; b + 2 <= nb; b += 2) { FEW_BLOCK(MT, DECODE, b, 0) FEW_BLOCK(MT, DECODE, b + 1, 1) } \
+    for (; b < nb; b++) FEW_BLOCK(MT, DECODE, b, 0)                                                \
+    for (int i = 0; i < MT; i++)                                                                   \
+        s[i] = _mm256_add_ps(_mm256_add_ps(lo[i][0], lo[i][1]), _mm256_add_ps(hi[i][0], hi[i][1]));
+
+/* qs: nb * 16 bytes, d, m: nb halves; xs: block sums [MT, nb] */
 #define Q4_1_TILE(MT)                                                                              \
     static void q4_1_tile##MT(const float *x, int64_t ldx, const float *xs, int64_t nb,            \
                               const uint8_t *qs, const uint16_t *d, const uint16_t *m, float *y,   \
                               int64_t ldy) {                                                       \
-        float df[nb];                                                                              \
-        h2f_row(d, nb, df);                                                                        \
-        __m256 acc[MT];                                                                            \
-        for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();                                 \
         const __m256i low = _mm256_set1_epi32(0x0F);                                               \
-        for (int64_t b = 0; b < nb; b++) {                                                         \
-            /* one byte per int32 lane: low nibble = weight j, high nibble = weight j + 16 */      \
-            __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 16 * b)));    \
-            __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 16 * b + 8)));\
-            __m256 w0 = _mm256_cvtepi32_ps(_mm256_and_si256(v0, low));                             \
-            __m256 w1 = _mm256_cvtepi32_ps(_mm256_and_si256(v1, low));                             \
-            __m256 w2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4));                              \
-            __m256 w3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4));                              \
-            __m256 db = _mm256_broadcast_ss(df + b);                                               \
-            for (int i = 0; i < MT; i++)                                                           \
-                acc[i] = _mm256_fmadd_ps(db, dot32(w0, w1, w2, w3, x + i * ldx + 32 * b), acc[i]); \
-        }                                                                                          \
-        for (int i = 0; i < MT; i++) y[i * ldy] = hsum8(acc[i]) + dot_hn(m, xs + i * nb, nb);      \
+        FEW_TILE_BODY(MT, Q4_1_W)                                                                  \
+        for (int i = 0; i < MT; i++) y[i * ldy] = hsum8(s[i]) + dot_hn(m, xs + i * nb, nb);        \
     }
 Q4_1_TILE(1)
 Q4_1_TILE(2)
 Q4_1_TILE(3)
 
 /* 4 rows of x, for batches (compute-bound, unlike 1-3 rows): the block's scale goes into the
- * decoded weights once, and each row keeps two accumulators (weights 0-15 and 16-31) so eight
- * independent FMA chains keep both FMA units busy. */
+ * decoded weights once, and each row keeps two accumulators so eight independent FMA chains keep
+ * both FMA units busy: a for weights j and j + 16, c for j + 8 and j + 24 (the lanes of
+ * gguf_gemm_avx512.c's one 16-float accumulator per row, so both give the same bits). */
 #define FMA4(acc, w, xp) acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp), acc)
-#define ROW4(a, c, xp) FMA4(a, w0, xp); FMA4(a, w1, (xp) + 8); FMA4(c, w2, (xp) + 16); FMA4(c, w3, (xp) + 24)
+#define ROW4(a, c, xp) FMA4(a, w0, xp); FMA4(c, w1, (xp) + 8); FMA4(a, w2, (xp) + 16); FMA4(c, w3, (xp) + 24)
 #define TILE4_BODY(DECODE, TAIL)                                                                   \
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0; \
     for (int64_t b = 0; b < nb; b++) {                                                             \
@@ -75,14 +91,11 @@ Q4_1_TILE(3)
     y[2 * ldy] = hsum8(_mm256_add_ps(a2, c2)) TAIL(2);                                             \
     y[3 * ldy] = hsum8(_mm256_add_ps(a3, c3)) TAIL(3);
 
-#define Q4_1_DECODE_SCALED                                                                         \
-    __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 16 * b)));          \
-    __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 16 * b + 8)));      \
+/* the scale into the decoded weights (exact: at most 8 significant bits times a half's 11) */
+#define SCALE_W                                                                                    \
     __m256 db = _mm256_set1_ps(h2f(d[b]));                                                         \
-    __m256 w0 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)));                 \
-    __m256 w1 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)));                 \
-    __m256 w2 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)));                  \
-    __m256 w3 = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)));
+    w0 = _mm256_mul_ps(db, w0), w1 = _mm256_mul_ps(db, w1), w2 = _mm256_mul_ps(db, w2), w3 = _mm256_mul_ps(db, w3);
+#define Q4_1_DECODE_SCALED Q4_1_W(b) SCALE_W
 #define Q4_1_OFFSET(i) + dot_hn(m, xs + (i) * nb, nb)
 
 static void q4_1_tile4(const float *x, int64_t ldx, const float *xs, int64_t nb, const uint8_t *qs,
@@ -94,36 +107,28 @@ static void q4_1_tile4(const float *x, int64_t ldx, const float *xs, int64_t nb,
 #define Q8_0_TILE(MT)                                                                              \
     static void q8_0_tile##MT(const float *x, int64_t ldx, int64_t nb, const int8_t *qs,           \
                               const uint16_t *d, float *y, int64_t ldy) {                          \
-        float df[nb];                                                                              \
-        h2f_row(d, nb, df);                                                                        \
-        __m256 acc[MT];                                                                            \
-        for (int i = 0; i < MT; i++) acc[i] = _mm256_setzero_ps();                                 \
-        for (int64_t b = 0; b < nb; b++) {                                                         \
-            const int8_t *q = qs + 32 * b;                                                         \
-            __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));      \
-            __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8))));  \
-            __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 16)))); \
-            __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 24)))); \
-            __m256 db = _mm256_broadcast_ss(df + b);                                               \
-            for (int i = 0; i < MT; i++)                                                           \
-                acc[i] = _mm256_fmadd_ps(db, dot32(w0, w1, w2, w3, x + i * ldx + 32 * b), acc[i]); \
-        }                                                                                          \
-        for (int i = 0; i < MT; i++) y[i * ldy] = hsum8(acc[i]);                                   \
+        FEW_TILE_BODY(MT, Q8_0_W)                                                                  \
+        for (int i = 0; i < MT; i++) y[i * ldy] = hsum8(s[i]);                                     \
     }
 Q8_0_TILE(1)
 Q8_0_TILE(2)
 Q8_0_TILE(3)
 
-#define Q8_0_W(k) _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 32 * b + 8 * (k))))))
-#define Q8_0_DECODE_SCALED                                                                         \
-    __m256 db = _mm256_set1_ps(h2f(d[b]));                                                         \
-    __m256 w0 = Q8_0_W(0), w1 = Q8_0_W(1), w2 = Q8_0_W(2), w3 = Q8_0_W(3);
+#define Q8_0_DECODE_SCALED Q8_0_W(b) SCALE_W
 #define NO_OFFSET(i)
 
 static void q8_0_tile4(const float *x, int64_t ldx, int64_t nb, const int8_t *qs, const uint16_t *d, float *y,
                        int64_t ldy) {
     TILE4_BODY(Q8_0_DECODE_SCALED, NO_OFFSET)
 }
+
+int kairos_isa = 0;
+
+/* Called once by cpu.py at load (bits: simd.h's ISA_*), never while a kernel runs. */
+void kairos_set_isa(int64_t bits) { kairos_isa = (int)bits; }
+
+void gguf_row512(int64_t kind, const float *x, int64_t ldx, const float *xs, int64_t M, int64_t nb, const void *qs,
+                 const uint16_t *d, const uint16_t *m, float *y, int64_t ldy);
 
 /* x: [M, K] float32 (row stride ldx); qs: [N, K / 2] uint8; d, m: [N, K / 32] half;
  * y: [M, N] float32 (row stride ldy). */
@@ -142,6 +147,10 @@ void gemm_q4_1(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t 
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *q = qs + n * nb * 16;
         const uint16_t *dn = d + n * nb, *mn = m + n * nb;
+        if (kairos_isa & ISA_GEMM512) {
+            gguf_row512(0, x, ldx, xs, M, nb, q, dn, mn, y + n, ldy);
+            continue;
+        }
         int64_t r = 0;
         for (; r + 4 <= M; r += 4) q4_1_tile4(x + r * ldx, ldx, xs + r * nb, nb, q, dn, mn, y + r * ldy + n, ldy);
         switch (M - r) {
@@ -162,6 +171,10 @@ void gemm_q8_0(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *
     for (int64_t n = 0; n < N; n++) {
         const int8_t *q = qs + n * K;
         const uint16_t *dn = d + n * nb;
+        if (kairos_isa & ISA_GEMM512) {
+            gguf_row512(1, x, ldx, NULL, M, nb, q, dn, NULL, y + n, ldy);
+            continue;
+        }
         int64_t r = 0;
         for (; r + 4 <= M; r += 4) q8_0_tile4(x + r * ldx, ldx, nb, q, dn, y + r * ldy + n, ldy);
         switch (M - r) {
@@ -179,8 +192,10 @@ int gguf_matmul_q8(int64_t kind, const float *x, int64_t M, int64_t K, int64_t l
                    const uint16_t *d, const uint16_t *m, int64_t N, float *y, int64_t ldy);
 
 /* Up to this many rows the kernels above win (they read each block once per 4 rows and need no
- * packing); above, the tiled GEMM does (benchmarks/cpu_kernels.py, 2-core AVX2 EPYC). */
+ * packing); above, the tiled GEMM does (benchmarks/cpu_kernels.py, 2-core AVX2 EPYC). Their
+ * AVX-512 twins decode a block once per 8 rows and win up to 16 (2-core AVX-512 Zen 5 EPYC). */
 #define SMALL_M 8
+#define SMALL_M_512 16
 
 /* y = x W^T for a GGUF weight, the kernel chosen by M (path -1), or forced: 0 the kernels above,
  * 1 the tiled one; path 2: as -1, but the few-row shapes quantize x to int8 (gguf_gemm_q8.c,
@@ -188,9 +203,10 @@ int gguf_matmul_q8(int64_t kind, const float *x, int64_t M, int64_t K, int64_t l
  * there was no memory for the packed or quantized copy of x (y is not written then). */
 int gguf_matmul(int64_t kind, const float *x, int64_t M, int64_t K, int64_t ldx, const void *qs, const uint16_t *d,
                 const uint16_t *m, int64_t N, float *y, int64_t ldy, int64_t path) {
-    if (path == 1 || ((path < 0 || path == 2) && M > SMALL_M))
+    if (path == 2 && M <= SMALL_M) return gguf_matmul_q8(kind, x, M, K, ldx, qs, d, m, N, y, ldy);
+    /* (path 2 above SMALL_M rows: float32, as path -1) */
+    if (path == 1 || (path != 0 && M > ((kairos_isa & ISA_GEMM512) ? SMALL_M_512 : SMALL_M)))
         return gemm_gguf_tiled(kind, x, M, K, ldx, qs, d, m, N, y, ldy);
-    if (path == 2) return gguf_matmul_q8(kind, x, M, K, ldx, qs, d, m, N, y, ldy);
     if (kind == 0)
         gemm_q4_1(x, M, K, ldx, (const uint8_t *)qs, d, m, N, y, ldy);
     else

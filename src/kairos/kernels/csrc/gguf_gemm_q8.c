@@ -133,14 +133,22 @@ Q8Q8_TILE(2)
 Q8Q8_TILE(3)
 Q8Q8_TILE(4)
 
+void gguf_row_q8_vnni(int64_t kind, const int8_t *xq, const float *dx, const float *sx, int64_t M, int64_t K,
+                      const void *q, const uint16_t *d, const uint16_t *m, float *y, int64_t ldy);
+
 /* y[r, n] = sum_b dw[n, b] dx[r, b] (q4[n, b] . q8[r, b]) + m[n, b] sx[r, b] */
 void gemm_q4_1_q8(const int8_t *xq, const float *dx, const float *sx, int64_t M, int64_t K, const uint8_t *qs,
                   const uint16_t *d, const uint16_t *m, int64_t N, float *y, int64_t ldy) {
     const int64_t nb = K / 32;
+    const int vnni = (kairos_isa & ISA_Q8_VNNI) && M > 1; /* at 1 row it only ties (cpu_kernels.py --isa) */
 #pragma omp parallel for schedule(guided)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *q = qs + n * nb * 16;
         const uint16_t *dn = d + n * nb, *mn = m + n * nb;
+        if (vnni) {
+            gguf_row_q8_vnni(0, xq, dx, sx, M, K, q, dn, mn, y + n, ldy);
+            continue;
+        }
         for (int64_t r = 0; r < M; r += 4) {
             const int8_t *x = xq + r * K;
             const float *dr = dx + r * nb, *sr = sx + r * nb;
@@ -159,10 +167,15 @@ void gemm_q4_1_q8(const int8_t *xq, const float *dx, const float *sx, int64_t M,
 void gemm_q8_0_q8(const int8_t *xq, const float *dx, int64_t M, int64_t K, const int8_t *qs, const uint16_t *d,
                   int64_t N, float *y, int64_t ldy) {
     const int64_t nb = K / 32;
+    const int vnni = (kairos_isa & ISA_Q8_VNNI) && M > 1;
 #pragma omp parallel for schedule(guided)
     for (int64_t n = 0; n < N; n++) {
         const int8_t *q = qs + n * K;
         const uint16_t *dn = d + n * nb;
+        if (vnni) {
+            gguf_row_q8_vnni(1, xq, dx, NULL, M, K, q, dn, NULL, y + n, ldy);
+            continue;
+        }
         for (int64_t r = 0; r < M; r += 4) {
             const int8_t *x = xq + r * K;
             const float *dr = dx + r * nb;

@@ -57,3 +57,21 @@ static inline __m256 exp8(__m256 x) {
     p = _mm256_blendv_ps(p, _mm256_set1_ps(__builtin_inff()), over);
     return _mm256_andnot_ps(under, p);
 }
+
+/* The build's baseline is AVX2 + FMA + F16C; the AVX-512 variants are compiled into the same
+ * library with these function attributes (no -march=native, so the library also loads and runs
+ * on an AVX2-only CPU) and are called only where kairos_isa says the CPU has the features. */
+#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
+#define AVX512_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+/* Which AVX-512 variants run (bits; 0: the AVX2 kernels only). Set by cpu.py from the CPU's flags
+ * (kairos_set_isa in gguf_gemm.c) before any kernel runs. */
+#define ISA_GEMM512 1 /* gguf_gemm_avx512.c: the float32 few-row matmuls */
+#define ISA_Q8_VNNI 2 /* gguf_gemm_q8_vnni.c: the int8-activation matmuls */
+extern int kairos_isa;
+
+/* The sum of 16 floats as hsum8 adds the two 8-float halves: the AVX-512 kernels keep in lanes
+ * 0-7 and 8-15 what their AVX2 twins keep in two 8-float accumulators, then finish alike. */
+AVX512 static inline float hsum16(__m512 v) {
+    return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
