@@ -10,7 +10,7 @@ import pytest
 from kairos.bench.config import BenchConfig
 from kairos.bench.metrics import capacity, percentile, summarize
 from kairos.bench.runner import Record
-from kairos.bench.workloads import SLO, Length, arrival_times, load_trace
+from kairos.bench.workloads import SLO, Length, arrival_times, build_workload, load_trace
 from server_helpers import ServerProcess
 
 from conftest import needs_default_model
@@ -299,3 +299,17 @@ def test_a_last_token_without_text_ends_the_answer_and_classes_reach_the_server(
     _, body, headers = _body(spec, Target("http://x", "m", "chat", True), [])
     assert body["slo"] == {"ttft_ms": 500, "class": "chat"}
     assert headers["X-Kairos-SLO-Class"] == "chat" and headers["X-Kairos-TTFT-Ms"] == "500"
+
+
+def test_a_sessions_shared_prefix_opens_its_first_turn_only(tiny_tok):
+    tok = tiny_tok[2]
+    specs = build_workload(num_requests=6, rate=float("inf"), arrival="poisson", burstiness=1.0,
+                           input_len=Length.parse("4"), output_len=Length.parse("2"), prefix_len=12,
+                           num_prefix_groups=2, slo_classes=[SLO()], turns=3, tokenizer=tok, seed=0)
+    assert [s.session for s in specs] == [0, 0, 0, 1, 1, 1]
+    first, second = specs[0].prompt, specs[3].prompt
+    # the two sessions open with different prefixes (groups 0 and 1), and no later turn repeats one
+    assert len(first) > len(specs[1].prompt) and len(second) > len(specs[4].prompt)
+    openers = [tok(s.prompt, add_special_tokens=False).input_ids for s in specs]
+    assert openers[0][:8] != openers[3][:8]
+    assert all(len(ids) <= 6 for i, ids in enumerate(openers) if i % 3)  # (4 tokens, give or take a merge)

@@ -6,6 +6,7 @@ every process it started."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from server_helpers import ServerProcess, pid_alive
+from server_helpers import ServerProcess, free_port, pid_alive
 
 REPLICA = ("--num-blocks", "128", "--max-model-len", "512", "--max-num-seqs", "8")
 WORDS = "yes no maybe n=12 x-ab "
@@ -87,6 +88,75 @@ def test_an_slo_request_goes_where_it_can_be_met_or_is_refused_by_the_router(fle
     assert set(err["predicted"]) == {"predicted_ttft_ms", "predicted_tpot_ms", "predicted_e2e_ms"}
     # no replica was asked
     assert [s["stats"].get("requests_slo_refused", 0) for s in router_stats(router)["replicas"]] == before
+
+
+class SlowUpstream:
+    """An OpenAI-compatible stand-in on a thread of its own: a completion is a stream of one event
+    every 20 ms for 10 s; ``gone`` is set when the router closes a stream before its end."""
+
+    def __init__(self):
+        self.port, self.gone, self.served = free_port(), threading.Event(), 0
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                n = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")), 0)
+                await r.readexactly(n)
+                line = head.split(b"\r\n", 1)[0]
+                if b"/v1/completions" not in line:
+                    status, body = (b"404 Not Found", b"{}") if b"/stats" in line else (b"200 OK", b'{"data": []}')
+                    w.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                    await w.drain()
+                    continue
+                self.served += 1
+                w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                event = b'data: {"choices": [{"index": 0, "text": "x"}]}\n\n'
+                try:
+                    for _ in range(500):
+                        w.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                        await w.drain()
+                        await asyncio.sleep(0.02)
+                except ConnectionError:
+                    self.gone.set()  # (closed mid-stream)
+                    raise
+                w.write(b"0\r\n\r\n")
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            w.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_a_client_gone_mid_stream_closes_the_relay_at_once():
+    up = SlowUpstream()
+    router = ServerProcess("--upstream", f"http://127.0.0.1:{up.port}", "--health-interval", "0.25", command="router")
+    try:
+        wait_for(lambda: router_stats(router)["replicas_healthy"] == 1, what="the stand-in in")
+        assert router_stats(router)["replicas"][0]["kairos"] is False  # (no state channel: health checks)
+        body = {"prompt": "yes", "max_tokens": 500, "stream": True}
+        with httpx.Client(timeout=60) as c, c.stream("POST", router.url + "/v1/completions", json=body) as r:
+            assert r.status_code == 200 and r.headers["x-kairos-replica"] == f"http://127.0.0.1:{up.port}"
+            chunks = r.iter_bytes()  # (kept: a generator dropped closes the response)
+            next(chunks)
+            assert router_stats(router)["replicas"][0]["in_flight"] == 1 and not up.gone.is_set()
+        # (the client left 10 s before the stream's end): the router's books and its upstream connection end
+        wait_for(lambda: router_stats(router)["replicas"][0]["in_flight"] == 0, timeout=5, what="in_flight back to 0")
+        assert up.gone.wait(5) and up.served == 1
+    finally:
+        router.stop()
+        up.stop()
 
 
 def test_bad_input_is_answered_by_the_router_as_the_server_answers_it(fleet):

@@ -146,8 +146,10 @@ def build_workload(*, num_requests: int, rate: float, arrival: str, burstiness: 
     specs = []
     for i, t in enumerate(times):
         body, n = maker.make(input_len.sample(rng))
-        if prefixes:
-            body = prefixes[i % len(prefixes)][0] + body  # (counted whole: tokens may merge where they meet)
+        # a multi-turn session's shared prefix opens its first turn (a system prompt: the later
+        # turns follow it in the history), one group per session
+        if prefixes and (turns == 1 or i % turns == 0):
+            body = prefixes[(i // turns) % len(prefixes)][0] + body  # (counted whole: tokens may merge where they meet)
             n = len(tokenizer(body, add_special_tokens=False).input_ids)
         specs.append(RequestSpec(i, t, body, n, output_len.sample(rng), slo_classes[i % len(slo_classes)],
                                  session=(i // turns) if turns > 1 else None))

@@ -1,5 +1,6 @@
 """Replicas as local processes: ``kairos serve`` on a loopback port each, pinned to its share of
-the cores, restarted when it exits (a bounded number of times), stopped together."""
+the cores (and on a GPU box to one GPU), restarted when it exits (a bounded number of times),
+stopped together."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -17,6 +19,11 @@ from kairos.cluster.config import FleetConfig
 
 logger = logging.getLogger("kairos.cluster")
 RESTART_WINDOW_S = 300.0
+
+
+def gpu_ids() -> list[int]:
+    """This machine's NVIDIA GPUs, from their device files (the router never imports torch)."""
+    return sorted(int(p.name[6:]) for p in Path("/dev").glob("nvidia[0-9]*") if p.name[6:].isdigit())
 
 
 def free_port() -> int:
@@ -32,6 +39,7 @@ class LocalFleet:
         self.cfg, self.serve_args = cfg, serve_args
         self.env = {**os.environ, **(env or {})}
         self.cores = cfg.core_sets()
+        self.gpus = gpu_ids() if "CUDA_VISIBLE_DEVICES" not in self.env else []  # (a user's own choice stands)
         self.ports = [free_port() for _ in range(cfg.replicas)]
         self.procs: list[asyncio.subprocess.Process | None] = [None] * cfg.replicas
         self.restarts: list[list[float]] = [[] for _ in range(cfg.replicas)]
@@ -45,6 +53,8 @@ class LocalFleet:
     async def _spawn(self, i: int) -> None:
         cores = self.cores[i]
         env = {**self.env, "OMP_NUM_THREADS": str(len(cores))}
+        if self.gpus:  # one GPU a replica (round the GPUs when there are more replicas)
+            env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[i % len(self.gpus)])
         self.procs[i] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kairos.cli", "serve", *self.serve_args, "--host", "127.0.0.1",
             "--port", str(self.ports[i]), env=env, preexec_fn=lambda: os.sched_setaffinity(0, cores),

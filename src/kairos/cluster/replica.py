@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections import OrderedDict
 
-import httpx
+import aiohttp
 
 from kairos.wire.blockhash import chain
 
@@ -110,7 +109,7 @@ class Replica:
             self.up()
 
 
-async def watch(rep: Replica, http: httpx.AsyncClient, interval: float, headers: dict[str, str]) -> None:
+async def watch(rep: Replica, http: aiohttp.ClientSession, interval: float, headers: dict[str, str]) -> None:
     """Keep ``rep`` current for ever: its state channel while it has one, else health checks;
     a replica that fails either is out, and probed with backoff (``interval`` up to 8x)."""
     backoff = interval
@@ -126,7 +125,7 @@ async def watch(rep: Replica, http: httpx.AsyncClient, interval: float, headers:
                     continue
         except asyncio.CancelledError:
             raise
-        except (httpx.HTTPError, OSError, ValueError, TimeoutError) as e:
+        except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as e:
             rep.down(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         else:
             if rep.kairos and rep.healthy:
@@ -138,38 +137,45 @@ async def watch(rep: Replica, http: httpx.AsyncClient, interval: float, headers:
         backoff = min(backoff * 2, 8 * interval)
 
 
-async def _channel(rep: Replica, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
-    async with http.stream("GET", rep.url + "/stats/stream", headers=headers) as resp:
-        if resp.status_code in (404, 405):  # not a Kairos server: health checks instead
+async def _channel(rep: Replica, http: aiohttp.ClientSession, headers: dict[str, str]) -> None:
+    async with http.get(rep.url + "/stats/stream", headers=headers) as resp:
+        if resp.status in (404, 405):  # not a Kairos server: health checks instead
             rep.kairos = False
             return
         resp.raise_for_status()
         rep.kairos = True
         await _models(rep, http, headers)
-        lines = resp.aiter_lines()
-        while True:
-            line = await asyncio.wait_for(anext(lines), SILENT_S)
-            if line.startswith("data: "):
-                rep.apply(json.loads(line[6:]))
-                if not rep.healthy and "dead" in line:
-                    return
+        rest = b""
+        while True:  # (lines split here: a snapshot of a big cache is one line longer than readline takes)
+            chunk = await asyncio.wait_for(resp.content.readany(), SILENT_S)
+            if not chunk:
+                return
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    rep.apply(event)
+                    if "dead" in event:
+                        return
 
 
-async def _probe(rep: Replica, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
-    resp = await http.get(rep.url + "/health", headers=headers)
-    if resp.status_code != 200:
-        rep.down(f"/health answered {resp.status_code}")
-        return
+async def _probe(rep: Replica, http: aiohttp.ClientSession, headers: dict[str, str]) -> None:
+    async with http.get(rep.url + "/health", headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        if resp.status != 200:
+            rep.down(f"/health answered {resp.status}")
+            return
     if not rep.models:
         await _models(rep, http, headers)
     rep.up()
 
 
-async def _models(rep: Replica, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
-    resp = await http.get(rep.url + "/v1/models", headers=headers)
-    if resp.status_code == 200:
-        rep.models = resp.json().get("data", [])
-
-
-def now() -> float:
-    return time.monotonic()
+async def _models(rep: Replica, http: aiohttp.ClientSession, headers: dict[str, str]) -> None:
+    """What it serves (for /v1/models and the router's 404 for an unknown model); a server that
+    cannot say is still served to."""
+    try:
+        async with http.get(rep.url + "/v1/models", headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            if resp.status == 200:
+                models = (await resp.json(content_type=None)).get("data")
+                rep.models = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+    except (aiohttp.ClientError, ValueError, AttributeError, TimeoutError) as e:
+        logger.warning("replica %s: no model list (%s)", rep.url, e)

@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 from fastapi.responses import Response, StreamingResponse
 
 from kairos.cluster.config import RouterConfig
@@ -37,12 +37,14 @@ class Router:
         self.metrics = RouterMetrics()
         self.sessions: OrderedDict[str, int] = OrderedDict()
         self._auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http: httpx.AsyncClient | None = None
+        self.http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=self.cfg.connect_timeout),
-                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout),
+            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
         self._tasks = [asyncio.create_task(watch(r, self.http, self.cfg.health_interval, self._auth))
                        for r in self.replicas]
 
@@ -51,7 +53,7 @@ class Router:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.http is not None:
-            await self.http.aclose()
+            await self.http.close()
 
     def healthy(self) -> list[Replica]:
         return [r for r in self.replicas if r.healthy]
@@ -131,25 +133,23 @@ class Router:
             sent = time.perf_counter()
             resp = None
             try:
-                resp = await self.http.send(self.http.build_request("POST", rep.url + path, content=raw, headers=relayed),
-                                            stream=True)
-                if resp.status_code in _RETRIED_STATUS or (resp.status_code == 429 and attempt == 0):
-                    content = await resp.aread()
-                    await resp.aclose()
+                resp = await self.http.post(rep.url + path, data=raw, headers=relayed)
+                if resp.status in _RETRIED_STATUS or (resp.status == 429 and attempt == 0):
+                    content = await resp.read()
+                    resp.release()
                     answer = self._answer(rep, resp, content)
-                    if resp.status_code == 429 and b"slo_infeasible" not in content:
+                    if resp.status == 429 and b"slo_infeasible" not in content:
                         return answer  # (a refusal of another kind stands)
                     last = answer
-                    self.metrics.retries.labels(f"status_{resp.status_code}").inc()
+                    self.metrics.retries.labels(f"status_{resp.status}").inc()
                     continue
-                body = resp.aiter_raw()
-                first = await anext(body, b"")  # a failure before the first byte is retried elsewhere
-            except httpx.TransportError as e:
+                first = await resp.content.readany()  # a failure before the first byte is retried elsewhere
+            except (aiohttp.ClientError, OSError) as e:
                 rep.in_flight -= 1
                 if resp is not None:
-                    await resp.aclose()
+                    resp.close()
                 self.metrics.retries.labels(type(e).__name__).inc()
-                if isinstance(e, httpx.ConnectError):
+                if isinstance(e, aiohttp.ClientConnectorError):
                     rep.down(f"{type(e).__name__} relaying a request")
                 last = error(502, f"replica {rep.url} failed before answering: {type(e).__name__}", "server_error",
                              code="replica_failed")
@@ -157,43 +157,26 @@ class Router:
             except BaseException:  # (the client went away meanwhile)
                 rep.in_flight -= 1
                 if resp is not None:
-                    await resp.aclose()
+                    resp.close()
                 raise
             finally:
                 rep.pending_prefill -= uncached  # (started, or failed: no longer queued there)
             self._stick(session, index)
             self.metrics.matched.inc(matched.get(index, 0))
-            self.metrics.requests.labels(rep.url, str(resp.status_code)).inc()
-            out = {k: v for k, v in resp.headers.items() if k in ("content-type", "x-request-id")}
+            self.metrics.requests.labels(rep.url, str(resp.status)).inc()
+            out = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "x-request-id")}
             out["x-kairos-replica"] = rep.url
-            return StreamingResponse(self._pipe(rep, resp, first, body, sent), status_code=resp.status_code,
-                                     headers=out)
+            relay = Relay(rep, resp, first, sent)
+            return RelayedResponse(relay.chunks(), relay.close, status_code=resp.status, headers=out)
         assert last is not None
         return last
 
-    def _answer(self, rep: Replica, resp: httpx.Response, content: bytes) -> Response:
+    def _answer(self, rep: Replica, resp: aiohttp.ClientResponse, content: bytes) -> Response:
         rep.in_flight -= 1
-        self.metrics.requests.labels(rep.url, str(resp.status_code)).inc()
-        headers = {k: v for k, v in resp.headers.items() if k in ("content-type", "retry-after")}
+        self.metrics.requests.labels(rep.url, str(resp.status)).inc()
+        headers = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "retry-after")}
         headers["x-kairos-replica"] = rep.url
-        return Response(content, status_code=resp.status_code, headers=headers)
-
-    async def _pipe(self, rep: Replica, resp: httpx.Response, first: bytes, body: AsyncIterator[bytes],
-                    sent: float) -> AsyncIterator[bytes]:
-        t_first = time.perf_counter()
-        events = first.count(b"data: ")
-        try:
-            if first:
-                yield first
-            async for chunk in body:
-                events += chunk.count(b"data: ")
-                yield chunk
-        finally:
-            rep.in_flight -= 1
-            await resp.aclose()
-            if events > 2:  # (a stream: time to its first byte, then per event)
-                rep.observe(t_first - sent, (time.perf_counter() - t_first) / (events - 1))
-
+        return Response(content, status_code=resp.status, headers=headers)
 
 def _refusal(decision: Decision) -> Response:
     body = {"error": {"message": decision.refusal, "type": "slo_infeasible_error", "param": "slo",
@@ -201,3 +184,54 @@ def _refusal(decision: Decision) -> Response:
     if decision.forecast is not None:
         body["error"]["predicted"] = decision.forecast.as_ms()
     return Response(json.dumps(body), status_code=429, media_type="application/json")
+
+
+class Relay:
+    """One answer on its way from a replica to the client: its bytes as they come, and (``close``,
+    once, however the response ended, also when it never started) the replica's books."""
+
+    def __init__(self, rep: Replica, resp: aiohttp.ClientResponse, first: bytes, sent: float):
+        self.rep, self.resp, self.first, self.sent = rep, resp, first, sent
+        self.done = self.closed = False
+        self.events = first.count(b"data: ")
+        self.t_first = time.perf_counter()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            if self.first:
+                yield self.first
+                async for chunk in self.resp.content.iter_any():
+                    self.events += chunk.count(b"data: ")
+                    yield chunk
+            self.done = True
+        except (aiohttp.ClientError, OSError) as e:  # the replica went away mid-answer: said in the stream
+            if "event-stream" in self.resp.headers.get("content-type", ""):
+                yield b"data: " + json.dumps({"error": {
+                    "message": f"replica {self.rep.url} failed mid-answer: {type(e).__name__}", "type": "server_error",
+                    "param": None, "code": "replica_failed"}}).encode() + b"\n\n"
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.rep.in_flight -= 1
+        if self.done:
+            self.resp.release()  # (read to its end: the connection goes back to the pool)
+        else:
+            self.resp.close()  # (the client left mid-answer: the replica sees the disconnect and aborts)
+        if self.events > 2:  # (a stream: time to its first byte, then per event)
+            self.rep.observe(self.t_first - self.sent, (time.perf_counter() - self.t_first) / (self.events - 1))
+
+
+class RelayedResponse(StreamingResponse):
+    """A streamed answer that runs ``on_close`` when it ends, however it ends."""
+
+    def __init__(self, content, on_close, **kw):
+        super().__init__(content, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
