@@ -8,7 +8,8 @@ chat: multi-turn chat sessions over shared system prompts (`kairos bench --turns
 512 --num-prefix-groups 8`) at a moderate rate: TTFT p50 per policy, and its ratio to round_robin's.
 slo: an interactive class (TTFT 1 s, TPOT 150 ms) and a batch class (deadline 60 s), alternating,
 Poisson arrivals at --load x the pair's capacity (measured first: requests/s of a burst through
-round_robin, no SLOs): goodput and admitted interactive attainment per policy.
+round_robin, no SLOs): goodput (requests within their SLO per second of the run, its drain
+included), requests within their SLO, and admitted interactive attainment per policy.
 --upstream: route over servers already running (vLLM, SGLang, ...) instead of starting Kairos
 replicas; the router then has no replica's cost model or cache report.
 """
@@ -103,7 +104,8 @@ def main() -> None:
                           slo=("interactive:ttft_ms=1000,tpot_ms=150", "batch:deadline_ms=60000"))
                 inter = s["classes"]["interactive"]
                 admitted = inter["requests"] - inter["refused"]
-                row |= {"slo_goodput_rps": s["goodput_rps"], "slo_attainment": s["slo_attainment"],
+                row |= {"slo_goodput_rps": s["goodput_rps"], "slo_met": sum(c["met"] for c in s["classes"].values()),
+                        "interactive_met": inter["met"], "duration_s": s["duration_s"],
                         "interactive_admitted_attainment": inter["met"] / admitted if admitted else 0.0,
                         "refused": s["refused"]}
             stats = httpx.get(fleet.url + "/stats").json()

@@ -129,6 +129,11 @@ def test_the_router_predicts_with_the_replicas_cost_model():
     # what the router sent and the replica does not show yet counts; calibration scales
     g = forecast({**stats, "slo_ttft_calibration": 2.0}, 200, 72, 11, in_flight=3, pending_prefill=500)
     assert g.ttft_s == pytest.approx(2 * cost.prefill_time(628, 64 - 3, 3, 300))
+    # a request with a first-token objective waits only for the prompts of others that have one
+    busy = {**stats, "queued_prefill_tokens": 1000, "queued_prefill_tokens_ttft": 100}
+    assert forecast(busy, 200, 72, 11).ttft_s == pytest.approx(cost.prefill_time(1128, chunk, 1, ctx))
+    assert forecast(busy, 200, 72, 11, first_token_due=True).ttft_s == pytest.approx(
+        cost.prefill_time(228, chunk, 1, ctx))
 
 
 def test_the_radix_cache_reports_what_it_gains_and_loses_as_chained_block_hashes():

@@ -34,6 +34,7 @@ class Replica:
         self.approx_blocks = approx_blocks
         self.in_flight = 0
         self.pending_prefill = 0  # uncached prompt tokens of requests sent there, not yet started
+        self.pending_prefill_ttft = 0  # (of those with a TTFT objective)
         self.ttft_ewma: float | None = None  # seconds to first byte of streams, as the router saw them
         self.tpot_ewma: float | None = None
         self.models: list[dict] = []

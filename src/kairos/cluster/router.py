@@ -22,6 +22,7 @@ from kairos.cluster.replica import Replica, watch
 from kairos.server.middleware import error
 from kairos.server.protocol import ChatCompletionRequest, CompletionRequest, slo_from
 from kairos.server.serving import APIError
+from kairos.wire.slo import SLO
 
 # request headers relayed to a replica (the rest are hop-by-hop or set anew)
 _RELAYED = {"authorization", "content-type", "accept", "user-agent", "x-request-id"}
@@ -84,7 +85,7 @@ class Router:
         cands = []
         for r in healthy:
             matched = r.matched(ids, hashes, exact, now)
-            cands.append(Candidate(r.index, r.in_flight, matched, self._forecast(r, ntok, matched, max_tokens)))
+            cands.append(Candidate(r.index, r.in_flight, matched, self._forecast(r, ntok, matched, max_tokens, slo)))
         user = (req.model_extra or {}).get("user")  # (the OpenAI field: an end user's id, a string)
         session = headers.get("x-kairos-session") or (user if isinstance(user, str) else None)
         decision = self._sticky(session, cands) or self.policy.choose(Ask(ntok, slo), cands)
@@ -94,11 +95,14 @@ class Router:
             return _refusal(decision)
         matched = {c.index: c.matched for c in cands}
         self.metrics.prompt.inc(ntok)
-        return await self._relay(path, raw, headers, decision, matched, ids, hashes, ntok, arrival, session)
+        due = slo is not None and slo.ttft_ms is not None
+        return await self._relay(path, raw, headers, decision, matched, ids, hashes, ntok, arrival, session, due)
 
-    def _forecast(self, r: Replica, ntok: int, matched: int, max_tokens: int) -> Forecast | None:
+    def _forecast(self, r: Replica, ntok: int, matched: int, max_tokens: int, slo: SLO | None) -> Forecast | None:
         if r.kairos and r.stats:
-            return forecast(r.stats, ntok, matched, max_tokens, r.in_flight, r.pending_prefill)
+            due = slo is not None and slo.ttft_ms is not None
+            return forecast(r.stats, ntok, matched, max_tokens, r.in_flight,
+                            r.pending_prefill_ttft if due else r.pending_prefill, due)
         if r.ttft_ewma is None:
             return None  # (nothing measured there yet)
         return Forecast(r.ttft_ewma, r.tpot_ewma or 0.0, r.ttft_ewma + (max_tokens - 1) * (r.tpot_ewma or 0.0))
@@ -119,7 +123,7 @@ class Router:
                 self.sessions.popitem(last=False)
 
     async def _relay(self, path, raw, headers, decision: Decision, matched, ids, hashes, ntok, arrival,
-                     session: str | None) -> Response:
+                     session: str | None, due: bool) -> Response:
         relayed = {k: v for k, v in headers.items() if k in _RELAYED or k.startswith("x-kairos-")}
         last: Response | None = None
         for attempt, index in enumerate(decision.order[:2]):
@@ -127,6 +131,7 @@ class Router:
             uncached = max(0, ntok - matched.get(index, 0))
             rep.in_flight += 1
             rep.pending_prefill += uncached
+            rep.pending_prefill_ttft += uncached if due else 0
             rep.remember(ids, hashes, time.monotonic())
             if attempt == 0:
                 self.metrics.overhead.observe(time.perf_counter() - arrival)
@@ -161,6 +166,7 @@ class Router:
                 raise
             finally:
                 rep.pending_prefill -= uncached  # (started, or failed: no longer queued there)
+                rep.pending_prefill_ttft -= uncached if due else 0
             self._stick(session, index)
             self.metrics.matched.inc(matched.get(index, 0))
             self.metrics.requests.labels(rep.url, str(resp.status)).inc()

@@ -309,6 +309,11 @@ class EngineCore:
             "max_num_batched_tokens": self.scheduler.config.max_num_batched_tokens,
             "queued_prefill_tokens": sum(s.remaining_prefill for s in self.scheduler.waiting + self.scheduler.running
                                          if s.num_tokens - s.num_computed > 1),
+            # (of which those of requests with a first-token objective still ahead: what the slack
+            # and edf policies put before a new request that has one, and batch work after it)
+            "queued_prefill_tokens_ttft": sum(s.remaining_prefill for s in self.scheduler.waiting + self.scheduler.running
+                                              if s.num_tokens - s.num_computed > 1 and s.slo is not None
+                                              and s.slo.ttft_ms is not None and s.first_token_time is None),
             "decode_context_tokens": sum(s.num_tokens for s in self.scheduler.running
                                          if s.num_tokens - s.num_computed <= 1),
             "num_preemptions": self.scheduler.num_preemptions,

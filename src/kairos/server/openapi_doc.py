@@ -49,6 +49,8 @@ def document(app: FastAPI, api_key: bool) -> dict:
                 responses[str(code)] = {"description": WHY[code], "content": error}
             if path in STREAMS:
                 responses["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+            if path == "/stats/stream":  # (server-sent events only)
+                responses["200"]["content"] = {"text/event-stream": {"schema": {"type": "object"}}}
             if path == "/metrics":
                 responses["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
     return doc
