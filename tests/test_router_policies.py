@@ -10,7 +10,7 @@ import pytest
 
 from kairos.cli import add_config_args, config_argv
 from kairos.cluster.config import FleetConfig, RouterConfig
-from kairos.cluster.forecast import forecast
+from kairos.cluster.forecast import forecast, idle_forecast
 from kairos.cluster.policies import Ask, Candidate, Decision, Forecast, Tuning, make_policy
 from kairos.cluster.replica import APPROX_BLOCK, Replica
 from kairos.config import SchedulerConfig
@@ -68,16 +68,22 @@ def test_slo_policy_sends_to_the_most_slack_and_refuses_only_when_none_can_make_
     fast, slow, late = Forecast(0.2, 0.05, 1.0), Forecast(0.6, 0.05, 2.0), Forecast(1.5, 0.05, 3.0)
     d = p.choose(Ask(100, slo), cands(0, 0, 0, forecasts=[slow, fast, late]))
     assert (d.order, d.reason, d.refusal, d.forecast) == ([1, 0, 2], "slo", None, fast)
-    # every replica misses: refused, with the best prediction
-    d = p.choose(Ask(100, slo), cands(0, 0, forecasts=[late, Forecast(1.2, 0.2, 4.0)]))
+    # every replica misses as things stand, but one would make it idle: its own admission judges
+    worse = Forecast(1.2, 0.2, 4.0)
+    busy = [Candidate(0, 2, 0, late, fast), Candidate(1, 2, 0, worse, worse)]
     # (the second misses its TTFT by a fifth but its TPOT by all of it: the first, by half, is the best)
+    assert p.choose(Ask(100, slo), busy) == Decision([0, 1], "slo_replica_judges")
+    # ... and even idle none would: refused by the router, with the best prediction
+    d = p.choose(Ask(100, slo), [Candidate(0, 0, 0, late, late), Candidate(1, 0, 0, worse, worse)])
     assert d.refusal == ("no replica can meet the SLO: predicted TTFT 1500 ms > ttft_ms 1000 (the best replica's "
-                         "prediction; set slo.on_miss to \"best_effort\" to be served anyway)")
+                         "prediction; an idle one would miss too; set slo.on_miss to \"best_effort\" to be served "
+                         "anyway)")
     assert d.forecast == late and d.order == [0, 1]
     # ... or served on the best when the request says best effort
     be = SLO(ttft_ms=1000, on_miss="best_effort")
     assert p.choose(Ask(100, be), cands(0, 0, forecasts=[late, Forecast(1.2, 0.05, 2.0)])) == Decision(
         [1, 0], "slo_best_effort")
+    assert idle_forecast({"num_running": 5, "queued_prefill_tokens": 900}, 100, 0, 4) == forecast({}, 100, 0, 4)
     # a replica with nothing known (not Kairos, nothing measured) is tried before a known miss
     assert p.choose(Ask(100, slo), cands(0, 0, forecasts=[late, None])) == Decision([1, 0], "slo_unknown")
     # without an SLO: cache-aware

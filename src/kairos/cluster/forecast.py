@@ -40,3 +40,12 @@ def forecast(stats: dict[str, float], prompt_tokens: int, cached_tokens: int, ma
     first *= float(stats.get("slo_ttft_calibration", 1.0))
     last *= float(stats.get("slo_e2e_calibration", 1.0))
     return Forecast(first, tpot, max(first, last))
+
+
+IDLE = {"num_running": 0, "num_waiting": 0, "queued_prefill_tokens": 0, "queued_prefill_tokens_ttft": 0,
+        "decode_context_tokens": 0, "step_prefill_load": 0.0}
+
+
+def idle_forecast(stats: dict[str, float], prompt_tokens: int, cached_tokens: int, max_tokens: int) -> Forecast:
+    """What the replica would give the request with nothing else to do: the best it can ever do."""
+    return forecast({**stats, **IDLE}, prompt_tokens, cached_tokens, max_tokens)

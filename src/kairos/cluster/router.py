@@ -14,7 +14,7 @@ import aiohttp
 from fastapi.responses import Response, StreamingResponse
 
 from kairos.cluster.config import RouterConfig
-from kairos.cluster.forecast import forecast
+from kairos.cluster.forecast import forecast, idle_forecast
 from kairos.cluster.metrics import RouterMetrics
 from kairos.cluster.policies import Ask, Candidate, Decision, Forecast, Tuning, make_policy
 from kairos.cluster.prompts import PromptReader
@@ -85,7 +85,9 @@ class Router:
         cands = []
         for r in healthy:
             matched = r.matched(ids, hashes, exact, now)
-            cands.append(Candidate(r.index, r.in_flight, matched, self._forecast(r, ntok, matched, max_tokens, slo)))
+            f = self._forecast(r, ntok, matched, max_tokens, slo)
+            floor = idle_forecast(r.stats, ntok, matched, max_tokens) if f is not None and r.kairos else f
+            cands.append(Candidate(r.index, r.in_flight, matched, f, floor))
         user = (req.model_extra or {}).get("user")  # (the OpenAI field: an end user's id, a string)
         session = headers.get("x-kairos-session") or (user if isinstance(user, str) else None)
         decision = self._sticky(session, cands) or self.policy.choose(Ask(ntok, slo), cands)

@@ -37,6 +37,7 @@ class Candidate:
     load: int  # requests the router has in flight there
     matched: int = 0  # prompt tokens it holds in its prefix cache
     forecast: Forecast | None = None  # what it would give the request (None: nothing known)
+    floor: Forecast | None = None  # ... were it idle: the best it could ever do
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,11 @@
-"""Deadline-aware dispatch: a request with an SLO goes where its predicted slack is largest, and is
-refused (429 slo_infeasible) only when no replica can meet it; one without goes cache-aware."""
+"""Deadline-aware dispatch: a request with an SLO goes where its predicted slack is largest; one
+without goes cache-aware.
+
+The router's forecast sees a replica's queue as totals; the replica's own admission sees it
+request by request, in its policy's order. So where the forecast says no replica meets the SLO
+as things stand, the request still goes to the best one, whose admission judges (and a refusal
+there sends it to the next best once); the router refuses it itself (429 slo_infeasible) only
+when even an idle replica could not meet it."""
 
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ class SLOPolicy:
             return Decision(unknown + infeasible, "slo_unknown", forecast=best)
         if slo.on_miss == "best_effort":
             return Decision(infeasible, "slo_best_effort", forecast=best)
+        if any(c.floor is None or not misses(slo, c.floor) for c in ranked):
+            return Decision(infeasible, "slo_replica_judges", forecast=best)
         return Decision(infeasible, "slo", forecast=best,
                         refusal="no replica can meet the SLO: " + "; ".join(misses(slo, best)) +
-                        " (the best replica's prediction; set slo.on_miss to \"best_effort\" to be served anyway)")
+                        " (the best replica's prediction; an idle one would miss too; set slo.on_miss to \"best_effort\" to be served anyway)")
