@@ -12,7 +12,7 @@ from kairos.cli import add_config_args, config_argv
 from kairos.cluster.config import FleetConfig, RouterConfig
 from kairos.cluster.forecast import forecast, idle_forecast
 from kairos.cluster.policies import Ask, Candidate, Decision, Forecast, Tuning, make_policy
-from kairos.cluster.replica import APPROX_BLOCK, Replica
+from kairos.cluster.replica import APPROX_BLOCK, BYTES_PER_TOKEN, Replica
 from kairos.config import SchedulerConfig
 from kairos.kv.manager import PrefixCachingKVManager
 from kairos.kv.radix import RadixCache
@@ -66,8 +66,12 @@ def test_slo_policy_sends_to_the_most_slack_and_refuses_only_when_none_can_make_
     p = make_policy("slo", Tuning())
     slo = SLO(ttft_ms=1000, tpot_ms=100)
     fast, slow, late = Forecast(0.2, 0.05, 1.0), Forecast(0.6, 0.05, 2.0), Forecast(1.5, 0.05, 3.0)
-    d = p.choose(Ask(100, slo), cands(0, 0, 0, forecasts=[slow, fast, late]))
+    d = p.choose(Ask(100, slo), cands(2, 0, 0, forecasts=[slow, fast, late]))
     assert (d.order, d.reason, d.refusal, d.forecast) == ([1, 0, 2], "slo", None, fast)
+    # slack within 0.15 of the best (slow leaves 0.4 of its TTFT, fast 0.5) is a tie: the less loaded
+    assert p.choose(Ask(100, slo), cands(0, 3, 0, forecasts=[slow, fast, late])).order == [0, 1, 2]
+    strict = make_policy("slo", Tuning(slo_slack_tolerance=0.0))
+    assert strict.choose(Ask(100, slo), cands(0, 3, 0, forecasts=[slow, fast, late])).order == [1, 0, 2]
     # every replica misses as things stand, but one would make it idle: its own admission judges
     worse = Forecast(1.2, 0.2, 4.0)
     busy = [Candidate(0, 2, 0, late, fast), Candidate(1, 2, 0, worse, worse)]
@@ -181,7 +185,12 @@ def test_a_replica_matches_prompts_by_what_it_reports_and_what_was_sent():
     other.remember(prompt, {}, now=0.0)  # (6 blocks: only the last 3 are kept)
     assert other.matched(prompt, {}, exact=False, now=99.0) == 0
     other.remember(prompt[:40], {}, now=1.0)
-    assert other.matched(prompt, {}, exact=False, now=99.0) == 2 * APPROX_BLOCK
+    assert other.matched(prompt, {}, exact=True, now=99.0) == 2 * APPROX_BLOCK  # (token ids: tokens)
+    assert other.matched(prompt, {}, exact=False, now=99.0) == 2 * APPROX_BLOCK // BYTES_PER_TOKEN  # (bytes)
+    # what the router sent counts as queued there until the replica's stats must show it
+    rep.pending = {1: (10.0, 300, False), 2: (10.2, 50, True)}
+    assert (rep.pending_prefill(10.4), rep.pending_prefill(10.4, ttft_only=True)) == (350, 50)
+    assert rep.pending_prefill(10.6) == 50 and rep.pending == {2: (10.2, 50, True)}
     rep.apply({"stats": {"health": "engine stalled: no word from its process for 6.0 s"}})
     assert not rep.healthy and rep.why_down.startswith("engine stalled")
     rep.apply({"dead": "engine process exited with code -9"})

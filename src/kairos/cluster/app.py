@@ -12,6 +12,7 @@ from kairos.server.app import install_common
 from kairos.server.config import ServerConfig
 from kairos.server.middleware import error
 from kairos.server.protocol import ChatCompletionRequest, CompletionRequest
+from kairos.server.routes_openai import cancel_on_disconnect
 
 SUMMED = ("num_running", "num_waiting", "num_requests_in_flight", "kv_blocks_total", "kv_blocks_free",
           "kv_blocks_used", "prefix_cache_queried_tokens", "prefix_cache_hit_tokens", "requests_expired",
@@ -22,11 +23,15 @@ def build_router_app(router: Router, http: ServerConfig) -> FastAPI:
     app = FastAPI(title="Kairos router", version=kairos.__version__)
     install_common(app, http.max_body_bytes, http.api_key, http.allowed_origins)
 
+    # (a client gone before the answer starts: the relay is cancelled, which closes the replica's
+    # connection, and the replica aborts the request)
     @app.post("/v1/chat/completions")
+    @cancel_on_disconnect
     async def chat(req: ChatCompletionRequest, request: Request):
         return await router.dispatch("/v1/chat/completions", req, await request.body(), request.headers)
 
     @app.post("/v1/completions")
+    @cancel_on_disconnect
     async def completions(req: CompletionRequest, request: Request):
         return await router.dispatch("/v1/completions", req, await request.body(), request.headers)
 

@@ -14,6 +14,7 @@ class RouterConfig:
     balance_beta: float = field(default=0.5, metadata={"help": "cache_aware: a replica's score is the share of the prompt it holds cached minus this times its load relative to the busiest"})
     balance_abs_threshold: int = field(default=8, metadata={"help": "cache_aware: the fleet is out of balance (the least loaded replica gets the request) when the busiest has this many more requests in flight than the least busy..."})
     balance_rel_threshold: float = field(default=1.5, metadata={"help": "...and this many times as many"})
+    slo_slack_tolerance: float = field(default=0.15, metadata={"help": "slo: replicas whose forecast leaves a request's tightest objective within this share of the best one's slack count as equal, and the least loaded of them gets it"})
     approx_cache_tokens: int = field(default=1 << 17, metadata={"help": "tokens of what it sent that the router takes a replica to hold, for replicas that do not report their prefix cache"})
     health_interval: float = field(default=1.0, metadata={"help": "seconds between health checks of a replica without a state channel; an unhealthy one is probed with backoff up to 8x this"})
     connect_timeout: float = field(default=5.0, metadata={"help": "seconds to open a connection to a replica (a failure before the first byte is retried once on another)"})
@@ -29,6 +30,8 @@ class RouterConfig:
                 raise ValueError(f"upstream: {url!r} is not an http(s):// URL")
         if self.balance_beta < 0 or self.balance_abs_threshold < 0 or self.balance_rel_threshold < 1:
             raise ValueError("balance_beta and balance_abs_threshold must be >= 0, balance_rel_threshold >= 1")
+        if not 0 <= self.slo_slack_tolerance <= 1:
+            raise ValueError(f"slo_slack_tolerance must be in [0, 1], got {self.slo_slack_tolerance}")
         if self.approx_cache_tokens < 0 or self.max_sessions < 0:
             raise ValueError("approx_cache_tokens and max_sessions must be >= 0")
         if not (self.health_interval > 0 and self.connect_timeout > 0):

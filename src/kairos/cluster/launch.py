@@ -31,7 +31,7 @@ async def run_router(cfg: RouterConfig, http: ServerConfig, fleet: LocalFleet | 
     import uvicorn
 
     from kairos.cluster.app import build_router_app
-    from kairos.cluster.replica import Replica
+    from kairos.cluster.replica import APPROX_BLOCK, Replica
     from kairos.cluster.router import Router
     from kairos.server.http import ConnectionLimits, protocol
 
@@ -49,7 +49,7 @@ async def run_router(cfg: RouterConfig, http: ServerConfig, fleet: LocalFleet | 
             if stop.is_set():
                 return 0
         urls = list(cfg.upstream) + (fleet.urls if fleet is not None else [])
-        router = Router(cfg, [Replica(i, u, cfg.approx_cache_tokens // 16) for i, u in enumerate(urls)], reader,
+        router = Router(cfg, [Replica(i, u, cfg.approx_cache_tokens // APPROX_BLOCK) for i, u in enumerate(urls)], reader,
                         http.api_key)
         await router.start()
         app = build_router_app(router, http)
@@ -84,7 +84,7 @@ async def run_router(cfg: RouterConfig, http: ServerConfig, fleet: LocalFleet | 
 
 
 async def _until(task: asyncio.Task, stop: asyncio.Event) -> None:
-    """Wait for ``task`` or ``stop``, whichever comes first (``task`` raises: so does this)."""
+    # wait for ``task`` or ``stop``, whichever comes first (``task`` raises: so does this)
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)

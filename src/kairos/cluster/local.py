@@ -5,6 +5,8 @@ stopped together."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -22,8 +24,16 @@ RESTART_WINDOW_S = 300.0
 
 
 def gpu_ids() -> list[int]:
-    """This machine's NVIDIA GPUs, from their device files (the router never imports torch)."""
-    return sorted(int(p.name[6:]) for p in Path("/dev").glob("nvidia[0-9]*") if p.name[6:].isdigit())
+    """CUDA indices of this machine's NVIDIA GPUs, counted from their device files (the router
+    never imports torch; the files' numbers need not be CUDA's, in a container)."""
+    return list(range(sum(1 for p in Path("/dev").glob("nvidia[0-9]*") if p.name[6:].isdigit())))
+
+
+def _child_setup(cores: list[int]) -> None:
+    # (in the child, before exec) its cores, and SIGTERM when the router dies, however it dies
+    os.sched_setaffinity(0, cores)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -40,6 +50,9 @@ class LocalFleet:
         self.env = {**os.environ, **(env or {})}
         self.cores = cfg.core_sets()
         self.gpus = gpu_ids() if "CUDA_VISIBLE_DEVICES" not in self.env else []  # (a user's own choice stands)
+        if self.gpus and cfg.replicas > len(self.gpus):
+            logger.warning("%d replicas on %d GPUs: replicas share GPUs; set --gpu-memory-utilization so that "
+                           "their shares fit", cfg.replicas, len(self.gpus))
         self.ports = [free_port() for _ in range(cfg.replicas)]
         self.procs: list[asyncio.subprocess.Process | None] = [None] * cfg.replicas
         self.restarts: list[list[float]] = [[] for _ in range(cfg.replicas)]
@@ -57,7 +70,7 @@ class LocalFleet:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[i % len(self.gpus)])
         self.procs[i] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kairos.cli", "serve", *self.serve_args, "--host", "127.0.0.1",
-            "--port", str(self.ports[i]), env=env, preexec_fn=lambda: os.sched_setaffinity(0, cores),
+            "--port", str(self.ports[i]), env=env, preexec_fn=lambda: _child_setup(cores),
             start_new_session=True)  # (its own group: a Ctrl-C reaches the router, which stops it in order)
         logger.info("replica %d: pid %d on cores %s, port %d", i, self.procs[i].pid, cores, self.ports[i])
 
@@ -108,8 +121,9 @@ class LocalFleet:
             p.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in live)), grace)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             for p in live:
                 if p.returncode is None:
-                    os.killpg(p.pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
             await asyncio.gather(*(p.wait() for p in live))

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 
+from kairos.cluster.replica import BYTES_PER_TOKEN
 from kairos.server.chat_template import ChatRenderer
 from kairos.server.protocol import ChatCompletionRequest, CompletionRequest
 from kairos.server.serving import APIError
 from kairos.server.tokenizing import Tokenizing
-
-BYTES_PER_TOKEN = 4  # (a prompt seen as text: its length in tokens, roughly)
 
 
 class PromptReader:

@@ -17,9 +17,11 @@ import aiohttp
 from kairos.wire.blockhash import chain
 
 logger = logging.getLogger("kairos.cluster")
-APPROX_BLOCK = 16  # tokens per block of the router's own view of a replica's cache
+APPROX_BLOCK = 16  # tokens (or bytes of text) per block of the router's own view of a replica's cache
+BYTES_PER_TOKEN = 4  # (a prompt seen as text: its length in tokens, roughly)
 FRESH_S = 2.0  # what was sent this recently counts as cached even before the replica reports it
 SILENT_S = 3.0  # a state channel quiet this long (it beats each second) is a replica gone
+PENDING_S = 0.5  # a request sent this long ago is in the replica's stats (pushed every 0.25 s or more often)
 
 
 class Replica:
@@ -33,11 +35,17 @@ class Replica:
         self.sent: OrderedDict[int, float] = OrderedDict()  # block hash -> when sent, least recent first
         self.approx_blocks = approx_blocks
         self.in_flight = 0
-        self.pending_prefill = 0  # uncached prompt tokens of requests sent there, not yet started
-        self.pending_prefill_ttft = 0  # (of those with a TTFT objective)
+        # uncached prompt tokens of requests sent there lately: request key -> (when, tokens, has a
+        # TTFT objective); the replica's own stats count them once PENDING_S has passed
+        self.pending: dict[int, tuple[float, int, bool]] = {}
         self.ttft_ewma: float | None = None  # seconds to first byte of streams, as the router saw them
         self.tpot_ewma: float | None = None
         self.models: list[dict] = []
+
+    def pending_prefill(self, now: float, ttft_only: bool = False) -> int:
+        for key in [k for k, (t, _, _) in self.pending.items() if now - t > PENDING_S]:
+            del self.pending[key]
+        return sum(n for _, n, due in self.pending.values() if due or not ttft_only)
 
     @property
     def block_size(self) -> int:
@@ -58,7 +66,7 @@ class Replica:
             if not (reported or (t is not None and (not (exact and self.kairos) or now - t < FRESH_S))):
                 break
             n += 1
-        return n * bs
+        return n * bs if exact else n * bs // BYTES_PER_TOKEN  # (blocks of bytes, counted as tokens)
 
     def remember(self, token_ids: list[int], hashes: dict[int, list[int]], now: float) -> None:
         """What was just sent here (LRU, ``approx_blocks`` at most)."""
@@ -115,9 +123,10 @@ async def watch(rep: Replica, http: aiohttp.ClientSession, interval: float, head
     a replica that fails either is out, and probed with backoff (``interval`` up to 8x)."""
     backoff = interval
     while True:
+        heard = False
         try:
             if rep.kairos is not False:
-                await _channel(rep, http, headers)
+                heard = await _channel(rep, http, headers)
             else:
                 await _probe(rep, http, headers)
                 if rep.healthy:
@@ -126,23 +135,29 @@ async def watch(rep: Replica, http: aiohttp.ClientSession, interval: float, head
                     continue
         except asyncio.CancelledError:
             raise
-        except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as e:
+        except (aiohttp.ClientError, OSError, ValueError, TimeoutError, asyncio.TimeoutError) as e:
             rep.down(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+        except Exception as e:  # (a malformed event, say: this task must not end, or the view freezes)
+            logger.exception("replica %s: state channel", rep.url)
+            rep.down(f"{type(e).__name__}: {e}")
         else:
             if rep.kairos and rep.healthy:
                 rep.down("state channel closed")
-        if rep.healthy:
+        if rep.healthy or heard:  # (a channel that worked: reconnect at once, backoff afresh)
             backoff = interval
-            continue
+            if rep.healthy:
+                continue
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 8 * interval)
 
 
-async def _channel(rep: Replica, http: aiohttp.ClientSession, headers: dict[str, str]) -> None:
+async def _channel(rep: Replica, http: aiohttp.ClientSession, headers: dict[str, str]) -> bool:
+    # (returns whether it delivered an event)
+    heard = False
     async with http.get(rep.url + "/stats/stream", headers=headers) as resp:
         if resp.status in (404, 405):  # not a Kairos server: health checks instead
             rep.kairos = False
-            return
+            return False
         resp.raise_for_status()
         rep.kairos = True
         await _models(rep, http, headers)
@@ -150,14 +165,15 @@ async def _channel(rep: Replica, http: aiohttp.ClientSession, headers: dict[str,
         while True:  # (lines split here: a snapshot of a big cache is one line longer than readline takes)
             chunk = await asyncio.wait_for(resp.content.readany(), SILENT_S)
             if not chunk:
-                return
+                return heard
             *lines, rest = (rest + chunk).split(b"\n")
             for line in lines:
                 if line.startswith(b"data: "):
                     event = json.loads(line[6:])
                     rep.apply(event)
+                    heard = True
                     if "dead" in event:
-                        return
+                        return heard
 
 
 async def _probe(rep: Replica, http: aiohttp.ClientSession, headers: dict[str, str]) -> None:
@@ -171,12 +187,13 @@ async def _probe(rep: Replica, http: aiohttp.ClientSession, headers: dict[str, s
 
 
 async def _models(rep: Replica, http: aiohttp.ClientSession, headers: dict[str, str]) -> None:
-    """What it serves (for /v1/models and the router's 404 for an unknown model); a server that
-    cannot say is still served to."""
+    # what it serves (for /v1/models and the router's 404 for an unknown model); a server that
+    # cannot say is still served to
     try:
         async with http.get(rep.url + "/v1/models", headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
             if resp.status == 200:
                 models = (await resp.json(content_type=None)).get("data")
-                rep.models = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
-    except (aiohttp.ClientError, ValueError, AttributeError, TimeoutError) as e:
+                rep.models = [m for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)] \
+                    if isinstance(models, list) else []
+    except (aiohttp.ClientError, ValueError, AttributeError, TimeoutError, asyncio.TimeoutError) as e:
         logger.warning("replica %s: no model list (%s)", rep.url, e)

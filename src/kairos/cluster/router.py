@@ -5,6 +5,7 @@ best when the first fails before its first byte or refuses the SLO."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import OrderedDict
@@ -34,9 +35,10 @@ class Router:
                  api_key: str | None = None):
         self.cfg, self.replicas, self.reader = cfg, replicas, reader
         self.policy = make_policy(cfg.routing_policy, Tuning(cfg.balance_beta, cfg.balance_abs_threshold,
-                                                             cfg.balance_rel_threshold))
+                                                             cfg.balance_rel_threshold, cfg.slo_slack_tolerance))
         self.metrics = RouterMetrics()
         self.sessions: OrderedDict[str, int] = OrderedDict()
+        self._keys = itertools.count()
         self._auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task] = []
@@ -80,7 +82,10 @@ class Router:
             raise APIError(503, "no replica is available: " + "; ".join(f"{r.url}: {r.why_down}" for r in self.replicas),
                            "server_error", code="no_replica")
         ids, exact, ntok = await self.reader.read(req)
-        max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or 16
+        asked = getattr(req, "max_completion_tokens", None)
+        asked = asked if asked is not None else req.max_tokens
+        # (the server's defaults: 16 for completions, up to --default-max-tokens for chat)
+        max_tokens = asked if asked is not None else 1024 if isinstance(req, ChatCompletionRequest) else 16
         now, hashes = time.monotonic(), {}
         cands = []
         for r in healthy:
@@ -104,7 +109,7 @@ class Router:
         if r.kairos and r.stats:
             due = slo is not None and slo.ttft_ms is not None
             return forecast(r.stats, ntok, matched, max_tokens, r.in_flight,
-                            r.pending_prefill_ttft if due else r.pending_prefill, due)
+                            r.pending_prefill(time.monotonic(), ttft_only=due), due)
         if r.ttft_ewma is None:
             return None  # (nothing measured there yet)
         return Forecast(r.ttft_ewma, r.tpot_ewma or 0.0, r.ttft_ewma + (max_tokens - 1) * (r.tpot_ewma or 0.0))
@@ -132,8 +137,8 @@ class Router:
             rep = self.replicas[index]
             uncached = max(0, ntok - matched.get(index, 0))
             rep.in_flight += 1
-            rep.pending_prefill += uncached
-            rep.pending_prefill_ttft += uncached if due else 0
+            key = next(self._keys)
+            rep.pending[key] = (time.monotonic(), uncached, due)
             rep.remember(ids, hashes, time.monotonic())
             if attempt == 0:
                 self.metrics.overhead.observe(time.perf_counter() - arrival)
@@ -148,14 +153,16 @@ class Router:
                     if resp.status == 429 and b"slo_infeasible" not in content:
                         return answer  # (a refusal of another kind stands)
                     last = answer
-                    self.metrics.retries.labels(f"status_{resp.status}").inc()
+                    if attempt + 1 < len(decision.order[:2]):
+                        self.metrics.retries.labels(f"status_{resp.status}").inc()
                     continue
                 first = await resp.content.readany()  # a failure before the first byte is retried elsewhere
             except (aiohttp.ClientError, OSError) as e:
                 rep.in_flight -= 1
                 if resp is not None:
                     resp.close()
-                self.metrics.retries.labels(type(e).__name__).inc()
+                if attempt + 1 < len(decision.order[:2]):
+                    self.metrics.retries.labels(type(e).__name__).inc()
                 if isinstance(e, aiohttp.ClientConnectorError):
                     rep.down(f"{type(e).__name__} relaying a request")
                 last = error(502, f"replica {rep.url} failed before answering: {type(e).__name__}", "server_error",
@@ -167,8 +174,7 @@ class Router:
                     resp.close()
                 raise
             finally:
-                rep.pending_prefill -= uncached  # (started, or failed: no longer queued there)
-                rep.pending_prefill_ttft -= uncached if due else 0
+                rep.pending.pop(key, None)  # (started, or failed: no longer queued there)
             self._stick(session, index)
             self.metrics.matched.inc(matched.get(index, 0))
             self.metrics.requests.labels(rep.url, str(resp.status)).inc()
@@ -186,6 +192,7 @@ class Router:
         headers["x-kairos-replica"] = rep.url
         return Response(content, status_code=resp.status, headers=headers)
 
+
 def _refusal(decision: Decision) -> Response:
     body = {"error": {"message": decision.refusal, "type": "slo_infeasible_error", "param": "slo",
                       "code": "slo_infeasible"}}
@@ -201,7 +208,8 @@ class Relay:
     def __init__(self, rep: Replica, resp: aiohttp.ClientResponse, first: bytes, sent: float):
         self.rep, self.resp, self.first, self.sent = rep, resp, first, sent
         self.done = self.closed = False
-        self.events = first.count(b"data: ")
+        self.sse = "event-stream" in resp.headers.get("content-type", "")
+        self.events = first.count(b"data: ") if self.sse else 0
         self.t_first = time.perf_counter()
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -209,11 +217,12 @@ class Relay:
             if self.first:
                 yield self.first
                 async for chunk in self.resp.content.iter_any():
-                    self.events += chunk.count(b"data: ")
+                    if self.sse:
+                        self.events += chunk.count(b"data: ")
                     yield chunk
             self.done = True
         except (aiohttp.ClientError, OSError) as e:  # the replica went away mid-answer: said in the stream
-            if "event-stream" in self.resp.headers.get("content-type", ""):
+            if self.sse:
                 yield b"data: " + json.dumps({"error": {
                     "message": f"replica {self.rep.url} failed mid-answer: {type(e).__name__}", "type": "server_error",
                     "param": None, "code": "replica_failed"}}).encode() + b"\n\n"

@@ -48,7 +48,7 @@ async def detokenize(req: DetokenizeRequest, request: Request):
 
 
 def _problem(s) -> tuple[str, str] | None:
-    """What keeps the server from serving, as (code, message); None when it is healthy."""
+    # what keeps the server from serving, as (code, message); None when it is healthy
     if s.client.dead:
         return "engine_dead", f"engine unavailable: {s.client.dead}"
     silent, stepping = s.client.silent_for(), s.client.in_step_for()
@@ -89,8 +89,6 @@ async def stats_stream(request: Request):
     +h added, -h evicted; the first event, or one with ``cache_snapshot``, holds the whole set)."""
     s = state(request)
     client = s.client
-    q: asyncio.Queue = asyncio.Queue()
-    client.watchers.add(q)
 
     def stats() -> dict:
         problem = _problem(s)
@@ -100,6 +98,8 @@ async def stats_stream(request: Request):
         return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
     async def events():
+        q: asyncio.Queue = asyncio.Queue()
+        client.watchers.add(q)  # (here: a response that never starts registers nothing)
         try:
             yield event({"stats": stats(), "cache": sorted(client.cached_blocks), "cache_snapshot": True})
             seen, last = client.stats, time.monotonic()
@@ -108,7 +108,10 @@ async def stats_stream(request: Request):
                 changes, snapshot = [], False
                 while not q.empty():
                     more, whole = q.get_nowait()
-                    changes, snapshot = (list(client.cached_blocks), True) if whole else (changes + more, snapshot)
+                    if whole or snapshot:  # (the set as it is now holds every change queued after it)
+                        changes, snapshot = list(client.cached_blocks), True
+                    else:
+                        changes += more
                 if changes or snapshot or client.stats is not seen or time.monotonic() - last >= 1.0:
                     body = {"stats": stats()}
                     if changes or snapshot:

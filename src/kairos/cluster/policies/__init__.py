@@ -59,6 +59,7 @@ class Tuning:
     balance_beta: float = 0.5
     balance_abs_threshold: int = 8
     balance_rel_threshold: float = 1.5
+    slo_slack_tolerance: float = 0.15
     seed: int | None = None  # (least_load's sampling: fixed in tests)
 
 

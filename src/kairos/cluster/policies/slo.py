@@ -30,13 +30,25 @@ def misses(slo: SLO, f: Forecast) -> list[str]:
 class SLOPolicy:
     def __init__(self, tuning: Tuning):
         self.fallback = CacheAware(tuning)
+        self.tolerance = tuning.slo_slack_tolerance
 
     def choose(self, ask: Ask, candidates: list[Candidate]) -> Decision:
         slo = ask.slo
         known = [c for c in candidates if c.forecast is not None]
         if slo is None or not known:
             return self.fallback.choose(ask, candidates)
-        ranked = sorted(known, key=lambda c: (-slack(slo, c.forecast), c.load, c.index))
+        # slack within ``slo_slack_tolerance`` of the best counts as a tie, broken by load (exact, the
+        # router's own count): forecasts from stats up to a quarter second old differ by less than
+        # that, and ranking by them alone herded a burst onto one replica
+        spare = {c.index: slack(slo, c.forecast) for c in known}
+        top = max(spare.values())
+
+        def rank(c: Candidate) -> tuple:
+            if spare[c.index] >= top - self.tolerance:
+                return (0, c.load, -c.matched, c.index)
+            return (1, -spare[c.index], c.load, c.index)
+
+        ranked = sorted(known, key=rank)
         feasible = [c.index for c in ranked if not misses(slo, c.forecast)]
         unknown = [c.index for c in candidates if c.forecast is None]  # (no cost model: not a known miss)
         infeasible = [c.index for c in ranked if c.index not in feasible]
