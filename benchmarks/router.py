@@ -6,7 +6,7 @@
 
 chat: multi-turn chat sessions over shared system prompts (`kairos bench --turns 4 --prefix-len
 512 --num-prefix-groups 8`) at a moderate rate: TTFT p50 per policy, and its ratio to round_robin's.
-slo: an interactive class (TTFT 1 s, TPOT 150 ms) and a batch class (deadline 60 s), alternating,
+slo: an interactive class (TTFT 1 s, TPOT 150 ms) and a batch class (deadline 60 s), drawn at random,
 Poisson arrivals at --load x the pair's capacity (measured first: requests/s of a burst through
 round_robin, no SLOs): goodput (requests within their SLO per second of the run, its drain
 included), requests within their SLO, and admitted interactive attainment per policy.
@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--chat-rate", type=float, default=2.0, help="chat: requests/s")
     ap.add_argument("--load", type=float, default=1.5, help="slo: arrival rate as a multiple of capacity")
     ap.add_argument("--capacity", type=float, default=None, help="slo: skip its measurement (req/s)")
+    ap.add_argument("--slo-order", default="random", help="slo: classes drawn at random (round_robin: in turn, "
+                    "which round_robin routing over 2 replicas turns into one replica a class)")
     ap.add_argument("--upstream", action="append", default=[])
     ap.add_argument("--out", default="results/router")
     args = ap.parse_args()
@@ -101,7 +103,8 @@ def main() -> None:
             if "slo" in figures:
                 s = bench(fleet.url, f"{args.out}-slo-{policy}", num_requests=args.requests, input_len="128",
                           output_len="64", endpoint="completions", rate=capacity * args.load,
-                          slo=("interactive:ttft_ms=1000,tpot_ms=150", "batch:deadline_ms=60000"))
+                          slo=("interactive:ttft_ms=1000,tpot_ms=150", "batch:deadline_ms=60000"),
+                          slo_order=args.slo_order)
                 inter = s["classes"]["interactive"]
                 admitted = inter["requests"] - inter["refused"]
                 row |= {"slo_goodput_rps": s["goodput_rps"], "slo_met": sum(c["met"] for c in s["classes"].values()),

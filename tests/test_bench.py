@@ -313,3 +313,20 @@ def test_a_sessions_shared_prefix_opens_its_first_turn_only(tiny_tok):
     openers = [tok(s.prompt, add_special_tokens=False).input_ids for s in specs]
     assert openers[0][:8] != openers[3][:8]
     assert all(len(ids) <= 6 for i, ids in enumerate(openers) if i % 3)  # (4 tokens, give or take a merge)
+
+
+def test_slo_classes_in_turn_or_drawn_at_random(tiny_tok):
+    a, b = SLO("a", ttft_ms=100), SLO("b", deadline_ms=1000)
+
+    def names(order: str) -> list[str]:
+        specs = build_workload(num_requests=16, rate=float("inf"), arrival="poisson", burstiness=1.0,
+                               input_len=Length.parse("4"), output_len=Length.parse("2"), prefix_len=0,
+                               num_prefix_groups=1, slo_classes=[a, b], turns=1, tokenizer=tiny_tok[2], seed=3,
+                               slo_order=order)
+        return [s.slo.name for s in specs]
+
+    assert names("round_robin") == ["a", "b"] * 8
+    drawn = names("random")
+    assert drawn == names("random") and set(drawn) == {"a", "b"} and drawn != ["a", "b"] * 8
+    with pytest.raises(ValueError, match="slo_order must be round_robin or random"):
+        BenchConfig(slo_order="zigzag")

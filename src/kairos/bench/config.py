@@ -29,6 +29,7 @@ class BenchConfig:
     trace: str | None = field(default=None, metadata={"help": "JSONL trace: timestamp, input_length, output_length (replayed at its own times)"})
     sweep: str | None = field(default=None, metadata={"help": "comma-separated rates to sweep (overrides --rate; each rate draws its own prompts)"})
     target_attainment: float = field(default=0.9, metadata={"help": "attainment that defines capacity in a sweep"})
+    slo_order: str = field(default="round_robin", metadata={"help": "how requests take the --slo classes: round_robin (in turn) or random (each drawn at random: no class pattern for a dispatcher to fall into)"})
     send_slo: bool = field(default=True, metadata={"help": "send SLOs as Kairos body fields and headers"})
     extra_body: str | None = field(default=None, metadata={"help": "a JSON object merged into every request body, e.g. '{\"response_format\": {\"type\": \"json_object\"}}' or sampling options (as SGLang's --extra-request-body); stream and the prompt stay the bench's"})
     timeout: float = field(default=600.0, metadata={"help": "client timeout per request (the whole answer), seconds"})
@@ -52,6 +53,8 @@ class BenchConfig:
             raise ValueError("a trace is replayed at its own timestamps: --sweep does not apply to it")
         if self.arrival not in ("poisson", "gamma", "constant"):
             raise ValueError(f"arrival must be poisson, gamma or constant, got {self.arrival!r}")
+        if self.slo_order not in ("round_robin", "random"):
+            raise ValueError(f"slo_order must be round_robin or random, got {self.slo_order!r}")
         if self.turns < 1 or self.num_prefix_groups < 1 or self.prefix_len < 0:
             raise ValueError("turns and num_prefix_groups must be >= 1, prefix_len >= 0")
         if not 0 < self.target_attainment <= 1:

@@ -65,7 +65,8 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict:
         return build_workload(num_requests=n, rate=rate, arrival=cfg.arrival, burstiness=cfg.burstiness,
                               input_len=Length.parse(cfg.input_len), output_len=Length.parse(cfg.output_len),
                               prefix_len=cfg.prefix_len, num_prefix_groups=cfg.num_prefix_groups,
-                              slo_classes=cfg.slo_classes(), turns=cfg.turns, tokenizer=tok, seed=seed)
+                              slo_classes=cfg.slo_classes(), turns=cfg.turns, tokenizer=tok, seed=seed,
+                              slo_order=cfg.slo_order)
 
     if cfg.num_warmups:  # (the seed after every rate's: prompts no run sends)
         warm, _ = asyncio.run(run_load(workload(cfg.num_warmups, float("inf"), cfg.seed + len(cfg.rates())),

@@ -137,7 +137,7 @@ class PromptMaker:
 
 def build_workload(*, num_requests: int, rate: float, arrival: str, burstiness: float, input_len: Length,
                    output_len: Length, prefix_len: int, num_prefix_groups: int, slo_classes: list[SLO],
-                   turns: int, tokenizer, seed: int) -> list[RequestSpec]:
+                   turns: int, tokenizer, seed: int, slo_order: str = "round_robin") -> list[RequestSpec]:
     """Compose the synthetic workload: per-request lengths, optional shared prefixes, SLO classes round-robin."""
     rng = random.Random(seed)
     maker = PromptMaker(tokenizer, rng)
@@ -151,7 +151,8 @@ def build_workload(*, num_requests: int, rate: float, arrival: str, burstiness: 
         if prefixes and (turns == 1 or i % turns == 0):
             body = prefixes[(i // turns) % len(prefixes)][0] + body  # (counted whole: tokens may merge where they meet)
             n = len(tokenizer(body, add_special_tokens=False).input_ids)
-        specs.append(RequestSpec(i, t, body, n, output_len.sample(rng), slo_classes[i % len(slo_classes)],
+        slo = rng.choice(slo_classes) if slo_order == "random" else slo_classes[i % len(slo_classes)]
+        specs.append(RequestSpec(i, t, body, n, output_len.sample(rng), slo,
                                  session=(i // turns) if turns > 1 else None))
     return specs
 
