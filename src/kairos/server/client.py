@@ -69,18 +69,40 @@ class EngineClient:
         if len(self._dir) > 80:  # (a socket's path has ~107 bytes at most: a long $TMPDIR would not fit)
             os.rmdir(self._dir)
             self._dir = tempfile.mkdtemp(prefix="kairos-", dir="/tmp")
-        base = os.path.join(self._dir, "engine")
-        self._in_addr, self._out_addr = f"ipc://{base}-in", f"ipc://{base}-out"
-        self._in = self._ctx.socket(zmq.PUSH)
-        self._in.bind(self._in_addr)
-        self._out = self._ctx.socket(zmq.PULL)
-        self._out.bind(self._out_addr)
+        self._generation = 0  # engine processes started (their sockets' names)
+        self._open_sockets()
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder(EngineOutput)
         self.proc: mp.Process | None = None
         self._tasks: list[asyncio.Task] = []
         self.last_heard = time.monotonic()  # when the engine last sent anything (a heartbeat at least each second)
         self._step_began: float | None = None  # when the step its loop is in began, as its last heartbeat said
+
+    def _open_sockets(self) -> None:
+        # new names for each engine process: nothing queued for a dead one reaches the next
+        base = os.path.join(self._dir, f"engine{self._generation}")
+        self._in_addr, self._out_addr = f"ipc://{base}-in", f"ipc://{base}-out"
+        self._in = self._ctx.socket(zmq.PUSH)
+        self._in.bind(self._in_addr)
+        self._out = self._ctx.socket(zmq.PULL)
+        self._out.bind(self._out_addr)
+
+    async def restart(self, timeout: float = 600.0) -> EngineReady:
+        """Start a new engine process after the last one died (every request it had got its
+        ``EngineDeadError``); ``dead`` stays set, and new requests get 503, until it is ready."""
+        for t in self._tasks:
+            t.cancel()
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.join, 5)
+        self._in.close(0)
+        self._out.close(0)
+        self._generation += 1
+        self._open_sockets()
+        ready = await self.start(timeout)
+        self.cached_blocks = set()  # (a new engine: an empty prefix cache; readers of the stream reconnect)
+        self.dead = None
+        return ready
 
     async def start(self, timeout: float = 600.0) -> EngineReady:
         self.proc = mp.get_context("spawn").Process(

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from pathlib import Path
 
 from kairos.config import EngineConfig
 from kairos.server.config import ServerConfig
 
 logger = logging.getLogger("kairos.server")
+RESTART_WINDOW_S = 600.0
 
 
 def served_name(model: str, path: Path) -> str:
@@ -68,9 +70,26 @@ async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
             await asyncio.sleep(0.05)
         logger.info("serving %s (max_model_len %d) on http://%s:%d%s", name, ready.max_model_len, cfg.host, cfg.port,
                     "; /v1 routes need the API key" if cfg.api_key else "")
-        while not client.dead:
-            await asyncio.sleep(0.2)
-        server.should_exit = True  # engine gone: requests already get 503; stop instead of hanging
+        restarts: list[float] = []
+        while True:
+            while not client.dead:
+                await asyncio.sleep(0.2)
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW_S]
+            if len(restarts) >= cfg.engine_restarts:
+                break
+            restarts.append(now)
+            logger.error("engine gone (%s): starting it anew (%d of %d in %.0f s)", client.dead, len(restarts),
+                         cfg.engine_restarts, RESTART_WINDOW_S)
+            try:
+                await client.restart()
+            except Exception as e:  # (it failed to start: counted, and tried again while restarts are left)
+                logger.error("engine restart failed: %s", e)
+                client.dead = client.dead or str(e)
+                await asyncio.sleep(1.0)
+            else:
+                logger.info("engine ready again (pid %d)", client.proc.pid)
+        server.should_exit = True  # engine gone for good: requests already get 503; stop instead of hanging
 
     watcher = asyncio.create_task(watch())
     try:
