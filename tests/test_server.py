@@ -367,7 +367,8 @@ def test_slo_body_headers_usage_extension_and_429(server, client):
 
 
 def test_engine_crash_ends_streams_with_503_and_exits_nonzero():
-    srv = ServerProcess("--kv-cache-memory", "256MiB")
+    # (no restarts left: a restart is tests/test_engine_restart.py's)
+    srv = ServerProcess("--kv-cache-memory", "256MiB", "--engine-restarts", "0")
     try:
         body = {"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 1500, "ignore_eos": True, "stream": True}
         with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as r:
