@@ -71,6 +71,8 @@ async def run_router(cfg: RouterConfig, http: ServerConfig, fleet: LocalFleet | 
             logger.info("routing (%s) over %d replicas on http://%s:%d", cfg.routing_policy, len(urls), http.host,
                         http.port)
         await _until(serving, stop)
+        if fleet is not None:  # the replicas drain first (no new request, those in flight finish), relayed meanwhile
+            await fleet.stop(grace=http.drain_grace + 10)
         server.should_exit = True
         await serving
         return 0

@@ -112,7 +112,8 @@ class LocalFleet:
             await self._spawn(i)
 
     async def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM every replica (each drains and stops its engine), SIGKILL what is left after ``grace``."""
+        """SIGTERM every replica (each drains: it takes no new request and finishes those it has
+        within its --drain-grace), SIGKILL what is left after ``grace``."""
         self._stopping = True
         for t in self._tasks:
             t.cancel()

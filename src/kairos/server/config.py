@@ -52,6 +52,7 @@ class ServerConfig:
     max_connections: int = field(default=2048, metadata={"help": "open connections at most: a request on one more gets 503 (uvicorn's limit_concurrency)"})
     engine_stall_timeout: float = field(default=5.0, metadata={"help": "seconds without a word from the engine process (a heartbeat each second, from a thread of its own) after which /health answers 503 engine_stalled"})
     engine_step_timeout: float = field(default=120.0, metadata={"help": "seconds the engine's loop may spend in one step before /health answers 503 engine_stalled (a step that never returns: a hung kernel)"})
+    drain_grace: float = field(default=30.0, metadata={"help": "seconds SIGTERM (or POST /admin/drain) leaves the requests in flight to finish while new ones get 503 draining; then what is left ends with an error and the server exits 0"})
     engine_restarts: int = field(default=3, metadata={"help": "times the engine process is started anew after it dies, within 10 minutes (requests meanwhile get 503 engine_dead); past that the server exits 1"})
     request_timeout: float | None = field(default=None, metadata={"help": "seconds a request may take from arrival to its last token; past it the server answers 504 (or ends the stream with that error) and aborts it (default: none)"})
     api_key: str | None = field(default=None, repr=False, metadata={"help": "require 'Authorization: Bearer KEY' on the /v1 routes and on /tokenize and /detokenize, as vLLM's (health, metrics, version, stats stay open; default: $KAIROS_API_KEY if set, else none)"})
@@ -69,6 +70,8 @@ class ServerConfig:
             raise ValueError(f"engine_stall_timeout must be > 1 s (the engine's heartbeat), got {self.engine_stall_timeout}")
         if not self.engine_step_timeout > 1.0:
             raise ValueError(f"engine_step_timeout must be > 1 s (the engine's heartbeat), got {self.engine_step_timeout}")
+        if not self.drain_grace >= 0:
+            raise ValueError(f"drain_grace must be >= 0 s, got {self.drain_grace}")
         if self.engine_restarts < 0:
             raise ValueError(f"engine_restarts must be >= 0, got {self.engine_restarts}")
         if self.request_timeout is not None and not self.request_timeout > 0:

@@ -62,8 +62,15 @@ async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
                                    http=protocol(limits), h11_max_incomplete_event_size=cfg.max_header_bytes,
                                    limit_concurrency=cfg.max_connections))
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    draining: list[asyncio.Task] = []
+
+    def drain(grace: float) -> None:
+        if not draining:  # (a second signal or call: the first drain goes on)
+            draining.append(asyncio.create_task(_drain(app.state.kairos, grace, server)))
+
+    app.state.drain = drain
+    loop.add_signal_handler(signal.SIGINT, lambda: setattr(server, "should_exit", True))
+    loop.add_signal_handler(signal.SIGTERM, lambda: drain(cfg.drain_grace))
 
     async def watch() -> None:
         while not server.started:
@@ -101,3 +108,22 @@ async def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
         logger.error("exiting: %s", client.dead)
         return 1
     return 0
+
+
+async def _drain(s, grace: float, server) -> None:
+    """No new request is admitted (503 draining, /health 503: a router takes this replica out);
+    those in flight have ``grace`` seconds to finish; the rest end with an error; then the
+    server exits."""
+    from kairos.server.client import EngineDeadError
+
+    s.checks.draining = True
+    logger.info("draining: %d requests in flight, %.0f s to finish", len(s.client.queues), grace)
+    deadline = time.monotonic() + grace
+    while s.client.queues and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for rid, q in list(s.client.queues.items()):
+        q.put_nowait(EngineDeadError(f"server drained: its {grace:g} s of grace ran out"))
+        s.client.abort(rid)
+    if s.client.queues or grace:
+        await asyncio.sleep(0.2)  # (the ended streams' last bytes out)
+    server.should_exit = True

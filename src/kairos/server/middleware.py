@@ -52,10 +52,10 @@ class BodyLimit:
 
 def guarded(path: str) -> bool:
     """Whether ``path`` wants the API key: the OpenAI routes and the tokenizer's (they spend the
-    server's CPU on what a caller sends), and the state stream (its prefix-cache hashes would tell
+    server's CPU on what a caller sends), the admin routes, and the state stream (its prefix-cache hashes would tell
     whether a guessed prompt was sent); health, metrics, version and stats stay open to probes
     and scrapers, as vLLM's."""
-    return path.startswith("/v1") or path in ("/tokenize", "/detokenize", "/stats/stream")
+    return path.startswith(("/v1", "/admin")) or path in ("/tokenize", "/detokenize", "/stats/stream")
 
 
 class ApiKey:

@@ -51,6 +51,8 @@ def _problem(s) -> tuple[str, str] | None:
     # what keeps the server from serving, as (code, message); None when it is healthy
     if s.client.dead:
         return "engine_dead", f"engine unavailable: {s.client.dead}"
+    if s.checks.draining:
+        return "draining", "server draining: it finishes the requests it has and takes no new one"
     silent, stepping = s.client.silent_for(), s.client.in_step_for()
     if silent > s.config.engine_stall_timeout:
         return "engine_stalled", f"engine stalled: no word from its process for {silent:.1f} s"
@@ -65,6 +67,18 @@ async def health(request: Request):
     if problem is not None:
         return error(503, problem[1], "server_error", code=problem[0])
     return {"status": "ok"}
+
+
+@router.post("/admin/drain", include_in_schema=False)  # (an operator's, not the API's)
+async def drain(request: Request, grace: float | None = None):
+    """Stop admitting, let the requests in flight finish for ``grace`` seconds (default
+    ``--drain-grace``), end the rest, exit 0: what SIGTERM does (a preemption notice)."""
+    s = state(request)
+    grace = s.config.drain_grace if grace is None else grace
+    if not grace >= 0:
+        raise APIError(400, f"grace must be >= 0 s, got {grace}", param="grace")
+    request.app.state.drain(grace)
+    return Response(json.dumps({"draining": True, "grace_s": grace}), status_code=202, media_type="application/json")
 
 
 @router.get("/version")

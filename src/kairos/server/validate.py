@@ -36,6 +36,7 @@ class RequestChecks:
         self.tokens = Tokenizing(tokenizer, client.ready.max_model_len)
         self.renderer = ChatRenderer(tokenizer, load_template(config.chat_template))
         self._compiler: structured.Compiler | None = None  # (made at the first constrained request)
+        self.draining = False  # (set by a drain: no new request is admitted)
 
     def model(self, name: str | None) -> None:
         if name is not None and name not in self.aliases:
@@ -46,6 +47,9 @@ class RequestChecks:
     def alive(self) -> None:
         if self.client.dead:
             raise APIError(503, f"engine unavailable: {self.client.dead}", "server_error", code="engine_dead")
+        if self.draining:
+            raise APIError(503, "server draining: it finishes the requests it has and takes no new one",
+                           "server_error", code="draining")
 
     @staticmethod
     def unicode(text: str, param: str) -> str:
